@@ -1,0 +1,1 @@
+"""The engine: registry, worker, executor, settings. Depends on ports, never on adapters."""

@@ -1,0 +1,133 @@
+"""The one settings object, read from ``ASYNC_JOBS_*`` environment variables.
+
+Command-line flags override it by building a changed copy (``dataclasses.replace``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from async_jobs.domain.errors import ConfigurationError
+from async_jobs.domain.jobs import DEFAULT_DELAY_TOLERANCE_SECONDS
+
+PREFIX = "ASYNC_JOBS_"
+DEFAULT_DSN = "sqlite:///async_jobs.db"
+DEFAULT_MAX_CONCURRENT = 10
+TRANSPORTS = ("direct", "sqs", "redis")
+
+_PER_USE_CASE = re.compile(
+    rf"^{PREFIX}(?P<use_case>[A-Z0-9_]+?)_(?P<kind>MAX_CONCURRENT|DEFAULT_DELAY_TOLERANCE_SECONDS)$"
+)
+_SQS_QUEUE = re.compile(rf"^{PREFIX}SQS_QUEUE_(?P<use_case>[A-Z0-9_]+)$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable, with the defaults a newcomer needs nothing for."""
+
+    db_dsn: str = DEFAULT_DSN
+    transport: str = "direct"
+    handlers: tuple[str, ...] = ()
+    redis_url: str | None = None
+    sqs_endpoint_url: str | None = None
+    sqs_queues: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    max_concurrent: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    delay_tolerance: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    per_tenant_quotas: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    enqueue_auth_token: str | None = None
+    api_tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    lease_seconds: float = 30.0
+    poll_interval_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ConfigurationError(
+                f"{PREFIX}TRANSPORT must be one of {', '.join(TRANSPORTS)}, "
+                f"not {self.transport!r}"
+            )
+        if self.lease_seconds <= 0 or self.poll_interval_seconds <= 0:
+            raise ConfigurationError("lease and poll interval must be positive numbers")
+
+    def max_concurrent_for(self, use_case: str) -> int:
+        return self.max_concurrent.get(use_case, DEFAULT_MAX_CONCURRENT)
+
+    def delay_tolerance_for(self, use_case: str) -> float:
+        return self.delay_tolerance.get(use_case, DEFAULT_DELAY_TOLERANCE_SECONDS)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        max_concurrent: dict[str, int] = {}
+        tolerance: dict[str, float] = {}
+        queues: dict[str, str] = {}
+        for key, value in env.items():
+            if match := _SQS_QUEUE.match(key):
+                queues[match["use_case"].lower()] = value
+            elif match := _PER_USE_CASE.match(key):
+                use_case = match["use_case"].lower()
+                if match["kind"] == "MAX_CONCURRENT":
+                    max_concurrent[use_case] = _positive_int(key, value)
+                else:
+                    tolerance[use_case] = _non_negative_float(key, value)
+        return cls(
+            db_dsn=env.get(f"{PREFIX}DB_DSN") or DEFAULT_DSN,
+            transport=(env.get(f"{PREFIX}TRANSPORT") or "direct").lower(),
+            handlers=split_modules(env.get(f"{PREFIX}HANDLERS", "")),
+            redis_url=env.get(f"{PREFIX}REDIS_URL") or None,
+            sqs_endpoint_url=env.get(f"{PREFIX}SQS_ENDPOINT_URL") or None,
+            sqs_queues=queues,
+            max_concurrent=max_concurrent,
+            delay_tolerance=tolerance,
+            per_tenant_quotas=_json_object(env, f"{PREFIX}PER_TENANT_QUOTAS"),
+            enqueue_auth_token=env.get(f"{PREFIX}ENQUEUE_AUTH_TOKEN") or None,
+            api_tokens=_json_object(env, f"{PREFIX}API_TOKENS"),
+            lease_seconds=_non_negative_float(
+                f"{PREFIX}LEASE_SECONDS", env.get(f"{PREFIX}LEASE_SECONDS", "30")
+            ),
+            poll_interval_seconds=_non_negative_float(
+                f"{PREFIX}POLL_INTERVAL_SECONDS", env.get(f"{PREFIX}POLL_INTERVAL_SECONDS", "1")
+            ),
+        )
+
+
+def split_modules(text: str) -> tuple[str, ...]:
+    """``"a.b, c"`` -> ``("a.b", "c")``."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _positive_int(key: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigurationError(f"{key} must be a positive integer, not {value!r}")
+    return number
+
+
+def _non_negative_float(key: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:
+        raise ConfigurationError(f"{key} must be a non-negative number, not {value!r}")
+    return number
+
+
+def _json_object(env: Mapping[str, str], key: str) -> dict[str, Any]:
+    raw = env.get(key)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{key} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{key} must be a JSON object")
+    return value

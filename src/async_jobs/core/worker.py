@@ -1,0 +1,309 @@
+"""The worker: fetch claimed jobs, run them concurrently, record outcomes in batches.
+
+Three small loops share one set of held jobs:
+
+- the fetcher asks the transport for as many jobs as there are free slots;
+- the completer writes outcomes in batches (each write fenced by attempt and lease token);
+- the heartbeat renews the leases of every held job in one statement per beat, and stops
+  the handlers of jobs the store says this worker no longer holds.
+
+A job is held from its claim until its outcome is written, so its lease is renewed while it
+runs and while its outcome waits to be written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+
+from async_jobs.core.context import JobContext
+from async_jobs.core.executor import error_of, failure_outcome, released, run_attempt
+from async_jobs.core.registry import Registry
+from async_jobs.domain.errors import StoreError
+from async_jobs.domain.jobs import AttemptOutcome, Job, JobId, LeaseToken
+from async_jobs.domain.retry import ExponentialBackoff
+from async_jobs.ports import JobStore, Transport
+
+log = logging.getLogger("async_jobs.worker")
+
+RECONNECT_BACKOFF = ExponentialBackoff(base_seconds=0.2, cap_seconds=15.0, jitter=0.5)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How one worker process behaves. Times are in seconds."""
+
+    concurrency: int = 10
+    use_cases: tuple[str, ...] = ()
+    burst: bool = False
+    lease_seconds: float = 30.0
+    poll_interval_seconds: float = 1.0
+    grace_seconds: float = 30.0
+    max_outcome_batch: int = 1000
+    worker_id: str = dataclasses.field(default_factory=default_worker_id)
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.lease_seconds <= 0 or self.poll_interval_seconds <= 0:
+            raise ValueError("lease and poll interval must be positive")
+
+
+class Completer:
+    """Collects outcomes and writes them in batches, one batch in flight at a time; a batch
+    that could not be written is kept and written again (the fence makes that safe)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        on_written: Callable[[Sequence[AttemptOutcome]], None],
+        max_batch: int,
+    ) -> None:
+        self._transport = transport
+        self._on_written = on_written
+        self._max_batch = max_batch
+        self._pending: list[AttemptOutcome] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, outcome: AttemptOutcome) -> None:
+        self._pending.append(outcome)
+        self._idle.clear()
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        return self._idle.is_set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    await self._transport.settle(batch)
+                except StoreError as exc:
+                    self._pending[:0] = batch
+                    failures += 1
+                    log.warning("cannot record %d outcomes yet: %s", len(batch), exc)
+                    await asyncio.sleep(RECONNECT_BACKOFF.delay(failures))
+                    continue
+                failures = 0
+                self._on_written(batch)
+            self._idle.set()
+
+
+class Worker:
+    """Runs jobs from a transport until stopped (or, in burst mode, until none are left)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: JobStore,
+        transport: Transport,
+        config: WorkerConfig,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self._store = store
+        self._transport = transport
+        self._on_ready = on_ready
+        self._running: dict[JobId, tuple[asyncio.Task[None], JobContext]] = {}
+        self._held: dict[JobId, Job] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stop_now = asyncio.Event()
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._completer = Completer(transport, self._forget, config.max_outcome_batch)
+        self.processed = 0
+
+    @property
+    def worker_id(self) -> str:
+        return self.config.worker_id
+
+    def stop(self) -> None:
+        """First call: stop fetching and let running jobs finish within the grace period.
+        Second call: stop at once, handing running jobs back."""
+        if self._stopping.is_set():
+            self._stop_now.set()
+        self._stopping.set()
+        self._slot_freed.set()
+
+    async def run(self) -> None:
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.config.concurrency, thread_name_prefix="async-jobs"
+        )
+        await self._transport.start()
+        helpers = [
+            asyncio.create_task(self._completer.run(), name="async-jobs-completer"),
+            asyncio.create_task(self._heartbeat(), name="async-jobs-heartbeat"),
+        ]
+        try:
+            if self._on_ready is not None:
+                self._on_ready()
+            await self._fetch_loop()
+        finally:
+            await self._shutdown(helpers)
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            free = self.config.concurrency - len(self._running)
+            if free <= 0:
+                await self._wait_for_slot()
+                continue
+            try:
+                jobs = await self._transport.receive(free, self._wait_seconds())
+            except StoreError as exc:
+                failures += 1
+                log.warning("cannot fetch jobs (try %d): %s", failures, exc)
+                await self._pause(RECONNECT_BACKOFF.delay(failures))
+                continue
+            failures = 0
+            for job in jobs:
+                self._start(job)
+            if not jobs and self.config.burst and await self._burst_done():
+                return
+
+    async def _burst_done(self) -> bool:
+        """Nothing was due: done once nothing runs and every outcome is written (a written
+        outcome may make a retry due at once, so look again after that)."""
+        if self._running:
+            await self._wait_for_slot()
+            return False
+        if not self._completer.idle:
+            await self._completer.wait_idle()
+            return False
+        return True
+
+    def _wait_seconds(self) -> float:
+        if self.config.burst:
+            return 0.0
+        return self.config.poll_interval_seconds * random.uniform(0.75, 1.0)
+
+    async def _wait_for_slot(self) -> None:
+        await self._slot_freed.wait()
+        self._slot_freed.clear()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        self._held[job.id] = job
+        if self._stopping.is_set():
+            self._completer.add(released(job))
+            return
+        ctx = JobContext(job=job, worker_id=self.worker_id, logger=log)
+        task = asyncio.create_task(self._execute(job, ctx))
+        self._running[job.id] = (task, ctx)
+
+    async def _execute(self, job: Job, ctx: JobContext) -> None:
+        try:
+            outcome = await run_attempt(self.registry.get(job.type), job, ctx, self._threads)
+        except asyncio.CancelledError:
+            ctx.request_stop()
+            outcome = released(job)
+        except Exception as exc:  # a bug of ours: the attempt still ends, and counts
+            log.exception("worker error while running job %s", job.id)
+            handler = self.registry.get(job.type)
+            outcome = released(job) if handler is None else failure_outcome(
+                job, handler, error_of(exc)
+            )
+        finally:
+            del self._running[job.id]
+            self._slot_freed.set()
+        self.processed += 1
+        self._completer.add(outcome)
+
+    def _forget(self, outcomes: Sequence[AttemptOutcome]) -> None:
+        for outcome in outcomes:
+            self._held.pop(outcome.job_id, None)
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        interval = self.config.lease_seconds / 3
+        failures = 0
+        while True:
+            await asyncio.sleep(interval if not failures else min(interval, 1.0))
+            claims = [
+                (job.id, job.attempts, LeaseToken(job.lease_token))
+                for job in self._held.values()
+                if job.lease_token is not None
+            ]
+            if not claims:
+                continue
+            try:
+                still = set(await self._store.extend_leases(claims, self.config.lease_seconds))
+            except StoreError as exc:
+                failures += 1
+                log.warning("cannot renew %d leases: %s", len(claims), exc)
+                continue
+            failures = 0
+            for job_id, _, _ in claims:
+                if job_id not in still:
+                    self._lose(job_id)
+
+    def _lose(self, job_id: JobId) -> None:
+        """The store says another worker owns the job now: stop it, write nothing."""
+        running = self._running.get(job_id)
+        if running is not None:
+            log.warning("lost the lease of job %s; stopping its handler", job_id)
+            task, ctx = running
+            ctx.request_stop()
+            task.cancel()
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
+        tasks = [task for task, _ in self._running.values()]
+        if tasks and not self._stop_now.is_set():
+            log.info("waiting up to %gs for %d running jobs", self.config.grace_seconds, len(tasks))
+            all_done = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
+            stop_now = asyncio.ensure_future(self._stop_now.wait())
+            await asyncio.wait(
+                [all_done, stop_now],
+                timeout=self.config.grace_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            stop_now.cancel()
+        for task, ctx in list(self._running.values()):
+            ctx.request_stop()
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._completer.wait_idle(), timeout=10)
+        except TimeoutError:
+            log.error("could not record every outcome before stopping; leases will expire")
+        for helper in helpers:
+            helper.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        await self._transport.stop()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)

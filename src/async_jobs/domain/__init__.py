@@ -1,0 +1,1 @@
+"""Values and rules of the job model; no I/O."""

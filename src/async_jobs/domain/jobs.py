@@ -1,0 +1,255 @@
+"""The job record, its states and priorities, and the values that move between layers.
+
+Nothing here does I/O. Stores turn rows into these values; the worker, the API and the CLI
+only ever see these values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, NewType
+
+JobId = NewType("JobId", uuid.UUID)
+LeaseToken = NewType("LeaseToken", uuid.UUID)
+
+JsonObject = dict[str, Any]
+
+DEFAULT_TENANT = "default"
+DEFAULT_USE_CASE = "default"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_DELAY_TOLERANCE_SECONDS = 300.0
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. Mirrored by the PostgreSQL enum ``job_state``.
+
+    - ``pending``: stored, waiting for its ``run_at``, a retry's backoff or a free slot.
+    - ``queued``: handed to a broker transport, not yet claimed by a worker.
+    - ``running``: claimed by one worker under a lease (attempt number + lease token).
+    - ``succeeded``, ``failed``, ``cancelled``: terminal; the recorded outcome.
+    """
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Priority(enum.StrEnum):
+    """Dispatch priority; declaration order is the order of importance (first runs first)."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for critical up to 3 for low: sort ascending to run the most important first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {p: i for i, p in enumerate(Priority)}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobError:
+    """The last error of a job: exception type, message and a traceback excerpt (truncated)."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    def to_json(self) -> JsonObject:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> JobError | None:
+        if not data:
+            return None
+        return cls(
+            type=str(data.get("type", "")),
+            message=str(data.get("message", "")),
+            traceback=data.get("traceback"),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a running job says it is: a percentage 0-100 and an optional message."""
+
+    percent: float
+    message: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A stored job as the store last saw it. Times are timezone-aware UTC datetimes."""
+
+    id: JobId
+    tenant_id: str
+    use_case: str
+    type: str
+    payload: JsonObject
+    priority: Priority
+    status: JobState
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    delay_tolerance_seconds: float
+    deadline_at: datetime
+    timeout_seconds: float | None
+    idempotency_key: str | None
+    webhook_url: str | None
+    progress: Progress | None
+    result: Any
+    error: JobError | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker_id: str | None = None
+    lease_token: LeaseToken | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+
+    def to_json(self) -> JsonObject:
+        """The job as the HTTP API and the CLI show it (lease token left out: it is a secret)."""
+        return {
+            "id": str(self.id),
+            "tenant_id": self.tenant_id,
+            "use_case": self.use_case,
+            "type": self.type,
+            "payload": self.payload,
+            "priority": self.priority.value,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "run_at": _iso(self.run_at),
+            "delay_tolerance_seconds": self.delay_tolerance_seconds,
+            "deadline_at": _iso(self.deadline_at),
+            "timeout_seconds": self.timeout_seconds,
+            "idempotency_key": self.idempotency_key,
+            "webhook_url": self.webhook_url,
+            "progress": _progress_json(self.progress),
+            "result": self.result,
+            "error": self.error.to_json() if self.error else None,
+            "worker_id": self.worker_id,
+            "lease_expires_at": _iso(self.lease_expires_at),
+            "cancel_requested": self.cancel_requested,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated request to store a job; see ``domain.validation.build_new_job``.
+
+    ``delay_seconds`` is relative to the database clock at insert time; ``run_at``, when set,
+    is absolute and wins.
+    """
+
+    id: JobId
+    tenant_id: str
+    use_case: str
+    type: str
+    payload: JsonObject
+    payload_json: str  # the payload encoded once, at validation
+    priority: Priority
+    max_attempts: int
+    delay_seconds: float
+    run_at: datetime | None
+    delay_tolerance_seconds: float
+    timeout_seconds: float | None
+    idempotency_key: str | None
+    webhook_url: str | None
+
+
+class OutcomeKind(enum.StrEnum):
+    """What a worker records at the end of an attempt."""
+
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"  # back to pending after a delay; the attempt counts
+    FAILED = "failed"  # terminal
+    CANCELLED = "cancelled"  # terminal, cancellation honoured
+    RELEASED = "released"  # handed back unstarted or on shutdown; the attempt does not count
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """The end of one attempt, fenced by the attempt number and lease token of the claim."""
+
+    job_id: JobId
+    attempt: int
+    lease_token: LeaseToken
+    kind: OutcomeKind
+    result: Any = None
+    error: JobError | None = None
+    retry_delay_seconds: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Filters for listing jobs; ``None`` means "any"."""
+
+    tenant_id: str | None = None
+    status: JobState | None = None
+    use_case: str | None = None
+    type: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Position in a newest-first listing: the last item's creation time and id."""
+
+    created_at: datetime
+    id: JobId
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobPage:
+    items: list[Job]
+    next_cursor: PageCursor | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Ask the store for up to ``limit`` due jobs, leased to ``worker_id`` for a while."""
+
+    worker_id: str
+    limit: int
+    lease_seconds: float
+    use_cases: tuple[str, ...] = ()  # empty: every use case
+    types: tuple[str, ...] = ()  # empty: every type the store holds
+
+
+def new_job_id() -> JobId:
+    return JobId(uuid.uuid4())
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _progress_json(progress: Progress | None) -> JsonObject | None:
+    if progress is None:
+        return None
+    return {"percent": progress.percent, "message": progress.message}

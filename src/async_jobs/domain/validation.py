@@ -1,0 +1,213 @@
+"""Checks that turn a raw enqueue request into a ``NewJob`` or an ``InvalidJobError``.
+
+Every entry point (Python, HTTP, CLI) goes through ``build_new_job``, so bad input is refused
+the same way everywhere and never reaches a store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from async_jobs.domain.errors import InvalidJobError, PayloadTooLargeError
+from async_jobs.domain.jobs import (
+    DEFAULT_DELAY_TOLERANCE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TENANT,
+    DEFAULT_USE_CASE,
+    JobId,
+    JsonObject,
+    NewJob,
+    Priority,
+    new_job_id,
+)
+
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_NAME_LENGTH = 200
+MAX_ATTEMPTS_LIMIT = 1000
+MAX_DELAY_SECONDS = 366 * 24 * 3600.0
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600.0
+MAX_JSON_DEPTH = 64
+
+
+def build_new_job(
+    job_type: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    tenant_id: str | None = None,
+    use_case: str | None = None,
+    priority: Priority | str | None = None,
+    max_attempts: int | None = None,
+    delay: float | None = None,
+    run_at: datetime | None = None,
+    delay_tolerance_seconds: float | None = None,
+    timeout_seconds: float | None = None,
+    idempotency_key: str | None = None,
+    webhook_url: str | None = None,
+    job_id: JobId | None = None,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+) -> NewJob:
+    """Validate one enqueue request; defaults are filled in by the caller (the registry)."""
+    if delay is not None and run_at is not None:
+        raise InvalidJobError("give either a delay or run_at, not both", field="run_at")
+    checked_payload, payload_json = check_payload(payload, max_payload_bytes)
+    return NewJob(
+        id=job_id or new_job_id(),
+        tenant_id=check_name(tenant_id or DEFAULT_TENANT, "tenant_id"),
+        use_case=check_name(use_case or DEFAULT_USE_CASE, "use_case"),
+        type=check_name(job_type, "type"),
+        payload=checked_payload,
+        payload_json=payload_json,
+        priority=parse_priority(priority),
+        max_attempts=_check_int(
+            DEFAULT_MAX_ATTEMPTS if max_attempts is None else max_attempts,
+            "max_attempts",
+            1,
+            MAX_ATTEMPTS_LIMIT,
+        ),
+        delay_seconds=_check_number(delay or 0.0, "delay", 0.0, MAX_DELAY_SECONDS),
+        run_at=_check_run_at(run_at),
+        delay_tolerance_seconds=_check_number(
+            DEFAULT_DELAY_TOLERANCE_SECONDS
+            if delay_tolerance_seconds is None
+            else delay_tolerance_seconds,
+            "delay_tolerance_seconds",
+            0.0,
+            MAX_DELAY_SECONDS,
+        ),
+        timeout_seconds=None
+        if timeout_seconds is None
+        else _check_number(timeout_seconds, "timeout_seconds", 0.001, MAX_TIMEOUT_SECONDS),
+        idempotency_key=None
+        if idempotency_key is None
+        else check_text(idempotency_key, "idempotency_key", 1, 255),
+        webhook_url=None if webhook_url is None else _check_url(webhook_url),
+    )
+
+
+def parse_priority(value: Priority | str | None) -> Priority:
+    if value is None:
+        return Priority.MEDIUM
+    try:
+        return Priority(value)
+    except ValueError:
+        allowed = ", ".join(p.value for p in Priority)
+        raise InvalidJobError(
+            f"unknown priority {value!r}; use one of {allowed}", field="priority"
+        ) from None
+
+
+def check_name(value: object, field: str) -> str:
+    """A job type, tenant or use case: non-empty printable text of bounded length."""
+    text = check_text(value, field, 1, MAX_NAME_LENGTH)
+    if not text.isprintable() or text != text.strip():
+        raise InvalidJobError(f"{field} must be printable text without surrounding spaces")
+    return text
+
+
+def check_text(value: object, field: str, min_length: int, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidJobError(f"{field} must be a string", field=field)
+    if not min_length <= len(value) <= max_length:
+        raise InvalidJobError(
+            f"{field} must be {min_length} to {max_length} characters long", field=field
+        )
+    _check_storable(value, field)
+    return value
+
+
+def check_payload(
+    payload: Mapping[str, Any] | None, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> tuple[JsonObject, str]:
+    """The payload must be a JSON object that PostgreSQL can store, within ``max_bytes``.
+
+    Returns the payload and its JSON text, so it is encoded once on the way in.
+    """
+    if payload is None:
+        return {}, "{}"
+    if not isinstance(payload, Mapping):
+        raise InvalidJobError("payload must be a JSON object", field="payload")
+    check_json_value(payload, "payload")
+    text = json_dumps(payload)
+    if len(text) > max_bytes or len(text.encode()) > max_bytes:
+        raise PayloadTooLargeError(
+            f"payload is over the limit of {max_bytes} bytes", field="payload"
+        )
+    return dict(payload), text
+
+
+def check_json_value(value: object, field: str, depth: int = 0) -> None:
+    """Refuse what JSON or PostgreSQL's jsonb cannot hold: NUL characters, NaN, deep nesting."""
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidJobError(f"{field} is nested deeper than {MAX_JSON_DEPTH}", field=field)
+    if isinstance(value, str):
+        _check_storable(value, field)
+    elif isinstance(value, bool) or value is None or isinstance(value, int):
+        return
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidJobError(f"{field} holds a number JSON cannot store", field=field)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidJobError(f"{field} has a key that is not a string", field=field)
+            _check_storable(key, field)
+            check_json_value(item, field, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_json_value(item, field, depth + 1)
+    else:
+        raise InvalidJobError(
+            f"{field} holds a {type(value).__name__}, which is not JSON", field=field
+        )
+
+
+def json_dumps(value: Any) -> str:
+    """The one JSON encoding of the package: compact, and strict about NaN."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _check_storable(text: str, field: str) -> None:
+    if "\x00" in text:
+        raise InvalidJobError(f"{field} contains a NUL character", field=field)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJobError(f"{field} is not valid Unicode text", field=field) from None
+
+
+def _check_int(value: object, field: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJobError(f"{field} must be an integer", field=field)
+    if not low <= value <= high:
+        raise InvalidJobError(f"{field} must be between {low} and {high}", field=field)
+    return value
+
+
+def _check_number(value: object, field: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidJobError(f"{field} must be a number", field=field)
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        raise InvalidJobError(f"{field} must be between {low:g} and {high:g}", field=field)
+    return number
+
+
+def _check_run_at(run_at: datetime | None) -> datetime | None:
+    if run_at is None:
+        return None
+    if not isinstance(run_at, datetime):
+        raise InvalidJobError("run_at must be a datetime", field="run_at")
+    if run_at.tzinfo is None:
+        raise InvalidJobError("run_at must carry a timezone", field="run_at")
+    return run_at.astimezone(UTC)
+
+
+def _check_url(url: object) -> str:
+    text = check_text(url, "webhook_url", 1, 2048)
+    if not text.startswith(("http://", "https://")):
+        raise InvalidJobError("webhook_url must be an http or https URL", field="webhook_url")
+    return text

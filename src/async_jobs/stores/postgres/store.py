@@ -1,0 +1,370 @@
+"""The PostgreSQL store on asyncpg: named queries from ``queries.sql``, a small pool so that
+claim, completion and heartbeats need not wait for each other, and a LISTEN connection that
+wakes idle workers (polling remains the correctness path)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from async_jobs.domain.errors import (
+    AsyncJobsError,
+    SchemaMissingError,
+    StoreError,
+    StoreUnavailableError,
+)
+from async_jobs.domain.jobs import (
+    AttemptOutcome,
+    ClaimRequest,
+    Job,
+    JobError,
+    JobFilter,
+    JobId,
+    JobPage,
+    JobState,
+    LeaseToken,
+    NewJob,
+    PageCursor,
+    Priority,
+    Progress,
+)
+from async_jobs.domain.validation import json_dumps
+from async_jobs.stores.sqlfile import load_migrations, load_queries
+
+log = logging.getLogger(__name__)
+
+QUERIES = load_queries("async_jobs.stores.postgres")
+NOTIFY_CHANNEL = "async_jobs_inserted"
+
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.ConnectionFailureError,
+)
+
+
+class PostgresStore:
+    """A ``JobStore`` on PostgreSQL 13+ (asyncpg)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 8,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.dsn = dsn
+        self._min = min_connections
+        self._max = max_connections
+        self._connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._wakeup = asyncio.Event()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._min,
+                max_size=self._max,
+                timeout=self._connect_timeout,
+                init=_init_connection,
+                command_timeout=60,
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreUnavailableError(f"PostgreSQL refused the connection: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=2)
+            self._listener = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except (TimeoutError, *_UNAVAILABLE):
+                pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; driver errors leave this block as our own errors."""
+        if self._pool is None:
+            raise StoreError("the store is not open; call open() first")
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except AsyncJobsError:
+            raise
+        except asyncpg.UndefinedTableError as exc:
+            raise SchemaMissingError(
+                "the jobs table does not exist; run `async-jobs migrate`"
+            ) from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"PostgreSQL error: {exc}") from exc
+
+    # -- schema -----------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        applied_now: list[str] = []
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(QUERIES["migrations_lock"])
+            await conn.execute(QUERIES["migrations_table"])
+            done = {r["name"] for r in await conn.fetch(QUERIES["migrations_applied"])}
+            for name, sql in load_migrations("async_jobs.stores.postgres.migrations"):
+                if name in done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute(QUERIES["migration_record"], name)
+                applied_now.append(name)
+        return applied_now
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval(QUERIES["ping"])
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
+        return (await self.insert_jobs([job]))[0]
+
+    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        if not jobs:
+            return []
+        async with self._connection() as conn, conn.transaction():
+            return await insert_jobs_on(conn, jobs)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
+        return job_from_record(row) if row is not None else None
+
+    async def list_jobs(
+        self, where: JobFilter, limit: int, after: PageCursor | None = None
+    ) -> JobPage:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["list_jobs"],
+                where.tenant_id,
+                where.status.value if where.status else None,
+                where.use_case,
+                where.type,
+                where.created_after,
+                where.created_before,
+                after.created_at if after else None,
+                after.id if after else None,
+                limit + 1,
+            )
+        items = [job_from_record(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
+        return JobPage(items=items, next_cursor=cursor)
+
+    # -- the worker's path ------------------------------------------------------------------
+
+    async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["claim_jobs"],
+                request.limit,
+                list(request.use_cases),
+                list(request.types),
+                request.worker_id,
+                request.lease_seconds,
+            )
+        jobs = [job_from_record(r) for r in rows]
+        jobs.sort(key=_dispatch_order)
+        return jobs
+
+    async def record_outcomes(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
+        if not outcomes:
+            return []
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        for o in outcomes:
+            columns[0].append(o.job_id)
+            columns[1].append(o.attempt)
+            columns[2].append(o.lease_token)
+            columns[3].append(o.kind.value)
+            columns[4].append(None if o.result is None else json_dumps(o.result))
+            columns[5].append(None if o.error is None else json_dumps(o.error.to_json()))
+            columns[6].append(o.retry_delay_seconds)
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["record_outcomes"], *columns)
+        return [r["id"] for r in rows]
+
+    async def extend_leases(
+        self, claims: Sequence[tuple[JobId, int, LeaseToken]], lease_seconds: float
+    ) -> list[JobId]:
+        if not claims:
+            return []
+        ids, attempts, tokens = zip(*claims, strict=True)
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["extend_leases"], list(ids), list(attempts), list(tokens), lease_seconds
+            )
+        return [r["id"] for r in rows]
+
+    async def wait_for_jobs(self, timeout: float) -> None:
+        if not await self._ensure_listener():
+            await asyncio.sleep(timeout)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        self._wakeup.clear()
+
+    async def _ensure_listener(self) -> bool:
+        """(Re)make the LISTEN connection; False when it cannot be had now."""
+        if self._listener is not None and not self._listener.is_closed():
+            return True
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            conn.add_termination_listener(self._on_listener_lost)
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("cannot LISTEN for new jobs, polling only: %s", exc)
+            return False
+        self._listener = conn
+        self._wakeup.set()  # notifications may have been missed while it was down
+        return True
+
+    def _on_notify(self, *_: object) -> None:
+        self._wakeup.set()
+
+    def _on_listener_lost(self, *_: object) -> None:
+        self._listener = None
+
+
+async def insert_jobs_on(conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+    """Insert on a connection the caller holds (and whose transaction it owns)."""
+    rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns(jobs))
+    inserted = {r["id"]: r for r in rows}
+    missing = [j for j in jobs if j.id not in inserted]
+    existing: dict[tuple[str, str | None], Job] = {}
+    for tenant in {j.tenant_id for j in missing}:
+        keys = [j.idempotency_key for j in missing if j.tenant_id == tenant]
+        for row in await conn.fetch(QUERIES["get_jobs_by_idempotency_key"], tenant, keys):
+            found = job_from_record(row)
+            existing[(found.tenant_id, found.idempotency_key)] = found
+    results: list[tuple[Job, bool]] = []
+    for job in jobs:
+        row = inserted.get(job.id)
+        if row is not None:
+            results.append((_job_from_insert(job, row), True))
+        else:
+            results.append((existing[(job.tenant_id, job.idempotency_key)], False))
+    return results
+
+
+def _insert_columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(13))
+    for j in jobs:
+        for column, value in zip(
+            columns,
+            (
+                j.id,
+                j.tenant_id,
+                j.use_case,
+                j.type,
+                j.payload_json,
+                j.priority.value,
+                j.max_attempts,
+                j.delay_seconds,
+                j.run_at,
+                j.delay_tolerance_seconds,
+                j.timeout_seconds,
+                j.idempotency_key,
+                j.webhook_url,
+            ),
+            strict=True,
+        ):
+            column.append(value)
+    return columns
+
+
+def _job_from_insert(new: NewJob, row: asyncpg.Record) -> Job:
+    created = row["created_at"]
+    return Job(
+        id=new.id,
+        tenant_id=new.tenant_id,
+        use_case=new.use_case,
+        type=new.type,
+        payload=new.payload,
+        priority=new.priority,
+        status=JobState.PENDING,
+        attempts=0,
+        max_attempts=new.max_attempts,
+        run_at=row["run_at"],
+        delay_tolerance_seconds=new.delay_tolerance_seconds,
+        deadline_at=row["deadline_at"],
+        timeout_seconds=new.timeout_seconds,
+        idempotency_key=new.idempotency_key,
+        webhook_url=new.webhook_url,
+        progress=None,
+        result=None,
+        error=None,
+        created_at=created,
+        updated_at=created,
+        started_at=None,
+        finished_at=None,
+    )
+
+
+def job_from_record(r: asyncpg.Record) -> Job:
+    percent = r["progress_percent"]
+    return Job(
+        id=r["id"],
+        tenant_id=r["tenant_id"],
+        use_case=r["use_case"],
+        type=r["type"],
+        payload=r["payload"],
+        priority=Priority(r["priority"]),
+        status=JobState(r["status"]),
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        run_at=r["run_at"],
+        delay_tolerance_seconds=r["delay_tolerance_seconds"],
+        deadline_at=r["deadline_at"],
+        timeout_seconds=r["timeout_seconds"],
+        idempotency_key=r["idempotency_key"],
+        webhook_url=r["webhook_url"],
+        progress=None if percent is None else Progress(percent, r["progress_message"]),
+        result=r["result"],
+        error=JobError.from_json(r["error"]),
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        worker_id=r["worker_id"],
+        lease_token=r["lease_token"],
+        lease_expires_at=r["lease_expires_at"],
+        cancel_requested=r["cancel_requested"],
+    )
+
+
+def _dispatch_order(job: Job) -> tuple[int, Any, Any]:
+    return (job.priority.rank, job.deadline_at, job.run_at)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json_dumps, decoder=json.loads, schema="pg_catalog")

@@ -1,0 +1,1 @@
+"""Transports: how claimed jobs reach workers (the store stays the truth)."""
