@@ -68,7 +68,7 @@ def build_new_job(
             1,
             MAX_ATTEMPTS_LIMIT,
         ),
-        delay_seconds=_check_number(delay or 0.0, "delay", 0.0, MAX_DELAY_SECONDS),
+        delay_seconds=_check_number(delay or 0.0, "delay_seconds", 0.0, MAX_DELAY_SECONDS),
         run_at=_check_run_at(run_at),
         delay_tolerance_seconds=_check_number(
             DEFAULT_DELAY_TOLERANCE_SECONDS
@@ -192,7 +192,7 @@ def _check_number(value: object, field: str, low: float, high: float) -> float:
         raise InvalidJobError(f"{field} must be a number", field=field)
     number = float(value)
     if not math.isfinite(number) or not low <= number <= high:
-        raise InvalidJobError(f"{field} must be between {low:g} and {high:g}", field=field)
+        raise InvalidJobError(f"{field} must be between {low:.15g} and {high:.15g}", field=field)
     return number
 
 

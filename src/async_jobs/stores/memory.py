@@ -64,6 +64,9 @@ class MemoryStore:
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
         self._check_open()
+        ids = [new.id for new in jobs]
+        if len(set(ids)) != len(ids) or any(i in self._jobs for i in ids):
+            raise StoreError("a job with this id already exists; nothing was stored")
         results: list[tuple[Job, bool]] = []
         for new in jobs:
             existing = self._existing(new)

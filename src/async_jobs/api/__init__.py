@@ -1,0 +1,6 @@
+"""HTTP adapters: the jobs router that apps mount, and the standalone app."""
+
+from async_jobs.api.app import create_api
+from async_jobs.api.router import create_jobs_router
+
+__all__ = ["create_api", "create_jobs_router"]

@@ -1,0 +1,75 @@
+"""Every error leaves the API as ``{"error": {"code", "message"}}`` with its status; no
+traceback ever reaches a client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from async_jobs.domain.errors import AsyncJobsError, StoreError
+
+log = logging.getLogger("async_jobs.api")
+
+RETRY_AFTER_SECONDS = "5"
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **details: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+async def _on_our_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AsyncJobsError)
+    headers = None
+    if isinstance(exc, StoreError):
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        headers = {"Retry-After": RETRY_AFTER_SECONDS}
+        if exc.http_status == 500:
+            return error_response(503, exc.code, "the job store failed; try again", headers)
+    return JSONResponse(exc.to_json(), status_code=exc.http_status, headers=headers)
+
+
+async def _on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [_problem(e) for e in exc.errors()]
+    if any(p["type"] == "json_invalid" for p in problems):
+        return error_response(400, "malformed_json", "the request body is not valid JSON")
+    first = problems[0] if problems else {"field": "", "message": "invalid request"}
+    message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    return error_response(422, "invalid_request", message, problems=problems)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "an unexpected error occurred")
+
+
+def _problem(error: Any) -> dict[str, str]:
+    location = [str(part) for part in error.get("loc", ()) if part != "body"]
+    return {
+        "field": ".".join(location),
+        "message": str(error.get("msg", "invalid")),
+        "type": str(error.get("type", "")),
+    }
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AsyncJobsError, _on_our_error)
+    app.add_exception_handler(RequestValidationError, _on_invalid_request)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,70 @@
+"""``create_jobs_router``: the jobs API as a FastAPI router an app mounts under any prefix.
+
+Handlers only translate HTTP to ``JobApp`` calls and back; errors become JSON through the
+handlers installed by ``install_error_handlers``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from async_jobs.api.schemas import JobCreate, decode_cursor, encode_cursor
+from async_jobs.app import MAX_PAGE_SIZE, JobApp
+from async_jobs.domain.errors import AsyncJobsError
+from async_jobs.domain.jobs import JobFilter, JobState
+
+
+def create_jobs_router(jobs: JobApp) -> APIRouter:
+    """Routes ``POST /jobs``, ``GET /jobs``, ``GET /jobs/{id}`` and ``GET /health``."""
+    router = APIRouter()
+
+    @router.post("/jobs", status_code=201, summary="Enqueue a job")
+    async def enqueue(body: JobCreate) -> JSONResponse:
+        job, created = await jobs.enqueue_checked(body.to_request())
+        return JSONResponse(job.to_json(), status_code=201 if created else 200)
+
+    @router.get("/jobs/{job_id}", summary="One job")
+    async def get_job(job_id: str) -> JSONResponse:
+        job = await jobs.get_job(job_id)
+        return JSONResponse(job.to_json())
+
+    @router.get("/jobs", summary="List jobs, newest first")
+    async def list_jobs(
+        status: JobState | None = None,
+        use_case: str | None = None,
+        type: str | None = None,  # noqa: A002 - the field's public name
+        tenant_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
+        cursor: str | None = None,
+    ) -> JSONResponse:
+        where = JobFilter(
+            tenant_id=tenant_id,
+            status=status,
+            use_case=use_case,
+            type=type,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        page = await jobs.list_jobs(where, limit, decode_cursor(cursor))
+        body: dict[str, Any] = {
+            "items": [job.to_json() for job in page.items],
+            "next_cursor": encode_cursor(page.next_cursor),
+        }
+        return JSONResponse(body)
+
+    @router.get("/health", summary="Is the store reachable")
+    async def health() -> JSONResponse:
+        try:
+            await jobs.store.ping()
+        except AsyncJobsError as exc:
+            body = {"status": "unavailable", "store": exc.message}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"status": "ok", "store": "ok"})
+
+    return router

@@ -1,0 +1,207 @@
+"""``async-jobs``: parse the command line, build the app, call it. Nothing else lives here.
+
+Exit codes: 0 done; 1 the work failed (store unreachable, a waited-for job failed);
+2 bad usage, configuration or input; 3 ``enqueue --wait`` ran out of time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from async_jobs.app import EnqueueRequest, JobApp
+from async_jobs.core.settings import Settings, split_modules
+from async_jobs.core.worker import WorkerConfig
+from async_jobs.domain.errors import (
+    AsyncJobsError,
+    ConfigurationError,
+    HandlerRegistrationError,
+    InvalidJobError,
+)
+from async_jobs.domain.jobs import JobState, Priority
+
+DEMO_HANDLERS = ("async_jobs.demo",)
+log = logging.getLogger("async_jobs.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="async-jobs", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="API, dashboard and worker in one process")
+    _add_http(serve)
+    _add_worker_options(serve)
+
+    api = commands.add_parser("api", help="the HTTP API only")
+    _add_http(api)
+
+    commands.add_parser("migrate", help="create or upgrade the store's schema")
+
+    worker = commands.add_parser("worker", help="run jobs")
+    _add_worker_options(worker)
+    worker.add_argument("--use-case", action="append", default=[], dest="use_cases",
+                        help="only this use case (repeatable)")
+    worker.add_argument("--burst", action="store_true", help="exit when nothing is left to do")
+    worker.add_argument("--grace", type=float, default=30.0,
+                        help="seconds running jobs get to finish after SIGTERM")
+
+    enqueue = commands.add_parser("enqueue", help="enqueue a job from the shell")
+    enqueue.add_argument("type", help="job type")
+    enqueue.add_argument("--payload", default="{}", help="JSON object")
+    enqueue.add_argument("--use-case")
+    enqueue.add_argument("--tenant", dest="tenant_id")
+    enqueue.add_argument("--priority", choices=[p.value for p in Priority])
+    enqueue.add_argument("--delay", type=float, help="seconds from now")
+    enqueue.add_argument("--max-attempts", type=int)
+    enqueue.add_argument("--idempotency-key")
+    enqueue.add_argument("--wait", type=float, metavar="S",
+                         help="wait up to S seconds and print the final job")
+
+    bench = commands.add_parser("bench", help="measure enqueue, drain, latency and memory")
+    from async_jobs import bench as bench_module
+
+    bench_module.configure_parser(bench)
+    return parser
+
+
+def _add_http(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+
+
+def _add_worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--handlers", help="comma-separated modules that define handlers")
+    parser.add_argument("--concurrency", type=int, default=10, help="jobs run at once")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args)
+    except (ConfigurationError, InvalidJobError, HandlerRegistrationError) as exc:
+        print(f"async-jobs: error: {exc.message}", file=sys.stderr)
+        return 2
+    except AsyncJobsError as exc:
+        print(f"async-jobs: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "bench":
+        from async_jobs import bench as bench_module
+
+        return bench_module.run(args)
+    settings = Settings.from_env()
+    handlers = getattr(args, "handlers", None)
+    if handlers is not None:
+        settings = dataclasses.replace(settings, handlers=split_modules(handlers))
+    if args.command == "serve" and not settings.handlers:
+        settings = dataclasses.replace(settings, handlers=DEMO_HANDLERS)
+    jobs = JobApp(settings=settings)
+    if args.command in ("serve", "api"):
+        return _serve(jobs, args)
+    runner = {"migrate": _migrate, "worker": _worker, "enqueue": _enqueue}[args.command]
+    return asyncio.run(runner(jobs, args))
+
+
+def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from async_jobs.api import create_api
+
+    worker = None
+    if args.command == "serve":
+        worker = _worker_config(jobs, args, burst=False, grace=30.0)
+        asyncio.run(_check_store(jobs))
+    app = create_api(jobs, worker=worker, migrate=args.command == "serve")
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                            lifespan="on", access_log=False)
+    print(f"async-jobs {args.command}: http://{args.host}:{args.port}", flush=True)
+    uvicorn.Server(config).run()
+    return 0
+
+
+async def _check_store(jobs: JobApp) -> None:
+    """Fail fast with a clear message when the store does not answer at start-up."""
+    async with jobs:
+        await jobs.store.ping()
+
+
+def _worker_config(
+    jobs: JobApp, args: argparse.Namespace, *, burst: bool, grace: float
+) -> WorkerConfig:
+    if args.concurrency < 1:
+        raise ConfigurationError("--concurrency must be at least 1")
+    return WorkerConfig(
+        concurrency=args.concurrency,
+        use_cases=tuple(getattr(args, "use_cases", ())),
+        burst=burst,
+        grace_seconds=grace,
+        lease_seconds=jobs.settings.lease_seconds,
+        poll_interval_seconds=jobs.settings.poll_interval_seconds,
+    )
+
+
+async def _migrate(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        applied = await jobs.migrate()
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date", flush=True)
+    return 0
+
+
+async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
+    config = _worker_config(jobs, args, burst=args.burst, grace=args.grace)
+    async with jobs:
+        await jobs.store.ping()
+
+        def ready() -> None:
+            print(f"async-jobs worker ready: id={config.worker_id} "
+                  f"concurrency={config.concurrency} types={','.join(jobs.registry.types)}",
+                  flush=True)
+
+        worker = jobs.worker(config, on_ready=ready)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.stop)
+        await worker.run()
+    log.info("worker stopped after %d jobs", worker.processed)
+    return 0
+
+
+async def _enqueue(jobs: JobApp, args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        raise InvalidJobError(f"--payload is not valid JSON: {exc}") from exc
+    request = EnqueueRequest(
+        type=args.type,
+        payload=payload,
+        tenant_id=args.tenant_id,
+        use_case=args.use_case,
+        priority=args.priority,
+        delay=args.delay,
+        max_attempts=args.max_attempts,
+        idempotency_key=args.idempotency_key,
+    )
+    async with jobs:
+        job, _ = await jobs.enqueue_checked(request)
+        if args.wait is not None:
+            job = await jobs.wait_for(job.id, args.wait)
+    print(json.dumps(job.to_json(), indent=2), flush=True)
+    if args.wait is None or job.status is JobState.SUCCEEDED:
+        return 0
+    return 3 if not job.status.is_terminal else 1

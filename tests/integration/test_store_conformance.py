@@ -1,0 +1,276 @@
+"""One suite, every store: the behaviour the worker and the API rely on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from async_jobs.domain.errors import StoreError
+from async_jobs.domain.jobs import (
+    AttemptOutcome,
+    ClaimRequest,
+    Job,
+    JobError,
+    JobFilter,
+    JobState,
+    LeaseToken,
+    OutcomeKind,
+    Priority,
+)
+from async_jobs.ports import JobStore
+from tests.helpers import new_job
+
+
+def claim(limit: int = 10, **kw: object) -> ClaimRequest:
+    return ClaimRequest(worker_id="w1", limit=limit, lease_seconds=30, **kw)  # type: ignore[arg-type]
+
+
+def outcome(job: Job, kind: OutcomeKind, **kw: object) -> AttemptOutcome:
+    assert job.lease_token is not None
+    return AttemptOutcome(job.id, job.attempts, LeaseToken(job.lease_token), kind, **kw)  # type: ignore[arg-type]
+
+
+async def test_insert_then_get_round_trips_every_field(store: JobStore) -> None:
+    new = new_job(
+        "send_email",
+        {"to": "a@b.c", "n": [1, 2.5, None, True], "ü": "ñ"},
+        tenant_id="t1",
+        use_case="notifications",
+        priority="high",
+        max_attempts=5,
+        delay=0,
+        delay_tolerance_seconds=60,
+        timeout_seconds=12.5,
+        idempotency_key="k1",
+        webhook_url="https://example.test/hook",
+    )
+    job, created = await store.insert_job(new)
+    assert created
+    fetched = await store.get_job(new.id)
+    assert fetched is not None
+    for got in (job, fetched):
+        assert got.id == new.id
+        assert (got.tenant_id, got.use_case, got.type) == ("t1", "notifications", "send_email")
+        assert got.payload == new.payload
+        assert got.priority is Priority.HIGH
+        assert got.status is JobState.PENDING
+        assert (got.attempts, got.max_attempts) == (0, 5)
+        assert got.timeout_seconds == 12.5
+        assert got.idempotency_key == "k1"
+        assert got.webhook_url == "https://example.test/hook"
+        assert got.deadline_at - got.run_at == timedelta(seconds=60)
+        assert got.run_at.tzinfo is not None
+        assert got.result is None and got.error is None and got.lease_token is None
+    assert fetched.created_at == job.created_at
+
+
+async def test_get_is_scoped_to_the_tenant(store: JobStore) -> None:
+    job, _ = await store.insert_job(new_job(tenant_id="t1"))
+    assert await store.get_job(job.id, "t1") is not None
+    assert await store.get_job(job.id, "t2") is None
+    assert await store.get_job(uuid.uuid4()) is None  # type: ignore[arg-type]
+
+
+async def test_idempotency_key_returns_the_existing_job_per_tenant(store: JobStore) -> None:
+    first, created = await store.insert_job(new_job(tenant_id="t1", idempotency_key="same"))
+    again, created_again = await store.insert_job(new_job(tenant_id="t1", idempotency_key="same"))
+    other, created_other = await store.insert_job(new_job(tenant_id="t2", idempotency_key="same"))
+    assert created and not created_again and created_other
+    assert again.id == first.id
+    assert other.id != first.id
+    page = await store.list_jobs(JobFilter(tenant_id="t1"), 10)
+    assert [j.id for j in page.items] == [first.id]
+
+
+async def test_batch_insert_is_all_or_nothing(store: JobStore) -> None:
+    good = new_job()
+    duplicate = new_job()
+    clash = new_job(job_id=duplicate.id)
+    with pytest.raises(StoreError):
+        await store.insert_jobs([good, duplicate, clash])
+    assert await store.get_job(good.id) is None
+    results = await store.insert_jobs([new_job(idempotency_key="a"), new_job(idempotency_key="a")])
+    assert [created for _, created in results] == [True, False]
+    assert results[0][0].id == results[1][0].id
+
+
+async def test_claim_orders_by_priority_then_deadline(store: JobStore) -> None:
+    jobs = [
+        new_job("a", priority="low", delay_tolerance_seconds=1),
+        new_job("b", priority="medium", delay_tolerance_seconds=100),
+        new_job("c", priority="medium", delay_tolerance_seconds=10),
+        new_job("d", priority="critical", delay_tolerance_seconds=1000),
+        new_job("e", priority="high", delay_tolerance_seconds=500),
+    ]
+    await store.insert_jobs(jobs)
+    first = await store.claim_jobs(claim(limit=2))
+    rest = await store.claim_jobs(claim(limit=10))
+    assert [j.type for j in first] == ["d", "e"]
+    assert [j.type for j in rest] == ["c", "b", "a"]
+
+
+async def test_claim_takes_only_due_jobs_of_the_asked_use_cases_and_types(
+    store: JobStore,
+) -> None:
+    await store.insert_jobs(
+        [
+            new_job("later", delay=3600),
+            new_job("x", use_case="mail"),
+            new_job("y", use_case="mail"),
+            new_job("x", use_case="sms"),
+            new_job("x", run_at=datetime.now(UTC) - timedelta(seconds=5)),
+        ]
+    )
+    assert [j.use_case for j in await store.claim_jobs(claim(use_cases=("sms",)))] == ["sms"]
+    mail = await store.claim_jobs(claim(use_cases=("mail",), types=("y",)))
+    assert [(j.use_case, j.type) for j in mail] == [("mail", "y")]
+    rest = await store.claim_jobs(claim())
+    assert sorted(j.type for j in rest) == ["x", "x"]
+    assert await store.claim_jobs(claim()) == []
+
+
+async def test_claim_leases_the_job(store: JobStore) -> None:
+    job, _ = await store.insert_job(new_job())
+    (claimed,) = await store.claim_jobs(claim())
+    assert claimed.id == job.id
+    assert claimed.status is JobState.RUNNING
+    assert claimed.attempts == 1
+    assert claimed.lease_token is not None
+    assert claimed.worker_id == "w1"
+    assert claimed.lease_expires_at is not None and claimed.started_at is not None
+    assert claimed.lease_expires_at - claimed.started_at == pytest.approx(
+        timedelta(seconds=30), abs=timedelta(seconds=1)
+    )
+    stored = await store.get_job(job.id)
+    assert stored is not None and stored.lease_token == claimed.lease_token
+
+
+async def test_concurrent_claims_never_share_a_job(store: JobStore) -> None:
+    await store.insert_jobs([new_job() for _ in range(60)])
+    batches = await asyncio.gather(*(store.claim_jobs(claim(limit=7)) for _ in range(12)))
+    ids = [j.id for batch in batches for j in batch]
+    assert len(ids) == 60
+    assert len(set(ids)) == 60
+
+
+async def test_outcomes_are_fenced_by_attempt_and_lease_token(store: JobStore) -> None:
+    await store.insert_job(new_job())
+    (job,) = await store.claim_jobs(claim())
+    stale = [
+        AttemptOutcome(job.id, job.attempts, LeaseToken(uuid.uuid4()), OutcomeKind.FAILED),
+        AttemptOutcome(job.id, job.attempts + 1, LeaseToken(job.lease_token), OutcomeKind.FAILED),  # type: ignore[arg-type]
+    ]
+    assert await store.record_outcomes(stale) == []
+    assert await store.record_outcomes([outcome(job, OutcomeKind.SUCCEEDED, result={"ok": 1})]) == [
+        job.id
+    ]
+    late = outcome(job, OutcomeKind.FAILED, error=JobError("Late", "too late"))
+    assert await store.record_outcomes([late]) == []
+    done = await store.get_job(job.id)
+    assert done is not None
+    assert done.status is JobState.SUCCEEDED
+    assert done.result == {"ok": 1}
+    assert done.error is None
+    assert done.finished_at is not None and done.lease_token is None
+
+
+async def test_retry_returns_the_job_to_pending_later_and_keeps_the_error(
+    store: JobStore,
+) -> None:
+    await store.insert_job(new_job(delay_tolerance_seconds=7))
+    (job,) = await store.claim_jobs(claim())
+    error = JobError("Boom", "it broke", "Traceback ...")
+    retry = outcome(job, OutcomeKind.RETRY, error=error, retry_delay_seconds=3600)
+    assert await store.record_outcomes([retry]) == [job.id]
+    waiting = await store.get_job(job.id)
+    assert waiting is not None
+    assert waiting.status is JobState.PENDING
+    assert waiting.attempts == 1
+    assert waiting.error == error
+    assert waiting.run_at > datetime.now(UTC) + timedelta(seconds=3500)
+    assert waiting.deadline_at - waiting.run_at == timedelta(seconds=7)
+    assert await store.claim_jobs(claim()) == []
+
+
+async def test_retry_without_delay_is_claimed_again_as_the_next_attempt(store: JobStore) -> None:
+    await store.insert_job(new_job())
+    (job,) = await store.claim_jobs(claim())
+    await store.record_outcomes([outcome(job, OutcomeKind.RETRY, error=JobError("E", "x"))])
+    (again,) = await store.claim_jobs(claim())
+    assert again.attempts == 2
+    assert again.lease_token != job.lease_token
+
+
+async def test_release_hands_the_job_back_without_spending_an_attempt(store: JobStore) -> None:
+    await store.insert_job(new_job())
+    (job,) = await store.claim_jobs(claim())
+    assert await store.record_outcomes([outcome(job, OutcomeKind.RELEASED)]) == [job.id]
+    back = await store.get_job(job.id)
+    assert back is not None
+    assert (back.status, back.attempts, back.started_at) == (JobState.PENDING, 0, None)
+    (again,) = await store.claim_jobs(claim())
+    assert again.attempts == 1
+
+
+@pytest.mark.parametrize("kind", [OutcomeKind.FAILED, OutcomeKind.CANCELLED])
+async def test_terminal_failures_are_recorded(store: JobStore, kind: OutcomeKind) -> None:
+    await store.insert_job(new_job())
+    (job,) = await store.claim_jobs(claim())
+    await store.record_outcomes([outcome(job, kind, error=JobError("E", "m"))])
+    ended = await store.get_job(job.id)
+    assert ended is not None
+    assert ended.status.value == kind.value
+    assert ended.status.is_terminal and ended.finished_at is not None
+
+
+async def test_extend_leases_renews_only_jobs_still_held(store: JobStore) -> None:
+    await store.insert_jobs([new_job(), new_job()])
+    first, second = await store.claim_jobs(claim())
+    await store.record_outcomes([outcome(first, OutcomeKind.SUCCEEDED)])
+    claims = [(j.id, j.attempts, LeaseToken(j.lease_token)) for j in (first, second)]  # type: ignore[arg-type]
+    held = await store.extend_leases(claims, 120)
+    assert held == [second.id]
+    renewed = await store.get_job(second.id)
+    assert renewed is not None and renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at > datetime.now(UTC) + timedelta(seconds=100)
+
+
+async def test_list_pages_newest_first_and_filters(store: JobStore) -> None:
+    made = []
+    for i in range(7):
+        job, _ = await store.insert_job(
+            new_job("even" if i % 2 == 0 else "odd", tenant_id="t1" if i < 5 else "t2")
+        )
+        made.append(job)
+    seen = []
+    page = await store.list_jobs(JobFilter(), 3)
+    seen += page.items
+    while page.next_cursor is not None:
+        page = await store.list_jobs(JobFilter(), 3, page.next_cursor)
+        seen += page.items
+    assert len(seen) == 7
+    assert {j.id for j in seen} == {j.id for j in made}
+    keys = [(j.created_at, j.id) for j in seen]
+    assert keys == sorted(keys, reverse=True)
+    odd_t1 = await store.list_jobs(JobFilter(tenant_id="t1", type="odd"), 100)
+    assert len(odd_t1.items) == 2 and odd_t1.next_cursor is None
+    running = await store.list_jobs(JobFilter(status=JobState.RUNNING), 100)
+    assert running.items == []
+    window = await store.list_jobs(
+        JobFilter(created_after=made[0].created_at - timedelta(seconds=1)), 100
+    )
+    assert len(window.items) == 7
+
+
+async def test_wait_for_jobs_wakes_on_insert(store: JobStore) -> None:
+    await store.wait_for_jobs(0.01)  # consume an earlier wake-up
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.create_task(store.wait_for_jobs(10))
+    await asyncio.sleep(0.05)  # wait-ok: let the waiter start listening
+    started = loop.time()
+    await store.insert_job(new_job())
+    await asyncio.wait_for(waiter, 5)
+    assert loop.time() - started < 5
