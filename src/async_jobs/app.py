@@ -109,7 +109,12 @@ class JobApp:
     ) -> Callable[[T], T]:
         """Register a function ``(ctx, payload)`` or a class with ``handle(ctx, payload)``."""
         options = HandlerOptions(
-            name, use_case, priority, max_attempts, timeout_seconds, delay_tolerance_seconds,
+            name,
+            use_case,
+            priority,
+            max_attempts,
+            timeout_seconds,
+            delay_tolerance_seconds,
             backoff,
         )
 
@@ -144,7 +149,9 @@ class JobApp:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.close()
@@ -173,8 +180,18 @@ class JobApp:
         """Store one job and return it. With an ``idempotency_key`` the tenant already used
         for the same request, the existing job comes back instead of a new one."""
         request = EnqueueRequest(
-            self._type_name(job_type), payload, tenant_id, use_case, priority, delay, run_at,
-            delay_tolerance_seconds, max_attempts, timeout_seconds, idempotency_key, webhook_url,
+            self._type_name(job_type),
+            payload,
+            tenant_id,
+            use_case,
+            priority,
+            delay,
+            run_at,
+            delay_tolerance_seconds,
+            max_attempts,
+            timeout_seconds,
+            idempotency_key,
+            webhook_url,
         )
         job, _ = await self.enqueue_checked(request)
         return job
@@ -203,10 +220,9 @@ class JobApp:
             raise UnknownJobTypeError(
                 f"unknown job type {request.type!r}; registered types: {known}", field="type"
             )
-        use_case = request.use_case or (handler.use_case if handler else None)
-        tolerance = request.delay_tolerance_seconds
-        if tolerance is None:
-            tolerance = handler.delay_tolerance_seconds if handler else None
+        default = handler or _NO_HANDLER
+        use_case = _first(request.use_case, default.use_case)
+        tolerance = _first(request.delay_tolerance_seconds, default.delay_tolerance_seconds)
         if tolerance is None and use_case is not None:
             tolerance = self.settings.delay_tolerance_for(use_case)
         return build_new_job(
@@ -214,13 +230,12 @@ class JobApp:
             request.payload,
             tenant_id=request.tenant_id,
             use_case=use_case,
-            priority=request.priority or (handler.priority if handler else None),
-            max_attempts=request.max_attempts or (handler.max_attempts if handler else None),
+            priority=_first(request.priority, default.priority),
+            max_attempts=_first(request.max_attempts, default.max_attempts),
             delay=request.delay,
             run_at=request.run_at,
             delay_tolerance_seconds=tolerance,
-            timeout_seconds=request.timeout_seconds
-            or (handler.timeout_seconds if handler else None),
+            timeout_seconds=_first(request.timeout_seconds, default.timeout_seconds),
             idempotency_key=request.idempotency_key,
             webhook_url=request.webhook_url,
         )
@@ -304,6 +319,14 @@ class JobApp:
         worker = self.worker(config)
         await worker.run()
         return worker
+
+
+_NO_HANDLER = HandlerOptions()
+
+
+def _first(*values: T | None) -> T | None:
+    """The first value that was given (not None): a request's own, then its handler's."""
+    return next((v for v in values if v is not None), None)
 
 
 def parse_job_id(value: JobId | uuid.UUID | str) -> JobId:

@@ -46,11 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run jobs")
     _add_worker_options(worker)
-    worker.add_argument("--use-case", action="append", default=[], dest="use_cases",
-                        help="only this use case (repeatable)")
+    worker.add_argument(
+        "--use-case",
+        action="append",
+        default=[],
+        dest="use_cases",
+        help="only this use case (repeatable)",
+    )
     worker.add_argument("--burst", action="store_true", help="exit when nothing is left to do")
-    worker.add_argument("--grace", type=float, default=30.0,
-                        help="seconds running jobs get to finish after SIGTERM")
+    worker.add_argument(
+        "--grace", type=float, default=30.0, help="seconds running jobs get to finish after SIGTERM"
+    )
 
     enqueue = commands.add_parser("enqueue", help="enqueue a job from the shell")
     enqueue.add_argument("type", help="job type")
@@ -61,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--delay", type=float, help="seconds from now")
     enqueue.add_argument("--max-attempts", type=int)
     enqueue.add_argument("--idempotency-key")
-    enqueue.add_argument("--wait", type=float, metavar="S",
-                         help="wait up to S seconds and print the final job")
+    enqueue.add_argument(
+        "--wait", type=float, metavar="S", help="wait up to S seconds and print the final job"
+    )
 
     bench = commands.add_parser("bench", help="measure enqueue, drain, latency and memory")
     from async_jobs import bench as bench_module
@@ -128,8 +135,9 @@ def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
         worker = _worker_config(jobs, args, burst=False, grace=30.0)
         asyncio.run(_check_store(jobs))
     app = create_api(jobs, worker=worker, migrate=args.command == "serve")
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                            lifespan="on", access_log=False)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="info", lifespan="on", access_log=False
+    )
     print(f"async-jobs {args.command}: http://{args.host}:{args.port}", flush=True)
     uvicorn.Server(config).run()
     return 0
@@ -169,9 +177,11 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
         await jobs.store.ping()
 
         def ready() -> None:
-            print(f"async-jobs worker ready: id={config.worker_id} "
-                  f"concurrency={config.concurrency} types={','.join(jobs.registry.types)}",
-                  flush=True)
+            print(
+                f"async-jobs worker ready: id={config.worker_id} "
+                f"concurrency={config.concurrency} types={','.join(jobs.registry.types)}",
+                flush=True,
+            )
 
         worker = jobs.worker(config, on_ready=ready)
         loop = asyncio.get_running_loop()

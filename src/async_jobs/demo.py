@@ -1,7 +1,8 @@
 """Demo handlers, used by ``async-jobs serve`` when no handlers are configured.
 
 - ``echo``: returns its payload.
-- ``sleep``: payload ``{"seconds": s, "message": m}``; returns ``{"slept_seconds": s, "message": m}``.
+- ``sleep``: payload ``{"seconds": s, "message": m}``;
+  returns ``{"slept_seconds": s, "message": m}``.
 - ``say_hello``: prints and returns "say hello" (the class style).
 - ``fail``: raises; with ``{"times": n}`` it fails only its first n attempts, then succeeds.
 """

@@ -36,7 +36,7 @@ def create_jobs_router(jobs: JobApp) -> APIRouter:
     async def list_jobs(
         status: JobState | None = None,
         use_case: str | None = None,
-        type: str | None = None,  # noqa: A002 - the field's public name
+        type: str | None = None,
         tenant_id: str | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,

@@ -166,7 +166,7 @@ def _callable_of(obj: object) -> HandlerFunc:
             raise HandlerRegistrationError(
                 f"{obj.__name__} must be constructible without arguments: {exc}"
             ) from exc
-        func: HandlerFunc = instance.handle
+        func: HandlerFunc = getattr(instance, "handle")  # noqa: B009 - typed as object
     elif callable(obj):
         func = obj
     else:
@@ -181,6 +181,4 @@ def _check_signature(func: HandlerFunc) -> None:
         signature.bind(None, None)
     except (TypeError, ValueError) as exc:
         name = getattr(func, "__qualname__", repr(func))
-        raise HandlerRegistrationError(
-            f"handler {name} must accept (ctx, payload): {exc}"
-        ) from exc
+        raise HandlerRegistrationError(f"handler {name} must accept (ctx, payload): {exc}") from exc

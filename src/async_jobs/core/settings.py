@@ -47,8 +47,7 @@ class Settings:
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
             raise ConfigurationError(
-                f"{PREFIX}TRANSPORT must be one of {', '.join(TRANSPORTS)}, "
-                f"not {self.transport!r}"
+                f"{PREFIX}TRANSPORT must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}"
             )
         if self.lease_seconds <= 0 or self.poll_interval_seconds <= 0:
             raise ConfigurationError("lease and poll interval must be positive numbers")

@@ -23,6 +23,7 @@ import random
 import socket
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from async_jobs.core.context import JobContext
 from async_jobs.core.executor import error_of, failure_outcome, released, run_attempt
@@ -231,8 +232,8 @@ class Worker:
         except Exception as exc:  # a bug of ours: the attempt still ends, and counts
             log.exception("worker error while running job %s", job.id)
             handler = self.registry.get(job.type)
-            outcome = released(job) if handler is None else failure_outcome(
-                job, handler, error_of(exc)
+            outcome = (
+                released(job) if handler is None else failure_outcome(job, handler, error_of(exc))
             )
         finally:
             del self._running[job.id]
@@ -284,8 +285,10 @@ class Worker:
         tasks = [task for task, _ in self._running.values()]
         if tasks and not self._stop_now.is_set():
             log.info("waiting up to %gs for %d running jobs", self.config.grace_seconds, len(tasks))
-            all_done = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
-            stop_now = asyncio.ensure_future(self._stop_now.wait())
+            all_done: asyncio.Future[Any] = asyncio.ensure_future(
+                asyncio.gather(*tasks, return_exceptions=True)
+            )
+            stop_now: asyncio.Future[Any] = asyncio.ensure_future(self._stop_now.wait())
             await asyncio.wait(
                 [all_done, stop_now],
                 timeout=self.config.grace_seconds,

@@ -56,8 +56,8 @@ def build_new_job(
     checked_payload, payload_json = check_payload(payload, max_payload_bytes)
     return NewJob(
         id=job_id or new_job_id(),
-        tenant_id=check_name(tenant_id or DEFAULT_TENANT, "tenant_id"),
-        use_case=check_name(use_case or DEFAULT_USE_CASE, "use_case"),
+        tenant_id=check_name(DEFAULT_TENANT if tenant_id is None else tenant_id, "tenant_id"),
+        use_case=check_name(DEFAULT_USE_CASE if use_case is None else use_case, "use_case"),
         type=check_name(job_type, "type"),
         payload=checked_payload,
         payload_json=payload_json,
@@ -167,7 +167,7 @@ def check_json_value(value: object, field: str, depth: int = 0) -> None:
 
 def json_dumps(value: Any) -> str:
     """The one JSON encoding of the package: compact, and strict about NaN."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def _check_storable(text: str, field: str) -> None:

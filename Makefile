@@ -1,0 +1,59 @@
+# One command per chore. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
+	touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP) ## create .venv and install the package with its dev tools
+
+.PHONY: run
+run: install ## start the all-in-one server on http://127.0.0.1:8000 (SQLite, demo handlers)
+	$(BIN)/async-jobs serve --host 127.0.0.1 --port 8000
+
+.PHONY: services
+services: ## make sure PostgreSQL and Redis answer (starts them if not)
+	./scripts/ensure-services.sh
+
+.PHONY: test
+test: install services ## install, check services, run the whole suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: install ## ruff, ruff format --check, mypy --strict, import layers
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+.PHONY: format
+format: install ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format src tests bench examples
+	$(BIN)/ruff check --fix src tests bench examples
+
+.PHONY: bench
+bench: install services ## our queue against PgQueuer on this machine (bench/README.md)
+	$(BIN)/python bench/compare.py
+
+.PHONY: lock
+lock: ## refresh requirements.lock from a clean resolve
+	rm -rf /tmp/async-jobs-lock && $(PYTHON) -m venv /tmp/async-jobs-lock
+	/tmp/async-jobs-lock/bin/pip install --quiet -e '.[dev,bench]'
+	/tmp/async-jobs-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+
+.PHONY: clean
+clean: ## remove the environment and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
