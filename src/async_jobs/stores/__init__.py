@@ -45,7 +45,9 @@ def _check_postgres_dsn(dsn: str) -> None:
         parts = urlsplit(dsn)
         _ = parts.port
     except ValueError as exc:
-        raise ConfigurationError(f"cannot parse the PostgreSQL DSN {_redact(dsn)!r}: {exc}") from exc
+        raise ConfigurationError(
+            f"cannot parse the PostgreSQL DSN {_redact(dsn)!r}: {exc}"
+        ) from exc
 
 
 def _redact(dsn: str) -> str:

@@ -255,7 +255,9 @@ class PostgresStore:
         self._listener = None
 
 
-async def insert_jobs_on(conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+async def insert_jobs_on(
+    conn: asyncpg.Connection, jobs: Sequence[NewJob]
+) -> list[tuple[Job, bool]]:
     """Insert on a connection the caller holds (and whose transaction it owns)."""
     rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns(jobs))
     inserted = {r["id"]: r for r in rows}

@@ -1,0 +1,529 @@
+"""The SQLite store on aiosqlite: the embedded default, one file, no server.
+
+SQLite admits one writer at a time, so each store keeps one connection and runs one
+operation at a time on it, behind an ``asyncio.Lock``. Other processes (``serve`` and a
+``worker`` CLI) may open the same file: every write runs in a ``BEGIN IMMEDIATE``
+transaction, which takes the file's write lock before reading, so two claimers never see
+the same job as pending. A writer that finds the file locked waits ``busy_timeout_seconds``
+inside SQLite, then the whole transaction is retried a few times after a short jittered
+pause before the store reports itself unavailable.
+
+Times are the database clock, stored as REAL unix epoch seconds (see ``queries.sql``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from async_jobs.domain.errors import (
+    AsyncJobsError,
+    SchemaMissingError,
+    StoreError,
+    StoreUnavailableError,
+)
+from async_jobs.domain.jobs import (
+    AttemptOutcome,
+    ClaimRequest,
+    Job,
+    JobError,
+    JobFilter,
+    JobId,
+    JobPage,
+    JobState,
+    LeaseToken,
+    NewJob,
+    OutcomeKind,
+    PageCursor,
+    Priority,
+    Progress,
+)
+from async_jobs.domain.validation import json_dumps
+from async_jobs.stores.sqlfile import load_migrations, load_queries
+
+log = logging.getLogger(__name__)
+
+QUERIES = load_queries("async_jobs.stores.sqlite")
+MIGRATIONS_PACKAGE = "async_jobs.stores.sqlite.migrations"
+
+# Oldest SQLite with everything the queries use: RETURNING, UPDATE FROM, STRICT, ->>.
+MIN_SQLITE_VERSION = (3, 38, 0)
+
+# Primary result codes (the low byte of an extended code) that mean "not now".
+_SQLITE_IOERR = 10
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_CANTOPEN = 14
+_LOCKED_CODES = frozenset({_SQLITE_BUSY, _SQLITE_LOCKED})
+_UNAVAILABLE_CODES = frozenset({_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR, _SQLITE_CANTOPEN})
+
+T = TypeVar("T")
+Work = Callable[[aiosqlite.Connection], Awaitable[T]]
+
+
+class SqliteStore:
+    """A ``JobStore`` in one SQLite file (3.38+), shared safely by several processes."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout_seconds: float = 5.0,
+        lock_retries: int = 4,
+        retry_pause_seconds: float = 0.02,
+    ) -> None:
+        """``path`` is a file path; ``busy_timeout_seconds`` is how long SQLite itself waits
+        for another connection's lock; ``lock_retries`` how many more times a transaction
+        that still found the file locked is run again, after about ``retry_pause_seconds``
+        (doubling, jittered)."""
+        self.path = path
+        self._busy_timeout = busy_timeout_seconds
+        self._retries = lock_retries
+        self._pause = retry_pause_seconds
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise StoreUnavailableError(
+                f"the SQLite store needs SQLite 3.38 or newer, this Python has "
+                f"{sqlite3.sqlite_version}"
+            )
+        try:
+            # A failed aiosqlite.connect stops its thread without waiting for it, and that
+            # thread then reports to the event loop, even one that has closed meanwhile; so a
+            # file that cannot be opened is found out by plain sqlite3 first.
+            await asyncio.to_thread(_probe, self.path)
+            conn = await aiosqlite.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open SQLite file {self.path!r}: {exc}") from exc
+        try:
+            await self._configure(conn)
+        except (sqlite3.Error, AsyncJobsError) as exc:
+            await conn.close()
+            raise StoreUnavailableError(f"cannot use SQLite file {self.path!r}: {exc}") from exc
+        self._conn = conn
+
+    async def _configure(self, conn: aiosqlite.Connection) -> None:
+        """Row access by name, WAL and NORMAL sync; switching to WAL needs the file's lock
+        for a moment, so it is retried like any locked write."""
+        conn.row_factory = sqlite3.Row
+        rows = await self._retrying(conn, lambda c: _fetch(c, "journal_mode_wal"))
+        mode = str(next(iter(rows))[0]).lower()
+        if mode != "wal":
+            log.warning("SQLite file %r is in %s journal mode, not WAL", self.path, mode)
+        await _fetch(conn, "synchronous_normal")
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await conn.close()
+
+    # -- schema -----------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        return await self._run(_apply_migrations, write=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: _fetch(c, "ping"), write=False)
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
+        return (await self.insert_jobs([job]))[0]
+
+    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        if not jobs:
+            return []
+        results = await self._run(lambda c: _insert_jobs(c, jobs), write=True)
+        self._wakeup.set()
+        return results
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+        params = {"id": str(job_id), "tenant_id": tenant_id}
+        rows = await self._run(lambda c: _fetch(c, "get_job", params), write=False)
+        return next((_job_from_row(r) for r in rows), None)
+
+    async def list_jobs(
+        self, where: JobFilter, limit: int, after: PageCursor | None = None
+    ) -> JobPage:
+        query = "list_jobs" if where.tenant_id is None else "list_tenant_jobs"
+        params = _list_params(where, max(limit + 1, 0), after)
+        rows = await self._run(lambda c: _fetch(c, query, params), write=False)
+        items = [_job_from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
+        return JobPage(items=items, next_cursor=cursor)
+
+    # -- the worker's path ------------------------------------------------------------------
+
+    async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
+        if request.limit <= 0:
+            return []
+        params = {
+            "limit": request.limit,
+            "use_cases": json_dumps(list(request.use_cases)),
+            "types": json_dumps(list(request.types)),
+            "worker_id": request.worker_id,
+            "lease_seconds": request.lease_seconds,
+        }
+        rows = await self._run(lambda c: _fetch(c, "claim_jobs", params), write=True)
+        jobs = [_job_from_row(r) for r in rows]
+        jobs.sort(key=_dispatch_order)
+        return jobs
+
+    async def record_outcomes(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
+        if not outcomes:
+            return []
+        params = {"outcomes": _outcomes_json(outcomes)}
+        rows = await self._run(lambda c: _fetch(c, "record_outcomes", params), write=True)
+        changed = _ids_in_order((o.job_id for o in outcomes), rows)
+        released = {o.job_id for o in outcomes if o.kind is OutcomeKind.RELEASED}
+        if released.intersection(changed):
+            self._wakeup.set()
+        return changed
+
+    async def extend_leases(
+        self, claims: Sequence[tuple[JobId, int, LeaseToken]], lease_seconds: float
+    ) -> list[JobId]:
+        if not claims:
+            return []
+        claims_json = json_dumps([[str(i), a, str(t)] for i, a, t in claims])
+        params = {"claims": claims_json, "lease_seconds": lease_seconds}
+        rows = await self._run(lambda c: _fetch(c, "extend_leases", params), write=True)
+        return _ids_in_order((i for i, _, _ in claims), rows)
+
+    async def wait_for_jobs(self, timeout: float) -> None:
+        """Wakes on this store's own inserts and released jobs only, or after ``timeout``
+        seconds; jobs other processes insert are found by the caller's polling."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        self._wakeup.clear()
+
+    # -- running operations -----------------------------------------------------------------
+
+    async def _run(self, work: Work[T], *, write: bool) -> T:
+        """Run ``work`` alone on the connection, in a write transaction when ``write``;
+        driver errors leave this method as our own errors."""
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError("the store is not open; call open() first")
+            with _translated_errors():
+                if not write:
+                    return await self._retrying(conn, work)
+                return await self._retrying(conn, lambda c: _in_transaction(c, work))
+
+    async def _retrying(self, conn: aiosqlite.Connection, work: Work[T]) -> T:
+        """Run ``work`` again while the file stays locked, ``lock_retries`` times at most."""
+        attempt = 0
+        while True:
+            try:
+                return await work(conn)
+            except sqlite3.OperationalError as exc:
+                if _error_code(exc) not in _LOCKED_CODES or attempt >= self._retries:
+                    raise
+            pause = self._pause * 2**attempt * random.uniform(0.5, 1.5)
+            attempt += 1
+            log.debug("SQLite file %r is locked; retry %d in %.3f s", self.path, attempt, pause)
+            await asyncio.sleep(pause)
+
+
+def _probe(path: str) -> None:
+    """Open and close the file (creating it if missing); raises what opening raises."""
+    sqlite3.connect(path).close()
+
+
+async def _in_transaction(conn: aiosqlite.Connection, work: Work[T]) -> T:
+    """``work`` inside BEGIN IMMEDIATE ... COMMIT; rolled back on any error or cancel."""
+    if conn.in_transaction:  # left open by a cancelled operation whose rollback was lost
+        await _rollback(conn)
+    try:  # BEGIN too: a cancel while it is queued must still be followed by a ROLLBACK
+        await _fetch(conn, "begin_immediate")
+        result = await work(conn)
+        await _fetch(conn, "commit")
+    except BaseException:
+        await asyncio.shield(_rollback(conn))
+        raise
+    return result
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await _fetch(conn, "rollback")
+
+
+async def _fetch(
+    conn: aiosqlite.Connection, query: str, params: dict[str, Any] | None = None
+) -> list[sqlite3.Row]:
+    """Run a named query to the end (so it holds no lock afterwards) and return its rows."""
+    rows: Iterable[sqlite3.Row] = await conn.execute_fetchall(QUERIES[query], params or {})
+    return list(rows)
+
+
+@contextlib.contextmanager
+def _translated_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if "no such table" in str(exc):
+            raise SchemaMissingError(
+                "the jobs table does not exist; run `async-jobs migrate`"
+            ) from exc
+        if isinstance(exc, sqlite3.OperationalError) and _error_code(exc) in _UNAVAILABLE_CODES:
+            raise StoreUnavailableError(f"SQLite is unavailable: {exc}") from exc
+        raise StoreError(f"SQLite error: {exc}") from exc
+
+
+def _error_code(exc: sqlite3.Error) -> int:
+    """The primary result code (``SQLITE_BUSY`` ...) of a driver error, 0 when unknown."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
+    text = str(exc)
+    return _SQLITE_BUSY if "database is locked" in text or "is busy" in text else 0
+
+
+# -- migrations -----------------------------------------------------------------------------
+
+
+async def _apply_migrations(conn: aiosqlite.Connection) -> list[str]:
+    """Apply the migrations not yet recorded, inside the caller's write transaction (which
+    also keeps a concurrent ``migrate`` in another process out until it commits)."""
+    await _fetch(conn, "migrations_table")
+    done = {str(r["name"]) for r in await _fetch(conn, "migrations_applied")}
+    applied_now: list[str] = []
+    for name, sql in load_migrations(MIGRATIONS_PACKAGE):
+        if name in done:
+            continue
+        for statement in split_statements(sql):
+            await conn.execute_fetchall(statement)
+        await _fetch(conn, "migration_record", {"name": name})
+        applied_now.append(name)
+    return applied_now
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of a migration file, one by one (``executescript`` would commit the
+    open transaction first); ``sqlite3.complete_statement`` knows about strings, comments
+    and trigger bodies."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    leftover = [s for s in pending.splitlines() if s.strip() and not s.lstrip().startswith("--")]
+    if leftover:
+        raise StoreError(f"a migration ends with an unfinished statement: {leftover[0]!r}")
+    return statements
+
+
+# -- enqueue --------------------------------------------------------------------------------
+
+
+async def _insert_jobs(
+    conn: aiosqlite.Connection, jobs: Sequence[NewJob]
+) -> list[tuple[Job, bool]]:
+    rows = await _fetch(conn, "insert_jobs", {"jobs": _jobs_json(jobs)})
+    inserted = {r["id"]: r for r in rows}
+    missing = [j for j in jobs if str(j.id) not in inserted]
+    existing: dict[tuple[str, str | None], Job] = {}
+    if missing:
+        keys = json_dumps([[j.tenant_id, j.idempotency_key] for j in missing])
+        for existing_row in await _fetch(conn, "get_jobs_by_idempotency_key", {"keys": keys}):
+            found = _job_from_row(existing_row)
+            existing[(found.tenant_id, found.idempotency_key)] = found
+    results: list[tuple[Job, bool]] = []
+    for job in jobs:
+        row = inserted.get(str(job.id))
+        if row is not None:
+            results.append((_job_from_insert(job, row), True))
+        else:
+            results.append((existing[(job.tenant_id, job.idempotency_key)], False))
+    return results
+
+
+def _jobs_json(jobs: Sequence[NewJob]) -> str:
+    """The batch as the JSON array ``insert_jobs`` unnests (column order documented there)."""
+    return json_dumps(
+        [
+            [
+                str(j.id),
+                j.tenant_id,
+                j.use_case,
+                j.type,
+                j.payload_json,
+                j.priority.value,
+                j.max_attempts,
+                j.delay_seconds,
+                None if j.run_at is None else _epoch(j.run_at),
+                j.delay_tolerance_seconds,
+                j.timeout_seconds,
+                j.idempotency_key,
+                j.webhook_url,
+            ]
+            for j in jobs
+        ]
+    )
+
+
+def _job_from_insert(new: NewJob, row: sqlite3.Row) -> Job:
+    created = _time(row["created_at"])
+    return Job(
+        id=new.id,
+        tenant_id=new.tenant_id,
+        use_case=new.use_case,
+        type=new.type,
+        payload=new.payload,
+        priority=new.priority,
+        status=JobState.PENDING,
+        attempts=0,
+        max_attempts=new.max_attempts,
+        run_at=_time(row["run_at"]),
+        delay_tolerance_seconds=new.delay_tolerance_seconds,
+        deadline_at=_time(row["deadline_at"]),
+        timeout_seconds=new.timeout_seconds,
+        idempotency_key=new.idempotency_key,
+        webhook_url=new.webhook_url,
+        progress=None,
+        result=None,
+        error=None,
+        created_at=created,
+        updated_at=created,
+        started_at=None,
+        finished_at=None,
+    )
+
+
+# -- reads and writes -----------------------------------------------------------------------
+
+
+def _list_params(where: JobFilter, limit: int, after: PageCursor | None) -> dict[str, Any]:
+    """Parameters of ``list_jobs``; without a cursor, (+inf, '') comes after every row."""
+    return {
+        "tenant_id": where.tenant_id,
+        "status": where.status.value if where.status else None,
+        "use_case": where.use_case,
+        "type": where.type,
+        "created_after": _epoch_or_none(where.created_after),
+        "created_before": _epoch_or_none(where.created_before),
+        "after_created_at": math.inf if after is None else _epoch(after.created_at),
+        "after_id": "" if after is None else str(after.id),
+        "limit": limit,
+    }
+
+
+def _outcomes_json(outcomes: Sequence[AttemptOutcome]) -> str:
+    """The batch as the JSON array ``record_outcomes`` unnests (columns documented there)."""
+    return json_dumps(
+        [
+            [
+                str(o.job_id),
+                o.attempt,
+                str(o.lease_token),
+                o.kind.value,
+                None if o.result is None else json_dumps(o.result),
+                None if o.error is None else json_dumps(o.error.to_json()),
+                o.retry_delay_seconds,
+            ]
+            for o in outcomes
+        ]
+    )
+
+
+def _ids_in_order(asked: Iterable[JobId], rows: Iterable[sqlite3.Row]) -> list[JobId]:
+    """The ids SQLite returned, once each, in the order the caller gave them."""
+    changed = {str(r["id"]) for r in rows}
+    result: dict[JobId, None] = {}
+    for job_id in asked:
+        if str(job_id) in changed:
+            result[job_id] = None
+    return list(result)
+
+
+def _job_from_row(r: sqlite3.Row) -> Job:
+    percent = r["progress_percent"]
+    token = r["lease_token"]
+    return Job(
+        id=JobId(uuid.UUID(r["id"])),
+        tenant_id=r["tenant_id"],
+        use_case=r["use_case"],
+        type=r["type"],
+        payload=json.loads(r["payload"]),
+        priority=Priority(r["priority"]),
+        status=JobState(r["status"]),
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        run_at=_time(r["run_at"]),
+        delay_tolerance_seconds=r["delay_tolerance_seconds"],
+        deadline_at=_time(r["deadline_at"]),
+        timeout_seconds=r["timeout_seconds"],
+        idempotency_key=r["idempotency_key"],
+        webhook_url=r["webhook_url"],
+        progress=None if percent is None else Progress(percent, r["progress_message"]),
+        result=_json_or_none(r["result"]),
+        error=JobError.from_json(_json_or_none(r["error"])),
+        created_at=_time(r["created_at"]),
+        updated_at=_time(r["updated_at"]),
+        started_at=_time_or_none(r["started_at"]),
+        finished_at=_time_or_none(r["finished_at"]),
+        worker_id=r["worker_id"],
+        lease_token=None if token is None else LeaseToken(uuid.UUID(token)),
+        lease_expires_at=_time_or_none(r["lease_expires_at"]),
+        cancel_requested=bool(r["cancel_requested"]),
+    )
+
+
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _dispatch_order(job: Job) -> tuple[int, datetime, datetime]:
+    return (job.priority.rank, job.deadline_at, job.run_at)
+
+
+# -- time -----------------------------------------------------------------------------------
+
+
+def _time(epoch_seconds: float) -> datetime:
+    """Stored unix epoch seconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(epoch_seconds, UTC)
+
+
+def _time_or_none(epoch_seconds: float | None) -> datetime | None:
+    return None if epoch_seconds is None else _time(epoch_seconds)
+
+
+def _epoch(value: datetime) -> float:
+    """A datetime as unix epoch seconds; a naive one is taken to be UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def _epoch_or_none(value: datetime | None) -> float | None:
+    return None if value is None else _epoch(value)

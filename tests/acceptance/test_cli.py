@@ -1,0 +1,173 @@
+"""The CLI as users run it: real processes, real PostgreSQL and SQLite, real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.acceptance.conftest import Cli
+from tests.helpers import free_port
+
+DEMO = "async_jobs.demo"
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> str:
+    """Read the process's stdout until a line contains ``needle``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if needle in line:
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(
+        f"no line with {needle!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+    )
+
+
+def poll(check: object, timeout: float = 20, interval: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()  # type: ignore[operator]
+        if value:
+            return value
+        time.sleep(interval)  # wait-ok: polling interval of a deadline-bound wait
+    raise AssertionError("condition not met in time")
+
+
+def test_migrate_is_safe_to_run_twice(cli: Cli, empty_pg_database: str) -> None:
+    first = cli.run("migrate", ASYNC_JOBS_DB_DSN=empty_pg_database)
+    second = cli.run("migrate", ASYNC_JOBS_DB_DSN=empty_pg_database)
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr
+    assert "0001_initial" in first.stdout
+    assert "up to date" in second.stdout
+
+
+def test_enqueue_then_a_burst_worker_runs_it_on_postgres(cli: Cli, pg_database: str) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": pg_database}
+    enqueued = cli.run(
+        "enqueue", "echo", "--payload", '{"to": "a@b.c"}', "--priority", "high", **env
+    )
+    assert enqueued.returncode == 0, enqueued.stderr
+    job = json.loads(enqueued.stdout)
+    assert (job["status"], job["priority"], job["payload"]) == ("pending", "high", {"to": "a@b.c"})
+    worker = cli.run("worker", "--handlers", DEMO, "--burst", "--concurrency", "5", **env)
+    assert worker.returncode == 0, worker.stderr
+    assert "worker ready" in worker.stdout
+    assert _job_status(cli, env, job["id"]) == "succeeded"
+    pending = cli.run("enqueue", "say_hello", "--wait", "0", **env)
+    assert pending.returncode == 3  # no worker runs now: still pending when the wait ends
+
+
+def test_enqueue_wait_prints_the_final_job(cli: Cli, pg_database: str) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": pg_database}
+    worker = cli.start("worker", "--handlers", DEMO, **env)
+    wait_for_line(worker, "worker ready")
+    result = cli.run(
+        "enqueue", "sleep", "--payload", '{"seconds": 0.1, "message": "m"}', "--wait", "20", **env
+    )
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert job["status"] == "succeeded"
+    assert job["result"] == {"slept_seconds": 0.1, "message": "m"}
+    failing = cli.run("enqueue", "fail", "--max-attempts", "1", "--wait", "20", **env)
+    assert failing.returncode == 1
+    assert json.loads(failing.stdout)["status"] == "failed"
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+
+
+def test_sigterm_lets_the_running_job_finish_and_exits_zero(cli: Cli, pg_database: str) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": pg_database}
+    worker = cli.start("worker", "--handlers", DEMO, "--concurrency", "2", **env)
+    wait_for_line(worker, "worker ready")
+    job = json.loads(
+        cli.run("enqueue", "sleep", "--payload", '{"seconds": 1.5, "message": "x"}', **env).stdout
+    )
+
+    poll(lambda: _job_status(cli, env, job["id"]) == "running")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert _job_status(cli, env, job["id"]) == "succeeded"
+
+
+def _job_status(cli: Cli, env: dict[str, str], job_id: str) -> str:
+    import asyncio
+
+    from async_jobs import JobApp
+
+    async def read() -> str:
+        async with JobApp(env["ASYNC_JOBS_DB_DSN"]) as app:
+            return (await app.get_job(job_id)).status.value
+
+    return asyncio.run(read())
+
+
+def test_serve_on_sqlite_runs_the_quick_start(cli: Cli, tmp_path: Path) -> None:
+    port = free_port()
+    server = cli.start("serve", "--port", str(port))
+    wait_for_line(server, f"http://127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    poll(lambda: _get(f"{base}/health") == 200)
+    created = httpx.post(
+        f"{base}/jobs", json={"type": "sleep", "payload": {"seconds": 2, "message": "hello world"}}
+    )
+    assert created.status_code == 201
+    job_id = created.json()["id"]
+    assert created.json()["status"] == "pending"
+    poll(lambda: httpx.get(f"{base}/jobs/{job_id}").json()["status"] == "running", timeout=10)
+    poll(lambda: httpx.get(f"{base}/jobs/{job_id}").json()["status"] == "succeeded", timeout=20)
+    job = httpx.get(f"{base}/jobs/{job_id}").json()
+    assert job["result"] == {"slept_seconds": 2, "message": "hello world"}
+    listing = httpx.get(f"{base}/jobs?limit=10").json()
+    assert [item["id"] for item in listing["items"]] == [job_id]
+    assert (tmp_path / "async_jobs.db").exists()
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+
+
+def _get(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "code", "message"),
+    [
+        ({"ASYNC_JOBS_DB_DSN": "mysql://x/y"}, ["migrate"], 2, "must start with"),
+        (
+            {"ASYNC_JOBS_DB_DSN": "postgresql://postgres@127.0.0.1:1/x"},
+            ["migrate"],
+            1,
+            "cannot reach PostgreSQL",
+        ),
+        (
+            {"ASYNC_JOBS_DB_DSN": "postgresql://postgres@127.0.0.1:1/x"},
+            ["worker", "--handlers", DEMO],
+            1,
+            "cannot reach PostgreSQL",
+        ),
+        ({}, ["worker"], 2, "no job handlers"),
+        ({}, ["worker", "--handlers", "no_such_module"], 2, "cannot import"),
+        ({}, ["enqueue", "echo", "--payload", "[1]"], 2, "payload must be a JSON object"),
+        ({}, ["enqueue", "echo", "--payload", "{bad"], 2, "not valid JSON"),
+        ({}, ["enqueue", "echo", "--delay", "-3"], 2, "delay_seconds"),
+        ({"ASYNC_JOBS_TRANSPORT": "carrier-pigeon"}, ["migrate"], 2, "TRANSPORT"),
+    ],
+)
+def test_bad_input_gives_a_message_and_an_exit_code(
+    cli: Cli, env: dict[str, str], args: list[str], code: int, message: str
+) -> None:
+    result = cli.run(*args, **env)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

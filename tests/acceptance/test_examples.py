@@ -1,0 +1,30 @@
+"""The examples in the README run as written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_simple_example_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "simple_example.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "calculate: succeeded -> {'sum': 6}" in result.stdout
+    assert "say_hello: succeeded -> hello, world" in result.stdout
+
+
+def test_example_handlers_module_registers_both_styles() -> None:
+    from async_jobs import JobApp
+
+    app = JobApp("memory://", handler_modules=["examples.myapp_jobs"])
+    assert sorted(app.registry.types) == ["resize_image", "say_hello", "send_email"]

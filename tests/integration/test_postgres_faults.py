@@ -1,0 +1,58 @@
+"""PostgreSQL faults: connections killed under a running worker lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from async_jobs import EnqueueRequest, JobApp, JobContext, JobState, WorkerConfig
+from tests.helpers import wait_until
+
+
+async def _terminate_backends(dsn: str) -> int:
+    database = dsn.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_worker_survives_its_connections_being_terminated(pg_database: str) -> None:
+    app = JobApp(pg_database)
+    gate = asyncio.Event()
+    started = 0
+
+    @app.job("gated")
+    async def gated(ctx: JobContext, payload: dict[str, Any]) -> int:
+        nonlocal started
+        started += 1
+        await gate.wait()
+        return int(payload["n"])
+
+    async with app:
+        await app.enqueue_many([EnqueueRequest("gated", {"n": n}) for n in range(20)])
+        worker = app.worker(WorkerConfig(concurrency=5, poll_interval_seconds=0.1))
+        running = asyncio.create_task(worker.run())
+        await wait_until(lambda: started == 5)
+        assert await _terminate_backends(pg_database) >= 1
+        gate.set()
+
+        async def all_done() -> bool:
+            page = await app.list_jobs(limit=100)
+            return all(j.status is JobState.SUCCEEDED for j in page.items)
+
+        await wait_until(all_done, timeout=30)
+        worker.stop()
+        await asyncio.wait_for(running, 10)
+        page = await app.list_jobs(limit=100)
+        assert sorted(j.result for j in page.items) == list(range(20))
+        assert all(j.attempts == 1 for j in page.items)
