@@ -14,6 +14,7 @@ runs and while its outcome waits to be written.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -53,6 +54,8 @@ class WorkerConfig:
     poll_interval_seconds: float = 1.0
     grace_seconds: float = 30.0
     max_outcome_batch: int = 1000
+    prefetch: int | None = None  # jobs claimed ahead of free slots; default: concurrency
+    outcome_linger_seconds: float = 0.002  # gather small outcome batches this long
     worker_id: str = dataclasses.field(default_factory=default_worker_id)
 
     def __post_init__(self) -> None:
@@ -60,6 +63,14 @@ class WorkerConfig:
             raise ValueError("concurrency must be at least 1")
         if self.lease_seconds <= 0 or self.poll_interval_seconds <= 0:
             raise ValueError("lease and poll interval must be positive")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ValueError("prefetch must not be negative")
+
+    @property
+    def capacity(self) -> int:
+        """Jobs held at once: running plus claimed ahead."""
+        prefetch = self.concurrency if self.prefetch is None else self.prefetch
+        return self.concurrency + prefetch
 
 
 class Completer:
@@ -71,10 +82,12 @@ class Completer:
         transport: Transport,
         on_written: Callable[[Sequence[AttemptOutcome]], None],
         max_batch: int,
+        linger_seconds: float,
     ) -> None:
         self._transport = transport
         self._on_written = on_written
         self._max_batch = max_batch
+        self._linger = linger_seconds
         self._pending: list[AttemptOutcome] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -96,6 +109,8 @@ class Completer:
         failures = 0
         while True:
             await self._wake.wait()
+            if len(self._pending) < self._max_batch // 4 and self._linger > 0:
+                await asyncio.sleep(self._linger)  # one statement for many outcomes
             self._wake.clear()
             while self._pending:
                 batch = self._pending[: self._max_batch]
@@ -131,11 +146,14 @@ class Worker:
         self._on_ready = on_ready
         self._running: dict[JobId, tuple[asyncio.Task[None], JobContext]] = {}
         self._held: dict[JobId, Job] = {}
+        self._ready: collections.deque[Job] = collections.deque()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
-        self._completer = Completer(transport, self._forget, config.max_outcome_batch)
+        self._completer = Completer(
+            transport, self._forget, config.max_outcome_batch, config.outcome_linger_seconds
+        )
         self.processed = 0
 
     @property
@@ -170,10 +188,11 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         failures = 0
+        capacity = self.config.capacity
         while not self._stopping.is_set():
-            free = self.config.concurrency - len(self._running)
-            if free <= 0:
-                await self._wait_for_slot()
+            free = capacity - len(self._running) - len(self._ready)
+            if free <= 0 or (self._ready and free < capacity // 2):
+                await self._wait_for_slot()  # claim in batches, not one job per statement
                 continue
             try:
                 jobs = await self._transport.receive(free, self._wait_seconds())
@@ -184,14 +203,16 @@ class Worker:
                 continue
             failures = 0
             for job in jobs:
-                self._start(job)
+                self._held[job.id] = job
+            self._ready.extend(jobs)
+            self._fill_slots()
             if not jobs and self.config.burst and await self._burst_done():
                 return
 
     async def _burst_done(self) -> bool:
         """Nothing was due: done once nothing runs and every outcome is written (a written
         outcome may make a retry due at once, so look again after that)."""
-        if self._running:
+        if self._running or self._ready:
             await self._wait_for_slot()
             return False
         if not self._completer.idle:
@@ -214,14 +235,17 @@ class Worker:
 
     # -- running ----------------------------------------------------------------------------
 
-    def _start(self, job: Job) -> None:
-        self._held[job.id] = job
+    def _fill_slots(self) -> None:
+        """Start claimed jobs while slots are free; once stopping, hand them back instead."""
         if self._stopping.is_set():
-            self._completer.add(released(job))
+            while self._ready:
+                self._completer.add(released(self._ready.popleft()))
             return
-        ctx = JobContext(job=job, worker_id=self.worker_id, logger=log)
-        task = asyncio.create_task(self._execute(job, ctx))
-        self._running[job.id] = (task, ctx)
+        while self._ready and len(self._running) < self.config.concurrency:
+            job = self._ready.popleft()
+            ctx = JobContext(job=job, worker_id=self.worker_id, logger=log)
+            task = asyncio.create_task(self._execute(job, ctx))
+            self._running[job.id] = (task, ctx)
 
     async def _execute(self, job: Job, ctx: JobContext) -> None:
         try:
@@ -240,6 +264,7 @@ class Worker:
             self._slot_freed.set()
         self.processed += 1
         self._completer.add(outcome)
+        self._fill_slots()
 
     def _forget(self, outcomes: Sequence[AttemptOutcome]) -> None:
         for outcome in outcomes:
@@ -282,6 +307,8 @@ class Worker:
     # -- stopping ---------------------------------------------------------------------------
 
     async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
+        self._stopping.set()
+        self._fill_slots()  # claimed but not started: back at once, attempt not spent
         tasks = [task for task, _ in self._running.values()]
         if tasks and not self._stop_now.is_set():
             log.info("waiting up to %gs for %d running jobs", self.config.grace_seconds, len(tasks))

@@ -19,6 +19,18 @@ SELECT name FROM async_jobs_migrations ORDER BY name;
 -- name: migration_record
 INSERT INTO async_jobs_migrations (name) VALUES ($1);
 
+-- name: insert_job
+-- One job, one statement, no explicit transaction: the fast path of single enqueue.
+INSERT INTO async_jobs AS j (
+    id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
+    delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url
+)
+SELECT $1, $2, $3, $4, $5::text::jsonb, $6::text::async_jobs_priority, $7, t.run_at,
+       $10, t.run_at + make_interval(secs => $10), $11, $12, $13
+FROM (SELECT COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)) AS run_at) AS t
+ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
+
 -- name: insert_jobs
 -- One statement for one job or a batch. A repeated idempotency key inserts nothing; the
 -- caller then reads the existing job. run_at is absolute when given, else now() + delay.
@@ -62,31 +74,9 @@ LIMIT $9;
 
 -- name: claim_jobs
 -- Due pending jobs in priority, then deadline order, walked on async_jobs_claimable; rows
--- another claimer holds are skipped, so claimers never wait for each other.
-WITH due AS (
-    SELECT id FROM async_jobs
-    WHERE status = 'pending'
-      AND run_at <= now()
-      AND (cardinality($2::text[]) = 0 OR use_case = ANY($2::text[]))
-      AND (cardinality($3::text[]) = 0 OR type = ANY($3::text[]))
-    ORDER BY priority, deadline_at, run_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE async_jobs AS j
-SET status = 'running',
-    attempts = j.attempts + 1,
-    lease_token = gen_random_uuid(),
-    lease_expires_at = now() + make_interval(secs => $5),
-    worker_id = $4,
-    started_at = now(),
-    finished_at = NULL,
-    progress_percent = NULL,
-    progress_message = NULL,
-    updated_at = now()
-FROM due
-WHERE j.id = due.id
-RETURNING j.*;
+-- another claimer holds are skipped, so claimers never wait for each other. The statement is
+-- the function async_jobs_claim (migration 0001), which pins that plan.
+SELECT * FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5);
 
 -- name: record_outcomes
 -- Fenced: a row changes only while it is running under the attempt and lease token of the

@@ -145,7 +145,8 @@ class PostgresStore:
     # -- enqueue ----------------------------------------------------------------------------
 
     async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
-        return (await self.insert_jobs([job]))[0]
+        async with self._connection() as conn:
+            return await insert_job_on(conn, job)
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
         if not jobs:
@@ -255,6 +256,17 @@ class PostgresStore:
         self._listener = None
 
 
+async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
+    """Insert one job on a connection the caller holds."""
+    row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job))
+    if row is not None:
+        return _job_from_insert(job, row), True
+    existing = await conn.fetch(
+        QUERIES["get_jobs_by_idempotency_key"], job.tenant_id, [job.idempotency_key]
+    )
+    return job_from_record(existing[0]), False
+
+
 async def insert_jobs_on(
     conn: asyncpg.Connection, jobs: Sequence[NewJob]
 ) -> list[tuple[Job, bool]]:
@@ -278,30 +290,27 @@ async def insert_jobs_on(
     return results
 
 
-def _insert_columns(jobs: Sequence[NewJob]) -> tuple[list[Any], ...]:
-    columns: tuple[list[Any], ...] = tuple([] for _ in range(13))
-    for j in jobs:
-        for column, value in zip(
-            columns,
-            (
-                j.id,
-                j.tenant_id,
-                j.use_case,
-                j.type,
-                j.payload_json,
-                j.priority.value,
-                j.max_attempts,
-                j.delay_seconds,
-                j.run_at,
-                j.delay_tolerance_seconds,
-                j.timeout_seconds,
-                j.idempotency_key,
-                j.webhook_url,
-            ),
-            strict=True,
-        ):
-            column.append(value)
-    return columns
+def _insert_values(j: NewJob) -> tuple[Any, ...]:
+    """The parameters of one job, in the column order of both insert queries."""
+    return (
+        j.id,
+        j.tenant_id,
+        j.use_case,
+        j.type,
+        j.payload_json,
+        j.priority.value,
+        j.max_attempts,
+        j.delay_seconds,
+        j.run_at,
+        j.delay_tolerance_seconds,
+        j.timeout_seconds,
+        j.idempotency_key,
+        j.webhook_url,
+    )
+
+
+def _insert_columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
+    return [list(column) for column in zip(*map(_insert_values, jobs), strict=True)]
 
 
 def _job_from_insert(new: NewJob, row: asyncpg.Record) -> Job:

@@ -78,3 +78,44 @@ $$;
 CREATE TRIGGER async_jobs_inserted
     AFTER INSERT ON async_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION async_jobs_notify_inserted();
+
+-- The claim. It lives in a function for one reason: its SET clause pins the plan to a walk
+-- of async_jobs_claimable in the claim's own order. Without it, a table whose statistics
+-- are stale (just filled after a TRUNCATE, or before autovacuum analyses a burst) gets a
+-- bitmap scan that reads and sorts every pending row on every claim.
+CREATE FUNCTION async_jobs_claim(
+    p_limit integer,
+    p_use_cases text[],
+    p_types text[],
+    p_worker_id text,
+    p_lease_seconds double precision
+) RETURNS SETOF async_jobs
+LANGUAGE sql
+SET enable_sort = off
+SET enable_bitmapscan = off
+AS $$
+    WITH due AS (
+        SELECT id FROM async_jobs
+        WHERE status = 'pending'
+          AND run_at <= now()
+          AND (cardinality(p_use_cases) = 0 OR use_case = ANY(p_use_cases))
+          AND (cardinality(p_types) = 0 OR type = ANY(p_types))
+        ORDER BY priority, deadline_at, run_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE async_jobs AS j
+    SET status = 'running',
+        attempts = j.attempts + 1,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => p_lease_seconds),
+        worker_id = p_worker_id,
+        started_at = now(),
+        finished_at = NULL,
+        progress_percent = NULL,
+        progress_message = NULL,
+        updated_at = now()
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.*;
+$$;
