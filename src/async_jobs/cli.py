@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any
+
+import uvicorn
 
 from async_jobs.app import EnqueueRequest, JobApp
 from async_jobs.core.settings import Settings, split_modules
@@ -126,8 +131,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
-    import uvicorn
-
     from async_jobs.api import create_api
 
     worker = None
@@ -139,8 +142,40 @@ def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
         app, host=args.host, port=args.port, log_level="info", lifespan="on", access_log=False
     )
     print(f"async-jobs {args.command}: http://{args.host}:{args.port}", flush=True)
-    uvicorn.Server(config).run()
+    _GracefulServer(config, on_second_signal=lambda: _stop_worker_now(app)).run()
     return 0
+
+
+def _stop_worker_now(app: Any) -> None:
+    worker = getattr(app.state, "worker", None)
+    if worker is not None:
+        worker.stop()
+        worker.stop()
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after shutting down, so the process would die of the signal;
+    our contract is exit 0 after a graceful stop, and a second signal stops the worker at
+    once."""
+
+    def __init__(self, config: uvicorn.Config, on_second_signal: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_second_signal = on_second_signal
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, self._on_signal) for s in signals}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self._on_second_signal()
+        self.handle_exit(signum, frame)
 
 
 async def _check_store(jobs: JobApp) -> None:

@@ -47,7 +47,7 @@ class Cli:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
+            proc.communicate(timeout=10)
 
 
 @pytest.fixture

@@ -30,12 +30,12 @@ def create_api(
     ``migrate``, the schema is created or upgraded at start-up."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await jobs.open()
         try:
             if migrate:
                 await jobs.migrate()
-            async with _running_worker(jobs, worker):
+            async with _running_worker(app, jobs, worker):
                 yield
         finally:
             await jobs.close()
@@ -48,11 +48,15 @@ def create_api(
 
 
 @contextlib.asynccontextmanager
-async def _running_worker(jobs: JobApp, config: WorkerConfig | None) -> AsyncIterator[None]:
+async def _running_worker(
+    app: FastAPI, jobs: JobApp, config: WorkerConfig | None
+) -> AsyncIterator[None]:
+    """Run a worker for as long as the app runs; ``app.state.worker`` is it (or None)."""
+    app.state.worker = None
     if config is None:
         yield
         return
-    worker = jobs.worker(config)
+    worker = app.state.worker = jobs.worker(config)
     task = asyncio.create_task(worker.run(), name="async-jobs-worker")
     try:
         yield
