@@ -3,6 +3,10 @@
 -- name: ping
 SELECT 1;
 
+-- name: rollback
+-- Undoes a transaction a pooled connection was released in.
+ROLLBACK;
+
 -- name: migrations_lock
 -- Serialises concurrent `migrate` runs for the length of the transaction.
 SELECT pg_advisory_xact_lock(hashtext('async_jobs_migrate'));

@@ -84,6 +84,7 @@ class PostgresStore:
                 max_size=self._max,
                 timeout=self._connect_timeout,
                 init=_init_connection,
+                reset=_reset_connection,
                 command_timeout=60,
             )
         except _UNAVAILABLE as exc:
@@ -375,6 +376,13 @@ def job_from_record(r: asyncpg.Record) -> Job:
 
 def _dispatch_order(job: Job) -> tuple[int, Any, Any]:
     return (job.priority.rank, job.deadline_at, job.run_at)
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Pool connections keep no session state (no LISTEN, no SET), so the default reset
+    (a round trip on every release) is not needed; only an abandoned transaction is undone."""
+    if conn.is_in_transaction():
+        await conn.execute(QUERIES["rollback"])
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
