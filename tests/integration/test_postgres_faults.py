@@ -7,7 +7,14 @@ from typing import Any
 
 import asyncpg
 
-from async_jobs import EnqueueRequest, JobApp, JobContext, JobState, WorkerConfig
+from async_jobs import (
+    EnqueueRequest,
+    JobApp,
+    JobContext,
+    JobState,
+    StoreUnavailableError,
+    WorkerConfig,
+)
 from tests.helpers import wait_until
 
 
@@ -47,7 +54,10 @@ async def test_worker_survives_its_connections_being_terminated(pg_database: str
         gate.set()
 
         async def all_done() -> bool:
-            page = await app.list_jobs(limit=100)
+            try:
+                page = await app.list_jobs(limit=100)
+            except StoreUnavailableError:  # this reader's pooled connection was killed too
+                return False
             return all(j.status is JobState.SUCCEEDED for j in page.items)
 
         await wait_until(all_done, timeout=30)

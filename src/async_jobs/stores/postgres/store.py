@@ -51,6 +51,8 @@ _UNAVAILABLE = (
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionFailureError,
 )
+# A connection in any of these states is not trusted again.
+_BROKEN = (*_UNAVAILABLE, asyncpg.InternalClientError)
 
 
 class PostgresStore:
@@ -106,19 +108,26 @@ class PostgresStore:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; driver errors leave this block as our own errors."""
+        """A pooled connection; driver errors leave this block as our own errors, and a
+        connection that failed is closed so that the pool replaces it."""
         if self._pool is None:
             raise StoreError("the store is not open; call open() first")
         try:
-            async with self._pool.acquire() as conn:
+            conn = await self._pool.acquire()
+            try:
                 yield conn
+            except _BROKEN:
+                conn.terminate()
+                raise
+            finally:
+                await self._pool.release(conn)
         except AsyncJobsError:
             raise
         except asyncpg.UndefinedTableError as exc:
             raise SchemaMissingError(
                 "the jobs table does not exist; run `async-jobs migrate`"
             ) from exc
-        except _UNAVAILABLE as exc:
+        except _BROKEN as exc:
             raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise StoreError(f"PostgreSQL error: {exc}") from exc
@@ -381,8 +390,12 @@ def _dispatch_order(job: Job) -> tuple[int, Any, Any]:
 async def _reset_connection(conn: asyncpg.Connection) -> None:
     """Pool connections keep no session state (no LISTEN, no SET), so the default reset
     (a round trip on every release) is not needed; only an abandoned transaction is undone."""
-    if conn.is_in_transaction():
+    if conn.is_closed() or not conn.is_in_transaction():
+        return
+    try:
         await conn.execute(QUERIES["rollback"])
+    except (*_BROKEN, asyncpg.PostgresError):
+        conn.terminate()  # the pool replaces it
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
