@@ -2,6 +2,11 @@
 
 Nothing here does I/O. Stores turn rows into these values; the worker, the API and the CLI
 only ever see these values.
+
+Treat every value here as immutable. ``Job``, ``NewJob`` and ``AttemptOutcome`` are made once
+or more per job on the hot path, where a frozen dataclass's ``__init__`` (one
+``object.__setattr__`` per field) cost four times a plain one; so those three are not frozen,
+and code changes them only through ``dataclasses.replace``.
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ class Progress:
     message: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: see the module docstring
 class Job:
     """A stored job as the store last saw it. Times are timezone-aware UTC datetimes."""
 
@@ -157,7 +162,7 @@ class Job:
         }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: see the module docstring
 class NewJob:
     """A validated request to store a job; see ``domain.validation.build_new_job``.
 
@@ -191,7 +196,7 @@ class OutcomeKind(enum.StrEnum):
     RELEASED = "released"  # handed back unstarted or on shutdown; the attempt does not count
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: see the module docstring
 class AttemptOutcome:
     """The end of one attempt, fenced by the attempt number and lease token of the claim."""
 
