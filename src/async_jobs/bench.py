@@ -239,11 +239,12 @@ async def _bench(o: BenchOptions) -> BenchResult:
 
     created = await prepare_database(o.dsn, recreate=o.recreate)
     progress(f"database {redact_dsn(o.dsn)}{' (created)' if created else ''}")
-    app = JobApp(settings=Settings(db_dsn=o.dsn), handler_modules=[HANDLERS_MODULE])
-    async with app:
-        await app.migrate()
-        conn = await asyncpg.connect(o.dsn)
-        try:
+    conn = await asyncpg.connect(o.dsn)
+    try:
+        await ensure_alone(conn)
+        app = JobApp(settings=Settings(db_dsn=o.dsn), handler_modules=[HANDLERS_MODULE])
+        async with app:
+            await app.migrate()
             pg_version = str(await conn.fetchval("SHOW server_version"))
             metrics: dict[str, float] = {}
             details: dict[str, Any] = {}
@@ -262,8 +263,8 @@ async def _bench(o: BenchOptions) -> BenchResult:
             details["latency_samples"] = len(latencies)
             details["latency_max_ms"] = max(latencies)
             await _truncate(conn)
-        finally:
-            await conn.close()
+    finally:
+        await conn.close()
     settings = base_settings(o, postgres_version=pg_version, system=f"async-jobs {_version()}")
     return BenchResult(metrics, settings, details)
 
@@ -491,6 +492,22 @@ async def _admin(dsn: str, statement: str) -> None:
         await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def ensure_alone(conn: asyncpg.Connection) -> None:
+    """Refuse to measure while another client is connected to the benchmark's database: a
+    stray worker would take jobs and make every figure wrong."""
+    others = int(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+    if others:
+        raise BenchError(
+            f"{others} other connection(s) to the benchmark database (a worker left running?); "
+            "stop them or give another --dsn"
+        )
 
 
 def drain_timeout(jobs: int) -> float:

@@ -128,7 +128,7 @@ def check_payload(
     """
     if payload is None:
         return {}, "{}"
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise InvalidJobError("payload must be a JSON object", field="payload")
     check_json_value(payload, "payload")
     text = json_dumps(payload)
@@ -140,28 +140,34 @@ def check_payload(
 
 
 def check_json_value(value: object, field: str, depth: int = 0) -> None:
-    """Refuse what JSON or PostgreSQL's jsonb cannot hold: NUL characters, NaN, deep nesting."""
+    """Refuse what JSON or PostgreSQL's jsonb cannot hold: NUL characters, NaN, deep nesting.
+
+    Exact type tests come first: this runs for every value of every payload enqueued.
+    """
     if depth > MAX_JSON_DEPTH:
         raise InvalidJobError(f"{field} is nested deeper than {MAX_JSON_DEPTH}", field=field)
-    if isinstance(value, str):
-        _check_storable(value, field)
-    elif isinstance(value, bool) or value is None or isinstance(value, int):
+    kind = type(value)
+    if kind is str:
+        _check_storable(value, field)  # type: ignore[arg-type]
+    elif kind is int or kind is bool or value is None:
         return
-    elif isinstance(value, float):
-        if not math.isfinite(value):
+    elif kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
             raise InvalidJobError(f"{field} holds a number JSON cannot store", field=field)
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
+    elif kind is dict or isinstance(value, Mapping):
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
                 raise InvalidJobError(f"{field} has a key that is not a string", field=field)
             _check_storable(key, field)
             check_json_value(item, field, depth + 1)
-    elif isinstance(value, list | tuple):
-        for item in value:
+    elif kind is list or kind is tuple:
+        for item in value:  # type: ignore[attr-defined]
             check_json_value(item, field, depth + 1)
+    elif isinstance(value, str | int | float):  # subclasses of the JSON scalars
+        check_json_value(kind.__mro__[1](value), field, depth)
     else:
         raise InvalidJobError(
-            f"{field} holds a {type(value).__name__}, which is not JSON", field=field
+            f"{field} holds a {kind.__name__}, which is not JSON", field=field
         )
 
 
@@ -173,6 +179,8 @@ def json_dumps(value: Any) -> str:
 def _check_storable(text: str, field: str) -> None:
     if "\x00" in text:
         raise InvalidJobError(f"{field} contains a NUL character", field=field)
+    if text.isascii():
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
