@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -127,7 +127,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("serve", "api"):
         return _serve(jobs, args)
     runner = {"migrate": _migrate, "worker": _worker, "enqueue": _enqueue}[args.command]
-    return asyncio.run(runner(jobs, args))
+    return run_async(runner(jobs, args))
+
+
+def run_async(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (a faster event loop), else on asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
@@ -250,3 +259,7 @@ async def _enqueue(jobs: JobApp, args: argparse.Namespace) -> int:
     if args.wait is None or job.status is JobState.SUCCEEDED:
         return 0
     return 3 if not job.status.is_terminal else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

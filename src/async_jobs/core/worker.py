@@ -190,7 +190,7 @@ class Worker:
         failures = 0
         capacity = self.config.capacity
         while not self._stopping.is_set():
-            free = capacity - len(self._running) - len(self._ready)
+            free = capacity - len(self._held)  # outcomes not yet written count too
             if free <= 0 or (self._ready and free < capacity // 2):
                 await self._wait_for_slot()  # claim in batches, not one job per statement
                 continue
@@ -269,6 +269,7 @@ class Worker:
     def _forget(self, outcomes: Sequence[AttemptOutcome]) -> None:
         for outcome in outcomes:
             self._held.pop(outcome.job_id, None)
+        self._slot_freed.set()
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -166,9 +166,7 @@ def check_json_value(value: object, field: str, depth: int = 0) -> None:
     elif isinstance(value, str | int | float):  # subclasses of the JSON scalars
         check_json_value(kind.__mro__[1](value), field, depth)
     else:
-        raise InvalidJobError(
-            f"{field} holds a {kind.__name__}, which is not JSON", field=field
-        )
+        raise InvalidJobError(f"{field} holds a {kind.__name__}, which is not JSON", field=field)
 
 
 def json_dumps(value: Any) -> str:

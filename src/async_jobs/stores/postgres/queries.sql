@@ -84,7 +84,9 @@ SELECT * FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5);
 
 -- name: record_outcomes
 -- Fenced: a row changes only while it is running under the attempt and lease token of the
--- outcome. A released attempt is handed back without counting.
+-- outcome (a lease token exists only while running: async_jobs_lease_only_when_running).
+-- A released attempt is handed back without counting. `id = ANY($1)` lets the planner find
+-- the rows by primary key instead of walking every running row per outcome.
 UPDATE async_jobs AS j
 SET status = (CASE u.kind
         WHEN 'succeeded' THEN 'succeeded'
@@ -106,8 +108,8 @@ SET status = (CASE u.kind
     updated_at = now()
 FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[],
             $7::float8[]) AS u(id, attempt, token, kind, result, error, delay)
-WHERE j.id = u.id
-  AND j.status = 'running'
+WHERE j.id = ANY($1::uuid[])
+  AND j.id = u.id
   AND j.attempts = u.attempt
   AND j.lease_token = u.token
 RETURNING j.id;
@@ -117,8 +119,8 @@ UPDATE async_jobs AS j
 SET lease_expires_at = now() + make_interval(secs => $4),
     updated_at = now()
 FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS u(id, attempt, token)
-WHERE j.id = u.id
-  AND j.status = 'running'
+WHERE j.id = ANY($1::uuid[])
+  AND j.id = u.id
   AND j.attempts = u.attempt
   AND j.lease_token = u.token
 RETURNING j.id;

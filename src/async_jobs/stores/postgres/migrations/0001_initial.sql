@@ -82,7 +82,10 @@ CREATE TRIGGER async_jobs_inserted
 -- The claim. It lives in a function for one reason: its SET clause pins the plan to a walk
 -- of async_jobs_claimable in the claim's own order. Without it, a table whose statistics
 -- are stale (just filled after a TRUNCATE, or before autovacuum analyses a burst) gets a
--- bitmap scan that reads and sorts every pending row on every claim.
+-- bitmap scan that reads and sorts every pending row on every claim. The chosen ids are
+-- collected into an array first, so the update finds its rows through the primary key (a
+-- join with the CTE was planned as a scan of the whole table: a function's statements are
+-- planned without knowing p_limit).
 CREATE FUNCTION async_jobs_claim(
     p_limit integer,
     p_use_cases text[],
@@ -94,16 +97,6 @@ LANGUAGE sql
 SET enable_sort = off
 SET enable_bitmapscan = off
 AS $$
-    WITH due AS (
-        SELECT id FROM async_jobs
-        WHERE status = 'pending'
-          AND run_at <= now()
-          AND (cardinality(p_use_cases) = 0 OR use_case = ANY(p_use_cases))
-          AND (cardinality(p_types) = 0 OR type = ANY(p_types))
-        ORDER BY priority, deadline_at, run_at
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    )
     UPDATE async_jobs AS j
     SET status = 'running',
         attempts = j.attempts + 1,
@@ -115,7 +108,15 @@ AS $$
         progress_percent = NULL,
         progress_message = NULL,
         updated_at = now()
-    FROM due
-    WHERE j.id = due.id
+    WHERE j.id = ANY(ARRAY(
+        SELECT id FROM async_jobs
+        WHERE status = 'pending'
+          AND run_at <= now()
+          AND (cardinality(p_use_cases) = 0 OR use_case = ANY(p_use_cases))
+          AND (cardinality(p_types) = 0 OR type = ANY(p_types))
+        ORDER BY priority, deadline_at, run_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ))
     RETURNING j.*;
 $$;
