@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -185,4 +184,3 @@ async def test_the_router_mounts_under_a_prefix(pg_database: str) -> None:
             fetched = await c.get(f"/async-jobs/jobs/{created.json()['id']}")
     assert created.status_code == 201
     assert fetched.json()["type"] == "echo"
-    await asyncio.sleep(0)  # wait-ok: nothing to wait for; keeps the loop fixture honest

@@ -115,7 +115,7 @@ async def test_a_cancelled_write_leaves_no_transaction_open(
     for ticks in range(12):
         task = asyncio.create_task(store.claim_jobs(ClaimRequest("w", 1, 30.0)))
         for _ in range(ticks):
-            await asyncio.sleep(0)  # let the claim get that far; no time passes
+            await asyncio.sleep(0)  # wait-ok: a bare yield to the loop; no time passes
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):  # it may have finished first
             await task
