@@ -171,7 +171,11 @@ def check_json_value(value: object, field: str, depth: int = 0) -> None:
 
 def json_dumps(value: Any) -> str:
     """The one JSON encoding of the package: compact, and strict about NaN."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return _ENCODER.encode(value)
+
+
+# One encoder for the package: json.dumps with non-default options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def _check_storable(text: str, field: str) -> None:
