@@ -185,6 +185,33 @@ class NewJob:
     idempotency_key: str | None
     webhook_url: str | None
 
+    def stored(self, run_at: datetime, deadline_at: datetime, created_at: datetime) -> Job:
+        """The job as a store has just written it, with the times its clock chose."""
+        return Job(
+            id=self.id,
+            tenant_id=self.tenant_id,
+            use_case=self.use_case,
+            type=self.type,
+            payload=self.payload,
+            priority=self.priority,
+            status=JobState.PENDING,
+            attempts=0,
+            max_attempts=self.max_attempts,
+            run_at=run_at,
+            delay_tolerance_seconds=self.delay_tolerance_seconds,
+            deadline_at=deadline_at,
+            timeout_seconds=self.timeout_seconds,
+            idempotency_key=self.idempotency_key,
+            webhook_url=self.webhook_url,
+            progress=None,
+            result=None,
+            error=None,
+            created_at=created_at,
+            updated_at=created_at,
+            started_at=None,
+            finished_at=None,
+        )
+
 
 class OutcomeKind(enum.StrEnum):
     """What a worker records at the end of an attempt."""

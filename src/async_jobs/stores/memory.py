@@ -91,30 +91,7 @@ class MemoryStore:
     def _build(self, new: NewJob) -> Job:
         now = self._clock()
         run_at = new.run_at or now + timedelta(seconds=new.delay_seconds)
-        return Job(
-            id=new.id,
-            tenant_id=new.tenant_id,
-            use_case=new.use_case,
-            type=new.type,
-            payload=new.payload,
-            priority=new.priority,
-            status=JobState.PENDING,
-            attempts=0,
-            max_attempts=new.max_attempts,
-            run_at=run_at,
-            delay_tolerance_seconds=new.delay_tolerance_seconds,
-            deadline_at=run_at + timedelta(seconds=new.delay_tolerance_seconds),
-            timeout_seconds=new.timeout_seconds,
-            idempotency_key=new.idempotency_key,
-            webhook_url=new.webhook_url,
-            progress=None,
-            result=None,
-            error=None,
-            created_at=now,
-            updated_at=now,
-            started_at=None,
-            finished_at=None,
-        )
+        return new.stored(run_at, run_at + timedelta(seconds=new.delay_tolerance_seconds), now)
 
     async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
         self._check_open()

@@ -324,31 +324,7 @@ def _insert_columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
 
 
 def _job_from_insert(new: NewJob, row: asyncpg.Record) -> Job:
-    created = row["created_at"]
-    return Job(
-        id=new.id,
-        tenant_id=new.tenant_id,
-        use_case=new.use_case,
-        type=new.type,
-        payload=new.payload,
-        priority=new.priority,
-        status=JobState.PENDING,
-        attempts=0,
-        max_attempts=new.max_attempts,
-        run_at=row["run_at"],
-        delay_tolerance_seconds=new.delay_tolerance_seconds,
-        deadline_at=row["deadline_at"],
-        timeout_seconds=new.timeout_seconds,
-        idempotency_key=new.idempotency_key,
-        webhook_url=new.webhook_url,
-        progress=None,
-        result=None,
-        error=None,
-        created_at=created,
-        updated_at=created,
-        started_at=None,
-        finished_at=None,
-    )
+    return new.stored(row["run_at"], row["deadline_at"], row["created_at"])
 
 
 def job_from_record(r: asyncpg.Record) -> Job:

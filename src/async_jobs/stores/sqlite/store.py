@@ -392,31 +392,7 @@ def _jobs_json(jobs: Sequence[NewJob]) -> str:
 
 
 def _job_from_insert(new: NewJob, row: sqlite3.Row) -> Job:
-    created = _time(row["created_at"])
-    return Job(
-        id=new.id,
-        tenant_id=new.tenant_id,
-        use_case=new.use_case,
-        type=new.type,
-        payload=new.payload,
-        priority=new.priority,
-        status=JobState.PENDING,
-        attempts=0,
-        max_attempts=new.max_attempts,
-        run_at=_time(row["run_at"]),
-        delay_tolerance_seconds=new.delay_tolerance_seconds,
-        deadline_at=_time(row["deadline_at"]),
-        timeout_seconds=new.timeout_seconds,
-        idempotency_key=new.idempotency_key,
-        webhook_url=new.webhook_url,
-        progress=None,
-        result=None,
-        error=None,
-        created_at=created,
-        updated_at=created,
-        started_at=None,
-        finished_at=None,
-    )
+    return new.stored(_time(row["run_at"]), _time(row["deadline_at"]), _time(row["created_at"]))
 
 
 # -- reads and writes -----------------------------------------------------------------------
