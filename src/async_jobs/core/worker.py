@@ -36,6 +36,10 @@ from async_jobs.ports import JobStore, Transport
 
 log = logging.getLogger("async_jobs.worker")
 
+# While outcome writes fall behind (a slow or lost database), claiming stops once this many
+# times the worker's capacity of jobs are held: claimed jobs that wait for an outcome write
+# still show as running and hold leases.
+UNWRITTEN_FACTOR = 4
 RECONNECT_BACKOFF = ExponentialBackoff(base_seconds=0.2, cap_seconds=15.0, jitter=0.5)
 
 
@@ -190,8 +194,9 @@ class Worker:
         failures = 0
         capacity = self.config.capacity
         while not self._stopping.is_set():
-            free = capacity - len(self._held)  # outcomes not yet written count too
-            if free <= 0 or (self._ready and free < capacity // 2):
+            free = capacity - len(self._running) - len(self._ready)
+            unwritten_full = len(self._held) >= UNWRITTEN_FACTOR * capacity
+            if free <= 0 or unwritten_full or (self._ready and free < capacity // 2):
                 await self._wait_for_slot()  # claim in batches, not one job per statement
                 continue
             try:
