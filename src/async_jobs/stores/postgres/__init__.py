@@ -1,5 +1,5 @@
 """PostgreSQL store (asyncpg)."""
 
-from async_jobs.stores.postgres.store import PostgresStore, insert_jobs_on
+from async_jobs.stores.postgres.store import PostgresStore
 
-__all__ = ["PostgresStore", "insert_jobs_on"]
+__all__ = ["PostgresStore"]
