@@ -2,7 +2,7 @@
 
 from async_jobs.app import EnqueueRequest, JobApp
 from async_jobs.core.context import JobContext
-from async_jobs.core.executor import NonRetryableError
+from async_jobs.core.executor import AttemptLimits, NonRetryableError, RetryAfter
 from async_jobs.core.registry import job
 from async_jobs.core.settings import Settings
 from async_jobs.core.worker import Worker, WorkerConfig
@@ -13,6 +13,7 @@ from async_jobs.domain.errors import (
     IdempotencyConflictError,
     InvalidCursorError,
     InvalidJobError,
+    InvalidTransitionError,
     JobNotFoundError,
     PayloadTooLargeError,
     SchemaMissingError,
@@ -20,19 +21,33 @@ from async_jobs.domain.errors import (
     StoreUnavailableError,
     UnknownJobTypeError,
 )
-from async_jobs.domain.jobs import Job, JobError, JobFilter, JobId, JobState, Priority, Progress
-from async_jobs.domain.retry import ExponentialBackoff
+from async_jobs.domain.jobs import (
+    AttemptRecord,
+    Job,
+    JobError,
+    JobFilter,
+    JobId,
+    JobState,
+    Priority,
+    Progress,
+    Reason,
+)
+from async_jobs.domain.retry import Backoff, BackoffKind
 from async_jobs.stores.memory import MemoryStore
 
 __all__ = [
     "AsyncJobsError",
+    "AttemptLimits",
+    "AttemptRecord",
+    "Backoff",
+    "BackoffKind",
     "ConfigurationError",
     "EnqueueRequest",
-    "ExponentialBackoff",
     "HandlerRegistrationError",
     "IdempotencyConflictError",
     "InvalidCursorError",
     "InvalidJobError",
+    "InvalidTransitionError",
     "Job",
     "JobApp",
     "JobContext",
@@ -46,6 +61,8 @@ __all__ = [
     "PayloadTooLargeError",
     "Priority",
     "Progress",
+    "Reason",
+    "RetryAfter",
     "SchemaMissingError",
     "Settings",
     "StoreError",

@@ -21,6 +21,8 @@ from datetime import datetime
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
+from async_jobs.core.executor import AttemptLimits
+from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Handler, HandlerOptions, Registry
 from async_jobs.core.settings import Settings
 from async_jobs.core.worker import Worker, WorkerConfig
@@ -28,6 +30,7 @@ from async_jobs.domain.errors import (
     ConfigurationError,
     IdempotencyConflictError,
     InvalidJobError,
+    InvalidTransitionError,
     JobNotFoundError,
     UnknownJobTypeError,
 )
@@ -37,11 +40,12 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    JobState,
     NewJob,
     PageCursor,
     Priority,
 )
-from async_jobs.domain.retry import ExponentialBackoff
+from async_jobs.domain.retry import Backoff
 from async_jobs.domain.validation import build_new_job
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
@@ -50,6 +54,7 @@ from async_jobs.transports.direct import DirectTransport
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 1000
+MAX_BATCH_SIZE = 1000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,6 +73,7 @@ class EnqueueRequest:
     timeout_seconds: float | None = None
     idempotency_key: str | None = None
     webhook_url: str | None = None
+    backoff: Backoff | Mapping[str, Any] | None = None
 
 
 class JobApp:
@@ -105,9 +111,11 @@ class JobApp:
         max_attempts: int | None = None,
         timeout_seconds: float | None = None,
         delay_tolerance_seconds: float | None = None,
-        backoff: ExponentialBackoff | None = None,
+        backoff: Backoff | None = None,
+        non_retryable: tuple[type[BaseException], ...] = (),
     ) -> Callable[[T], T]:
-        """Register a function ``(ctx, payload)`` or a class with ``handle(ctx, payload)``."""
+        """Register a function ``(ctx, payload)`` or a class with ``handle(ctx, payload)``.
+        ``non_retryable``: exception types that fail the job at once, without retries."""
         options = HandlerOptions(
             name,
             use_case,
@@ -116,6 +124,7 @@ class JobApp:
             timeout_seconds,
             delay_tolerance_seconds,
             backoff,
+            non_retryable,
         )
 
         def register(obj: T) -> T:
@@ -176,9 +185,15 @@ class JobApp:
         timeout_seconds: float | None = None,
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
+        backoff: Backoff | Mapping[str, Any] | None = None,
+        connection: object | None = None,
     ) -> Job:
         """Store one job and return it. With an ``idempotency_key`` the tenant already used
-        for the same request, the existing job comes back instead of a new one."""
+        for the same request, the existing job comes back instead of a new one.
+
+        ``backoff``: this job's own retry policy instead of its handler's. ``connection``:
+        an asyncpg connection or SQLAlchemy ``AsyncSession`` of the caller's, whose open
+        transaction the job joins: it runs only if the caller commits (PostgreSQL only)."""
         request = EnqueueRequest(
             self._type_name(job_type),
             payload,
@@ -192,25 +207,47 @@ class JobApp:
             timeout_seconds,
             idempotency_key,
             webhook_url,
+            backoff,
         )
-        job, _ = await self.enqueue_checked(request)
+        job, _ = await self.enqueue_checked(request, connection=connection)
         return job
 
-    async def enqueue_checked(self, request: EnqueueRequest) -> tuple[Job, bool]:
+    async def enqueue_checked(
+        self, request: EnqueueRequest, *, connection: object | None = None
+    ) -> tuple[Job, bool]:
         """Like ``enqueue``, also saying whether the job was created (False: an existing job
         with the same idempotency key)."""
         new = self.build(request)
-        job, created = await self.store.insert_job(new)
+        if connection is not None:
+            [(job, created)] = await self.store.insert_jobs_in(connection, [new])
+        else:
+            job, created = await self.store.insert_job(new)
         _check_same_request(new, job, created)
         return job, created
 
-    async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[Job]:
-        """Store many jobs in one transaction: all of them or, on any error, none."""
+    async def enqueue_many(
+        self, requests: Sequence[EnqueueRequest], *, connection: object | None = None
+    ) -> list[Job]:
+        """Store many jobs in one statement and transaction: all of them or, on any error,
+        none. ``connection`` as for ``enqueue``."""
+        return [job for job, _ in await self.enqueue_many_checked(requests, connection=connection)]
+
+    async def enqueue_many_checked(
+        self, requests: Sequence[EnqueueRequest], *, connection: object | None = None
+    ) -> list[tuple[Job, bool]]:
+        """Like ``enqueue_many``, also saying which jobs were created."""
+        if len(requests) > MAX_BATCH_SIZE:
+            raise InvalidJobError(
+                f"a batch holds at most {MAX_BATCH_SIZE} jobs, not {len(requests)}", field="jobs"
+            )
         news = [self.build(r) for r in requests]
-        stored = await self.store.insert_jobs(news)
+        if connection is not None:
+            stored = await self.store.insert_jobs_in(connection, news)
+        else:
+            stored = await self.store.insert_jobs(news)
         for new, (job, created) in zip(news, stored, strict=True):
             _check_same_request(new, job, created)
-        return [job for job, _ in stored]
+        return stored
 
     def build(self, request: EnqueueRequest) -> NewJob:
         """Validate a request and fill in the defaults of its handler and use case."""
@@ -238,6 +275,7 @@ class JobApp:
             timeout_seconds=_first(request.timeout_seconds, default.timeout_seconds),
             idempotency_key=request.idempotency_key,
             webhook_url=request.webhook_url,
+            backoff=request.backoff,
         )
 
     def _requires_known_types(self) -> bool:
@@ -269,6 +307,44 @@ class JobApp:
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidJobError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
         return await self.store.list_jobs(where or JobFilter(), limit, after)
+
+    # -- control ----------------------------------------------------------------------------
+
+    async def cancel(self, job_id: JobId | uuid.UUID | str, tenant_id: str | None = None) -> Job:
+        """Cancel a job: a pending or queued job ends ``cancelled`` at once; a running one is
+        flagged, its handler is stopped by its worker and it ends ``cancelled`` (unless it
+        has already succeeded). Cancelling a cancelled job again changes nothing; a job that
+        succeeded or failed is an ``InvalidTransitionError``."""
+        parsed = parse_job_id(job_id)
+        job = await self.store.cancel_job(parsed, tenant_id)
+        if job is None:
+            raise JobNotFoundError(f"no job {parsed}")
+        if job.status in (JobState.SUCCEEDED, JobState.FAILED):
+            raise InvalidTransitionError(
+                f"job {parsed} has {job.status.value}; only pending, queued or running jobs "
+                "can be cancelled",
+                status=job.status.value,
+            )
+        return job
+
+    async def retry(self, job_id: JobId | uuid.UUID | str, tenant_id: str | None = None) -> Job:
+        """Send a failed or cancelled job back to pending, due now, with at least one more
+        attempt; its history stays. Other states are an ``InvalidTransitionError``."""
+        parsed = parse_job_id(job_id)
+        answer = await self.store.retry_job(parsed, tenant_id)
+        if answer is None:
+            raise JobNotFoundError(f"no job {parsed}")
+        job, changed = answer
+        if not changed:
+            raise InvalidTransitionError(
+                f"job {parsed} is {job.status.value}; only failed or cancelled jobs can be retried",
+                status=job.status.value,
+            )
+        return job
+
+    def reaper(self) -> Reaper:
+        """The reaper of this app's store (``await app.reaper().run_once()``)."""
+        return Reaper(self.store)
 
     async def wait_for(
         self, job_id: JobId, timeout: float, tenant_id: str | None = None, poll: float = 0.1
@@ -302,6 +378,7 @@ class JobApp:
         config = config or WorkerConfig(
             lease_seconds=self.settings.lease_seconds,
             poll_interval_seconds=self.settings.poll_interval_seconds,
+            limits=self.attempt_limits(),
         )
         if transport is None:
             claim = ClaimRequest(
@@ -313,6 +390,9 @@ class JobApp:
             )
             transport = DirectTransport(self.store, claim)
         return Worker(self.registry, self.store, transport, config, on_ready=on_ready)
+
+    def attempt_limits(self) -> AttemptLimits:
+        return AttemptLimits(self.settings.max_result_bytes, self.settings.max_error_chars)
 
     async def run_worker(self, config: WorkerConfig | None = None) -> Worker:
         """Run a worker until it stops (burst mode: until nothing is left); returns it."""

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -29,7 +30,7 @@ from async_jobs.domain.errors import (
     HandlerRegistrationError,
     InvalidJobError,
 )
-from async_jobs.domain.jobs import JobState, Priority
+from async_jobs.domain.jobs import JobFilter, JobState, Priority
 
 DEMO_HANDLERS = ("async_jobs.demo",)
 log = logging.getLogger("async_jobs.cli")
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--grace", type=float, default=30.0, help="seconds running jobs get to finish after SIGTERM"
     )
+    worker.add_argument(
+        "--reap-interval",
+        type=float,
+        metavar="S",
+        help="run the reaper about every S seconds (default: half a lease; 0: never)",
+    )
 
     enqueue = commands.add_parser("enqueue", help="enqueue a job from the shell")
     enqueue.add_argument("type", help="job type")
@@ -75,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument(
         "--wait", type=float, metavar="S", help="wait up to S seconds and print the final job"
     )
+
+    manage = commands.add_parser("jobs", help="look at and control jobs")
+    actions = manage.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("get", "print one job"),
+        ("cancel", "cancel a pending, queued or running job"),
+        ("retry", "run a failed or cancelled job again"),
+    ):
+        actions.add_parser(action, help=text).add_argument("job_id", help="the job's id")
+    listing = actions.add_parser("list", help="list jobs, newest first")
+    listing.add_argument("--status", choices=[s.value for s in JobState])
+    listing.add_argument("--use-case")
+    listing.add_argument("--type")
+    listing.add_argument("--tenant", dest="tenant_id")
+    listing.add_argument("--limit", type=int, default=20)
+
+    commands.add_parser("reap", help="hand back the jobs of dead workers now (see Reliability)")
 
     bench = commands.add_parser("bench", help="measure enqueue, drain, latency and memory")
     from async_jobs import bench as bench_module
@@ -126,7 +150,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     jobs = JobApp(settings=settings)
     if args.command in ("serve", "api"):
         return _serve(jobs, args)
-    runner = {"migrate": _migrate, "worker": _worker, "enqueue": _enqueue}[args.command]
+    runner = {
+        "migrate": _migrate,
+        "worker": _worker,
+        "enqueue": _enqueue,
+        "jobs": _jobs,
+        "reap": _reap,
+    }[args.command]
     return run_async(runner(jobs, args))
 
 
@@ -198,6 +228,9 @@ def _worker_config(
 ) -> WorkerConfig:
     if args.concurrency < 1:
         raise ConfigurationError("--concurrency must be at least 1")
+    reap_interval = getattr(args, "reap_interval", None)
+    if reap_interval is not None and reap_interval < 0:
+        raise ConfigurationError("--reap-interval must not be negative")
     return WorkerConfig(
         concurrency=args.concurrency,
         use_cases=tuple(getattr(args, "use_cases", ())),
@@ -205,6 +238,8 @@ def _worker_config(
         grace_seconds=grace,
         lease_seconds=jobs.settings.lease_seconds,
         poll_interval_seconds=jobs.settings.poll_interval_seconds,
+        reap_interval_seconds=reap_interval,
+        limits=jobs.attempt_limits(),
     )
 
 
@@ -233,6 +268,36 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, worker.stop)
         await worker.run()
     log.info("worker stopped after %d jobs", worker.processed)
+    if worker.abandoned_threads:
+        # Threads cannot be stopped, and the interpreter would wait for them at exit.
+        log.warning("leaving %d handler threads that ignored the stop", worker.abandoned_threads)
+        logging.shutdown()
+        os._exit(0)
+    return 0
+
+
+async def _jobs(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        if args.action == "list":
+            where = JobFilter(
+                tenant_id=args.tenant_id,
+                status=JobState(args.status) if args.status else None,
+                use_case=args.use_case,
+                type=args.type,
+            )
+            page = await jobs.list_jobs(where, args.limit)
+            answer: Any = [job.to_json() for job in page.items]
+        else:
+            act = {"get": jobs.get_job, "cancel": jobs.cancel, "retry": jobs.retry}[args.action]
+            answer = (await act(args.job_id)).to_json()
+    print(json.dumps(answer, indent=2), flush=True)
+    return 0
+
+
+async def _reap(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        reaped = await jobs.reaper().run_once()
+    print(f"reaped {len(reaped)} jobs whose worker was lost", flush=True)
     return 0
 
 

@@ -7,7 +7,7 @@ broken changes nothing and reports it by what it returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from async_jobs.domain.jobs import (
@@ -17,9 +17,11 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    LeaseState,
     LeaseToken,
     NewJob,
     PageCursor,
+    ProgressUpdate,
 )
 
 
@@ -44,6 +46,13 @@ class JobStore(Protocol):
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
         """Store many jobs in one transaction: all or none."""
 
+    async def insert_jobs_in(
+        self, connection: object, jobs: Sequence[NewJob]
+    ) -> list[tuple[Job, bool]]:
+        """Store jobs inside the caller's open transaction on ``connection`` (a driver
+        connection or session of the caller's): they exist, and wake workers, only once the
+        caller commits. ``ConfigurationError`` if the store cannot use such a connection."""
+
     async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
         """One job; with ``tenant_id``, only if it belongs to that tenant."""
 
@@ -63,9 +72,37 @@ class JobStore(Protocol):
 
     async def extend_leases(
         self, claims: Sequence[tuple[JobId, int, LeaseToken]], lease_seconds: float
-    ) -> list[JobId]:
-        """Renew the leases of running jobs (id, attempt, lease token); returns the ids
-        still held. A job missing from the answer was lost and must not be written."""
+    ) -> list[LeaseState]:
+        """Renew the leases of running jobs (id, attempt, lease token) in one statement;
+        returns the jobs still held, each saying whether its cancellation was requested.
+        A job missing from the answer was lost and must not be written."""
+
+    async def record_progress(self, updates: Sequence[ProgressUpdate]) -> list[JobId]:
+        """Store the progress of running attempts, fenced like outcomes; returns the ids
+        that changed."""
+
+    async def reap_expired_leases(self, limit: int) -> list[Job]:
+        """Up to ``limit`` running jobs whose lease has expired by the store's clock go
+        back to pending (or to failed once their attempts are spent) with the reason
+        ``worker_lost``; the expired attempt counts and joins the history. The check and
+        the write are one guarded statement, so a job that completed meanwhile is never
+        touched. Returns the jobs as written."""
+
+    async def cancel_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+        """Ask for a job's cancellation: a pending or queued job becomes cancelled at
+        once, a running one is flagged (``cancel_requested``) for its worker to stop, a
+        terminal one is left alone. Returns the job as it now stands, None if not found."""
+
+    async def retry_job(
+        self, job_id: JobId, tenant_id: str | None = None
+    ) -> tuple[Job, bool] | None:
+        """Send a failed or cancelled job back to pending, due now, with at least one
+        attempt left. Returns the job and whether it changed (False: it was in another
+        state and was left alone), or None if not found."""
+
+    def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
+        """Call ``callback`` soon after a running job's cancellation is requested, where
+        the store can tell (a latency aid: workers also learn it when renewing leases)."""
 
     async def wait_for_jobs(self, timeout: float) -> None:
         """Return when new jobs may be due, or after ``timeout`` seconds. A latency aid

@@ -184,3 +184,62 @@ async def test_the_router_mounts_under_a_prefix(pg_database: str) -> None:
             fetched = await c.get(f"/async-jobs/jobs/{created.json()['id']}")
     assert created.status_code == 201
     assert fetched.json()["type"] == "echo"
+
+
+async def test_cancel_and_retry_over_http(client: httpx.AsyncClient) -> None:
+    job = (await client.post("/jobs", json={"type": "echo", "delay_seconds": 3600})).json()
+    cancelled = await client.post(f"/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert (cancelled.json()["status"], cancelled.json()["reason"]) == ("cancelled", "cancelled")
+    retried = await client.post(f"/jobs/{job['id']}/retry")
+    assert retried.status_code == 200 and retried.json()["status"] == "pending"
+    again = await client.post(f"/jobs/{job['id']}/retry")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "invalid_transition"
+    missing = await client.post("/jobs/00000000-0000-0000-0000-000000000000/cancel")
+    assert missing.status_code == 404
+    garbage = await client.post("/jobs/not-an-id/retry")
+    assert garbage.status_code == 404
+
+
+async def test_a_succeeded_job_cannot_be_cancelled(client: httpx.AsyncClient) -> None:
+    job = (await client.post("/jobs", json={"type": "echo", "payload": {"a": 1}})).json()
+
+    async def succeeded() -> bool:
+        return (await client.get(f"/jobs/{job['id']}")).json()["status"] == "succeeded"
+
+    await wait_until(succeeded, timeout=10)
+    refused = await client.post(f"/jobs/{job['id']}/cancel")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["details"] == {"status": "succeeded"}
+
+
+async def test_batch_enqueue_is_all_or_nothing(client: httpx.AsyncClient) -> None:
+    good = {"jobs": [{"type": "echo", "payload": {"n": n}, "delay_seconds": 60} for n in range(3)]}
+    created = await client.post("/jobs/batch", json=good)
+    assert created.status_code == 201
+    assert [j["payload"]["n"] for j in created.json()["items"]] == [0, 1, 2]
+    assert created.json()["created"] == [True, True, True]
+    before = len((await client.get("/jobs")).json()["items"])
+    bad = {"jobs": [{"type": "echo"}, {"type": "no_such_type"}]}
+    refused = await client.post("/jobs/batch", json=bad)
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "unknown_job_type"
+    assert len((await client.get("/jobs")).json()["items"]) == before
+    empty = await client.post("/jobs/batch", json={"jobs": []})
+    assert empty.status_code == 422
+    keyed = {"jobs": [{"type": "echo", "idempotency_key": "b1", "delay_seconds": 60}]}
+    assert (await client.post("/jobs/batch", json=keyed)).status_code == 201
+    repeat = await client.post("/jobs/batch", json=keyed)
+    assert (repeat.status_code, repeat.json()["created"]) == (200, [False])
+
+
+async def test_a_job_with_its_own_backoff_over_http(client: httpx.AsyncClient) -> None:
+    body = {"type": "echo", "delay_seconds": 60, "backoff": {"kind": "linear", "base_seconds": 5}}
+    created = await client.post("/jobs", json=body)
+    assert created.status_code == 201
+    assert created.json()["backoff"]["kind"] == "linear"
+    bad = await client.post("/jobs", json={**body, "backoff": {"kind": "sometimes"}})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_job"
+    nan = await client.post("/jobs", json={**body, "backoff": {"jitter": 7}})
+    assert nan.status_code == 422

@@ -16,6 +16,7 @@ from async_jobs.domain.jobs import (
     JobError,
     JobFilter,
     JobState,
+    LeaseState,
     LeaseToken,
     OutcomeKind,
     Priority,
@@ -232,7 +233,7 @@ async def test_extend_leases_renews_only_jobs_still_held(store: JobStore) -> Non
     await store.record_outcomes([outcome(first, OutcomeKind.SUCCEEDED)])
     claims = [(j.id, j.attempts, LeaseToken(j.lease_token)) for j in (first, second)]  # type: ignore[arg-type]
     held = await store.extend_leases(claims, 120)
-    assert held == [second.id]
+    assert held == [LeaseState(second.id, cancel_requested=False)]
     renewed = await store.get_job(second.id)
     assert renewed is not None and renewed.lease_expires_at is not None
     assert renewed.lease_expires_at > datetime.now(UTC) + timedelta(seconds=100)

@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
 from async_jobs import (
-    ExponentialBackoff,
+    Backoff,
     JobApp,
     JobContext,
     JobState,
     NonRetryableError,
     WorkerConfig,
 )
-from async_jobs.stores import store_from_dsn
 from tests.helpers import wait_until
 
-NO_WAIT = ExponentialBackoff(base_seconds=0, jitter=0)
-
-
-@pytest.fixture
-async def app(any_dsn: str) -> AsyncIterator[JobApp]:
-    jobs = JobApp(store=store_from_dsn(any_dsn))
-    async with jobs:
-        await jobs.migrate()
-        yield jobs
+NO_WAIT = Backoff.constant(0, jitter=0)
 
 
 def burst(concurrency: int = 4, **kw: Any) -> WorkerConfig:

@@ -12,9 +12,9 @@ import async_jobs
 from async_jobs import ConfigurationError, JobApp, JobContext, Settings, job
 from async_jobs.api.schemas import decode_cursor, encode_cursor
 from async_jobs.core.registry import Registry, default_type_name
-from async_jobs.domain.errors import HandlerRegistrationError, InvalidCursorError
+from async_jobs.domain.errors import HandlerRegistrationError, InvalidCursorError, InvalidJobError
 from async_jobs.domain.jobs import JobId, PageCursor, Priority
-from async_jobs.domain.retry import ExponentialBackoff
+from async_jobs.domain.retry import Backoff, BackoffKind
 from async_jobs.stores import sqlite_path, store_from_dsn
 
 
@@ -139,10 +139,37 @@ def test_sqlite_paths() -> None:
 
 
 def test_backoff_grows_caps_and_jitters_within_bounds() -> None:
-    policy = ExponentialBackoff(base_seconds=1, factor=2, cap_seconds=10, jitter=0.5)
+    policy = Backoff.exponential(1, factor=2, cap_seconds=10, jitter=0.5)
     assert [policy.delay(n, rand=lambda: 0.0) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 10]
     assert policy.delay(3, rand=lambda: 1.0) == 2.0
     assert all(2.0 <= policy.delay(3) <= 4.0 for _ in range(100))
+    assert policy.bounds(1000) == (5.0, 10.0)  # no overflow at absurd attempt numbers
+
+
+def test_constant_and_linear_backoff() -> None:
+    constant = Backoff.constant(5, jitter=0)
+    assert [constant.delay(n) for n in (1, 2, 10)] == [5, 5, 5]
+    linear = Backoff.linear(10, cap_seconds=25, jitter=0)
+    assert [linear.delay(n) for n in (1, 2, 3, 4)] == [10, 20, 25, 25]
+    assert Backoff.constant(4).bounds(3) == pytest.approx((3.6, 4.0))
+
+
+def test_backoff_round_trips_through_json_and_refuses_nonsense() -> None:
+    for policy in (Backoff.constant(2), Backoff.linear(3), Backoff.exponential(0.5, factor=3)):
+        assert Backoff.from_json(policy.to_json()) == policy
+    assert Backoff.from_json({"kind": "constant", "base_seconds": 7}).bounds(1)[1] == 7
+    assert Backoff.from_json({}).kind is BackoffKind.EXPONENTIAL
+    for bad in (
+        {"kind": "sometimes"},
+        {"jitter": 2},
+        {"base_seconds": -1},
+        {"base_seconds": "1"},
+        {"factor": float("nan")},
+        {"extra": 1},
+        [],
+    ):
+        with pytest.raises(InvalidJobError):
+            Backoff.from_json(bad)  # type: ignore[arg-type]
 
 
 def test_cursors_round_trip_and_refuse_forgeries() -> None:

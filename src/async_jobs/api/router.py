@@ -12,20 +12,38 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from async_jobs.api.schemas import JobCreate, decode_cursor, encode_cursor
+from async_jobs.api.schemas import JobBatchCreate, JobCreate, decode_cursor, encode_cursor
 from async_jobs.app import MAX_PAGE_SIZE, JobApp
 from async_jobs.domain.errors import AsyncJobsError
 from async_jobs.domain.jobs import JobFilter, JobState
 
 
 def create_jobs_router(jobs: JobApp) -> APIRouter:
-    """Routes ``POST /jobs``, ``GET /jobs``, ``GET /jobs/{id}`` and ``GET /health``."""
+    """Routes ``POST /jobs``, ``POST /jobs/batch``, ``GET /jobs``, ``GET /jobs/{id}``,
+    ``POST /jobs/{id}/cancel``, ``POST /jobs/{id}/retry`` and ``GET /health``."""
     router = APIRouter()
 
     @router.post("/jobs", status_code=201, summary="Enqueue a job")
     async def enqueue(body: JobCreate) -> JSONResponse:
         job, created = await jobs.enqueue_checked(body.to_request())
         return JSONResponse(job.to_json(), status_code=201 if created else 200)
+
+    @router.post("/jobs/batch", status_code=201, summary="Enqueue many jobs, all or none")
+    async def enqueue_batch(body: JobBatchCreate) -> JSONResponse:
+        stored = await jobs.enqueue_many_checked([item.to_request() for item in body.jobs])
+        created = [was_created for _, was_created in stored]
+        answer = {"items": [job.to_json() for job, _ in stored], "created": created}
+        return JSONResponse(answer, status_code=201 if any(created) else 200)
+
+    @router.post("/jobs/{job_id}/cancel", summary="Cancel a job")
+    async def cancel(job_id: str) -> JSONResponse:
+        job = await jobs.cancel(job_id)
+        return JSONResponse(job.to_json())
+
+    @router.post("/jobs/{job_id}/retry", summary="Run a failed or cancelled job again")
+    async def retry(job_id: str) -> JSONResponse:
+        job = await jobs.retry(job_id)
+        return JSONResponse(job.to_json())
 
     @router.get("/jobs/{job_id}", summary="One job")
     async def get_job(job_id: str) -> JSONResponse:

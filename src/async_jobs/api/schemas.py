@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from async_jobs.app import EnqueueRequest
+from async_jobs.app import MAX_BATCH_SIZE, EnqueueRequest
 from async_jobs.domain.errors import InvalidCursorError
 from async_jobs.domain.jobs import JobId, PageCursor, Priority
 
@@ -33,6 +33,12 @@ class JobCreate(BaseModel):
     timeout_seconds: float | None = None
     idempotency_key: str | None = None
     webhook_url: str | None = None
+    backoff: dict[str, Any] | None = Field(
+        default=None,
+        description='This job\'s own retry policy, e.g. {"kind": "constant", "base_seconds": 5}; '
+        "kinds: constant, linear, exponential; fields base_seconds, factor, cap_seconds, "
+        "jitter (0-1).",
+    )
 
     def to_request(self) -> EnqueueRequest:
         return EnqueueRequest(
@@ -48,7 +54,16 @@ class JobCreate(BaseModel):
             timeout_seconds=self.timeout_seconds,
             idempotency_key=self.idempotency_key,
             webhook_url=self.webhook_url,
+            backoff=self.backoff,
         )
+
+
+class JobBatchCreate(BaseModel):
+    """Body of ``POST /jobs/batch``: jobs stored all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobCreate] = Field(min_length=1, max_length=MAX_BATCH_SIZE)
 
 
 def encode_cursor(cursor: PageCursor | None) -> str | None:

@@ -7,6 +7,7 @@ register directly with ``app.job(...)``.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import importlib
 import inspect
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from async_jobs.domain.errors import ConfigurationError, HandlerRegistrationError
 from async_jobs.domain.jobs import Priority
-from async_jobs.domain.retry import DEFAULT_BACKOFF, ExponentialBackoff
+from async_jobs.domain.retry import DEFAULT_BACKOFF, Backoff
 from async_jobs.domain.validation import check_name, parse_priority
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ class HandlerOptions:
     max_attempts: int | None = None
     timeout_seconds: float | None = None
     delay_tolerance_seconds: float | None = None
-    backoff: ExponentialBackoff | None = None
+    backoff: Backoff | None = None
+    non_retryable: tuple[type[BaseException], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,7 +57,8 @@ class Handler:
     max_attempts: int | None
     timeout_seconds: float | None
     delay_tolerance_seconds: float | None
-    backoff: ExponentialBackoff
+    backoff: Backoff
+    non_retryable: tuple[builtins.type[BaseException], ...] = ()
 
 
 def job(
@@ -66,13 +69,21 @@ def job(
     max_attempts: int | None = None,
     timeout_seconds: float | None = None,
     delay_tolerance_seconds: float | None = None,
-    backoff: ExponentialBackoff | None = None,
+    backoff: Backoff | None = None,
+    non_retryable: tuple[type[BaseException], ...] = (),
 ) -> Callable[[T], T]:
     """Mark a function ``(ctx, payload)`` or a class with ``handle(ctx, payload)`` as a job
     handler. Without a name, a function keeps its own name and ``SendEmailJob`` becomes
-    ``send_email``."""
+    ``send_email``. ``non_retryable``: exception types that fail the job at once."""
     options = HandlerOptions(
-        name, use_case, priority, max_attempts, timeout_seconds, delay_tolerance_seconds, backoff
+        name,
+        use_case,
+        priority,
+        max_attempts,
+        timeout_seconds,
+        delay_tolerance_seconds,
+        backoff,
+        non_retryable,
     )
 
     def mark(obj: T) -> T:
@@ -119,6 +130,7 @@ class Registry:
             timeout_seconds=options.timeout_seconds,
             delay_tolerance_seconds=options.delay_tolerance_seconds,
             backoff=options.backoff or DEFAULT_BACKOFF,
+            non_retryable=_check_exception_types(options.non_retryable),
         )
         existing = self._handlers.get(handler.type)
         if existing is not None and existing.source is not obj:
@@ -149,6 +161,16 @@ def default_type_name(obj: object) -> str:
         name = name.removesuffix("Job") or name
         name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
     return name
+
+
+def _check_exception_types(
+    types: tuple[type[BaseException], ...],
+) -> tuple[type[BaseException], ...]:
+    types = tuple(types)
+    for kind in types:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise HandlerRegistrationError(f"non_retryable holds {kind!r}, not an exception type")
+    return types
 
 
 def _is_marked_here(obj: object, module: ModuleType) -> bool:

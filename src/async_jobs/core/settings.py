@@ -43,6 +43,8 @@ class Settings:
     api_tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)
     lease_seconds: float = 30.0
     poll_interval_seconds: float = 1.0
+    max_result_bytes: int = 1024 * 1024
+    max_error_chars: int = 4000
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -90,6 +92,12 @@ class Settings:
             ),
             poll_interval_seconds=_non_negative_float(
                 f"{PREFIX}POLL_INTERVAL_SECONDS", env.get(f"{PREFIX}POLL_INTERVAL_SECONDS", "1")
+            ),
+            max_result_bytes=_positive_int(
+                f"{PREFIX}MAX_RESULT_BYTES", env.get(f"{PREFIX}MAX_RESULT_BYTES", "1048576")
+            ),
+            max_error_chars=_positive_int(
+                f"{PREFIX}MAX_ERROR_CHARS", env.get(f"{PREFIX}MAX_ERROR_CHARS", "4000")
             ),
         )
 

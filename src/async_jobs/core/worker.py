@@ -1,11 +1,14 @@
 """The worker: fetch claimed jobs, run them concurrently, record outcomes in batches.
 
-Three small loops share one set of held jobs:
+Small loops share one set of held jobs:
 
 - the fetcher asks the transport for as many jobs as there are free slots;
 - the completer writes outcomes in batches (each write fenced by attempt and lease token);
-- the heartbeat renews the leases of every held job in one statement per beat, and stops
-  the handlers of jobs the store says this worker no longer holds.
+- the heartbeat renews the leases of every held job in one statement per beat, stops the
+  handlers of jobs the store says this worker no longer holds (or of every job, once renewals
+  have failed for a whole lease), and cancels those whose cancellation was asked;
+- the progress writer stores the latest progress of running jobs in one statement a second;
+- the reaper (``core.reaper``) hands back jobs of workers that died.
 
 A job is held from its claim until its outcome is written, so its lease is renewed while it
 runs and while its outcome waits to be written.
@@ -27,11 +30,26 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from async_jobs.core.context import JobContext
-from async_jobs.core.executor import error_of, failure_outcome, released, run_attempt
+from async_jobs.core.executor import (
+    AttemptLimits,
+    cancelled,
+    error_of,
+    failure_outcome,
+    released,
+    run_attempt,
+)
+from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Registry
 from async_jobs.domain.errors import StoreError
-from async_jobs.domain.jobs import AttemptOutcome, Job, JobId, LeaseToken
-from async_jobs.domain.retry import ExponentialBackoff
+from async_jobs.domain.jobs import (
+    AttemptOutcome,
+    Job,
+    JobId,
+    LeaseToken,
+    OutcomeKind,
+    ProgressUpdate,
+)
+from async_jobs.domain.retry import Backoff
 from async_jobs.ports import JobStore, Transport
 
 log = logging.getLogger("async_jobs.worker")
@@ -40,7 +58,7 @@ log = logging.getLogger("async_jobs.worker")
 # times the worker's capacity of jobs are held: claimed jobs that wait for an outcome write
 # still show as running and hold leases.
 UNWRITTEN_FACTOR = 4
-RECONNECT_BACKOFF = ExponentialBackoff(base_seconds=0.2, cap_seconds=15.0, jitter=0.5)
+RECONNECT_BACKOFF = Backoff.exponential(0.2, cap_seconds=15.0, jitter=0.5)
 
 
 def default_worker_id() -> str:
@@ -60,6 +78,10 @@ class WorkerConfig:
     max_outcome_batch: int = 1000
     prefetch: int | None = None  # jobs claimed ahead of free slots; default: concurrency
     outcome_linger_seconds: float = 0.002  # gather small outcome batches this long
+    progress_interval_seconds: float = 1.0  # progress reports are stored this often at most
+    # Run the reaper this often (jittered); None: every half lease; 0: never.
+    reap_interval_seconds: float | None = None
+    limits: AttemptLimits = dataclasses.field(default_factory=AttemptLimits)
     worker_id: str = dataclasses.field(default_factory=default_worker_id)
 
     def __post_init__(self) -> None:
@@ -69,12 +91,23 @@ class WorkerConfig:
             raise ValueError("lease and poll interval must be positive")
         if self.prefetch is not None and self.prefetch < 0:
             raise ValueError("prefetch must not be negative")
+        if self.progress_interval_seconds <= 0:
+            raise ValueError("progress interval must be positive")
+        if self.reap_interval_seconds is not None and self.reap_interval_seconds < 0:
+            raise ValueError("reap interval must not be negative")
 
     @property
     def capacity(self) -> int:
         """Jobs held at once: running plus claimed ahead."""
         prefetch = self.concurrency if self.prefetch is None else self.prefetch
         return self.concurrency + prefetch
+
+    @property
+    def reap_every(self) -> float:
+        """Seconds between reaper runs; 0 when this worker does not reap."""
+        if self.reap_interval_seconds is None:
+            return self.lease_seconds / 2
+        return self.reap_interval_seconds
 
 
 class Completer:
@@ -149,6 +182,7 @@ class Worker:
         self._transport = transport
         self._on_ready = on_ready
         self._running: dict[JobId, tuple[asyncio.Task[None], JobContext]] = {}
+        self._abandoned = 0  # threads of sync handlers that outlived their attempt
         self._held: dict[JobId, Job] = {}
         self._ready: collections.deque[Job] = collections.deque()
         self._slot_freed = asyncio.Event()
@@ -164,6 +198,11 @@ class Worker:
     def worker_id(self) -> str:
         return self.config.worker_id
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads of sync handlers still running although their attempt has ended."""
+        return self._abandoned
+
     def stop(self) -> None:
         """First call: stop fetching and let running jobs finish within the grace period.
         Second call: stop at once, handing running jobs back."""
@@ -177,10 +216,17 @@ class Worker:
             max_workers=self.config.concurrency, thread_name_prefix="async-jobs"
         )
         await self._transport.start()
+        self._store.watch_cancellations(self._cancel)
         helpers = [
             asyncio.create_task(self._completer.run(), name="async-jobs-completer"),
             asyncio.create_task(self._heartbeat(), name="async-jobs-heartbeat"),
+            asyncio.create_task(self._write_progress(), name="async-jobs-progress"),
         ]
+        if self.config.reap_every > 0:
+            reaper = Reaper(self._store)
+            helpers.append(
+                asyncio.create_task(reaper.run(self.config.reap_every), name="async-jobs-reaper")
+            )
         try:
             if self._on_ready is not None:
                 self._on_ready()
@@ -194,7 +240,7 @@ class Worker:
         failures = 0
         capacity = self.config.capacity
         while not self._stopping.is_set():
-            free = capacity - len(self._running) - len(self._ready)
+            free = capacity - len(self._running) - len(self._ready) - self._abandoned
             unwritten_full = len(self._held) >= UNWRITTEN_FACTOR * capacity
             if free <= 0 or unwritten_full or (self._ready and free < capacity // 2):
                 await self._wait_for_slot()  # claim in batches, not one job per statement
@@ -246,29 +292,51 @@ class Worker:
             while self._ready:
                 self._completer.add(released(self._ready.popleft()))
             return
-        while self._ready and len(self._running) < self.config.concurrency:
+        while self._ready and len(self._running) + self._abandoned < self.config.concurrency:
             job = self._ready.popleft()
             ctx = JobContext(job=job, worker_id=self.worker_id, logger=log)
             task = asyncio.create_task(self._execute(job, ctx))
             self._running[job.id] = (task, ctx)
 
     async def _execute(self, job: Job, ctx: JobContext) -> None:
+        assert self._threads is not None
+        handler = self.registry.get(job.type)
         try:
-            outcome = await run_attempt(self.registry.get(job.type), job, ctx, self._threads)
+            outcome = await run_attempt(handler, job, ctx, self._threads, self.config.limits)
         except asyncio.CancelledError:
             ctx.request_stop()
-            outcome = released(job)
+            outcome = cancelled(job) if ctx.cancel_requested else released(job)
         except Exception as exc:  # a bug of ours: the attempt still ends, and counts
             log.exception("worker error while running job %s", job.id)
-            handler = self.registry.get(job.type)
             outcome = (
-                released(job) if handler is None else failure_outcome(job, handler, error_of(exc))
+                released(job)
+                if handler is None
+                else failure_outcome(job, handler, error_of(exc, self.config.limits))
             )
         finally:
             del self._running[job.id]
+            self._account_thread(ctx)
             self._slot_freed.set()
+        if ctx.cancel_requested and outcome.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASED):
+            outcome = cancelled(job)
         self.processed += 1
         self._completer.add(outcome)
+        self._fill_slots()
+
+    def _account_thread(self, ctx: JobContext) -> None:
+        """A sync handler's thread cannot be stopped: when its attempt ended without it
+        (timeout, cancellation, shutdown), its slot stays taken until the thread returns."""
+        thread = ctx.thread
+        if thread is None or thread.done():
+            return
+        self._abandoned += 1
+        loop = asyncio.get_running_loop()
+        log.warning("the thread of job %s runs on after its attempt ended", ctx.job.id)
+        thread.add_done_callback(lambda _: loop.call_soon_threadsafe(self._thread_ended))
+
+    def _thread_ended(self) -> None:
+        self._abandoned -= 1
+        self._slot_freed.set()
         self._fill_slots()
 
     def _forget(self, outcomes: Sequence[AttemptOutcome]) -> None:
@@ -280,6 +348,8 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         interval = self.config.lease_seconds / 3
+        loop = asyncio.get_running_loop()
+        renewed_at = loop.time()
         failures = 0
         while True:
             await asyncio.sleep(interval if not failures else min(interval, 1.0))
@@ -289,26 +359,78 @@ class Worker:
                 if job.lease_token is not None
             ]
             if not claims:
+                renewed_at = loop.time()
                 continue
             try:
-                still = set(await self._store.extend_leases(claims, self.config.lease_seconds))
+                states = await self._store.extend_leases(claims, self.config.lease_seconds)
             except StoreError as exc:
                 failures += 1
                 log.warning("cannot renew %d leases: %s", len(claims), exc)
+                if loop.time() - renewed_at >= self.config.lease_seconds:
+                    log.error("leases not renewed for a whole lease; stopping their handlers")
+                    for job_id, _, _ in claims:
+                        self._lose(job_id)
                 continue
             failures = 0
+            renewed_at = loop.time()
+            still = {state.job_id for state in states}
             for job_id, _, _ in claims:
                 if job_id not in still:
                     self._lose(job_id)
+            for state in states:
+                if state.cancel_requested:
+                    self._cancel(state.job_id)
 
     def _lose(self, job_id: JobId) -> None:
-        """The store says another worker owns the job now: stop it, write nothing."""
+        """Another worker may own the job now: stop it, write nothing."""
         running = self._running.get(job_id)
         if running is not None:
             log.warning("lost the lease of job %s; stopping its handler", job_id)
             task, ctx = running
             ctx.request_stop()
             task.cancel()
+        elif job_id in self._held:
+            self._ready = collections.deque(job for job in self._ready if job.id != job_id)
+        self._held.pop(job_id, None)
+
+    def _cancel(self, job_id: JobId) -> None:
+        """Cancellation of a job this worker holds was asked: stop it; it ends cancelled."""
+        running = self._running.get(job_id)
+        if running is not None:
+            task, ctx = running
+            if not ctx.cancel_requested:
+                log.info("cancelling job %s as asked", job_id)
+                ctx.request_cancel()
+                task.cancel()
+            return
+        waiting = next((job for job in self._ready if job.id == job_id), None)
+        if waiting is not None:
+            self._ready.remove(waiting)
+            self._completer.add(cancelled(waiting))
+
+    async def _write_progress(self) -> None:
+        interval = self.config.progress_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            updates = []
+            for job_id, (_, ctx) in self._running.items():
+                progress = ctx.take_progress()
+                if progress is not None and ctx.job.lease_token is not None:
+                    updates.append(
+                        ProgressUpdate(
+                            job_id,
+                            ctx.job.attempts,
+                            LeaseToken(ctx.job.lease_token),
+                            progress.percent,
+                            progress.message,
+                        )
+                    )
+            if not updates:
+                continue
+            try:
+                await self._store.record_progress(updates)
+            except StoreError as exc:  # progress is advisory: the next report replaces it
+                log.warning("cannot store the progress of %d jobs: %s", len(updates), exc)
 
     # -- stopping ---------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ the API and the CLI turn any of them into a clear answer without a table of thei
     ├── InvalidCursorError            a page cursor that was not ours            (400)
     ├── JobNotFoundError              no such job (or another tenant's)          (404)
     ├── IdempotencyConflictError      same key, different request                (409)
+    ├── InvalidTransitionError        e.g. retrying a job that has not failed    (409)
     ├── HandlerRegistrationError      a handler that cannot be registered
     └── StoreError                    the store failed
         ├── StoreUnavailableError     cannot reach the store (retry later)       (503)
@@ -72,6 +73,11 @@ class JobNotFoundError(AsyncJobsError):
 
 class IdempotencyConflictError(AsyncJobsError):
     code = "idempotency_conflict"
+    http_status = 409
+
+
+class InvalidTransitionError(AsyncJobsError):
+    code = "invalid_transition"
     http_status = 409
 
 

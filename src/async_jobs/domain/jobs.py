@@ -15,8 +15,10 @@ import dataclasses
 import enum
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NewType
+
+from async_jobs.domain.retry import Backoff
 
 JobId = NewType("JobId", uuid.UUID)
 LeaseToken = NewType("LeaseToken", uuid.UUID)
@@ -27,6 +29,7 @@ DEFAULT_TENANT = "default"
 DEFAULT_USE_CASE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_DELAY_TOLERANCE_SECONDS = 300.0
+MAX_HISTORY = 50  # attempts kept in a job's history (the latest ones)
 
 
 class JobState(enum.StrEnum):
@@ -100,6 +103,54 @@ class Progress:
     message: str | None = None
 
 
+class Reason(enum.StrEnum):
+    """Why a job last changed state other than by its handler's own outcome."""
+
+    WORKER_LOST = "worker_lost"  # its lease expired: the worker died or hung
+    CANCELLED = "cancelled"  # someone asked for it to be cancelled
+    MANUAL_RETRY = "manual_retry"  # someone sent a failed or cancelled job back
+    EXPIRED = "expired"  # it could not start before its expires_at
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One finished attempt in a job's history. ``outcome`` is an ``OutcomeKind`` value or
+    ``worker_lost``; error texts are truncated by the store."""
+
+    attempt: int
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime
+    outcome: str
+    error_type: str | None = None
+    error_message: str | None = None
+
+    def to_json(self) -> JsonObject:
+        return {
+            "attempt": self.attempt,
+            "worker_id": self.worker_id,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "outcome": self.outcome,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+        }
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> AttemptRecord:
+        """From the form every store keeps: times as unix epoch seconds."""
+        started = data.get("started_at")
+        return cls(
+            attempt=int(data["attempt"]),
+            worker_id=data.get("worker_id"),
+            started_at=None if started is None else datetime.fromtimestamp(started, UTC),
+            finished_at=datetime.fromtimestamp(data["finished_at"], UTC),
+            outcome=str(data["outcome"]),
+            error_type=data.get("error_type"),
+            error_message=data.get("error_message"),
+        )
+
+
 @dataclasses.dataclass(slots=True)  # not frozen: see the module docstring
 class Job:
     """A stored job as the store last saw it. Times are timezone-aware UTC datetimes."""
@@ -130,6 +181,9 @@ class Job:
     lease_token: LeaseToken | None = None
     lease_expires_at: datetime | None = None
     cancel_requested: bool = False
+    reason: str | None = None
+    history: list[AttemptRecord] = dataclasses.field(default_factory=list)
+    backoff: Backoff | None = None
 
     def to_json(self) -> JsonObject:
         """The job as the HTTP API and the CLI show it (lease token left out: it is a secret)."""
@@ -155,6 +209,9 @@ class Job:
             "worker_id": self.worker_id,
             "lease_expires_at": _iso(self.lease_expires_at),
             "cancel_requested": self.cancel_requested,
+            "reason": self.reason,
+            "backoff": self.backoff.to_json() if self.backoff else None,
+            "history": [entry.to_json() for entry in self.history],
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
             "started_at": _iso(self.started_at),
@@ -184,6 +241,7 @@ class NewJob:
     timeout_seconds: float | None
     idempotency_key: str | None
     webhook_url: str | None
+    backoff: Backoff | None = None
 
     def stored(self, run_at: datetime, deadline_at: datetime, created_at: datetime) -> Job:
         """The job as a store has just written it, with the times its clock chose."""
@@ -210,6 +268,7 @@ class NewJob:
             updated_at=created_at,
             started_at=None,
             finished_at=None,
+            backoff=self.backoff,
         )
 
 
@@ -234,6 +293,26 @@ class AttemptOutcome:
     result: Any = None
     error: JobError | None = None
     retry_delay_seconds: float = 0.0
+    result_json: str | None = None  # ``result`` encoded once, when the attempt ended
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProgressUpdate:
+    """The latest progress of a running attempt, fenced like an outcome."""
+
+    job_id: JobId
+    attempt: int
+    lease_token: LeaseToken
+    percent: float
+    message: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseState:
+    """What a lease renewal learnt of one job still held: whether cancellation was asked."""
+
+    job_id: JobId
+    cancel_requested: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

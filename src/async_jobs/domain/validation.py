@@ -18,12 +18,14 @@ from async_jobs.domain.jobs import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TENANT,
     DEFAULT_USE_CASE,
+    AttemptOutcome,
     JobId,
     JsonObject,
     NewJob,
     Priority,
     new_job_id,
 )
+from async_jobs.domain.retry import Backoff
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_NAME_LENGTH = 200
@@ -47,6 +49,7 @@ def build_new_job(
     timeout_seconds: float | None = None,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
+    backoff: Backoff | Mapping[str, Any] | None = None,
     job_id: JobId | None = None,
     max_payload_bytes: int = MAX_PAYLOAD_BYTES,
 ) -> NewJob:
@@ -85,7 +88,14 @@ def build_new_job(
         if idempotency_key is None
         else check_text(idempotency_key, "idempotency_key", 1, 255),
         webhook_url=None if webhook_url is None else _check_url(webhook_url),
+        backoff=_check_backoff(backoff),
     )
+
+
+def _check_backoff(backoff: Backoff | Mapping[str, Any] | None) -> Backoff | None:
+    if backoff is None or isinstance(backoff, Backoff):
+        return backoff
+    return Backoff.from_json(backoff)
 
 
 def parse_priority(value: Priority | str | None) -> Priority:
@@ -172,6 +182,13 @@ def check_json_value(value: object, field: str, depth: int = 0) -> None:
 def json_dumps(value: Any) -> str:
     """The one JSON encoding of the package: compact, and strict about NaN."""
     return _ENCODER.encode(value)
+
+
+def result_json(outcome: AttemptOutcome) -> str | None:
+    """An outcome's result as JSON text: encoded once by the worker, or here if it was not."""
+    if outcome.result_json is not None or outcome.result is None:
+        return outcome.result_json
+    return json_dumps(outcome.result)
 
 
 # One encoder for the package: json.dumps with non-default options builds a new one per call.

@@ -9,24 +9,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from async_jobs.domain.errors import StoreError
+from async_jobs.domain.errors import ConfigurationError, StoreError
 from async_jobs.domain.jobs import (
+    MAX_HISTORY,
     AttemptOutcome,
+    AttemptRecord,
     ClaimRequest,
     Job,
+    JobError,
     JobFilter,
     JobId,
     JobPage,
     JobState,
+    LeaseState,
     LeaseToken,
     NewJob,
     OutcomeKind,
     PageCursor,
+    Progress,
+    ProgressUpdate,
+    Reason,
 )
+from async_jobs.domain.validation import result_json
+
+log = logging.getLogger(__name__)
+
+ERROR_MESSAGE_LIMIT = 500  # characters of an error message kept in a history entry
 
 
 def _utc_now() -> datetime:
@@ -42,6 +57,7 @@ class MemoryStore:
         self._keys: dict[tuple[str, str], JobId] = {}
         self._wakeup = asyncio.Event()
         self._open = False
+        self._cancel_watchers: list[Callable[[JobId], None]] = []
 
     async def open(self) -> None:
         self._open = True
@@ -81,6 +97,14 @@ class MemoryStore:
         if jobs:
             self._wakeup.set()
         return results
+
+    async def insert_jobs_in(
+        self, connection: object, jobs: Sequence[NewJob]
+    ) -> list[tuple[Job, bool]]:
+        raise ConfigurationError(
+            "transactional enqueue needs the PostgreSQL store; the memory store cannot "
+            "join a transaction on a connection of the caller's"
+        )
 
     def _existing(self, new: NewJob) -> Job | None:
         if new.idempotency_key is None:
@@ -155,10 +179,10 @@ class MemoryStore:
 
     async def extend_leases(
         self, claims: Sequence[tuple[JobId, int, LeaseToken]], lease_seconds: float
-    ) -> list[JobId]:
+    ) -> list[LeaseState]:
         self._check_open()
         now = self._clock()
-        held: list[JobId] = []
+        held: dict[JobId, LeaseState] = {}
         for job_id, attempt, token in claims:
             job = self._jobs.get(job_id)
             if job is None or not _holds(job, attempt, token):
@@ -166,8 +190,96 @@ class MemoryStore:
             self._jobs[job_id] = dataclasses.replace(
                 job, lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now
             )
-            held.append(job_id)
-        return held
+            held[job_id] = LeaseState(job_id, job.cancel_requested)
+        return list(held.values())
+
+    async def record_progress(self, updates: Sequence[ProgressUpdate]) -> list[JobId]:
+        self._check_open()
+        now = self._clock()
+        changed: dict[JobId, None] = {}
+        for update in updates:
+            job = self._jobs.get(update.job_id)
+            if job is None or not _holds(job, update.attempt, update.lease_token):
+                continue
+            progress = Progress(update.percent, update.message)
+            self._jobs[job.id] = dataclasses.replace(job, progress=progress, updated_at=now)
+            changed[job.id] = None
+        return list(changed)
+
+    async def reap_expired_leases(self, limit: int) -> list[Job]:
+        self._check_open()
+        now = self._clock()
+        expired = sorted(
+            (
+                j
+                for j in self._jobs.values()
+                if j.status is JobState.RUNNING
+                and j.lease_expires_at is not None
+                and j.lease_expires_at < now
+            ),
+            key=lambda j: j.lease_expires_at or now,
+        )[: max(limit, 0)]
+        reaped = [_reap(job, now) for job in expired]
+        for job in reaped:
+            self._jobs[job.id] = job
+        if any(job.status is JobState.PENDING for job in reaped):
+            self._wakeup.set()
+        return reaped
+
+    async def cancel_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+        job = await self.get_job(job_id, tenant_id)
+        if job is None:
+            return None
+        now = self._clock()
+        if job.status in (JobState.PENDING, JobState.QUEUED):
+            job = dataclasses.replace(
+                job,
+                status=JobState.CANCELLED,
+                cancel_requested=True,
+                reason=Reason.CANCELLED.value,
+                finished_at=now,
+                updated_at=now,
+            )
+            self._jobs[job.id] = job
+        elif job.status is JobState.RUNNING and not job.cancel_requested:
+            job = dataclasses.replace(
+                job, cancel_requested=True, reason=Reason.CANCELLED.value, updated_at=now
+            )
+            self._jobs[job.id] = job
+            _notify(self._cancel_watchers, job.id)
+        # Terminal, or running and already flagged: left as it stands.
+        return job
+
+    async def retry_job(
+        self, job_id: JobId, tenant_id: str | None = None
+    ) -> tuple[Job, bool] | None:
+        job = await self.get_job(job_id, tenant_id)
+        if job is None:
+            return None
+        if job.status not in (JobState.FAILED, JobState.CANCELLED):
+            return job, False
+        now = self._clock()
+        job = dataclasses.replace(
+            job,
+            status=JobState.PENDING,
+            run_at=now,
+            deadline_at=now + timedelta(seconds=job.delay_tolerance_seconds),
+            max_attempts=max(job.max_attempts, job.attempts + 1),
+            cancel_requested=False,
+            reason=Reason.MANUAL_RETRY.value,
+            result=None,
+            progress=None,
+            worker_id=None,
+            started_at=None,
+            finished_at=None,
+            updated_at=now,
+        )
+        self._jobs[job.id] = job
+        self._wakeup.set()
+        return job, True
+
+    def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
+        self._cancel_watchers.append(callback)
 
     async def wait_for_jobs(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -180,35 +292,102 @@ def _holds(job: Job, attempt: int, token: LeaseToken) -> bool:
 
 
 def _apply(job: Job, outcome: AttemptOutcome, now: datetime) -> Job:
-    common = {
-        "result": outcome.result,
-        "error": outcome.error or job.error,
+    """The job after ``outcome``, as ``record_outcomes`` of the SQL stores writes it: a job
+    whose cancellation was asked ends cancelled instead of being retried or handed back,
+    and every counted attempt joins the history."""
+    kind = outcome.kind
+    handed_back = kind in (OutcomeKind.RETRY, OutcomeKind.RELEASED)
+    cancelled_instead = handed_back and job.cancel_requested
+    uncounted = kind is OutcomeKind.RELEASED and not job.cancel_requested
+    if cancelled_instead:
+        status = JobState.CANCELLED
+    elif handed_back:
+        status = JobState.PENDING
+    else:
+        status = JobState(kind.value)
+    if kind is OutcomeKind.CANCELLED or cancelled_instead:
+        reason: str | None = Reason.CANCELLED.value
+    else:
+        reason = job.reason if kind is OutcomeKind.RELEASED else None
+    history = job.history
+    if not uncounted:
+        ended = OutcomeKind.CANCELLED.value if cancelled_instead else kind.value
+        history = _with_entry(job, now, ended, outcome.error)
+    run_at, deadline_at = job.run_at, job.deadline_at
+    if kind is OutcomeKind.RETRY and not job.cancel_requested:
+        run_at = now + timedelta(seconds=outcome.retry_delay_seconds)
+        deadline_at = run_at + timedelta(seconds=job.delay_tolerance_seconds)
+    text = result_json(outcome)  # decoded again, so results look as a database returns them
+    return dataclasses.replace(
+        job,
+        status=status,
+        attempts=job.attempts - 1 if uncounted else job.attempts,
+        result=None if text is None else json.loads(text),
+        error=outcome.error or job.error,
+        reason=reason,
+        history=history,
+        run_at=run_at,
+        deadline_at=deadline_at,
+        started_at=None if uncounted else job.started_at,
+        finished_at=now if status.is_terminal else None,
+        lease_token=None,
+        lease_expires_at=None,
+        updated_at=now,
+    )
+
+
+def _reap(job: Job, now: datetime) -> Job:
+    """A running job whose lease expired, as ``reap_expired_leases`` writes it."""
+    message = (
+        f"the lease of attempt {job.attempts} expired: "
+        f"worker {job.worker_id or '?'} stopped renewing it"
+    )
+    lost = JobError("WorkerLost", "the lease expired")
+    changes: dict[str, Any] = {
+        "error": JobError("WorkerLost", message, None),
+        "reason": Reason.CANCELLED.value if job.cancel_requested else Reason.WORKER_LOST.value,
+        "history": _with_entry(job, now, "worker_lost", lost),
         "lease_token": None,
         "lease_expires_at": None,
         "updated_at": now,
     }
-    kind = outcome.kind
-    if kind is OutcomeKind.RETRY:
-        run_at = now + timedelta(seconds=outcome.retry_delay_seconds)
-        deadline = run_at + timedelta(seconds=job.delay_tolerance_seconds)
-        return dataclasses.replace(
-            job,
-            status=JobState.PENDING,
-            run_at=run_at,
-            deadline_at=deadline,
-            finished_at=None,
-            **common,
-        )
-    if kind is OutcomeKind.RELEASED:
-        return dataclasses.replace(
-            job,
-            status=JobState.PENDING,
-            attempts=job.attempts - 1,
-            started_at=None,
-            finished_at=None,
-            **common,
-        )
-    return dataclasses.replace(job, status=JobState(kind.value), finished_at=now, **common)
+    if job.cancel_requested:
+        return dataclasses.replace(job, status=JobState.CANCELLED, finished_at=now, **changes)
+    if job.attempts >= job.max_attempts:
+        return dataclasses.replace(job, status=JobState.FAILED, finished_at=now, **changes)
+    return dataclasses.replace(
+        job,
+        status=JobState.PENDING,
+        run_at=now,
+        deadline_at=now + timedelta(seconds=job.delay_tolerance_seconds),
+        finished_at=None,
+        **changes,
+    )
+
+
+def _with_entry(
+    job: Job, now: datetime, outcome: str, error: JobError | None
+) -> list[AttemptRecord]:
+    """The history with the attempt now ending appended, the latest ``MAX_HISTORY`` kept."""
+    entry = AttemptRecord(
+        attempt=job.attempts,
+        worker_id=job.worker_id,
+        started_at=job.started_at,
+        finished_at=now,
+        outcome=outcome,
+        error_type=None if error is None else error.type,
+        error_message=None if error is None else error.message[:ERROR_MESSAGE_LIMIT],
+    )
+    return [*job.history, entry][-MAX_HISTORY:]
+
+
+def _notify(watchers: Sequence[Callable[[JobId], None]], job_id: JobId) -> None:
+    """Tell every watcher; one that fails is logged and does not stop the others."""
+    for watcher in watchers:
+        try:
+            watcher(job_id)
+        except Exception:
+            log.exception("a cancellation watcher failed for job %s", job_id)
 
 
 def _claimable(job: Job, request: ClaimRequest, now: datetime) -> bool:

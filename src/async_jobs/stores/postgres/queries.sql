@@ -27,10 +27,11 @@ INSERT INTO async_jobs_migrations (name) VALUES ($1);
 -- One job, one statement, no explicit transaction: the fast path of single enqueue.
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
-    delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url
+    delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
+    backoff
 )
 SELECT $1, $2, $3, $4, $5::text::jsonb, $6::text::async_jobs_priority, $7, t.run_at,
-       $10, t.run_at + make_interval(secs => $10), $11, $12, $13
+       $10, t.run_at + make_interval(secs => $10), $11, $12, $13, $14::text::jsonb
 FROM (SELECT COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)) AS run_at) AS t
 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
@@ -40,17 +41,19 @@ RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 -- caller then reads the existing job. run_at is absolute when given, else now() + delay.
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
-    delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url
+    delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
+    backoff
 )
 SELECT
     u.id, u.tenant_id, u.use_case, u.type, u.payload::jsonb, u.priority::async_jobs_priority,
     u.max_attempts, t.run_at, u.tolerance, t.run_at + make_interval(secs => u.tolerance),
-    u.timeout_seconds, u.idempotency_key, u.webhook_url
+    u.timeout_seconds, u.idempotency_key, u.webhook_url, u.backoff::jsonb
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
-    $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], $12::text[], $13::text[]
+    $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], $12::text[], $13::text[],
+    $14::text[]
 ) AS u(id, tenant_id, use_case, type, payload, priority, max_attempts,
-       delay, run_at, tolerance, timeout_seconds, idempotency_key, webhook_url)
+       delay, run_at, tolerance, timeout_seconds, idempotency_key, webhook_url, backoff)
 CROSS JOIN LATERAL (
     SELECT COALESCE(u.run_at, now() + make_interval(secs => u.delay)) AS run_at
 ) AS t
@@ -59,6 +62,18 @@ RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 
 -- name: get_jobs_by_idempotency_key
 SELECT * FROM async_jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
+
+-- name: get_jobs_by_idempotency_key_as_text
+-- The same, on a caller's own connection, whose codecs are not ours: every jsonb, uuid and
+-- enum column comes as text, under its own name.
+SELECT id::text AS id, tenant_id, use_case, type, payload::text AS payload,
+       priority::text AS priority, status::text AS status, attempts, max_attempts, run_at,
+       delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
+       progress_percent, progress_message, result::text AS result, error::text AS error,
+       worker_id, lease_token::text AS lease_token, lease_expires_at, cancel_requested,
+       created_at, updated_at, started_at, finished_at, reason, history::text AS history,
+       backoff::text AS backoff
+FROM async_jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
 
 -- name: get_job
 SELECT * FROM async_jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2);
@@ -85,24 +100,44 @@ SELECT * FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5);
 -- name: record_outcomes
 -- Fenced: a row changes only while it is running under the attempt and lease token of the
 -- outcome (a lease token exists only while running: async_jobs_lease_only_when_running).
--- A released attempt is handed back without counting. `id = ANY($1)` lets the planner find
--- the rows by primary key instead of walking every running row per outcome.
+-- A released attempt is handed back without counting. A job whose cancellation was asked
+-- (j.cancel_requested) ends cancelled instead of being retried or handed back.
+-- Every counted attempt joins the history (the latest 50 are kept). `id = ANY($1)` lets
+-- the planner find the rows by primary key instead of walking every running row.
 UPDATE async_jobs AS j
-SET status = (CASE u.kind
-        WHEN 'succeeded' THEN 'succeeded'
-        WHEN 'failed' THEN 'failed'
-        WHEN 'cancelled' THEN 'cancelled'
-        ELSE 'pending' END)::async_jobs_state,
-    attempts = j.attempts - (u.kind = 'released')::int,
+SET status = (CASE
+        WHEN u.kind IN ('retry', 'released') AND j.cancel_requested THEN 'cancelled'
+        WHEN u.kind = 'retry' OR u.kind = 'released' THEN 'pending'
+        ELSE u.kind END)::async_jobs_state,
+    attempts = j.attempts - (u.kind = 'released' AND NOT j.cancel_requested)::int,
     result = u.result::jsonb,
     error = COALESCE(u.error::jsonb, j.error),
-    run_at = CASE WHEN u.kind = 'retry' THEN now() + make_interval(secs => u.delay)
-                  ELSE j.run_at END,
-    deadline_at = CASE WHEN u.kind = 'retry'
+    reason = CASE
+        WHEN u.kind = 'cancelled' OR (u.kind IN ('retry', 'released') AND j.cancel_requested)
+            THEN 'cancelled'
+        WHEN u.kind = 'released' THEN j.reason END,
+    history = CASE WHEN u.kind = 'released' AND NOT j.cancel_requested THEN j.history
+        ELSE (CASE WHEN jsonb_array_length(j.history) >= 50 THEN j.history - 0
+                   ELSE j.history END)
+             || jsonb_build_array(jsonb_build_object(
+                    'attempt', j.attempts,
+                    'worker_id', j.worker_id,
+                    'started_at', extract(epoch FROM j.started_at),
+                    'finished_at', extract(epoch FROM now()),
+                    'outcome', CASE WHEN u.kind IN ('retry', 'released') AND j.cancel_requested
+                                    THEN 'cancelled' ELSE u.kind END,
+                    'error_type', u.error::jsonb ->> 'type',
+                    'error_message', left(u.error::jsonb ->> 'message', 500)))
+        END,
+    run_at = CASE WHEN u.kind = 'retry' AND NOT j.cancel_requested
+                  THEN now() + make_interval(secs => u.delay) ELSE j.run_at END,
+    deadline_at = CASE WHEN u.kind = 'retry' AND NOT j.cancel_requested
                        THEN now() + make_interval(secs => u.delay + j.delay_tolerance_seconds)
                        ELSE j.deadline_at END,
-    started_at = CASE WHEN u.kind = 'released' THEN NULL ELSE j.started_at END,
-    finished_at = CASE WHEN u.kind IN ('succeeded', 'failed', 'cancelled') THEN now() END,
+    started_at = CASE WHEN u.kind = 'released' AND NOT j.cancel_requested THEN NULL
+                      ELSE j.started_at END,
+    finished_at = CASE WHEN u.kind IN ('succeeded', 'failed', 'cancelled') OR j.cancel_requested
+                       THEN now() END,
     lease_token = NULL,
     lease_expires_at = NULL,
     updated_at = now()
@@ -115,6 +150,8 @@ WHERE j.id = ANY($1::uuid[])
 RETURNING j.id;
 
 -- name: extend_leases
+-- One statement renews every lease a worker holds; it also tells the worker which of its
+-- jobs are to be cancelled.
 UPDATE async_jobs AS j
 SET lease_expires_at = now() + make_interval(secs => $4),
     updated_at = now()
@@ -123,4 +160,103 @@ WHERE j.id = ANY($1::uuid[])
   AND j.id = u.id
   AND j.attempts = u.attempt
   AND j.lease_token = u.token
+RETURNING j.id, j.cancel_requested;
+
+-- name: record_progress
+-- Fenced like an outcome: only the attempt that holds the lease may report progress.
+UPDATE async_jobs AS j
+SET progress_percent = u.percent,
+    progress_message = u.message,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::real[], $5::text[])
+    AS u(id, attempt, token, percent, message)
+WHERE j.id = ANY($1::uuid[])
+  AND j.id = u.id
+  AND j.attempts = u.attempt
+  AND j.lease_token = u.token
 RETURNING j.id;
+
+-- name: reap_expired_leases
+-- Running jobs whose lease expired by the database clock: the attempt counts and ends
+-- `worker_lost`; the job is due again at once, or failed when its attempts are spent, or
+-- cancelled when that was asked. The rows are chosen and locked, and the guard checked
+-- again, in this one statement: a job completed meanwhile is no longer running with an
+-- expired lease and is not touched. SKIP LOCKED lets several reapers share the work.
+UPDATE async_jobs AS j
+SET status = (CASE WHEN j.cancel_requested THEN 'cancelled'
+                   WHEN j.attempts >= j.max_attempts THEN 'failed'
+                   ELSE 'pending' END)::async_jobs_state,
+    error = jsonb_build_object(
+        'type', 'WorkerLost',
+        'message', format('the lease of attempt %s expired: worker %s stopped renewing it',
+                          j.attempts, coalesce(j.worker_id, '?')),
+        'traceback', NULL),
+    reason = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'worker_lost' END,
+    history = (CASE WHEN jsonb_array_length(j.history) >= 50 THEN j.history - 0
+                    ELSE j.history END)
+              || jsonb_build_array(jsonb_build_object(
+                     'attempt', j.attempts,
+                     'worker_id', j.worker_id,
+                     'started_at', extract(epoch FROM j.started_at),
+                     'finished_at', extract(epoch FROM now()),
+                     'outcome', 'worker_lost',
+                     'error_type', 'WorkerLost',
+                     'error_message', 'the lease expired')),
+    run_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts THEN j.run_at
+                  ELSE now() END,
+    deadline_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                       THEN j.deadline_at
+                       ELSE now() + make_interval(secs => j.delay_tolerance_seconds) END,
+    finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                       THEN now() END,
+    lease_token = NULL,
+    lease_expires_at = NULL,
+    updated_at = now()
+WHERE j.id = ANY(ARRAY(
+        SELECT id FROM async_jobs
+        WHERE status = 'running' AND lease_expires_at < now()
+        ORDER BY lease_expires_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED))
+  AND j.status = 'running'
+  AND j.lease_expires_at < now()
+RETURNING j.*;
+
+-- name: cancel_job
+-- Pending or queued: cancelled at once. Running: flagged; the trigger
+-- async_jobs_cancel_requested (migration 0002) wakes the worker that holds it. Terminal
+-- jobs are not matched; the caller reads them as they stand.
+UPDATE async_jobs AS j
+SET status = CASE WHEN j.status = 'running' THEN j.status
+                  ELSE 'cancelled'::async_jobs_state END,
+    cancel_requested = true,
+    reason = 'cancelled',
+    finished_at = CASE WHEN j.status = 'running' THEN j.finished_at ELSE now() END,
+    updated_at = now()
+WHERE j.id = $1
+  AND ($2::text IS NULL OR j.tenant_id = $2)
+  AND j.status IN ('pending', 'queued', 'running')
+  AND NOT (j.status = 'running' AND j.cancel_requested)  -- asked already: nothing to do
+RETURNING j.*;
+
+-- name: retry_job
+-- A failed or cancelled job goes back to pending, due now, with at least one attempt left;
+-- its history and last error stay.
+UPDATE async_jobs AS j
+SET status = 'pending',
+    run_at = now(),
+    deadline_at = now() + make_interval(secs => j.delay_tolerance_seconds),
+    max_attempts = greatest(j.max_attempts, j.attempts + 1),
+    cancel_requested = false,
+    reason = 'manual_retry',
+    result = NULL,
+    progress_percent = NULL,
+    progress_message = NULL,
+    worker_id = NULL,
+    started_at = NULL,
+    finished_at = NULL,
+    updated_at = now()
+WHERE j.id = $1
+  AND ($2::text IS NULL OR j.tenant_id = $2)
+  AND j.status IN ('failed', 'cancelled')
+RETURNING j.*;

@@ -8,19 +8,23 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
 
 from async_jobs.domain.errors import (
     AsyncJobsError,
+    ConfigurationError,
     SchemaMissingError,
     StoreError,
     StoreUnavailableError,
 )
 from async_jobs.domain.jobs import (
     AttemptOutcome,
+    AttemptRecord,
     ClaimRequest,
     Job,
     JobError,
@@ -28,19 +32,24 @@ from async_jobs.domain.jobs import (
     JobId,
     JobPage,
     JobState,
+    LeaseState,
     LeaseToken,
     NewJob,
     PageCursor,
     Priority,
     Progress,
+    ProgressUpdate,
 )
-from async_jobs.domain.validation import json_dumps
+from async_jobs.domain.retry import Backoff
+from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 
 log = logging.getLogger(__name__)
 
 QUERIES = load_queries("async_jobs.stores.postgres")
 NOTIFY_CHANNEL = "async_jobs_inserted"
+CANCEL_CHANNEL = "async_jobs_cancel"
+LISTENER_CHECK_SECONDS = 15.0  # an idle LISTEN connection is pinged this often
 
 _UNAVAILABLE = (
     OSError,
@@ -72,7 +81,9 @@ class PostgresStore:
         self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
+        self._listener_checked = 0.0
         self._wakeup = asyncio.Event()
+        self._cancel_watchers: list[Callable[[JobId], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -164,6 +175,24 @@ class PostgresStore:
         async with self._connection() as conn, conn.transaction():
             return await insert_jobs_on(conn, jobs)
 
+    async def insert_jobs_in(
+        self, connection: object, jobs: Sequence[NewJob]
+    ) -> list[tuple[Job, bool]]:
+        conn = await driver_connection(connection)
+        if not jobs:
+            return []
+        try:
+            async with conn.transaction():  # a savepoint inside the caller's transaction
+                return await insert_jobs_on(conn, jobs, text_json=True)
+        except asyncpg.UndefinedTableError as exc:
+            raise SchemaMissingError(
+                "the jobs table does not exist; run `async-jobs migrate`"
+            ) from exc
+        except _BROKEN as exc:
+            raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"PostgreSQL error: {exc}") from exc
+
     # -- reads ------------------------------------------------------------------------------
 
     async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
@@ -217,7 +246,7 @@ class PostgresStore:
             columns[1].append(o.attempt)
             columns[2].append(o.lease_token)
             columns[3].append(o.kind.value)
-            columns[4].append(None if o.result is None else json_dumps(o.result))
+            columns[4].append(result_json(o))
             columns[5].append(None if o.error is None else json_dumps(o.error.to_json()))
             columns[6].append(o.retry_delay_seconds)
         async with self._connection() as conn:
@@ -226,7 +255,7 @@ class PostgresStore:
 
     async def extend_leases(
         self, claims: Sequence[tuple[JobId, int, LeaseToken]], lease_seconds: float
-    ) -> list[JobId]:
+    ) -> list[LeaseState]:
         if not claims:
             return []
         ids, attempts, tokens = zip(*claims, strict=True)
@@ -234,7 +263,46 @@ class PostgresStore:
             rows = await conn.fetch(
                 QUERIES["extend_leases"], list(ids), list(attempts), list(tokens), lease_seconds
             )
+        return [LeaseState(r["id"], r["cancel_requested"]) for r in rows]
+
+    async def record_progress(self, updates: Sequence[ProgressUpdate]) -> list[JobId]:
+        if not updates:
+            return []
+        columns: tuple[list[Any], ...] = ([], [], [], [], [])
+        for u in updates:
+            columns[0].append(u.job_id)
+            columns[1].append(u.attempt)
+            columns[2].append(u.lease_token)
+            columns[3].append(u.percent)
+            columns[4].append(u.message)
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["record_progress"], *columns)
         return [r["id"] for r in rows]
+
+    async def reap_expired_leases(self, limit: int) -> list[Job]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["reap_expired_leases"], limit)
+        return [job_from_record(r) for r in rows]
+
+    async def cancel_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["cancel_job"], job_id, tenant_id)
+            if row is None:
+                row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
+        return job_from_record(row) if row is not None else None
+
+    async def retry_job(
+        self, job_id: JobId, tenant_id: str | None = None
+    ) -> tuple[Job, bool] | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["retry_job"], job_id, tenant_id)
+            if row is not None:
+                return job_from_record(row), True
+            row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
+        return (job_from_record(row), False) if row is not None else None
+
+    def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
+        self._cancel_watchers.append(callback)
 
     async def wait_for_jobs(self, timeout: float) -> None:
         if not await self._ensure_listener():
@@ -245,58 +313,118 @@ class PostgresStore:
         self._wakeup.clear()
 
     async def _ensure_listener(self) -> bool:
-        """(Re)make the LISTEN connection; False when it cannot be had now."""
-        if self._listener is not None and not self._listener.is_closed():
-            return True
+        """(Re)make the LISTEN connection, and ping it when it has been quiet for a while
+        (a half-open TCP connection delivers nothing and reports nothing); False when it
+        cannot be had now."""
+        listener = self._listener
+        if listener is not None and not listener.is_closed():
+            if time.monotonic() - self._listener_checked < LISTENER_CHECK_SECONDS:
+                return True
+            try:
+                await listener.fetchval(QUERIES["ping"], timeout=self._connect_timeout)
+                self._listener_checked = time.monotonic()
+                return True
+            except (*_BROKEN, asyncpg.PostgresError) as exc:
+                log.warning("the LISTEN connection stopped answering; making a new one: %s", exc)
+                listener.terminate()
+                self._listener = None
         try:
             conn = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
             conn.add_termination_listener(self._on_listener_lost)
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             log.warning("cannot LISTEN for new jobs, polling only: %s", exc)
             return False
         self._listener = conn
+        self._listener_checked = time.monotonic()
         self._wakeup.set()  # notifications may have been missed while it was down
         return True
 
     def _on_notify(self, *_: object) -> None:
         self._wakeup.set()
 
+    def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            job_id = JobId(uuid.UUID(payload))
+        except ValueError:
+            return
+        for watcher in self._cancel_watchers:
+            try:
+                watcher(job_id)
+            except Exception:  # one broken watcher must not silence the others
+                log.exception("a cancellation watcher failed for job %s", job_id)
+
     def _on_listener_lost(self, *_: object) -> None:
         self._listener = None
 
 
-async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
-    """Insert one job on a connection the caller holds."""
-    row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job))
-    if row is not None:
-        return _job_from_insert(job, row), True
-    existing = await conn.fetch(
-        QUERIES["get_jobs_by_idempotency_key"], job.tenant_id, [job.idempotency_key]
+async def driver_connection(connection: object) -> asyncpg.Connection:
+    """The asyncpg connection behind what a caller passes for a transactional enqueue: an
+    asyncpg connection (pooled or not), or a SQLAlchemy ``AsyncSession`` or
+    ``AsyncConnection`` on the asyncpg driver, whose transaction is begun if it was not."""
+    if isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+        return connection
+    session_connection = getattr(connection, "connection", None)
+    get_raw = getattr(connection, "get_raw_connection", None)
+    if get_raw is None and callable(session_connection):  # an AsyncSession
+        connection = await session_connection()
+        get_raw = getattr(connection, "get_raw_connection", None)
+    if get_raw is not None:  # a SQLAlchemy AsyncConnection
+        raw = await get_raw()
+        driver = getattr(raw, "driver_connection", None)
+        if isinstance(driver, asyncpg.Connection):
+            if not driver.is_in_transaction():
+                # SQLAlchemy begins the database transaction at its first statement.
+                await connection.exec_driver_sql(QUERIES["ping"])  # type: ignore[attr-defined]
+            return driver
+    raise ConfigurationError(
+        "enqueue(connection=...) takes an asyncpg connection or a SQLAlchemy AsyncSession "
+        f"or AsyncConnection on the asyncpg driver, not {type(connection).__name__}"
     )
-    return job_from_record(existing[0]), False
+
+
+async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
+    """Insert one job on a connection the caller holds. When its idempotency key is taken,
+    the job holding it comes back; should that job be deleted between the two statements
+    (retention), the insert is tried again."""
+    for _ in range(3):
+        row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job))
+        if row is not None:
+            return _job_from_insert(job, row), True
+        existing = await conn.fetch(
+            QUERIES["get_jobs_by_idempotency_key"], job.tenant_id, [job.idempotency_key]
+        )
+        if existing:
+            return job_from_record(existing[0]), False
+    raise StoreError(f"idempotency key {job.idempotency_key!r} is contended; try again")
 
 
 async def insert_jobs_on(
-    conn: asyncpg.Connection, jobs: Sequence[NewJob]
+    conn: asyncpg.Connection, jobs: Sequence[NewJob], text_json: bool = False
 ) -> list[tuple[Job, bool]]:
-    """Insert on a connection the caller holds (and whose transaction it owns)."""
+    """Insert on a connection the caller holds (and whose transaction it owns);
+    ``text_json`` as for ``job_from_record``."""
     rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns(jobs))
     inserted = {r["id"]: r for r in rows}
     missing = [j for j in jobs if j.id not in inserted]
     existing: dict[tuple[str, str | None], Job] = {}
+    query = "get_jobs_by_idempotency_key_as_text" if text_json else "get_jobs_by_idempotency_key"
     for tenant in {j.tenant_id for j in missing}:
         keys = [j.idempotency_key for j in missing if j.tenant_id == tenant]
-        for row in await conn.fetch(QUERIES["get_jobs_by_idempotency_key"], tenant, keys):
-            found = job_from_record(row)
+        for row in await conn.fetch(QUERIES[query], tenant, keys):
+            found = job_from_record(row, text_json)
             existing[(found.tenant_id, found.idempotency_key)] = found
     results: list[tuple[Job, bool]] = []
     for job in jobs:
         row = inserted.get(job.id)
         if row is not None:
             results.append((_job_from_insert(job, row), True))
-        else:
-            results.append((existing[(job.tenant_id, job.idempotency_key)], False))
+            continue
+        holder = existing.get((job.tenant_id, job.idempotency_key))
+        if holder is None:  # deleted between the two statements (retention)
+            raise StoreError(f"idempotency key {job.idempotency_key!r} is contended; try again")
+        results.append((holder, False))
     return results
 
 
@@ -316,6 +444,7 @@ def _insert_values(j: NewJob) -> tuple[Any, ...]:
         j.timeout_seconds,
         j.idempotency_key,
         j.webhook_url,
+        None if j.backoff is None else json_dumps(j.backoff.to_json()),
     )
 
 
@@ -327,14 +456,20 @@ def _job_from_insert(new: NewJob, row: asyncpg.Record) -> Job:
     return new.stored(row["run_at"], row["deadline_at"], row["created_at"])
 
 
-def job_from_record(r: asyncpg.Record) -> Job:
+def job_from_record(r: asyncpg.Record, text_json: bool = False) -> Job:
+    """A job from a row. ``text_json``: jsonb and uuid columns came as text (see the query
+    get_jobs_by_idempotency_key_as_text)."""
+    _json = json.loads if text_json else _as_is
+    _uuid = _parse_uuid if text_json else _as_is
     percent = r["progress_percent"]
+    history = _json(r["history"])
+    backoff = r["backoff"] and _json(r["backoff"])
     return Job(
-        id=r["id"],
+        id=JobId(_uuid(r["id"])),
         tenant_id=r["tenant_id"],
         use_case=r["use_case"],
         type=r["type"],
-        payload=r["payload"],
+        payload=_json(r["payload"]),
         priority=Priority(r["priority"]),
         status=JobState(r["status"]),
         attempts=r["attempts"],
@@ -346,17 +481,28 @@ def job_from_record(r: asyncpg.Record) -> Job:
         idempotency_key=r["idempotency_key"],
         webhook_url=r["webhook_url"],
         progress=None if percent is None else Progress(percent, r["progress_message"]),
-        result=r["result"],
-        error=JobError.from_json(r["error"]),
+        result=None if r["result"] is None else _json(r["result"]),
+        error=JobError.from_json(r["error"] and _json(r["error"])),
         created_at=r["created_at"],
         updated_at=r["updated_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
         worker_id=r["worker_id"],
-        lease_token=r["lease_token"],
+        lease_token=r["lease_token"] and LeaseToken(_uuid(r["lease_token"])),
         lease_expires_at=r["lease_expires_at"],
         cancel_requested=r["cancel_requested"],
+        reason=r["reason"],
+        history=[AttemptRecord.from_stored(h) for h in history] if history else [],
+        backoff=None if backoff is None else Backoff.from_json(backoff),
     )
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _parse_uuid(value: str) -> uuid.UUID:
+    return uuid.UUID(value)
 
 
 def _dispatch_order(job: Job) -> tuple[int, Any, Any]:

@@ -29,12 +29,14 @@ import aiosqlite
 
 from async_jobs.domain.errors import (
     AsyncJobsError,
+    ConfigurationError,
     SchemaMissingError,
     StoreError,
     StoreUnavailableError,
 )
 from async_jobs.domain.jobs import (
     AttemptOutcome,
+    AttemptRecord,
     ClaimRequest,
     Job,
     JobError,
@@ -42,14 +44,17 @@ from async_jobs.domain.jobs import (
     JobId,
     JobPage,
     JobState,
+    LeaseState,
     LeaseToken,
     NewJob,
     OutcomeKind,
     PageCursor,
     Priority,
     Progress,
+    ProgressUpdate,
 )
-from async_jobs.domain.validation import json_dumps
+from async_jobs.domain.retry import Backoff
+from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 
 log = logging.getLogger(__name__)
@@ -94,6 +99,7 @@ class SqliteStore:
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
+        self._cancel_watchers: list[Callable[[JobId], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -159,6 +165,14 @@ class SqliteStore:
         self._wakeup.set()
         return results
 
+    async def insert_jobs_in(
+        self, connection: object, jobs: Sequence[NewJob]
+    ) -> list[tuple[Job, bool]]:
+        raise ConfigurationError(
+            "transactional enqueue needs the PostgreSQL store; the SQLite store cannot "
+            "join a transaction on a connection of the caller's"
+        )
+
     # -- reads ------------------------------------------------------------------------------
 
     async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
@@ -207,13 +221,67 @@ class SqliteStore:
 
     async def extend_leases(
         self, claims: Sequence[tuple[JobId, int, LeaseToken]], lease_seconds: float
-    ) -> list[JobId]:
+    ) -> list[LeaseState]:
         if not claims:
             return []
         claims_json = json_dumps([[str(i), a, str(t)] for i, a, t in claims])
         params = {"claims": claims_json, "lease_seconds": lease_seconds}
         rows = await self._run(lambda c: _fetch(c, "extend_leases", params), write=True)
-        return _ids_in_order((i for i, _, _ in claims), rows)
+        flags = {str(r["id"]): bool(r["cancel_requested"]) for r in rows}
+        held: dict[JobId, LeaseState] = {}
+        for job_id, _, _ in claims:
+            flag = flags.get(str(job_id))
+            if flag is not None:
+                held[job_id] = LeaseState(job_id, flag)
+        return list(held.values())
+
+    async def record_progress(self, updates: Sequence[ProgressUpdate]) -> list[JobId]:
+        if not updates:
+            return []
+        updates_json = json_dumps(
+            [[str(u.job_id), u.attempt, str(u.lease_token), u.percent, u.message] for u in updates]
+        )
+        params = {"updates": updates_json}
+        rows = await self._run(lambda c: _fetch(c, "record_progress", params), write=True)
+        return _ids_in_order((u.job_id for u in updates), rows)
+
+    async def reap_expired_leases(self, limit: int) -> list[Job]:
+        if limit <= 0:
+            return []
+        params = {"limit": limit}
+        rows = await self._run(lambda c: _fetch(c, "reap_expired_leases", params), write=True)
+        jobs = [_job_from_row(r) for r in rows]
+        if any(job.status is JobState.PENDING for job in jobs):
+            self._wakeup.set()
+        return jobs
+
+    async def cancel_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+        params = {"id": str(job_id), "tenant_id": tenant_id}
+        changed, row = await self._run(
+            lambda c: _change_or_get(c, "cancel_job", params), write=True
+        )
+        if row is None:
+            return None
+        job = _job_from_row(row)
+        if changed and job.status is JobState.RUNNING:
+            _notify(self._cancel_watchers, job.id)
+        return job
+
+    async def retry_job(
+        self, job_id: JobId, tenant_id: str | None = None
+    ) -> tuple[Job, bool] | None:
+        params = {"id": str(job_id), "tenant_id": tenant_id}
+        changed, row = await self._run(lambda c: _change_or_get(c, "retry_job", params), write=True)
+        if row is None:
+            return None
+        if changed:
+            self._wakeup.set()
+        return _job_from_row(row), changed
+
+    def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
+        """Told of cancellations asked through this store object only: SQLite cannot
+        notify other connections, whose workers learn it when they renew their leases."""
+        self._cancel_watchers.append(callback)
 
     async def wait_for_jobs(self, timeout: float) -> None:
         """Wakes on this store's own inserts and released jobs only, or after ``timeout``
@@ -385,6 +453,7 @@ def _jobs_json(jobs: Sequence[NewJob]) -> str:
                 j.timeout_seconds,
                 j.idempotency_key,
                 j.webhook_url,
+                None if j.backoff is None else json_dumps(j.backoff.to_json()),
             ]
             for j in jobs
         ]
@@ -422,13 +491,34 @@ def _outcomes_json(outcomes: Sequence[AttemptOutcome]) -> str:
                 o.attempt,
                 str(o.lease_token),
                 o.kind.value,
-                None if o.result is None else json_dumps(o.result),
+                result_json(o),
                 None if o.error is None else json_dumps(o.error.to_json()),
                 o.retry_delay_seconds,
             ]
             for o in outcomes
         ]
     )
+
+
+async def _change_or_get(
+    conn: aiosqlite.Connection, query: str, params: dict[str, Any]
+) -> tuple[bool, sqlite3.Row | None]:
+    """Run a one-job ``query`` (``cancel_job``, ``retry_job``); when it matches nothing,
+    read the job as it stands, in the same transaction. Returns (changed, row or None)."""
+    rows = await _fetch(conn, query, params)
+    if rows:
+        return True, rows[0]
+    rows = await _fetch(conn, "get_job", params)
+    return False, next(iter(rows), None)
+
+
+def _notify(watchers: Sequence[Callable[[JobId], None]], job_id: JobId) -> None:
+    """Tell every watcher; one that fails is logged and does not stop the others."""
+    for watcher in watchers:
+        try:
+            watcher(job_id)
+        except Exception:
+            log.exception("a cancellation watcher failed for job %s", job_id)
 
 
 def _ids_in_order(asked: Iterable[JobId], rows: Iterable[sqlite3.Row]) -> list[JobId]:
@@ -444,6 +534,7 @@ def _ids_in_order(asked: Iterable[JobId], rows: Iterable[sqlite3.Row]) -> list[J
 def _job_from_row(r: sqlite3.Row) -> Job:
     percent = r["progress_percent"]
     token = r["lease_token"]
+    backoff = r["backoff"]
     return Job(
         id=JobId(uuid.UUID(r["id"])),
         tenant_id=r["tenant_id"],
@@ -471,6 +562,9 @@ def _job_from_row(r: sqlite3.Row) -> Job:
         lease_token=None if token is None else LeaseToken(uuid.UUID(token)),
         lease_expires_at=_time_or_none(r["lease_expires_at"]),
         cancel_requested=bool(r["cancel_requested"]),
+        reason=r["reason"],
+        history=[AttemptRecord.from_stored(h) for h in json.loads(r["history"])],
+        backoff=None if backoff is None else Backoff.from_json(json.loads(backoff)),
     )
 
 
