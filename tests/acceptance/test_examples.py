@@ -28,3 +28,19 @@ def test_example_handlers_module_registers_both_styles() -> None:
 
     app = JobApp("memory://", handler_modules=["examples.myapp_jobs"])
     assert sorted(app.registry.types) == ["resize_image", "say_hello", "send_email"]
+
+
+def test_lifecycle_example_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "lifecycle_example.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "flaky_upload: succeeded -> uploaded cat.png after 3 attempts" in result.stdout
+    assert "attempt 1: retry storage timed out" in result.stdout
+    assert "attempt 2: retry storage asked us to slow down" in result.stdout
+    assert "report: cancelled at" in result.stdout
