@@ -48,7 +48,7 @@ async def main() -> None:
 
         done = await app.wait_for(upload.id, timeout=30)  # the job once it has ended
         print(f"flaky_upload: {done.status} -> {done.result} after {done.attempts} attempts")
-        for entry in done.history:
+        for entry in done.history:  # the attempts that did not succeed
             print(f"  attempt {entry.attempt}: {entry.outcome} {entry.error_message or ''}")
 
         await a_while_in.wait()

@@ -40,7 +40,6 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
-    JobState,
     NewJob,
     PageCursor,
     Priority,
@@ -313,16 +312,17 @@ class JobApp:
     async def cancel(self, job_id: JobId | uuid.UUID | str, tenant_id: str | None = None) -> Job:
         """Cancel a job: a pending or queued job ends ``cancelled`` at once; a running one is
         flagged, its handler is stopped by its worker and it ends ``cancelled`` (unless it
-        has already succeeded). Cancelling a cancelled job again changes nothing; a job that
-        succeeded or failed is an ``InvalidTransitionError``."""
+        has already succeeded); asking again while it runs changes nothing. A job that has
+        already ended (succeeded, failed or cancelled) is an ``InvalidTransitionError``."""
         parsed = parse_job_id(job_id)
-        job = await self.store.cancel_job(parsed, tenant_id)
-        if job is None:
+        answer = await self.store.cancel_job(parsed, tenant_id)
+        if answer is None:
             raise JobNotFoundError(f"no job {parsed}")
-        if job.status in (JobState.SUCCEEDED, JobState.FAILED):
+        job, changed = answer
+        if not changed and job.status.is_terminal:
             raise InvalidTransitionError(
-                f"job {parsed} has {job.status.value}; only pending, queued or running jobs "
-                "can be cancelled",
+                f"job {parsed} has already ended ({job.status.value}); only pending, queued "
+                "or running jobs can be cancelled",
                 status=job.status.value,
             )
         return job

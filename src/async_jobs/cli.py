@@ -85,12 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     manage = commands.add_parser("jobs", help="look at and control jobs")
     actions = manage.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in (
-        ("get", "print one job"),
-        ("cancel", "cancel a pending, queued or running job"),
-        ("retry", "run a failed or cancelled job again"),
+    for action, aliases, text in (
+        ("show", ["get"], "print one job"),
+        ("cancel", [], "cancel a pending, queued or running job"),
+        ("retry", [], "run a failed or cancelled job again"),
     ):
-        actions.add_parser(action, help=text).add_argument("job_id", help="the job's id")
+        one = actions.add_parser(action, aliases=aliases, help=text)
+        one.add_argument("job_id", help="the job's id")
     listing = actions.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--status", choices=[s.value for s in JobState])
     listing.add_argument("--use-case")
@@ -288,7 +289,12 @@ async def _jobs(jobs: JobApp, args: argparse.Namespace) -> int:
             page = await jobs.list_jobs(where, args.limit)
             answer: Any = [job.to_json() for job in page.items]
         else:
-            act = {"get": jobs.get_job, "cancel": jobs.cancel, "retry": jobs.retry}[args.action]
+            act = {
+                "show": jobs.get_job,
+                "get": jobs.get_job,
+                "cancel": jobs.cancel,
+                "retry": jobs.retry,
+            }[args.action]
             answer = (await act(args.job_id)).to_json()
     print(json.dumps(answer, indent=2), flush=True)
     return 0

@@ -88,10 +88,13 @@ class JobStore(Protocol):
         the write are one guarded statement, so a job that completed meanwhile is never
         touched. Returns the jobs as written."""
 
-    async def cancel_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+    async def cancel_job(
+        self, job_id: JobId, tenant_id: str | None = None
+    ) -> tuple[Job, bool] | None:
         """Ask for a job's cancellation: a pending or queued job becomes cancelled at
         once, a running one is flagged (``cancel_requested``) for its worker to stop, a
-        terminal one is left alone. Returns the job as it now stands, None if not found."""
+        terminal one (or a running one already flagged) is left alone. Returns the job as it
+        now stands and whether this call changed it, or None if not found."""
 
     async def retry_job(
         self, job_id: JobId, tenant_id: str | None = None

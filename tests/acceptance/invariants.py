@@ -45,10 +45,14 @@ async def assert_invariants(
             assert row["status"] in TERMINAL, row
         assert not (row["status"] == "running" and row["lease_expired"]), row
         if row["status"] in TERMINAL:
-            ends = [h for h in history if h["outcome"] in ("succeeded", "failed", "cancelled")]
+            ends = [h for h in history if h["outcome"] in ("failed", "cancelled")]
             assert len(ends) <= 1, f"more than one terminal transition: {row}"
+            assert not (ends and row["status"] == "succeeded"), row
         assert row["attempts"] <= row["max_attempts"], row
-        assert row["attempts"] == len(history) or row["status"] == "running", row
+        # The history holds every counted attempt that did not succeed; a success is the row.
+        unsuccessful = row["attempts"] - (row["status"] == "succeeded")
+        assert row["attempts"] == 0 or len(history) == unsuccessful or row["status"] == "running"
+        assert len(history) <= row["attempts"], row
         # Every counted attempt either reached the handler (a ledger start) or was lost
         # before it wrote one; never did the handler run more often than attempts say.
         assert starts[row["id"]] <= row["attempts"], (row, starts[row["id"]])

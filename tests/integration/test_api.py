@@ -191,6 +191,9 @@ async def test_cancel_and_retry_over_http(client: httpx.AsyncClient) -> None:
     cancelled = await client.post(f"/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200
     assert (cancelled.json()["status"], cancelled.json()["reason"]) == ("cancelled", "cancelled")
+    twice = await client.post(f"/jobs/{job['id']}/cancel")
+    assert twice.status_code == 409
+    assert twice.json()["error"]["details"] == {"status": "cancelled"}
     retried = await client.post(f"/jobs/{job['id']}/retry")
     assert retried.status_code == 200 and retried.json()["status"] == "pending"
     again = await client.post(f"/jobs/{job['id']}/retry")

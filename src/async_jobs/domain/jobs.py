@@ -114,8 +114,10 @@ class Reason(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """One finished attempt in a job's history. ``outcome`` is an ``OutcomeKind`` value or
-    ``worker_lost``; error texts are truncated by the store."""
+    """One attempt that did not succeed, in a job's history. ``outcome`` is ``retry``,
+    ``failed``, ``cancelled`` or ``worker_lost``; error texts are truncated by the store. (A
+    successful attempt is the job itself: ``attempts``, ``worker_id``, ``started_at``,
+    ``finished_at``, ``result``.)"""
 
     attempt: int
     worker_id: str | None

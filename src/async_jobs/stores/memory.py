@@ -226,11 +226,14 @@ class MemoryStore:
             self._wakeup.set()
         return reaped
 
-    async def cancel_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+    async def cancel_job(
+        self, job_id: JobId, tenant_id: str | None = None
+    ) -> tuple[Job, bool] | None:
         job = await self.get_job(job_id, tenant_id)
         if job is None:
             return None
         now = self._clock()
+        changed = True
         if job.status in (JobState.PENDING, JobState.QUEUED):
             job = dataclasses.replace(
                 job,
@@ -247,8 +250,9 @@ class MemoryStore:
             )
             self._jobs[job.id] = job
             _notify(self._cancel_watchers, job.id)
-        # Terminal, or running and already flagged: left as it stands.
-        return job
+        else:  # terminal, or running and already flagged: left as it stands
+            changed = False
+        return job, changed
 
     async def retry_job(
         self, job_id: JobId, tenant_id: str | None = None
@@ -294,7 +298,7 @@ def _holds(job: Job, attempt: int, token: LeaseToken) -> bool:
 def _apply(job: Job, outcome: AttemptOutcome, now: datetime) -> Job:
     """The job after ``outcome``, as ``record_outcomes`` of the SQL stores writes it: a job
     whose cancellation was asked ends cancelled instead of being retried or handed back,
-    and every counted attempt joins the history."""
+    and every counted attempt that did not succeed joins the history."""
     kind = outcome.kind
     handed_back = kind in (OutcomeKind.RETRY, OutcomeKind.RELEASED)
     cancelled_instead = handed_back and job.cancel_requested
@@ -310,7 +314,7 @@ def _apply(job: Job, outcome: AttemptOutcome, now: datetime) -> Job:
     else:
         reason = job.reason if kind is OutcomeKind.RELEASED else None
     history = job.history
-    if not uncounted:
+    if not uncounted and kind is not OutcomeKind.SUCCEEDED:
         ended = OutcomeKind.CANCELLED.value if cancelled_instead else kind.value
         history = _with_entry(job, now, ended, outcome.error)
     run_at, deadline_at = job.run_at, job.deadline_at

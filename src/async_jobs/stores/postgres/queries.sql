@@ -102,7 +102,8 @@ SELECT * FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5);
 -- outcome (a lease token exists only while running: async_jobs_lease_only_when_running).
 -- A released attempt is handed back without counting. A job whose cancellation was asked
 -- (j.cancel_requested) ends cancelled instead of being retried or handed back.
--- Every counted attempt joins the history (the latest 50 are kept). `id = ANY($1)` lets
+-- Every counted attempt that did not succeed joins the history (the latest 50 are kept; a
+-- success is the row itself, and skipping it keeps the hot path light). `id = ANY($1)` lets
 -- the planner find the rows by primary key instead of walking every running row.
 UPDATE async_jobs AS j
 SET status = (CASE
@@ -116,7 +117,9 @@ SET status = (CASE
         WHEN u.kind = 'cancelled' OR (u.kind IN ('retry', 'released') AND j.cancel_requested)
             THEN 'cancelled'
         WHEN u.kind = 'released' THEN j.reason END,
-    history = CASE WHEN u.kind = 'released' AND NOT j.cancel_requested THEN j.history
+    history = CASE
+        WHEN u.kind = 'succeeded' OR (u.kind = 'released' AND NOT j.cancel_requested)
+            THEN j.history
         ELSE (CASE WHEN jsonb_array_length(j.history) >= 50 THEN j.history - 0
                    ELSE j.history END)
              || jsonb_build_array(jsonb_build_object(

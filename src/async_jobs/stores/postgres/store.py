@@ -284,12 +284,15 @@ class PostgresStore:
             rows = await conn.fetch(QUERIES["reap_expired_leases"], limit)
         return [job_from_record(r) for r in rows]
 
-    async def cancel_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+    async def cancel_job(
+        self, job_id: JobId, tenant_id: str | None = None
+    ) -> tuple[Job, bool] | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(QUERIES["cancel_job"], job_id, tenant_id)
-            if row is None:
-                row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
-        return job_from_record(row) if row is not None else None
+            if row is not None:
+                return job_from_record(row), True
+            row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
+        return (job_from_record(row), False) if row is not None else None
 
     async def retry_job(
         self, job_id: JobId, tenant_id: str | None = None

@@ -162,8 +162,8 @@ RETURNING *;
 -- retry_delay_seconds]. Fenced: a row changes only while it is running under the attempt
 -- and lease token of the outcome. A released attempt is handed back without counting. A job
 -- whose cancellation was asked (j.cancel_requested) ends cancelled instead of being retried
--- or handed back. Every counted attempt joins the history, the latest 50 kept (json_insert
--- at '$[#]' appends). SET expressions see the row as it was, as in PostgreSQL.
+-- or handed back. Every counted attempt that did not succeed joins the history, the latest
+-- 50 kept (json_insert at '$[#]' appends). SET expressions see the row as it was, as in PostgreSQL.
 UPDATE async_jobs AS j
 SET status = CASE
         WHEN u.kind IN ('retry', 'released') AND j.cancel_requested THEN 'cancelled'
@@ -176,7 +176,9 @@ SET status = CASE
         WHEN u.kind = 'cancelled' OR (u.kind IN ('retry', 'released') AND j.cancel_requested)
             THEN 'cancelled'
         WHEN u.kind = 'released' THEN j.reason END,
-    history = CASE WHEN u.kind = 'released' AND NOT j.cancel_requested THEN j.history
+    history = CASE
+        WHEN u.kind = 'succeeded' OR (u.kind = 'released' AND NOT j.cancel_requested)
+            THEN j.history
         ELSE json_insert(
             CASE WHEN json_array_length(j.history) >= 50 THEN json_remove(j.history, '$[0]')
                  ELSE j.history END,

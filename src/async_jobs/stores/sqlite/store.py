@@ -255,7 +255,9 @@ class SqliteStore:
             self._wakeup.set()
         return jobs
 
-    async def cancel_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
+    async def cancel_job(
+        self, job_id: JobId, tenant_id: str | None = None
+    ) -> tuple[Job, bool] | None:
         params = {"id": str(job_id), "tenant_id": tenant_id}
         changed, row = await self._run(
             lambda c: _change_or_get(c, "cancel_job", params), write=True
@@ -265,7 +267,7 @@ class SqliteStore:
         job = _job_from_row(row)
         if changed and job.status is JobState.RUNNING:
             _notify(self._cancel_watchers, job.id)
-        return job
+        return job, changed
 
     async def retry_job(
         self, job_id: JobId, tenant_id: str | None = None
