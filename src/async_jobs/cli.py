@@ -125,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # asyncpg logs every failed reconnect of its pool with a traceback; ours say it in a line.
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     try:
         return _dispatch(args)
     except (ConfigurationError, InvalidJobError, HandlerRegistrationError) as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 from async_jobs.domain.errors import StoreError
 from async_jobs.domain.jobs import Job
@@ -51,11 +52,14 @@ class Reaper:
         self.reaped += len(reaped)
         return reaped
 
-    async def run(self, interval_seconds: float) -> None:
+    async def run(self, interval_seconds: float, when: Callable[[], bool] | None = None) -> None:
         """Reap about every ``interval_seconds`` (jittered, so that many reapers spread out)
-        until cancelled; store errors are logged and the next round tries again."""
+        until cancelled, skipping rounds while ``when()`` is false; store errors are logged
+        and the next round tries again."""
         while True:
             await asyncio.sleep(interval_seconds * random.uniform(0.5, 1.0))
+            if when is not None and not when():
+                continue
             try:
                 await self.run_once()
             except StoreError as exc:

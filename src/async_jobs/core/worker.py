@@ -127,6 +127,7 @@ class Completer:
         self._linger = linger_seconds
         self._pending: list[AttemptOutcome] = []
         self._wake = asyncio.Event()
+        self._retry_now = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -141,6 +142,10 @@ class Completer:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+    def nudge(self) -> None:
+        """The store answered someone else: cut short the wait before the next write."""
+        self._retry_now.set()
 
     async def run(self) -> None:
         failures = 0
@@ -158,7 +163,11 @@ class Completer:
                     self._pending[:0] = batch
                     failures += 1
                     log.warning("cannot record %d outcomes yet: %s", len(batch), exc)
-                    await asyncio.sleep(RECONNECT_BACKOFF.delay(failures))
+                    self._retry_now.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._retry_now.wait(), RECONNECT_BACKOFF.delay(failures)
+                        )
                     continue
                 failures = 0
                 self._on_written(batch)
@@ -223,10 +232,11 @@ class Worker:
             asyncio.create_task(self._write_progress(), name="async-jobs-progress"),
         ]
         if self.config.reap_every > 0:
+            # Not while this worker still holds unwritten outcomes (after an outage): its own
+            # finished jobs must be recorded, not reaped and run again.
             reaper = Reaper(self._store)
-            helpers.append(
-                asyncio.create_task(reaper.run(self.config.reap_every), name="async-jobs-reaper")
-            )
+            reaping = reaper.run(self.config.reap_every, when=lambda: self._completer.idle)
+            helpers.append(asyncio.create_task(reaping, name="async-jobs-reaper"))
         try:
             if self._on_ready is not None:
                 self._on_ready()
@@ -252,6 +262,8 @@ class Worker:
                 log.warning("cannot fetch jobs (try %d): %s", failures, exc)
                 await self._pause(RECONNECT_BACKOFF.delay(failures))
                 continue
+            if failures:
+                self._completer.nudge()  # the store is back: write held outcomes now
             failures = 0
             for job in jobs:
                 self._held[job.id] = job
@@ -367,9 +379,11 @@ class Worker:
                 failures += 1
                 log.warning("cannot renew %d leases: %s", len(claims), exc)
                 if loop.time() - renewed_at >= self.config.lease_seconds:
-                    log.error("leases not renewed for a whole lease; stopping their handlers")
+                    # Another worker may have them now: stop the handlers. The jobs stay
+                    # held, so that renewals resume (fenced) once the store answers, and an
+                    # outcome waiting to be written is not taken for a lost worker's job.
                     for job_id, _, _ in claims:
-                        self._lose(job_id)
+                        self._stop_unrenewed(job_id)
                 continue
             failures = 0
             renewed_at = loop.time()
@@ -380,6 +394,18 @@ class Worker:
             for state in states:
                 if state.cancel_requested:
                     self._cancel(state.job_id)
+
+    def _stop_unrenewed(self, job_id: JobId) -> None:
+        running = self._running.get(job_id)
+        if running is not None:
+            log.error("the lease of job %s was not renewed for a whole lease; stopping it", job_id)
+            task, ctx = running
+            ctx.request_stop()
+            task.cancel()
+        waiting = next((job for job in self._ready if job.id == job_id), None)
+        if waiting is not None:
+            self._ready.remove(waiting)
+            self._completer.add(released(waiting))
 
     def _lose(self, job_id: JobId) -> None:
         """Another worker may own the job now: stop it, write nothing."""
