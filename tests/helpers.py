@@ -32,6 +32,24 @@ def new_job(job_type: str = "echo", payload: dict[str, Any] | None = None, **kw:
     return build_new_job(job_type, payload or {}, **kw)
 
 
+async def terminate_other_backends(dsn: str) -> int:
+    """``pg_terminate_backend`` every other session of the DSN's database; how many."""
+    import asyncpg
+
+    database = dsn.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        )
+    finally:
+        await conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

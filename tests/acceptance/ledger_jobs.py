@@ -41,7 +41,7 @@ async def work(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     record("start", ctx)
     if payload.get("hang_on_attempt") == ctx.attempt:
         await asyncio.Event().wait()
-    await asyncio.sleep(float(payload.get("seconds", 0)))
+    await asyncio.sleep(float(payload.get("seconds", 0)))  # wait-ok: the job's simulated work
     record("end", ctx)
     return {"n": payload.get("n"), "attempt": ctx.attempt}
 

@@ -34,7 +34,7 @@ from tests.acceptance.invariants import assert_invariants
 from tests.acceptance.ledger_jobs import read_ledger
 from tests.acceptance.private_pg import PrivatePostgres
 from tests.acceptance.test_cli import wait_for_line
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, terminate_other_backends, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HANDLERS = "tests.acceptance.ledger_jobs"
@@ -278,21 +278,6 @@ async def test_serve_stays_up_and_answers_503_while_postgres_is_down(
     await assert_invariants(private_pg.dsn, ledger, {job_id})
 
 
-async def _terminate_other_backends(dsn: str) -> int:
-    database = dsn.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = $1 AND pid <> pg_backend_pid()",
-                database,
-            )
-        )
-    finally:
-        await conn.close()
-
-
 async def test_a_workers_connections_terminated_during_completion(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -314,7 +299,7 @@ async def test_a_workers_connections_terminated_during_completion(
 
         async def record_outcomes(outcomes: list[AttemptOutcome]) -> Any:
             if not calls:
-                terminated.append(await _terminate_other_backends(pg_database))
+                terminated.append(await terminate_other_backends(pg_database))
             try:
                 written = await real_record_outcomes(outcomes)
             except Exception as exc:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncpg
-
 from async_jobs import (
     EnqueueRequest,
     JobApp,
@@ -15,22 +13,7 @@ from async_jobs import (
     StoreUnavailableError,
     WorkerConfig,
 )
-from tests.helpers import wait_until
-
-
-async def _terminate_backends(dsn: str) -> int:
-    database = dsn.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = $1 AND pid <> pg_backend_pid()",
-                database,
-            )
-        )
-    finally:
-        await conn.close()
+from tests.helpers import terminate_other_backends, wait_until
 
 
 async def test_worker_survives_its_connections_being_terminated(pg_database: str) -> None:
@@ -50,7 +33,7 @@ async def test_worker_survives_its_connections_being_terminated(pg_database: str
         worker = app.worker(WorkerConfig(concurrency=5, poll_interval_seconds=0.1))
         running = asyncio.create_task(worker.run())
         await wait_until(lambda: started == 5)
-        assert await _terminate_backends(pg_database) >= 1
+        assert await terminate_other_backends(pg_database) >= 1
         gate.set()
 
         async def all_done() -> bool:

@@ -42,6 +42,24 @@ async def run_until(app: JobApp, worker: Worker, condition: Any, timeout: float 
         await asyncio.wait_for(task, 10)
 
 
+def register_long_job(app: JobApp) -> tuple[asyncio.Event, list[tuple[bool, bool]]]:
+    """A job type ``long`` that runs a minute unless stopped; says when it started and, once
+    stopped, whether a stop and a cancellation had been asked."""
+    started = asyncio.Event()
+    stopped: list[tuple[bool, bool]] = []
+
+    @app.job("long")
+    async def long(ctx: JobContext, payload: dict[str, Any]) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)  # wait-ok: a long job, ended by cancellation
+        except asyncio.CancelledError:
+            stopped.append((ctx.stop_requested, ctx.cancel_requested))
+            raise
+
+    return started, stopped
+
+
 async def status_is(app: JobApp, job_id: Any, *states: JobState) -> bool:
     return (await app.get_job(job_id)).status in states
 
@@ -176,17 +194,7 @@ async def test_cancelling_a_pending_job_ends_it_at_once(app: JobApp) -> None:
 
 
 async def test_cancelling_a_running_async_job_stops_its_handler(app: JobApp) -> None:
-    started = asyncio.Event()
-    stopped: list[bool] = []
-
-    @app.job("long")
-    async def long(ctx: JobContext, payload: dict[str, Any]) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            stopped.append(ctx.cancel_requested)
-            raise
+    started, stopped = register_long_job(app)
 
     job = await app.enqueue("long")
     worker = app.worker(config(lease_seconds=3))
@@ -208,7 +216,7 @@ async def test_cancelling_a_running_async_job_stops_its_handler(app: JobApp) -> 
         worker.stop()
         await asyncio.wait_for(task, 10)
     done = await app.get_job(job.id)
-    assert stopped == [True]
+    assert stopped == [(True, True)]
     assert done.attempts == 1 and done.history[-1].outcome == "cancelled"
 
 
@@ -385,17 +393,7 @@ class _Unreachable:
 async def test_a_worker_that_cannot_renew_for_a_whole_lease_stops_its_handler(
     app: JobApp,
 ) -> None:
-    started = asyncio.Event()
-    stopped: list[bool] = []
-
-    @app.job("long")
-    async def long(ctx: JobContext, payload: dict[str, Any]) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            stopped.append(ctx.stop_requested)
-            raise
+    started, stopped = register_long_job(app)
 
     job = await app.enqueue("long")
     store = _Unreachable(app.store)
@@ -409,7 +407,7 @@ async def test_a_worker_that_cannot_renew_for_a_whole_lease_stops_its_handler(
     try:
         await asyncio.wait_for(started.wait(), 10)
         store.down = True
-        await wait_until(lambda: stopped == [True], timeout=10)
+        await wait_until(lambda: stopped == [(True, False)], timeout=10)
         worker.stop()  # nothing runs any more; the release waits for the store
         store.down = False
         await asyncio.wait_for(task, 15)

@@ -287,18 +287,20 @@ class PostgresStore:
     async def cancel_job(
         self, job_id: JobId, tenant_id: str | None = None
     ) -> tuple[Job, bool] | None:
-        async with self._connection() as conn:
-            row = await conn.fetchrow(QUERIES["cancel_job"], job_id, tenant_id)
-            if row is not None:
-                return job_from_record(row), True
-            row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
-        return (job_from_record(row), False) if row is not None else None
+        return await self._change_or_get("cancel_job", job_id, tenant_id)
 
     async def retry_job(
         self, job_id: JobId, tenant_id: str | None = None
     ) -> tuple[Job, bool] | None:
+        return await self._change_or_get("retry_job", job_id, tenant_id)
+
+    async def _change_or_get(
+        self, query: str, job_id: JobId, tenant_id: str | None
+    ) -> tuple[Job, bool] | None:
+        """Run a one-job transition; when it matches nothing, read the job as it stands.
+        Returns the job and whether the transition happened, or None if there is no job."""
         async with self._connection() as conn:
-            row = await conn.fetchrow(QUERIES["retry_job"], job_id, tenant_id)
+            row = await conn.fetchrow(QUERIES[query], job_id, tenant_id)
             if row is not None:
                 return job_from_record(row), True
             row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
