@@ -121,7 +121,11 @@ class Transport(Protocol):
 
     async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
         """Up to ``capacity`` jobs now running under this worker's lease; waits up to
-        ``wait_seconds`` for the first one."""
+        ``wait_seconds`` for the first one (less if ``wake`` is called)."""
+
+    def wake(self) -> None:
+        """End a ``receive`` that is waiting for jobs now (the worker is stopping); jobs
+        already claimed are still returned, never dropped."""
 
     async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         """Record outcomes in the store, then tell the broker (if any) they are done."""

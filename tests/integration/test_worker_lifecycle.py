@@ -426,3 +426,18 @@ def _direct(app: JobApp, store: Any) -> Any:
 
     claim = ClaimRequest(worker_id="w", limit=4, lease_seconds=0.6, types=app.registry.types)
     return DirectTransport(store, claim)
+
+
+async def test_stopping_an_idle_worker_does_not_wait_out_its_poll_interval(app: JobApp) -> None:
+    @app.job("noop")
+    async def noop(ctx: JobContext, payload: dict[str, Any]) -> None:
+        return None
+
+    ready = asyncio.Event()
+    worker = app.worker(config(poll_interval_seconds=600), on_ready=ready.set)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(ready.wait(), 10)
+    # Nothing to observe from outside: give it time to claim nothing and start waiting.
+    await asyncio.sleep(0.3)  # wait-ok: lets the idle worker enter its 600 s wait
+    worker.stop()
+    await asyncio.wait_for(task, 5)  # well before the 600 s poll would end

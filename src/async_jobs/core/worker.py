@@ -219,6 +219,7 @@ class Worker:
             self._stop_now.set()
         self._stopping.set()
         self._slot_freed.set()
+        self._transport.wake()  # an idle fetch need not wait out its poll interval
 
     async def run(self) -> None:
         self._threads = concurrent.futures.ThreadPoolExecutor(

@@ -6,6 +6,7 @@ Claims are batched (one statement for every free slot), wake-ups come from the s
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ class DirectTransport:
     def __init__(self, store: JobStore, claim: ClaimRequest) -> None:
         self._store = store
         self._claim = claim
+        self._woken = asyncio.Event()
 
     async def start(self) -> None:
         return None
@@ -29,10 +31,24 @@ class DirectTransport:
     async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
         request = dataclasses.replace(self._claim, limit=capacity)
         jobs = await self._store.claim_jobs(request)
-        if jobs or wait_seconds <= 0:
+        if jobs or wait_seconds <= 0 or self._woken.is_set():
             return jobs
-        await self._store.wait_for_jobs(wait_seconds)
+        # Only the idle path pays for the two waiters: a wake-up from the store, or wake().
+        waiting = asyncio.ensure_future(self._store.wait_for_jobs(wait_seconds))
+        woken = asyncio.ensure_future(self._woken.wait())
+        try:
+            done, _ = await asyncio.wait({waiting, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            woken.cancel()
+        if waiting in done:
+            waiting.result()  # a store error surfaces here, as it would without wake()
+        if self._woken.is_set():
+            return []
         return await self._store.claim_jobs(request)
+
+    def wake(self) -> None:
+        self._woken.set()
 
     async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         return await self._store.record_outcomes(outcomes)

@@ -82,6 +82,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._listener_checked = 0.0
+        self._listener_work: asyncio.Future[bool] | None = None
         self._wakeup = asyncio.Event()
         self._cancel_watchers: list[Callable[[JobId], None]] = []
 
@@ -106,6 +107,9 @@ class PostgresStore:
             raise StoreUnavailableError(f"PostgreSQL refused the connection: {exc}") from exc
 
     async def close(self) -> None:
+        if self._listener_work is not None and not self._listener_work.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._listener_work), 5)
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close(timeout=2)
@@ -320,7 +324,17 @@ class PostgresStore:
     async def _ensure_listener(self) -> bool:
         """(Re)make the LISTEN connection, and ping it when it has been quiet for a while
         (a half-open TCP connection delivers nothing and reports nothing); False when it
-        cannot be had now."""
+        cannot be had now. The work runs shielded: a waiter cancelled meanwhile (the worker
+        stopping) must not leave a half-made connection behind."""
+        listener = self._listener
+        fresh = time.monotonic() - self._listener_checked < LISTENER_CHECK_SECONDS
+        if listener is not None and not listener.is_closed() and fresh:
+            return True
+        if self._listener_work is None or self._listener_work.done():
+            self._listener_work = asyncio.ensure_future(self._refresh_listener())
+        return await asyncio.shield(self._listener_work)
+
+    async def _refresh_listener(self) -> bool:
         listener = self._listener
         if listener is not None and not listener.is_closed():
             if time.monotonic() - self._listener_checked < LISTENER_CHECK_SECONDS:
@@ -335,10 +349,15 @@ class PostgresStore:
                 self._listener = None
         try:
             conn = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("cannot LISTEN for new jobs, polling only: %s", exc)
+            return False
+        try:
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
             conn.add_termination_listener(self._on_listener_lost)
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except (*_BROKEN, asyncpg.PostgresError) as exc:
+            conn.terminate()
             log.warning("cannot LISTEN for new jobs, polling only: %s", exc)
             return False
         self._listener = conn
@@ -361,7 +380,10 @@ class PostgresStore:
                 log.exception("a cancellation watcher failed for job %s", job_id)
 
     def _on_listener_lost(self, *_: object) -> None:
+        """The LISTEN connection closed: wake the waiting worker, which polls once and makes
+        a new one (notifications sent meanwhile are lost; the poll finds their jobs)."""
         self._listener = None
+        self._wakeup.set()
 
 
 async def driver_connection(connection: object) -> asyncpg.Connection:
