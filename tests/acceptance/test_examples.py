@@ -9,18 +9,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_simple_example_runs(tmp_path: Path) -> None:
+def run_example(name: str, cwd: Path) -> str:
+    """Run ``examples/NAME`` as a user would; its standard output."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "simple_example.py")],
+        [sys.executable, str(ROOT / "examples" / name)],
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=tmp_path,
+        cwd=cwd,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "calculate: succeeded -> {'sum': 6}" in result.stdout
-    assert "say_hello: succeeded -> hello, world" in result.stdout
+    return result.stdout
+
+
+def test_simple_example_runs(tmp_path: Path) -> None:
+    output = run_example("simple_example.py", tmp_path)
+    assert "calculate: succeeded -> {'sum': 6}" in output
+    assert "say_hello: succeeded -> hello, world" in output
 
 
 def test_example_handlers_module_registers_both_styles() -> None:
@@ -31,16 +37,8 @@ def test_example_handlers_module_registers_both_styles() -> None:
 
 
 def test_lifecycle_example_runs(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "lifecycle_example.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "flaky_upload: succeeded -> uploaded cat.png after 3 attempts" in result.stdout
-    assert "attempt 1: retry storage timed out" in result.stdout
-    assert "attempt 2: retry storage asked us to slow down" in result.stdout
-    assert "report: cancelled at" in result.stdout
+    output = run_example("lifecycle_example.py", tmp_path)
+    assert "flaky_upload: succeeded -> uploaded cat.png after 3 attempts" in output
+    assert "attempt 1: retry storage timed out" in output
+    assert "attempt 2: retry storage asked us to slow down" in output
+    assert "report: cancelled at" in output

@@ -397,43 +397,47 @@ class Worker:
                     self._cancel(state.job_id)
 
     def _stop_unrenewed(self, job_id: JobId) -> None:
-        running = self._running.get(job_id)
-        if running is not None:
-            log.error("the lease of job %s was not renewed for a whole lease; stopping it", job_id)
-            task, ctx = running
-            ctx.request_stop()
-            task.cancel()
-        waiting = next((job for job in self._ready if job.id == job_id), None)
-        if waiting is not None:
-            self._ready.remove(waiting)
-            self._completer.add(released(waiting))
+        """Renewals failed for a whole lease: stop it; a claimed one goes back unstarted."""
+        if not self._stop(job_id, "its lease was not renewed for a whole lease"):
+            waiting = self._unready(job_id)
+            if waiting is not None:
+                self._completer.add(released(waiting))
 
     def _lose(self, job_id: JobId) -> None:
-        """Another worker may own the job now: stop it, write nothing."""
-        running = self._running.get(job_id)
-        if running is not None:
-            log.warning("lost the lease of job %s; stopping its handler", job_id)
-            task, ctx = running
-            ctx.request_stop()
-            task.cancel()
-        elif job_id in self._held:
-            self._ready = collections.deque(job for job in self._ready if job.id != job_id)
+        """Another worker owns the job now: stop it, write nothing."""
+        if not self._stop(job_id, "it lost its lease"):
+            self._unready(job_id)
         self._held.pop(job_id, None)
 
     def _cancel(self, job_id: JobId) -> None:
         """Cancellation of a job this worker holds was asked: stop it; it ends cancelled."""
+        if not self._stop(job_id, "its cancellation was asked", cancel=True):
+            waiting = self._unready(job_id)
+            if waiting is not None:
+                self._completer.add(cancelled(waiting))
+
+    def _stop(self, job_id: JobId, why: str, *, cancel: bool = False) -> bool:
+        """Stop the handler of a running job (its outcome follows); False if not running."""
         running = self._running.get(job_id)
-        if running is not None:
-            task, ctx = running
-            if not ctx.cancel_requested:
-                log.info("cancelling job %s as asked", job_id)
-                ctx.request_cancel()
-                task.cancel()
-            return
+        if running is None:
+            return False
+        task, ctx = running
+        if cancel and ctx.cancel_requested:
+            return True  # asked already
+        log.warning("stopping job %s: %s", job_id, why)
+        if cancel:
+            ctx.request_cancel()
+        else:
+            ctx.request_stop()
+        task.cancel()
+        return True
+
+    def _unready(self, job_id: JobId) -> Job | None:
+        """Take a claimed, not yet started job out of the queue of ready jobs."""
         waiting = next((job for job in self._ready if job.id == job_id), None)
         if waiting is not None:
             self._ready.remove(waiting)
-            self._completer.add(cancelled(waiting))
+        return waiting
 
     async def _write_progress(self) -> None:
         interval = self.config.progress_interval_seconds

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -127,7 +127,7 @@ class PostgresStore:
         connection that failed is closed so that the pool replaces it."""
         if self._pool is None:
             raise StoreError("the store is not open; call open() first")
-        try:
+        with _our_errors():
             conn = await self._pool.acquire()
             try:
                 yield conn
@@ -136,16 +136,6 @@ class PostgresStore:
                 raise
             finally:
                 await self._pool.release(conn)
-        except AsyncJobsError:
-            raise
-        except asyncpg.UndefinedTableError as exc:
-            raise SchemaMissingError(
-                "the jobs table does not exist; run `async-jobs migrate`"
-            ) from exc
-        except _BROKEN as exc:
-            raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreError(f"PostgreSQL error: {exc}") from exc
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -185,17 +175,9 @@ class PostgresStore:
         conn = await driver_connection(connection)
         if not jobs:
             return []
-        try:
+        with _our_errors():
             async with conn.transaction():  # a savepoint inside the caller's transaction
                 return await insert_jobs_on(conn, jobs, text_json=True)
-        except asyncpg.UndefinedTableError as exc:
-            raise SchemaMissingError(
-                "the jobs table does not exist; run `async-jobs migrate`"
-            ) from exc
-        except _BROKEN as exc:
-            raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreError(f"PostgreSQL error: {exc}") from exc
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -384,6 +366,21 @@ class PostgresStore:
         a new one (notifications sent meanwhile are lost; the poll finds their jobs)."""
         self._listener = None
         self._wakeup.set()
+
+
+@contextlib.contextmanager
+def _our_errors() -> Iterator[None]:
+    """Driver errors leave this block as our own errors (the one place they are mapped)."""
+    try:
+        yield
+    except AsyncJobsError:
+        raise
+    except asyncpg.UndefinedTableError as exc:
+        raise SchemaMissingError("the jobs table does not exist; run `async-jobs migrate`") from exc
+    except _BROKEN as exc:
+        raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"PostgreSQL error: {exc}") from exc
 
 
 async def driver_connection(connection: object) -> asyncpg.Connection:
