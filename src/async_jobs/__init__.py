@@ -3,7 +3,9 @@
 from async_jobs.app import EnqueueRequest, JobApp
 from async_jobs.core.context import JobContext
 from async_jobs.core.executor import AttemptLimits, NonRetryableError, RetryAfter
-from async_jobs.core.registry import job
+from async_jobs.core.maintenance import PeriodicJob
+from async_jobs.core.registry import job, periodic
+from async_jobs.core.scheduler import Scheduler, SchedulerConfig
 from async_jobs.core.settings import Settings
 from async_jobs.core.worker import Worker, WorkerConfig
 from async_jobs.domain.errors import (
@@ -16,6 +18,7 @@ from async_jobs.domain.errors import (
     InvalidTransitionError,
     JobNotFoundError,
     PayloadTooLargeError,
+    QuotaExceededError,
     SchemaMissingError,
     StoreError,
     StoreUnavailableError,
@@ -33,6 +36,7 @@ from async_jobs.domain.jobs import (
     Reason,
 )
 from async_jobs.domain.retry import Backoff, BackoffKind
+from async_jobs.domain.scheduling import Limits, RetentionPolicy, Stats, TenantQuota, UseCaseState
 from async_jobs.stores.memory import MemoryStore
 
 __all__ = [
@@ -56,19 +60,29 @@ __all__ = [
     "JobId",
     "JobNotFoundError",
     "JobState",
+    "Limits",
     "MemoryStore",
     "NonRetryableError",
     "PayloadTooLargeError",
+    "PeriodicJob",
     "Priority",
     "Progress",
+    "QuotaExceededError",
     "Reason",
+    "RetentionPolicy",
     "RetryAfter",
+    "Scheduler",
+    "SchedulerConfig",
     "SchemaMissingError",
     "Settings",
+    "Stats",
     "StoreError",
     "StoreUnavailableError",
+    "TenantQuota",
     "UnknownJobTypeError",
+    "UseCaseState",
     "Worker",
     "WorkerConfig",
     "job",
+    "periodic",
 ]

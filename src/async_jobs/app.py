@@ -22,8 +22,10 @@ from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
 from async_jobs.core.executor import AttemptLimits
+from async_jobs.core.maintenance import PeriodicJob, PeriodicRunner, Retention
 from async_jobs.core.reaper import Reaper
-from async_jobs.core.registry import Handler, HandlerOptions, Registry
+from async_jobs.core.registry import Handler, HandlerOptions, Registry, periodic_marks
+from async_jobs.core.scheduler import Scheduler, SchedulerConfig
 from async_jobs.core.settings import Settings
 from async_jobs.core.worker import Worker, WorkerConfig
 from async_jobs.domain.errors import (
@@ -45,7 +47,8 @@ from async_jobs.domain.jobs import (
     Priority,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.validation import build_new_job
+from async_jobs.domain.scheduling import RetentionPolicy, Stats, UseCaseState
+from async_jobs.domain.validation import build_new_job, check_name
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
 from async_jobs.transports.direct import DirectTransport
@@ -73,6 +76,7 @@ class EnqueueRequest:
     idempotency_key: str | None = None
     webhook_url: str | None = None
     backoff: Backoff | Mapping[str, Any] | None = None
+    expires_at: datetime | None = None
 
 
 class JobApp:
@@ -96,6 +100,9 @@ class JobApp:
         self.store: JobStore = store or store_from_dsn(self.settings.db_dsn)
         self._strict_types = strict_types
         self._opened = 0
+        self.limits = self.settings.limits()
+        self.periodic_jobs: list[PeriodicJob] = []
+        self._declared_periodic = False
         for module in (*self.settings.handlers, *handler_modules):
             self.registry.add_module(module)
 
@@ -131,6 +138,54 @@ class JobApp:
             return obj
 
         return register
+
+    def periodic(
+        self,
+        cron: str,
+        *,
+        name: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Callable[[T], T]:
+        """Register a handler (as ``job`` does, with its defaults) and enqueue it on a cron
+        schedule (five fields, UTC): ``@app.periodic("*/5 * * * *")``. ``name`` names the
+        schedule (default: the job type); ``options`` are ``enqueue``'s keyword arguments
+        (``tenant_id``, ``priority``...). Each tick is enqueued once, by the leading
+        scheduler; see ``PeriodicRunner`` for missed ticks."""
+
+        def register(obj: T) -> T:
+            try:  # stacked on @app.job: registered already, with its own options
+                job_type = self._type_name(obj)  # type: ignore[arg-type]
+            except UnknownJobTypeError:
+                job_type = self.registry.add(obj).type
+            self.add_periodic(cron, job_type, name=name, payload=payload, **options)
+            return obj
+
+        return register
+
+    def add_periodic(
+        self,
+        cron: str,
+        job_type: str,
+        *,
+        name: str | None = None,
+        payload: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> PeriodicJob:
+        """Enqueue ``job_type`` on a cron schedule (for a handler registered otherwise, or
+        declared in configuration)."""
+        unknown = set(options) - {f.name for f in dataclasses.fields(EnqueueRequest)}
+        if unknown or {"type", "payload", "idempotency_key"} & set(options):
+            bad = sorted(unknown | ({"type", "payload", "idempotency_key"} & set(options)))
+            raise ConfigurationError(f"periodic job options: {', '.join(bad)} not allowed")
+        job = PeriodicJob(
+            check_name(name or job_type, "name"), cron, job_type, dict(payload or {}), options
+        )
+        if any(p.name == job.name for p in self.periodic_jobs):
+            raise ConfigurationError(f"a periodic job named {job.name!r} exists already")
+        self.build(EnqueueRequest(job_type, job.payload, **options))  # fail now, not at a tick
+        self.periodic_jobs.append(job)
+        return job
 
     def register(self, obj: object) -> Handler:
         """Register a handler marked with ``@async_jobs.job`` (or with default options)."""
@@ -185,12 +240,15 @@ class JobApp:
         idempotency_key: str | None = None,
         webhook_url: str | None = None,
         backoff: Backoff | Mapping[str, Any] | None = None,
+        expires_at: datetime | None = None,
         connection: object | None = None,
     ) -> Job:
         """Store one job and return it. With an ``idempotency_key`` the tenant already used
         for the same request, the existing job comes back instead of a new one.
 
-        ``backoff``: this job's own retry policy instead of its handler's. ``connection``:
+        ``backoff``: this job's own retry policy instead of its handler's. ``expires_at``:
+        if the job has not started by then, it ends ``cancelled`` (reason ``expired``).
+        A tenant over its ``max_pending`` quota gets ``QuotaExceededError``. ``connection``:
         an asyncpg connection or SQLAlchemy ``AsyncSession`` of the caller's, whose open
         transaction the job joins: it runs only if the caller commits (PostgreSQL only)."""
         request = EnqueueRequest(
@@ -207,6 +265,7 @@ class JobApp:
             idempotency_key,
             webhook_url,
             backoff,
+            expires_at,
         )
         job, _ = await self.enqueue_checked(request, connection=connection)
         return job
@@ -261,7 +320,7 @@ class JobApp:
         tolerance = _first(request.delay_tolerance_seconds, default.delay_tolerance_seconds)
         if tolerance is None and use_case is not None:
             tolerance = self.settings.delay_tolerance_for(use_case)
-        return build_new_job(
+        new = build_new_job(
             request.type,
             request.payload,
             tenant_id=request.tenant_id,
@@ -275,7 +334,13 @@ class JobApp:
             idempotency_key=request.idempotency_key,
             webhook_url=request.webhook_url,
             backoff=request.backoff,
+            expires_at=request.expires_at,
         )
+        if self.limits.quotas:
+            quota = self.limits.quota(new.tenant_id, new.use_case)
+            if quota is not None and quota.max_pending is not None:
+                new.max_pending = quota.max_pending
+        return new
 
     def _requires_known_types(self) -> bool:
         if self._strict_types is not None:
@@ -346,6 +411,82 @@ class JobApp:
         """The reaper of this app's store (``await app.reaper().run_once()``)."""
         return Reaper(self.store)
 
+    async def pause(self, use_case: str) -> UseCaseState:
+        """Stop starting jobs of a use case (running ones finish); stored, so it survives
+        restarts. Enqueueing goes on."""
+        return await self.store.set_paused(check_name(use_case, "use_case"), True)
+
+    async def resume(self, use_case: str) -> UseCaseState:
+        return await self.store.set_paused(check_name(use_case, "use_case"), False)
+
+    async def use_cases(self) -> list[UseCaseState]:
+        return await self.store.list_use_cases()
+
+    async def stats(self, tenant_id: str | None = None) -> Stats:
+        return await self.store.stats(tenant_id)
+
+    async def cleanup(self, older_than_seconds: float | None = None) -> dict[str, int]:
+        """Delete terminal jobs now: older than ``older_than_seconds`` whatever their state,
+        or by the configured retention policy. Returns state -> jobs deleted."""
+        if older_than_seconds is not None and not 0 <= older_than_seconds < 1e10:
+            raise InvalidJobError("older_than must be a number of seconds >= 0", field="older_than")
+        policy = (
+            self.settings.retention
+            if older_than_seconds is None
+            else RetentionPolicy.uniform(older_than_seconds)
+        )
+        return await Retention(self.store, policy).run_once()
+
+    def _add_declared_periodic(self) -> None:
+        """Add the periodic jobs marked with ``@async_jobs.periodic`` in handler modules and
+        those of ``ASYNC_JOBS_PERIODIC_JOBS`` (once, when a scheduler is built, so that
+        handlers registered after the app was made count)."""
+        if self._declared_periodic:
+            return
+        self._declared_periodic = True
+        for handler in self.registry:
+            for mark in periodic_marks(handler.source):
+                self.add_periodic(
+                    mark.cron, handler.type, name=mark.name, payload=mark.payload, **mark.options
+                )
+        own = {"cron", "type", "name", "payload"}
+        for entry in self.settings.periodic_jobs:
+            options = {k: v for k, v in entry.items() if k not in own}
+            self.add_periodic(
+                entry["cron"],
+                entry["type"],
+                name=entry.get("name"),
+                payload=entry.get("payload"),
+                **options,
+            )
+
+    def scheduler(self, config: SchedulerConfig | None = None) -> Scheduler:
+        """A scheduler for this app (``run()`` it, ``stop()`` it): leads or stands by, and
+        while leading reaps, expires, enqueues periodic jobs and applies retention."""
+        config = config or self.scheduler_config()
+        self._add_declared_periodic()
+        return Scheduler(self.store, config, self.periodic_runner() if self.periodic_jobs else None)
+
+    def periodic_runner(self, clock: Callable[[], datetime] | None = None) -> PeriodicRunner:
+        """What enqueues this app's periodic jobs (the leading scheduler runs it every
+        round); ``clock`` for tests that move time."""
+        if clock is None:
+            return PeriodicRunner(self.store, self.periodic_jobs, self._enqueue_tick)
+        return PeriodicRunner(self.store, self.periodic_jobs, self._enqueue_tick, clock)
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            interval_seconds=self.settings.scheduler_interval_seconds,
+            leader_lease_seconds=self.settings.leader_lease_seconds,
+            retention=self.settings.retention,
+        )
+
+    async def _enqueue_tick(self, job: PeriodicJob, tick: datetime) -> None:
+        request = EnqueueRequest(
+            job.type, job.payload, idempotency_key=job.idempotency_key(tick), **job.options
+        )
+        await self.enqueue_checked(request)
+
     async def wait_for(
         self, job_id: JobId, timeout: float, tenant_id: str | None = None, poll: float = 0.1
     ) -> Job:
@@ -387,6 +528,7 @@ class JobApp:
                 lease_seconds=config.lease_seconds,
                 use_cases=config.use_cases,
                 types=self.registry.types,
+                limits=self.limits,
             )
             transport = DirectTransport(self.store, claim)
         return Worker(self.registry, self.store, transport, config, on_ready=on_ready)

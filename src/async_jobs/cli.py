@@ -101,6 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("reap", help="hand back the jobs of dead workers now (see Reliability)")
 
+    scheduler = commands.add_parser(
+        "scheduler", help="reaper, expiry, periodic jobs and retention (one leads at a time)"
+    )
+    scheduler.add_argument(
+        "--handlers", help="comma-separated modules whose @app.periodic jobs it enqueues"
+    )
+
+    stats = commands.add_parser("stats", help="counts, throughput, latencies (JSON)")
+    stats.add_argument("--tenant", dest="tenant_id")
+
+    cleanup = commands.add_parser("cleanup", help="delete terminal jobs older than an age")
+    cleanup.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="e.g. 24h, 30m, 7d, 90s (default: the configured retention per state)",
+    )
+
+    use_cases = commands.add_parser("use-cases", help="list, pause or resume use cases")
+    use_case_actions = use_cases.add_subparsers(dest="action", required=True, metavar="ACTION")
+    use_case_actions.add_parser("list", help="every use case and whether it is paused")
+    for action, text in (("pause", "stop starting its jobs"), ("resume", "start them again")):
+        use_case_actions.add_parser(action, help=text).add_argument("name")
+
     bench = commands.add_parser("bench", help="measure enqueue, drain, latency and memory")
     from async_jobs import bench as bench_module
 
@@ -159,6 +182,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         "enqueue": _enqueue,
         "jobs": _jobs,
         "reap": _reap,
+        "scheduler": _scheduler,
+        "stats": _stats,
+        "cleanup": _cleanup,
+        "use-cases": _use_cases,
     }[args.command]
     return run_async(runner(jobs, args))
 
@@ -175,11 +202,12 @@ def run_async(main: Coroutine[Any, Any, int]) -> int:
 def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
     from async_jobs.api import create_api
 
-    worker = None
+    worker = scheduler = None
     if args.command == "serve":
         worker = _worker_config(jobs, args, burst=False, grace=30.0)
+        scheduler = jobs.scheduler_config()
         asyncio.run(_check_store(jobs))
-    app = create_api(jobs, worker=worker, migrate=args.command == "serve")
+    app = create_api(jobs, worker=worker, scheduler=scheduler, migrate=args.command == "serve")
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="info", lifespan="on", access_log=False
     )
@@ -307,6 +335,61 @@ async def _reap(jobs: JobApp, args: argparse.Namespace) -> int:
         reaped = await jobs.reaper().run_once()
     print(f"reaped {len(reaped)} jobs whose worker was lost", flush=True)
     return 0
+
+
+async def _scheduler(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        await jobs.store.ping()
+        scheduler = jobs.scheduler()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, scheduler.stop)
+        print(f"async-jobs scheduler ready: id={scheduler.config.holder}", flush=True)
+        await scheduler.run()
+    return 0
+
+
+async def _stats(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        stats = await jobs.stats(args.tenant_id)
+    print(json.dumps(stats.to_json(), indent=2), flush=True)
+    return 0
+
+
+async def _cleanup(jobs: JobApp, args: argparse.Namespace) -> int:
+    seconds = None if args.older_than is None else parse_age(args.older_than)
+    async with jobs:
+        deleted = await jobs.cleanup(seconds)
+    print(json.dumps({"deleted": sum(deleted.values()), "by_status": deleted}), flush=True)
+    return 0
+
+
+async def _use_cases(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        if args.action == "list":
+            answer: Any = [u.to_json() for u in await jobs.use_cases()]
+        else:
+            change = jobs.pause if args.action == "pause" else jobs.resume
+            answer = (await change(args.name)).to_json()
+    print(json.dumps(answer, indent=2), flush=True)
+    return 0
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> float:
+    """``"24h"`` -> 86400.0; a bare number is seconds."""
+    unit = _AGE_UNITS.get(text[-1:].lower())
+    try:
+        number = float(text[:-1] if unit else text)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number < 1e9:
+        raise InvalidJobError(
+            f"--older-than takes an age such as 24h, 30m, 7d or 90s, not {text!r}"
+        )
+    return number * (unit or 1)
 
 
 async def _enqueue(jobs: JobApp, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ broken changes nothing and reports it by what it returns.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from async_jobs.domain.jobs import (
@@ -23,6 +24,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
+from async_jobs.domain.scheduling import Stats, UseCaseState
 
 
 class JobStore(Protocol):
@@ -41,7 +43,12 @@ class JobStore(Protocol):
 
     async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
         """Store one job. Returns the job and True, or, when the tenant already has a job
-        with the same idempotency key, that job and False."""
+        with the same idempotency key, that job and False.
+
+        Every insert honours ``NewJob.max_pending``: the tenant's pending and queued jobs in
+        that use case, with the new ones, may not exceed it. The count and the insert are
+        atomic against every other insert (``QuotaExceededError`` otherwise, nothing
+        stored); a repeated idempotency key is not a new job and is never refused."""
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
         """Store many jobs in one transaction: all or none."""
@@ -62,9 +69,16 @@ class JobStore(Protocol):
         """Newest first (``created_at``, then ``id``), starting after ``after``."""
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
-        """Move up to ``request.limit`` due pending jobs to running, in priority then
-        deadline order, each with attempts + 1, a fresh lease token and a lease that ends
-        ``request.lease_seconds`` from now by the store's clock."""
+        """Move up to ``request.limit`` due pending jobs to running, each with attempts + 1,
+        a fresh lease token and a lease that ends ``request.lease_seconds`` from now by the
+        store's clock.
+
+        Only what ``request.limits`` allows starts: per use case, queued + running stays
+        within its max_concurrent; per tenant and use case within max_running and the
+        max_per_second token bucket; paused use cases and expired jobs (``expires_at``
+        passed) are skipped. The counting and the claim are atomic against every other
+        claimer. Order: priority; within a priority, tenants take turns (round robin); within
+        a tenant, earliest deadline, then earliest run_at."""
 
     async def record_outcomes(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         """Write the end of many attempts at once. Only jobs still running under the
@@ -103,6 +117,39 @@ class JobStore(Protocol):
         attempt left. Returns the job and whether it changed (False: it was in another
         state and was left alone), or None if not found."""
 
+    async def expire_jobs(self, limit: int) -> list[Job]:
+        """Up to ``limit`` pending or queued jobs whose ``expires_at`` has passed end
+        ``cancelled`` with the reason ``expired``. Returns them as written."""
+
+    async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
+        """Delete up to ``limit`` jobs in the terminal ``status`` that finished more than
+        ``older_than_seconds`` ago; never any other job. Returns how many went."""
+
+    async def set_paused(self, use_case: str, paused: bool) -> UseCaseState:
+        """Pause or resume dispatching a use case; stored, so it survives restarts."""
+
+    async def list_use_cases(self) -> list[UseCaseState]:
+        """Every use case that has jobs or was ever paused, by name."""
+
+    async def try_lead(self, role: str, holder: str, lease_seconds: float) -> bool:
+        """Take or keep the leadership of ``role`` for ``lease_seconds`` by the store's
+        clock: True if ``holder`` leads now (it did already, or the last leader's lease
+        ran out). Atomic: at most one holder leads a role at any time."""
+
+    async def resign(self, role: str, holder: str) -> None:
+        """Give up the leadership of ``role`` if ``holder`` has it."""
+
+    async def last_periodic_tick(self, name: str) -> datetime | None:
+        """The last tick of the periodic job ``name`` that was enqueued (None: never)."""
+
+    async def advance_periodic(self, name: str, tick: datetime) -> bool:
+        """Record ``tick`` as the last enqueued tick of ``name`` if it is later than the one
+        stored (or none is); True if it moved."""
+
+    async def stats(self, tenant_id: str | None = None) -> Stats:
+        """Counts, throughput and latencies (see ``Stats``); with ``tenant_id``, of that
+        tenant's jobs only."""
+
     def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
         """Call ``callback`` soon after a running job's cancellation is requested, where
         the store can tell (a latency aid: workers also learn it when renewing leases)."""
@@ -126,6 +173,10 @@ class Transport(Protocol):
     def wake(self) -> None:
         """End a ``receive`` that is waiting for jobs now (the worker is stopping); jobs
         already claimed are still returned, never dropped."""
+
+    def nudge(self) -> None:
+        """Slots may have been freed (this worker's outcomes were written): a ``receive``
+        that is waiting tries to claim again now instead of at its next poll."""
 
     async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         """Record outcomes in the store, then tell the broker (if any) they are done."""

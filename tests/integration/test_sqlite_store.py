@@ -16,8 +16,12 @@ import pytest
 
 from async_jobs.domain.errors import SchemaMissingError, StoreError, StoreUnavailableError
 from async_jobs.domain.jobs import ClaimRequest, JobFilter, JobId, NewJob
+from async_jobs.domain.scheduling import Limits
 from async_jobs.domain.validation import build_new_job
 from async_jobs.stores.sqlite import SqliteStore
+
+# These tests are not about limits: no use case is capped below what they claim.
+UNCAPPED = Limits(default_max_concurrent=1_000_000)
 
 
 def _jobs(count: int) -> list[NewJob]:
@@ -54,14 +58,14 @@ async def test_migrate_twice_is_a_no_op(store: SqliteStore, db_path: str) -> Non
         await second.close()
     with sqlite3.connect(db_path) as other:
         names = other.execute("SELECT name FROM async_jobs_migrations").fetchall()
-    assert names == [("0001_initial",), ("0002_lifecycle",)]
+    assert names == [("0001_initial",), ("0002_lifecycle",), ("0003_scheduler",)]
 
 
 async def test_first_migrate_names_the_migrations_it_applied(db_path: str) -> None:
     store = SqliteStore(db_path)
     await store.open()
     try:
-        assert await store.migrate() == ["0001_initial", "0002_lifecycle"]
+        assert await store.migrate() == ["0001_initial", "0002_lifecycle", "0003_scheduler"]
     finally:
         await store.close()
 
@@ -75,7 +79,7 @@ async def test_two_stores_on_one_file_never_claim_the_same_job(
 
     async def drain(claimer: SqliteStore, worker: str) -> list[JobId]:
         claimed: list[JobId] = []
-        while batch := await claimer.claim_jobs(ClaimRequest(worker, 7, 30.0)):
+        while batch := await claimer.claim_jobs(ClaimRequest(worker, 7, 30.0, limits=UNCAPPED)):
             claimed.extend(job.id for job in batch)
         return claimed
 

@@ -21,11 +21,17 @@ from async_jobs.domain.jobs import (
     OutcomeKind,
     Priority,
 )
+from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
 from tests.helpers import new_job
 
+# This suite is not about limits (see test_store_scheduling.py): no use case is capped below
+# what its tests claim.
+UNCAPPED = Limits(default_max_concurrent=1_000_000)
+
 
 def claim(limit: int = 10, **kw: object) -> ClaimRequest:
+    kw.setdefault("limits", UNCAPPED)
     return ClaimRequest(worker_id="w1", limit=limit, lease_seconds=30, **kw)  # type: ignore[arg-type]
 
 

@@ -101,8 +101,8 @@ def test_settings_from_the_environment() -> None:
     assert settings.db_dsn == "postgresql://u@h/db"
     assert settings.transport == "sqs"
     assert settings.handlers == ("a.b", "c")
-    assert settings.max_concurrent_for("notifications") == 4
-    assert settings.max_concurrent_for("other") == 10
+    assert settings.limits().max_concurrent_for("notifications") == 4
+    assert settings.limits().max_concurrent_for("other") == 10
     assert settings.delay_tolerance_for("message_labeling") == 30
     assert settings.delay_tolerance_for("other") == 300
     assert settings.sqs_queues == {"message_labeling": "http://q/1"}

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 
@@ -14,6 +15,7 @@ from async_jobs.api.errors import install_error_handlers
 from async_jobs.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from async_jobs.api.router import create_jobs_router
 from async_jobs.app import JobApp
+from async_jobs.core.scheduler import SchedulerConfig
 from async_jobs.core.worker import WorkerConfig
 
 log = logging.getLogger("async_jobs.api")
@@ -23,11 +25,13 @@ def create_api(
     jobs: JobApp,
     *,
     worker: WorkerConfig | None = None,
+    scheduler: SchedulerConfig | None = None,
     migrate: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The API app. With ``worker``, a worker runs in the same process (``serve``); with
-    ``migrate``, the schema is created or upgraded at start-up."""
+    """The API app. With ``worker`` and ``scheduler``, a worker and a scheduler run in the
+    same process (``serve``); with ``migrate``, the schema is created or upgraded at
+    start-up."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,7 +39,12 @@ def create_api(
         try:
             if migrate:
                 await jobs.migrate()
-            async with _running_worker(app, jobs, worker):
+            async with (
+                _running(
+                    app, "scheduler", None if scheduler is None else jobs.scheduler(scheduler)
+                ),
+                _running(app, "worker", None if worker is None else jobs.worker(worker)),
+            ):
                 yield
         finally:
             await jobs.close()
@@ -47,19 +56,23 @@ def create_api(
     return app
 
 
+class _Runnable(Protocol):
+    async def run(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+
 @contextlib.asynccontextmanager
-async def _running_worker(
-    app: FastAPI, jobs: JobApp, config: WorkerConfig | None
-) -> AsyncIterator[None]:
-    """Run a worker for as long as the app runs; ``app.state.worker`` is it (or None)."""
-    app.state.worker = None
-    if config is None:
+async def _running(app: FastAPI, name: str, runner: _Runnable | None) -> AsyncIterator[None]:
+    """Run ``runner`` (a worker, a scheduler) for as long as the app runs; it is
+    ``app.state.<name>`` (None without one)."""
+    setattr(app.state, name, runner)
+    if runner is None:
         yield
         return
-    worker = app.state.worker = jobs.worker(config)
-    task = asyncio.create_task(worker.run(), name="async-jobs-worker")
+    task = asyncio.create_task(runner.run(), name=f"async-jobs-{name}")
     try:
         yield
     finally:
-        worker.stop()
+        runner.stop()
         await task

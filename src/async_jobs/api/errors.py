@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from async_jobs.domain.errors import AsyncJobsError, StoreError
+from async_jobs.domain.errors import AsyncJobsError, QuotaExceededError, StoreError
 
 log = logging.getLogger("async_jobs.api")
 
@@ -35,6 +35,8 @@ async def _on_our_error(request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": RETRY_AFTER_SECONDS}
         if exc.http_status == 500:
             return error_response(503, exc.code, "the job store failed; try again", headers)
+    elif isinstance(exc, QuotaExceededError):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_seconds)))}
     return JSONResponse(exc.to_json(), status_code=exc.http_status, headers=headers)
 
 

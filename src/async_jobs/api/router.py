@@ -12,7 +12,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from async_jobs.api.schemas import JobBatchCreate, JobCreate, decode_cursor, encode_cursor
+from async_jobs.api.schemas import (
+    CleanupRequest,
+    JobBatchCreate,
+    JobCreate,
+    decode_cursor,
+    encode_cursor,
+)
 from async_jobs.app import MAX_PAGE_SIZE, JobApp
 from async_jobs.domain.errors import AsyncJobsError
 from async_jobs.domain.jobs import JobFilter, JobState
@@ -20,7 +26,9 @@ from async_jobs.domain.jobs import JobFilter, JobState
 
 def create_jobs_router(jobs: JobApp) -> APIRouter:
     """Routes ``POST /jobs``, ``POST /jobs/batch``, ``GET /jobs``, ``GET /jobs/{id}``,
-    ``POST /jobs/{id}/cancel``, ``POST /jobs/{id}/retry`` and ``GET /health``."""
+    ``POST /jobs/{id}/cancel``, ``POST /jobs/{id}/retry``, ``GET /use-cases``,
+    ``POST /use-cases/{name}/pause|resume``, ``GET /stats``, ``POST /maintenance/cleanup``
+    and ``GET /health``."""
     router = APIRouter()
 
     @router.post("/jobs", status_code=201, summary="Enqueue a job")
@@ -76,6 +84,8 @@ def create_jobs_router(jobs: JobApp) -> APIRouter:
         }
         return JSONResponse(body)
 
+    _add_admin_routes(router, jobs)
+
     @router.get("/health", summary="Is the store reachable")
     async def health() -> JSONResponse:
         try:
@@ -86,3 +96,29 @@ def create_jobs_router(jobs: JobApp) -> APIRouter:
         return JSONResponse({"status": "ok", "store": "ok"})
 
     return router
+
+
+def _add_admin_routes(router: APIRouter, jobs: JobApp) -> None:
+    """Use cases, statistics and maintenance."""
+
+    @router.get("/use-cases", summary="Use cases and whether they are paused")
+    async def use_cases() -> JSONResponse:
+        return JSONResponse({"items": [u.to_json() for u in await jobs.use_cases()]})
+
+    @router.post("/use-cases/{name}/pause", summary="Stop starting jobs of a use case")
+    async def pause(name: str) -> JSONResponse:
+        return JSONResponse((await jobs.pause(name)).to_json())
+
+    @router.post("/use-cases/{name}/resume", summary="Start jobs of a paused use case again")
+    async def resume(name: str) -> JSONResponse:
+        return JSONResponse((await jobs.resume(name)).to_json())
+
+    @router.get("/stats", summary="Counts, throughput, latencies, deadline misses")
+    async def stats(tenant_id: str | None = None) -> JSONResponse:
+        return JSONResponse((await jobs.stats(tenant_id)).to_json())
+
+    @router.post("/maintenance/cleanup", summary="Delete terminal jobs older than an age")
+    async def cleanup(body: CleanupRequest) -> JSONResponse:
+        seconds = None if body.older_than_hours is None else body.older_than_hours * 3600
+        deleted = await jobs.cleanup(seconds)
+        return JSONResponse({"deleted": sum(deleted.values()), "by_status": deleted})

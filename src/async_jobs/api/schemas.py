@@ -40,6 +40,11 @@ class JobCreate(BaseModel):
         "jitter (0-1).",
     )
 
+    expires_at: datetime | None = Field(
+        default=None,
+        description="If the job has not started by then, it ends cancelled (reason expired).",
+    )
+
     def to_request(self) -> EnqueueRequest:
         return EnqueueRequest(
             type=self.type,
@@ -55,6 +60,7 @@ class JobCreate(BaseModel):
             idempotency_key=self.idempotency_key,
             webhook_url=self.webhook_url,
             backoff=self.backoff,
+            expires_at=self.expires_at,
         )
 
 
@@ -85,3 +91,12 @@ def decode_cursor(text: str | None) -> PageCursor | None:
         return PageCursor(created_at=created, id=JobId(uuid.UUID(data["id"])))
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
         raise InvalidCursorError("the cursor is not one this API gave out") from None
+
+
+class CleanupRequest(BaseModel):
+    """Body of ``POST /maintenance/cleanup``; without ``older_than_hours``, the configured
+    retention per state applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_hours: float | None = Field(default=None, ge=0, le=1_000_000)

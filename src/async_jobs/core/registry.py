@@ -28,6 +28,7 @@ T = TypeVar("T")
 HandlerFunc = Callable[["JobContext", dict[str, Any]], Any]
 
 _MARK = "__async_jobs_options__"
+_PERIODIC_MARK = "__async_jobs_periodic__"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,6 +92,39 @@ def job(
         return obj
 
     return mark
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeriodicMark:
+    """A cron schedule a handler was marked with (see ``periodic``)."""
+
+    cron: str
+    name: str | None
+    payload: dict[str, Any]
+    options: dict[str, Any]
+
+
+def periodic(
+    cron: str, *, name: str | None = None, payload: dict[str, Any] | None = None, **options: Any
+) -> Callable[[T], T]:
+    """Mark a handler to be enqueued on a cron schedule (five fields, UTC), in a module an
+    app loads with ``--handlers``: the leading scheduler enqueues it once per tick. Stack it
+    on ``@job(...)`` for the handler's own options (alone, it marks a handler with
+    defaults). ``options`` are ``enqueue``'s keyword arguments."""
+
+    def mark(obj: T) -> T:
+        if getattr(obj, _MARK, None) is None:
+            setattr(obj, _MARK, HandlerOptions())
+        marks = getattr(obj, _PERIODIC_MARK, ())
+        setattr(obj, _PERIODIC_MARK, (*marks, PeriodicMark(cron, name, payload or {}, options)))
+        return obj
+
+    return mark
+
+
+def periodic_marks(obj: object) -> tuple[PeriodicMark, ...]:
+    marks: tuple[PeriodicMark, ...] = getattr(obj, _PERIODIC_MARK, ())
+    return marks
 
 
 class Registry:

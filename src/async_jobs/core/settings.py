@@ -14,10 +14,16 @@ from typing import Any
 
 from async_jobs.domain.errors import ConfigurationError
 from async_jobs.domain.jobs import DEFAULT_DELAY_TOLERANCE_SECONDS
+from async_jobs.domain.scheduling import (
+    DEFAULT_MAX_CONCURRENT,
+    Limits,
+    RetentionPolicy,
+    TenantQuota,
+    parse_quotas,
+)
 
 PREFIX = "ASYNC_JOBS_"
 DEFAULT_DSN = "sqlite:///async_jobs.db"
-DEFAULT_MAX_CONCURRENT = 10
 TRANSPORTS = ("direct", "sqs", "redis")
 
 _PER_USE_CASE = re.compile(
@@ -38,13 +44,21 @@ class Settings:
     sqs_queues: Mapping[str, str] = dataclasses.field(default_factory=dict)
     max_concurrent: Mapping[str, int] = dataclasses.field(default_factory=dict)
     delay_tolerance: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    per_tenant_quotas: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    per_tenant_quotas: Mapping[str, Mapping[str, TenantQuota]] = dataclasses.field(
+        default_factory=dict
+    )
     enqueue_auth_token: str | None = None
     api_tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)
     lease_seconds: float = 30.0
     poll_interval_seconds: float = 1.0
     max_result_bytes: int = 1024 * 1024
     max_error_chars: int = 4000
+    retention: RetentionPolicy = dataclasses.field(default_factory=RetentionPolicy)
+    scheduler_interval_seconds: float = 1.0
+    leader_lease_seconds: float = 5.0
+    # Periodic jobs declared in configuration: {"cron", "type", optional "name", "payload"
+    # and enqueue options}, from the JSON list ASYNC_JOBS_PERIODIC_JOBS.
+    periodic_jobs: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -54,8 +68,9 @@ class Settings:
         if self.lease_seconds <= 0 or self.poll_interval_seconds <= 0:
             raise ConfigurationError("lease and poll interval must be positive numbers")
 
-    def max_concurrent_for(self, use_case: str) -> int:
-        return self.max_concurrent.get(use_case, DEFAULT_MAX_CONCURRENT)
+    def limits(self) -> Limits:
+        """Per-use-case concurrency and tenant quotas, as claims and enqueues take them."""
+        return Limits(DEFAULT_MAX_CONCURRENT, dict(self.max_concurrent), self.per_tenant_quotas)
 
     def delay_tolerance_for(self, use_case: str) -> float:
         return self.delay_tolerance.get(use_case, DEFAULT_DELAY_TOLERANCE_SECONDS)
@@ -84,7 +99,9 @@ class Settings:
             sqs_queues=queues,
             max_concurrent=max_concurrent,
             delay_tolerance=tolerance,
-            per_tenant_quotas=_json_object(env, f"{PREFIX}PER_TENANT_QUOTAS"),
+            per_tenant_quotas=parse_quotas(
+                _json_object(env, f"{PREFIX}PER_TENANT_QUOTAS"), f"{PREFIX}PER_TENANT_QUOTAS"
+            ),
             enqueue_auth_token=env.get(f"{PREFIX}ENQUEUE_AUTH_TOKEN") or None,
             api_tokens=_json_object(env, f"{PREFIX}API_TOKENS"),
             lease_seconds=_non_negative_float(
@@ -99,6 +116,20 @@ class Settings:
             max_error_chars=_positive_int(
                 f"{PREFIX}MAX_ERROR_CHARS", env.get(f"{PREFIX}MAX_ERROR_CHARS", "4000")
             ),
+            retention=RetentionPolicy(
+                *(
+                    _retention_seconds(env, f"{PREFIX}RETAIN_{state}_HOURS", default)
+                    for state, default in (("SUCCEEDED", 24), ("CANCELLED", 24), ("FAILED", 168))
+                )
+            ),
+            scheduler_interval_seconds=_non_negative_float(
+                f"{PREFIX}SCHEDULER_INTERVAL_SECONDS",
+                env.get(f"{PREFIX}SCHEDULER_INTERVAL_SECONDS", "1"),
+            ),
+            leader_lease_seconds=_non_negative_float(
+                f"{PREFIX}LEADER_LEASE_SECONDS", env.get(f"{PREFIX}LEADER_LEASE_SECONDS", "5")
+            ),
+            periodic_jobs=_periodic_jobs(env, f"{PREFIX}PERIODIC_JOBS"),
         )
 
 
@@ -125,6 +156,33 @@ def _non_negative_float(key: str, value: str) -> float:
     if not number >= 0:
         raise ConfigurationError(f"{key} must be a non-negative number, not {value!r}")
     return number
+
+
+def _retention_seconds(env: Mapping[str, str], key: str, default_hours: float) -> float | None:
+    """Hours as seconds; ``off`` keeps such jobs for ever."""
+    raw = env.get(key, "").strip().lower()
+    if raw == "off":
+        return None
+    return _non_negative_float(key, raw or str(default_hours)) * 3600.0
+
+
+def _periodic_jobs(env: Mapping[str, str], key: str) -> tuple[Mapping[str, Any], ...]:
+    raw = env.get(key)
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{key} is not valid JSON: {exc}") from exc
+    if not isinstance(value, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("cron"), str) and entry.get("type")
+        for entry in value
+    ):
+        raise ConfigurationError(
+            f'{key} must be a JSON list of objects with "cron" and "type" (and optional "name", '
+            '"payload" and enqueue options)'
+        )
+    return tuple(value)
 
 
 def _json_object(env: Mapping[str, str], key: str) -> dict[str, Any]:

@@ -356,6 +356,7 @@ class Worker:
         for outcome in outcomes:
             self._held.pop(outcome.job_id, None)
         self._slot_freed.set()
+        self._transport.nudge()  # their use cases' slots are free in the store now
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -81,6 +81,17 @@ class InvalidTransitionError(AsyncJobsError):
     http_status = 409
 
 
+class QuotaExceededError(AsyncJobsError):
+    """A tenant's quota refuses the request now; it may succeed after ``retry_after_seconds``."""
+
+    code = "quota_exceeded"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_seconds: float = 1.0, **details: Any) -> None:
+        super().__init__(message, retry_after_seconds=retry_after_seconds, **details)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class HandlerRegistrationError(AsyncJobsError):
     code = "handler_registration_error"
 

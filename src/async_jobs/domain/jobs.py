@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, NewType
 
 from async_jobs.domain.retry import Backoff
+from async_jobs.domain.scheduling import Limits
 
 JobId = NewType("JobId", uuid.UUID)
 LeaseToken = NewType("LeaseToken", uuid.UUID)
@@ -186,6 +187,16 @@ class Job:
     reason: str | None = None
     history: list[AttemptRecord] = dataclasses.field(default_factory=list)
     backoff: Backoff | None = None
+    expires_at: datetime | None = None
+
+    @property
+    def deadline_missed(self) -> bool:
+        """Started after its deadline, or, not started yet, past it now."""
+        if self.started_at is not None:
+            return self.started_at > self.deadline_at
+        if self.status.is_terminal:
+            return False
+        return datetime.now(UTC) > self.deadline_at
 
     def to_json(self) -> JsonObject:
         """The job as the HTTP API and the CLI show it (lease token left out: it is a secret)."""
@@ -202,6 +213,8 @@ class Job:
             "run_at": _iso(self.run_at),
             "delay_tolerance_seconds": self.delay_tolerance_seconds,
             "deadline_at": _iso(self.deadline_at),
+            "deadline_missed": self.deadline_missed,
+            "expires_at": _iso(self.expires_at),
             "timeout_seconds": self.timeout_seconds,
             "idempotency_key": self.idempotency_key,
             "webhook_url": self.webhook_url,
@@ -244,6 +257,9 @@ class NewJob:
     idempotency_key: str | None
     webhook_url: str | None
     backoff: Backoff | None = None
+    expires_at: datetime | None = None
+    # Not stored: the tenant's max_pending in this use case, checked atomically at insert.
+    max_pending: int | None = None
 
     def stored(self, run_at: datetime, deadline_at: datetime, created_at: datetime) -> Job:
         """The job as a store has just written it, with the times its clock chose."""
@@ -271,6 +287,7 @@ class NewJob:
             started_at=None,
             finished_at=None,
             backoff=self.backoff,
+            expires_at=self.expires_at,
         )
 
 
@@ -352,6 +369,8 @@ class ClaimRequest:
     lease_seconds: float
     use_cases: tuple[str, ...] = ()  # empty: every use case
     types: tuple[str, ...] = ()  # empty: every type the store holds
+    # Per-use-case concurrency and tenant quotas; the claim takes only what they allow.
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
 
 def new_job_id() -> JobId:

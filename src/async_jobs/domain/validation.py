@@ -50,6 +50,7 @@ def build_new_job(
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
     backoff: Backoff | Mapping[str, Any] | None = None,
+    expires_at: datetime | None = None,
     job_id: JobId | None = None,
     max_payload_bytes: int = MAX_PAYLOAD_BYTES,
 ) -> NewJob:
@@ -72,7 +73,7 @@ def build_new_job(
             MAX_ATTEMPTS_LIMIT,
         ),
         delay_seconds=_check_number(delay or 0.0, "delay_seconds", 0.0, MAX_DELAY_SECONDS),
-        run_at=_check_run_at(run_at),
+        run_at=_check_time(run_at, "run_at"),
         delay_tolerance_seconds=_check_number(
             DEFAULT_DELAY_TOLERANCE_SECONDS
             if delay_tolerance_seconds is None
@@ -89,6 +90,7 @@ def build_new_job(
         else check_text(idempotency_key, "idempotency_key", 1, 255),
         webhook_url=None if webhook_url is None else _check_url(webhook_url),
         backoff=_check_backoff(backoff),
+        expires_at=_check_expires_at(expires_at, run_at),
     )
 
 
@@ -223,14 +225,23 @@ def _check_number(value: object, field: str, low: float, high: float) -> float:
     return number
 
 
-def _check_run_at(run_at: datetime | None) -> datetime | None:
-    if run_at is None:
+def _check_time(value: datetime | None, field: str) -> datetime | None:
+    if value is None:
         return None
-    if not isinstance(run_at, datetime):
-        raise InvalidJobError("run_at must be a datetime", field="run_at")
-    if run_at.tzinfo is None:
-        raise InvalidJobError("run_at must carry a timezone", field="run_at")
-    return run_at.astimezone(UTC)
+    if not isinstance(value, datetime):
+        raise InvalidJobError(f"{field} must be a datetime", field=field)
+    if value.tzinfo is None:
+        raise InvalidJobError(f"{field} must carry a timezone", field=field)
+    return value.astimezone(UTC)
+
+
+def _check_expires_at(expires_at: datetime | None, run_at: datetime | None) -> datetime | None:
+    checked = _check_time(expires_at, "expires_at")
+    if checked is None:
+        return None
+    if checked <= (_check_time(run_at, "run_at") or datetime.now(UTC)):
+        raise InvalidJobError("expires_at must be later than run_at and now", field="expires_at")
+    return checked
 
 
 def _check_url(url: object) -> str:

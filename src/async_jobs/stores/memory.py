@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from async_jobs.domain.errors import ConfigurationError, StoreError
+from async_jobs.domain.errors import ConfigurationError, InvalidJobError, StoreError
 from async_jobs.domain.jobs import (
     MAX_HISTORY,
     AttemptOutcome,
@@ -37,7 +37,16 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
     Reason,
 )
+from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
 from async_jobs.domain.validation import result_json
+from async_jobs.stores.limits import (
+    HOUR,
+    RecentJob,
+    build_stats,
+    check_pending,
+    claim_budget,
+    pending_bounds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,10 @@ class MemoryStore:
         self._wakeup = asyncio.Event()
         self._open = False
         self._cancel_watchers: list[Callable[[JobId], None]] = []
+        self._use_cases: dict[str, UseCaseState] = {}
+        self._buckets: dict[tuple[str, str], tuple[float, datetime]] = {}  # (use case, tenant)
+        self._leaders: dict[str, tuple[str, datetime]] = {}  # role -> (holder, expires_at)
+        self._ticks: dict[str, datetime] = {}
 
     async def open(self) -> None:
         self._open = True
@@ -83,6 +96,7 @@ class MemoryStore:
         ids = [new.id for new in jobs]
         if len(set(ids)) != len(ids) or any(i in self._jobs for i in ids):
             raise StoreError("a job with this id already exists; nothing was stored")
+        self._check_pending(jobs)
         results: list[tuple[Job, bool]] = []
         for new in jobs:
             existing = self._existing(new)
@@ -105,6 +119,24 @@ class MemoryStore:
             "transactional enqueue needs the PostgreSQL store; the memory store cannot "
             "join a transaction on a connection of the caller's"
         )
+
+    def _check_pending(self, jobs: Sequence[NewJob]) -> None:
+        """max_pending, before anything of the batch is stored (one event loop: nothing
+        comes between the count and the insert)."""
+        bounds = pending_bounds(jobs)
+        if not bounds:
+            return
+        taken = [
+            (j.tenant_id, j.idempotency_key)
+            for j in jobs
+            if j.idempotency_key is not None and (j.tenant_id, j.idempotency_key) in self._keys
+        ]
+        waiting: dict[tuple[str, str], int] = {}
+        for job in self._jobs.values():
+            pair = (job.tenant_id, job.use_case)
+            if pair in bounds and job.status in (JobState.PENDING, JobState.QUEUED):
+                waiting[pair] = waiting.get(pair, 0) + 1
+        check_pending(jobs, bounds, taken, waiting)
 
     def _existing(self, new: NewJob) -> Job | None:
         if new.idempotency_key is None:
@@ -139,29 +171,58 @@ class MemoryStore:
         return JobPage(items=items, next_cursor=cursor)
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
+        """The claim as the SQLite store makes it: each (use case, tenant) offers its first
+        due jobs, as many as its budget allows, and ``plan_claim`` chooses."""
         self._check_open()
+        if request.limit <= 0:
+            return []
         now = self._clock()
-        due = sorted(
-            (j for j in self._jobs.values() if _claimable(j, request, now)),
-            key=lambda j: (j.priority.rank, j.deadline_at, j.run_at),
-        )[: request.limit]
-        claimed = []
-        for job in due:
-            running = dataclasses.replace(
-                job,
-                status=JobState.RUNNING,
-                attempts=job.attempts + 1,
-                lease_token=LeaseToken(uuid.uuid4()),
-                lease_expires_at=now + timedelta(seconds=request.lease_seconds),
-                worker_id=request.worker_id,
-                started_at=now,
-                finished_at=None,
-                progress=None,
-                updated_at=now,
-            )
-            self._jobs[job.id] = running
-            claimed.append(running)
+        active: dict[tuple[str, str], int] = {}
+        due: dict[tuple[str, str], list[Job]] = {}
+        for job in self._jobs.values():
+            pair = (job.use_case, job.tenant_id)
+            if job.status in (JobState.QUEUED, JobState.RUNNING):
+                active[pair] = active.get(pair, 0) + 1
+            elif _claimable(job, request, now) and not self._paused(job.use_case):
+                due.setdefault(pair, []).append(job)
+        if not due:
+            return []
+        buckets = {
+            pair: (tokens, (now - refilled_at).total_seconds())
+            for pair, (tokens, refilled_at) in self._buckets.items()
+        }
+        budget = claim_budget(request.limits, due, active, buckets)
+        groups: dict[tuple[str, str], list[Candidate]] = {}
+        for pair, jobs in due.items():
+            take = budget.take(pair, request.limit)
+            if take > 0:
+                jobs.sort(key=lambda j: (j.priority.rank, j.deadline_at, j.run_at))
+                groups[pair] = [_candidate(job) for job in jobs[:take]]
+        chosen = plan_claim(groups, budget.free, budget.allowance, request.limit)
+        claimed = [self._start(self._jobs[c.job_id], request, now) for c in chosen]
+        for pair, tokens in budget.spent((j.use_case, j.tenant_id) for j in claimed):
+            self._buckets[pair] = (tokens, now)
         return claimed
+
+    def _start(self, job: Job, request: ClaimRequest, now: datetime) -> Job:
+        running = dataclasses.replace(
+            job,
+            status=JobState.RUNNING,
+            attempts=job.attempts + 1,
+            lease_token=LeaseToken(uuid.uuid4()),
+            lease_expires_at=now + timedelta(seconds=request.lease_seconds),
+            worker_id=request.worker_id,
+            started_at=now,
+            finished_at=None,
+            progress=None,
+            updated_at=now,
+        )
+        self._jobs[job.id] = running
+        return running
+
+    def _paused(self, use_case: str) -> bool:
+        state = self._use_cases.get(use_case)
+        return state is not None and state.paused
 
     async def record_outcomes(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         self._check_open()
@@ -282,6 +343,123 @@ class MemoryStore:
         self._wakeup.set()
         return job, True
 
+    # -- the scheduler's path ---------------------------------------------------------------
+
+    async def expire_jobs(self, limit: int) -> list[Job]:
+        self._check_open()
+        now = self._clock()
+        expiring = sorted(
+            (
+                j
+                for j in self._jobs.values()
+                if j.status in (JobState.PENDING, JobState.QUEUED)
+                and j.expires_at is not None
+                and j.expires_at < now
+            ),
+            key=lambda j: j.expires_at or now,
+        )[: max(limit, 0)]
+        expired = [
+            dataclasses.replace(
+                job,
+                status=JobState.CANCELLED,
+                reason=Reason.EXPIRED.value,
+                finished_at=now,
+                updated_at=now,
+            )
+            for job in expiring
+        ]
+        for job in expired:
+            self._jobs[job.id] = job
+        return expired
+
+    async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
+        self._check_open()
+        if status not in {s.value for s in JobState if s.is_terminal}:
+            raise InvalidJobError(f"only terminal jobs are deleted, not {status!r}", field="status")
+        before = self._clock() - timedelta(seconds=older_than_seconds)
+        old = sorted(
+            (
+                j
+                for j in self._jobs.values()
+                if j.status.value == status and j.finished_at is not None and j.finished_at < before
+            ),
+            key=lambda j: j.finished_at or before,
+        )[: max(limit, 0)]
+        for job in old:
+            del self._jobs[job.id]
+            if job.idempotency_key is not None:
+                self._keys.pop((job.tenant_id, job.idempotency_key), None)
+        return len(old)
+
+    async def set_paused(self, use_case: str, paused: bool) -> UseCaseState:
+        self._check_open()
+        state = UseCaseState(use_case, paused, self._clock())
+        self._use_cases[use_case] = state
+        if not paused:
+            self._wakeup.set()
+        return state
+
+    async def list_use_cases(self) -> list[UseCaseState]:
+        self._check_open()
+        names = {job.use_case for job in self._jobs.values()} | set(self._use_cases)
+        return [self._use_cases.get(name) or UseCaseState(name, False) for name in sorted(names)]
+
+    async def try_lead(self, role: str, holder: str, lease_seconds: float) -> bool:
+        self._check_open()
+        now = self._clock()
+        current = self._leaders.get(role)
+        if current is not None and current[0] != holder and current[1] >= now:
+            return False
+        self._leaders[role] = (holder, now + timedelta(seconds=lease_seconds))
+        return True
+
+    async def resign(self, role: str, holder: str) -> None:
+        self._check_open()
+        current = self._leaders.get(role)
+        if current is not None and current[0] == holder:
+            del self._leaders[role]
+
+    async def last_periodic_tick(self, name: str) -> datetime | None:
+        self._check_open()
+        return self._ticks.get(name)
+
+    async def advance_periodic(self, name: str, tick: datetime) -> bool:
+        self._check_open()
+        last = self._ticks.get(name)
+        if last is not None and tick <= last:
+            return False
+        self._ticks[name] = tick
+        return True
+
+    async def stats(self, tenant_id: str | None = None) -> Stats:
+        self._check_open()
+        now = self._clock()
+        since = now - timedelta(seconds=HOUR)
+        counts: dict[tuple[str, str, str], int] = {}
+        recent: list[RecentJob] = []
+        overdue = 0
+        oldest_due: datetime | None = None
+        for job in self._jobs.values():
+            if tenant_id is not None and job.tenant_id != tenant_id:
+                continue
+            key = (job.use_case, job.tenant_id, job.status.value)
+            counts[key] = counts.get(key, 0) + 1
+            if (job.finished_at is not None and job.finished_at > since) or (
+                job.started_at is not None and job.started_at > since
+            ):
+                recent.append(_recent(job))
+            if job.status is JobState.PENDING:
+                overdue += job.deadline_at < now
+                if job.run_at <= now and (oldest_due is None or job.run_at < oldest_due):
+                    oldest_due = job.run_at
+        return build_stats(
+            now.timestamp(),
+            [StatsCount(*key, n) for key, n in counts.items()],
+            recent,
+            overdue,
+            None if oldest_due is None else oldest_due.timestamp(),
+        )
+
     def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
         self._cancel_watchers.append(callback)
 
@@ -394,10 +572,27 @@ def _notify(watchers: Sequence[Callable[[JobId], None]], job_id: JobId) -> None:
             log.exception("a cancellation watcher failed for job %s", job_id)
 
 
+def _candidate(job: Job) -> Candidate:
+    return Candidate(
+        job.id, job.use_case, job.tenant_id, job.priority.rank, job.deadline_at, job.run_at
+    )
+
+
+def _recent(job: Job) -> RecentJob:
+    return RecentJob(
+        job.status.value,
+        job.run_at.timestamp(),
+        job.deadline_at.timestamp(),
+        None if job.started_at is None else job.started_at.timestamp(),
+        None if job.finished_at is None else job.finished_at.timestamp(),
+    )
+
+
 def _claimable(job: Job, request: ClaimRequest, now: datetime) -> bool:
     return (
         job.status is JobState.PENDING
         and job.run_at <= now
+        and (job.expires_at is None or job.expires_at > now)
         and (not request.use_cases or job.use_case in request.use_cases)
         and (not request.types or job.type in request.types)
     )

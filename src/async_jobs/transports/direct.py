@@ -21,6 +21,7 @@ class DirectTransport:
         self._store = store
         self._claim = claim
         self._woken = asyncio.Event()
+        self._nudged = asyncio.Event()
 
     async def start(self) -> None:
         return None
@@ -30,17 +31,23 @@ class DirectTransport:
 
     async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
         request = dataclasses.replace(self._claim, limit=capacity)
+        self._nudged.clear()
         jobs = await self._store.claim_jobs(request)
-        if jobs or wait_seconds <= 0 or self._woken.is_set():
+        if jobs or wait_seconds <= 0 or self._woken.is_set() or self._nudged.is_set():
             return jobs
-        # Only the idle path pays for the two waiters: a wake-up from the store, or wake().
+        # Only the idle path pays for the waiters: a wake-up from the store, wake(), or a
+        # nudge (slots freed: a use case at its limit may have room again).
         waiting = asyncio.ensure_future(self._store.wait_for_jobs(wait_seconds))
         woken = asyncio.ensure_future(self._woken.wait())
+        nudged = asyncio.ensure_future(self._nudged.wait())
         try:
-            done, _ = await asyncio.wait({waiting, woken}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {waiting, woken, nudged}, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             waiting.cancel()
             woken.cancel()
+            nudged.cancel()
         if waiting in done:
             waiting.result()  # a store error surfaces here, as it would without wake()
         if self._woken.is_set():
@@ -49,6 +56,9 @@ class DirectTransport:
 
     def wake(self) -> None:
         self._woken.set()
+
+    def nudge(self) -> None:
+        self._nudged.set()
 
     async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         return await self._store.record_outcomes(outcomes)

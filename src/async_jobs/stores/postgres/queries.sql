@@ -28,10 +28,10 @@ INSERT INTO async_jobs_migrations (name) VALUES ($1);
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff
+    backoff, expires_at
 )
 SELECT $1, $2, $3, $4, $5::text::jsonb, $6::text::async_jobs_priority, $7, t.run_at,
-       $10, t.run_at + make_interval(secs => $10), $11, $12, $13, $14::text::jsonb
+       $10, t.run_at + make_interval(secs => $10), $11, $12, $13, $14::text::jsonb, $15
 FROM (SELECT COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)) AS run_at) AS t
 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
@@ -42,18 +42,19 @@ RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff
+    backoff, expires_at
 )
 SELECT
     u.id, u.tenant_id, u.use_case, u.type, u.payload::jsonb, u.priority::async_jobs_priority,
     u.max_attempts, t.run_at, u.tolerance, t.run_at + make_interval(secs => u.tolerance),
-    u.timeout_seconds, u.idempotency_key, u.webhook_url, u.backoff::jsonb
+    u.timeout_seconds, u.idempotency_key, u.webhook_url, u.backoff::jsonb, u.expires_at
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
     $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], $12::text[], $13::text[],
-    $14::text[]
+    $14::text[], $15::timestamptz[]
 ) AS u(id, tenant_id, use_case, type, payload, priority, max_attempts,
-       delay, run_at, tolerance, timeout_seconds, idempotency_key, webhook_url, backoff)
+       delay, run_at, tolerance, timeout_seconds, idempotency_key, webhook_url, backoff,
+       expires_at)
 CROSS JOIN LATERAL (
     SELECT COALESCE(u.run_at, now() + make_interval(secs => u.delay)) AS run_at
 ) AS t
@@ -72,7 +73,7 @@ SELECT id::text AS id, tenant_id, use_case, type, payload::text AS payload,
        progress_percent, progress_message, result::text AS result, error::text AS error,
        worker_id, lease_token::text AS lease_token, lease_expires_at, cancel_requested,
        created_at, updated_at, started_at, finished_at, reason, history::text AS history,
-       backoff::text AS backoff
+       backoff::text AS backoff, expires_at
 FROM async_jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
 
 -- name: get_job
@@ -92,10 +93,24 @@ ORDER BY created_at DESC, id DESC
 LIMIT $9;
 
 -- name: claim_jobs
--- Due pending jobs in priority, then deadline order, walked on async_jobs_claimable; rows
--- another claimer holds are skipped, so claimers never wait for each other. The statement is
--- the function async_jobs_claim (migration 0001), which pins that plan.
-SELECT * FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5);
+-- Due pending jobs within every limit, in priority, tenant-turn, deadline order; the
+-- statement is the function async_jobs_claim (migration 0003), which pins its plan.
+SELECT * FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5, $6, $7::text[], $8::int[],
+                               $9::text[], $10::text[], $11::int[], $12::float8[]);
+
+-- name: lock_pending_quota
+-- Enqueues into one tenant's use case with a max_pending take turns until commit.
+SELECT pg_advisory_xact_lock(hashtextextended('async_jobs.pending:' || $1 || '/' || $2, 0));
+
+-- name: count_waiting
+-- A tenant's jobs waiting to start in a use case, and which of the given idempotency keys
+-- it holds already (those are repeats, not new jobs).
+SELECT (SELECT count(*) FROM async_jobs
+        WHERE status = 'pending' AND use_case = $2 AND tenant_id = $1)
+     + (SELECT count(*) FROM async_jobs
+        WHERE status = 'queued' AND use_case = $2 AND tenant_id = $1) AS waiting,
+       ARRAY(SELECT idempotency_key FROM async_jobs
+             WHERE tenant_id = $1 AND idempotency_key = ANY($3::text[])) AS existing;
 
 -- name: record_outcomes
 -- Fenced: a row changes only while it is running under the attempt and lease token of the
@@ -263,3 +278,117 @@ WHERE j.id = $1
   AND ($2::text IS NULL OR j.tenant_id = $2)
   AND j.status IN ('failed', 'cancelled')
 RETURNING j.*;
+
+-- name: expire_jobs
+-- Jobs that could not start before their expires_at end cancelled, reason expired.
+UPDATE async_jobs AS j
+SET status = 'cancelled',
+    reason = 'expired',
+    finished_at = now(),
+    updated_at = now()
+WHERE j.id = ANY(ARRAY(
+        SELECT id FROM async_jobs
+        WHERE expires_at < now() AND status IN ('pending', 'queued')
+        ORDER BY expires_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED))
+  AND j.status IN ('pending', 'queued')
+  AND j.expires_at < now()
+RETURNING j.*;
+
+-- name: delete_finished
+-- Retention: one bounded batch of one terminal state, guarded again after the lock.
+DELETE FROM async_jobs
+WHERE id = ANY(ARRAY(
+        SELECT id FROM async_jobs
+        WHERE status = $1::async_jobs_state
+          AND finished_at < now() - make_interval(secs => $2)
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED))
+  AND status = $1::async_jobs_state
+  AND finished_at < now() - make_interval(secs => $2);
+
+-- name: set_paused
+INSERT INTO async_jobs_use_cases (name, paused, updated_at) VALUES ($1, $2, now())
+ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
+RETURNING name, paused, updated_at;
+
+-- name: list_use_cases
+SELECT n.name, coalesce(u.paused, false) AS paused, u.updated_at
+FROM (SELECT DISTINCT use_case AS name FROM async_jobs
+      UNION
+      SELECT name FROM async_jobs_use_cases) AS n
+LEFT JOIN async_jobs_use_cases u ON u.name = n.name
+ORDER BY n.name;
+
+-- name: try_lead
+-- Take the role if nobody holds it or the holder's lease ran out; keep it if it is ours.
+-- A row comes back only if the holder leads now.
+INSERT INTO async_jobs_leaders AS l (role, holder, expires_at, since)
+VALUES ($1, $2, now() + make_interval(secs => $3), now())
+ON CONFLICT (role) DO UPDATE
+SET holder = EXCLUDED.holder,
+    expires_at = EXCLUDED.expires_at,
+    since = CASE WHEN l.holder = EXCLUDED.holder THEN l.since ELSE now() END
+WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()
+RETURNING l.holder;
+
+-- name: resign
+DELETE FROM async_jobs_leaders WHERE role = $1 AND holder = $2;
+
+-- name: last_periodic_tick
+SELECT last_tick FROM async_jobs_periodic WHERE name = $1;
+
+-- name: advance_periodic
+INSERT INTO async_jobs_periodic AS p (name, last_tick) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET last_tick = EXCLUDED.last_tick, updated_at = now()
+WHERE p.last_tick < EXCLUDED.last_tick
+RETURNING p.name;
+
+-- name: stats_counts
+SELECT use_case, tenant_id, status::text AS status, count(*) AS n
+FROM async_jobs
+WHERE $1::text IS NULL OR tenant_id = $1
+GROUP BY use_case, tenant_id, status
+ORDER BY use_case, tenant_id, status;
+
+-- name: stats_recent
+-- Throughput, run time, queue wait and deadline misses of the last hour.
+WITH recent AS (
+    SELECT status, run_at, deadline_at, started_at, finished_at
+    FROM async_jobs
+    WHERE ($1::text IS NULL OR tenant_id = $1)
+      AND (finished_at > now() - interval '1 hour' OR started_at > now() - interval '1 hour')
+)
+SELECT
+    now() AS generated_at,
+    count(*) FILTER (WHERE status = 'succeeded' AND finished_at > now() - interval '1 minute')
+        AS succeeded_minute,
+    count(*) FILTER (WHERE status = 'failed' AND finished_at > now() - interval '1 minute')
+        AS failed_minute,
+    count(*) FILTER (WHERE status = 'cancelled' AND finished_at > now() - interval '1 minute')
+        AS cancelled_minute,
+    count(*) FILTER (WHERE status = 'succeeded' AND finished_at > now() - interval '1 hour')
+        AS succeeded_hour,
+    count(*) FILTER (WHERE status = 'failed' AND finished_at > now() - interval '1 hour')
+        AS failed_hour,
+    count(*) FILTER (WHERE status = 'cancelled' AND finished_at > now() - interval '1 hour')
+        AS cancelled_hour,
+    percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[])
+        WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
+        FILTER (WHERE status IN ('succeeded', 'failed', 'cancelled')
+                AND finished_at > now() - interval '1 hour' AND started_at IS NOT NULL)
+        AS run_seconds,
+    percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[])
+        WITHIN GROUP (ORDER BY greatest(extract(epoch FROM started_at - run_at), 0))
+        FILTER (WHERE started_at > now() - interval '1 hour') AS wait_seconds,
+    count(*) FILTER (WHERE started_at > now() - interval '1 hour' AND started_at > deadline_at)
+        AS deadline_misses
+FROM recent;
+
+-- name: stats_waiting
+SELECT count(*) FILTER (WHERE deadline_at < now()) AS overdue,
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
+           AS oldest_due_seconds
+FROM async_jobs
+WHERE status = 'pending' AND ($1::text IS NULL OR tenant_id = $1);

@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,8 @@ import asyncpg
 from async_jobs.domain.errors import (
     AsyncJobsError,
     ConfigurationError,
+    InvalidJobError,
+    QuotaExceededError,
     SchemaMissingError,
     StoreError,
     StoreUnavailableError,
@@ -41,6 +44,7 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
+from async_jobs.domain.scheduling import Stats, StatsCount, UseCaseState
 from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 
@@ -210,6 +214,8 @@ class PostgresStore:
     # -- the worker's path ------------------------------------------------------------------
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
+        limits = request.limits
+        quotas = limits.quota_rows()
         async with self._connection() as conn:
             rows = await conn.fetch(
                 QUERIES["claim_jobs"],
@@ -218,6 +224,13 @@ class PostgresStore:
                 list(request.types),
                 request.worker_id,
                 request.lease_seconds,
+                limits.default_max_concurrent,
+                list(limits.max_concurrent),
+                list(limits.max_concurrent.values()),
+                [q[0] for q in quotas],
+                [q[1] for q in quotas],
+                [q[2] for q in quotas],
+                [q[3] for q in quotas],
             )
         jobs = [job_from_record(r) for r in rows]
         jobs.sort(key=_dispatch_order)
@@ -291,6 +304,72 @@ class PostgresStore:
                 return job_from_record(row), True
             row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
         return (job_from_record(row), False) if row is not None else None
+
+    # -- the scheduler's path ---------------------------------------------------------------
+
+    async def expire_jobs(self, limit: int) -> list[Job]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["expire_jobs"], limit)
+        return [job_from_record(r) for r in rows]
+
+    async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
+        if status not in {s.value for s in JobState if s.is_terminal}:
+            raise InvalidJobError(f"only terminal jobs are deleted, not {status!r}", field="status")
+        async with self._connection() as conn:
+            done = await conn.execute(QUERIES["delete_finished"], status, older_than_seconds, limit)
+        return int(done.rsplit(" ", 1)[-1])
+
+    async def set_paused(self, use_case: str, paused: bool) -> UseCaseState:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["set_paused"], use_case, paused)
+        assert row is not None
+        return UseCaseState(row["name"], row["paused"], row["updated_at"])
+
+    async def list_use_cases(self) -> list[UseCaseState]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["list_use_cases"])
+        return [UseCaseState(r["name"], r["paused"], r["updated_at"]) for r in rows]
+
+    async def try_lead(self, role: str, holder: str, lease_seconds: float) -> bool:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["try_lead"], role, holder, lease_seconds)
+        return row is not None
+
+    async def resign(self, role: str, holder: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(QUERIES["resign"], role, holder)
+
+    async def last_periodic_tick(self, name: str) -> datetime | None:
+        async with self._connection() as conn:
+            tick: datetime | None = await conn.fetchval(QUERIES["last_periodic_tick"], name)
+        return tick
+
+    async def advance_periodic(self, name: str, tick: datetime) -> bool:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["advance_periodic"], name, tick)
+        return row is not None
+
+    async def stats(self, tenant_id: str | None = None) -> Stats:
+        async with self._connection() as conn:
+            counts = await conn.fetch(QUERIES["stats_counts"], tenant_id)
+            recent = await conn.fetchrow(QUERIES["stats_recent"], tenant_id)
+            waiting = await conn.fetchrow(QUERIES["stats_waiting"], tenant_id)
+        assert recent is not None and waiting is not None
+        return Stats(
+            generated_at=recent["generated_at"],
+            counts=[StatsCount(r["use_case"], r["tenant_id"], r["status"], r["n"]) for r in counts],
+            finished_last_minute={
+                state: recent[f"{state}_minute"] for state in ("succeeded", "failed", "cancelled")
+            },
+            finished_last_hour={
+                state: recent[f"{state}_hour"] for state in ("succeeded", "failed", "cancelled")
+            },
+            run_seconds=_percentiles(recent["run_seconds"]),
+            queue_wait_seconds=_percentiles(recent["wait_seconds"]),
+            deadline_misses_last_hour=recent["deadline_misses"],
+            overdue_pending=waiting["overdue"],
+            oldest_due_age_seconds=waiting["oldest_due_seconds"],
+        )
 
     def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
         self._cancel_watchers.append(callback)
@@ -411,7 +490,16 @@ async def driver_connection(connection: object) -> asyncpg.Connection:
 async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
     """Insert one job on a connection the caller holds. When its idempotency key is taken,
     the job holding it comes back; should that job be deleted between the two statements
-    (retention), the insert is tried again."""
+    (retention), the insert is tried again. A job under a max_pending quota is counted and
+    inserted in one transaction (see ``check_pending_quotas``)."""
+    if job.max_pending is not None:
+        async with conn.transaction():
+            await check_pending_quotas(conn, [job])
+            return await _insert_one(conn, job)
+    return await _insert_one(conn, job)
+
+
+async def _insert_one(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
     for _ in range(3):
         row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job))
         if row is not None:
@@ -429,6 +517,7 @@ async def insert_jobs_on(
 ) -> list[tuple[Job, bool]]:
     """Insert on a connection the caller holds (and whose transaction it owns);
     ``text_json`` as for ``job_from_record``."""
+    await check_pending_quotas(conn, jobs)
     rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns(jobs))
     inserted = {r["id"]: r for r in rows}
     missing = [j for j in jobs if j.id not in inserted]
@@ -452,6 +541,33 @@ async def insert_jobs_on(
     return results
 
 
+async def check_pending_quotas(conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> None:
+    """Raise ``QuotaExceededError`` if the jobs would take a tenant past its max_pending in a
+    use case. Run inside the inserting transaction: the lock per (tenant, use case), taken
+    in sorted order, makes the count and the insert atomic against other inserts, and it is
+    held until commit, so a concurrent insert counts these jobs too."""
+    bounded: dict[tuple[str, str], list[NewJob]] = {}
+    for job in jobs:
+        if job.max_pending is not None:
+            bounded.setdefault((job.tenant_id, job.use_case), []).append(job)
+    for (tenant, use_case), group in sorted(bounded.items()):
+        await conn.execute(QUERIES["lock_pending_quota"], tenant, use_case)
+        keys = {j.idempotency_key for j in group if j.idempotency_key is not None}
+        row = await conn.fetchrow(QUERIES["count_waiting"], tenant, use_case, list(keys))
+        assert row is not None
+        limit = group[0].max_pending
+        assert limit is not None
+        new = sum(j.idempotency_key is None for j in group) + len(keys - set(row["existing"]))
+        if row["waiting"] + new > limit:
+            raise QuotaExceededError(
+                f"tenant {tenant!r} has {row['waiting']} jobs waiting in use case "
+                f"{use_case!r}; its max_pending is {limit}",
+                tenant_id=tenant,
+                use_case=use_case,
+                max_pending=limit,
+            )
+
+
 def _insert_values(j: NewJob) -> tuple[Any, ...]:
     """The parameters of one job, in the column order of both insert queries."""
     return (
@@ -469,6 +585,7 @@ def _insert_values(j: NewJob) -> tuple[Any, ...]:
         j.idempotency_key,
         j.webhook_url,
         None if j.backoff is None else json_dumps(j.backoff.to_json()),
+        j.expires_at,
     )
 
 
@@ -518,7 +635,13 @@ def job_from_record(r: asyncpg.Record, text_json: bool = False) -> Job:
         reason=r["reason"],
         history=[AttemptRecord.from_stored(h) for h in history] if history else [],
         backoff=None if backoff is None else Backoff.from_json(backoff),
+        expires_at=r["expires_at"],
     )
+
+
+def _percentiles(values: list[float] | None) -> dict[str, float | None]:
+    p50, p95, p99 = values or (None, None, None)
+    return {"p50": p50, "p95": p95, "p99": p99}
 
 
 def _as_is(value: Any) -> Any:

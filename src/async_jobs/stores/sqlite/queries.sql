@@ -48,18 +48,19 @@ VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0);
 -- name: insert_jobs
 -- :jobs is a JSON array of [id, tenant_id, use_case, type, payload_json, priority,
 -- max_attempts, delay_seconds, run_at (epoch or null), delay_tolerance_seconds,
--- timeout_seconds, idempotency_key, webhook_url, backoff_json (or null)]. A repeated
+-- timeout_seconds, idempotency_key, webhook_url, backoff_json (or null), expires_at (epoch
+-- or null)]. A repeated
 -- idempotency key inserts nothing (the first of a batch wins); the caller then reads the
 -- existing job. run_at is absolute when given, else now + delay.
 INSERT INTO async_jobs (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, created_at, updated_at
+    backoff, expires_at, created_at, updated_at
 )
 SELECT
     u.id, u.tenant_id, u.use_case, u.type, u.payload, u.priority, u.max_attempts, u.run_at,
     u.tolerance, u.run_at + u.tolerance, u.timeout_seconds, u.idempotency_key,
-    u.webhook_url, u.backoff, u.now, u.now
+    u.webhook_url, u.backoff, u.expires_at, u.now, u.now
 FROM (
     SELECT
         e.key AS seq,
@@ -76,6 +77,7 @@ FROM (
         e.value ->> 11 AS idempotency_key,
         e.value ->> 12 AS webhook_url,
         e.value ->> 13 AS backoff,
+        e.value ->> 14 AS expires_at,
         c.now AS now
     FROM json_each(:jobs) AS e,
          (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
@@ -122,11 +124,123 @@ WHERE tenant_id = :tenant_id
 ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
+-- name: now
+-- The database clock, once for an operation of several statements that must agree on it.
+SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now;
+
+-- name: claim_groups
+-- The claim, step 1: the (use case, tenant) pairs that have pending jobs, found by skip
+-- scans of async_jobs_claimable (one index probe per use case and per pair, never a walk of
+-- every pending row). Paused use cases, and those the claim does not ask for (:use_cases,
+-- a JSON array; empty means any), are left out. The caller holds the write lock (BEGIN
+-- IMMEDIATE) for every step, so no other claimer counts or takes anything meanwhile.
+WITH RECURSIVE
+use_cases(name) AS (
+    SELECT min(use_case) FROM async_jobs WHERE status = 'pending'
+    UNION ALL
+    SELECT (SELECT min(a.use_case) FROM async_jobs AS a
+            WHERE a.status = 'pending' AND a.use_case > u.name)
+    FROM use_cases AS u WHERE u.name IS NOT NULL
+),
+pairs(use_case, tenant_id) AS (
+    SELECT u.name, (SELECT min(a.tenant_id) FROM async_jobs AS a
+                    WHERE a.status = 'pending' AND a.use_case = u.name)
+    FROM use_cases AS u
+    WHERE u.name IS NOT NULL
+      AND (json_array_length(:use_cases) = 0
+           OR u.name IN (SELECT value FROM json_each(:use_cases)))
+      AND NOT EXISTS (SELECT 1 FROM async_jobs_use_cases AS p WHERE p.name = u.name AND p.paused)
+    UNION ALL
+    SELECT p.use_case, (SELECT min(a.tenant_id) FROM async_jobs AS a
+                        WHERE a.status = 'pending' AND a.use_case = p.use_case
+                          AND a.tenant_id > p.tenant_id)
+    FROM pairs AS p WHERE p.tenant_id IS NOT NULL
+)
+SELECT use_case, tenant_id FROM pairs WHERE tenant_id IS NOT NULL;
+
+-- name: claim_active
+-- Step 2: the jobs holding a slot (queued or running), per use case and tenant, from the
+-- async_jobs_active index alone.
+SELECT use_case, tenant_id, count(*) AS n
+FROM async_jobs
+WHERE status IN ('queued', 'running')
+GROUP BY use_case, tenant_id;
+
+-- name: claim_buckets
+-- Step 3, with rate quotas only: the stored buckets of the pairs (:pairs, a JSON array of
+-- [tenant_id, use_case]).
+SELECT b.tenant_id, b.use_case, b.tokens, b.refilled_at
+FROM async_jobs_rate_buckets AS b
+WHERE (b.tenant_id, b.use_case) IN (SELECT p.value ->> 0, p.value ->> 1 FROM json_each(:pairs) AS p);
+
+-- name: claim_candidates
+-- Step 4: the first `take` due jobs of each pair (:groups, a JSON array of [use_case,
+-- tenant_id, take]) in the pair's own order: priority, deadline, run_at, then insertion
+-- (rowid, the last key of every index). SQLite has no LATERAL and no LIMIT that may name an
+-- outer column, so each group is walked on async_jobs_claimable one due job at a time: a
+-- step seeks the next job of the same (priority, deadline, run_at) by rowid, else the first
+-- job of the next such key by row value; each is an index seek, so a walk costs one probe
+-- per job taken however long the backlog (the first seek needs no run_at <= :now: the job
+-- before was due, and a second bound on run_at would cost it the seek on rowid). The
+-- right-hand sides are expressions (x + 0),
+-- not columns: a column there would give the comparison another affinity than the index
+-- column's, and SQLite would then seek on the first column only.
+WITH RECURSIVE
+groups(use_case, tenant_id, take) AS (
+    SELECT g.value ->> 0, g.value ->> 1, g.value ->> 2 FROM json_each(:groups) AS g
+),
+walk(use_case, tenant_id, take, turn, rid) AS (
+    SELECT g.use_case, g.tenant_id, g.take, 1,
+           (SELECT a.rowid FROM async_jobs AS a
+            WHERE a.status = 'pending'
+              AND a.use_case = g.use_case
+              AND a.tenant_id = g.tenant_id
+              AND a.run_at <= :now
+              AND (a.expires_at IS NULL OR a.expires_at > :now)
+              AND (json_array_length(:types) = 0
+                   OR a.type IN (SELECT value FROM json_each(:types)))
+            ORDER BY a.priority_rank, a.deadline_at, a.run_at, a.rowid
+            LIMIT 1)
+    FROM groups AS g
+    WHERE g.take > 0
+    UNION ALL
+    SELECT w.use_case, w.tenant_id, w.take, w.turn + 1, coalesce(
+           (SELECT a.rowid FROM async_jobs AS a
+            WHERE a.status = 'pending'
+              AND a.use_case = w.use_case
+              AND a.tenant_id = w.tenant_id
+              AND a.priority_rank = p.priority_rank + 0
+              AND a.deadline_at = p.deadline_at + 0
+              AND a.run_at = p.run_at + 0
+              AND a.rowid > p.rowid
+              AND (a.expires_at IS NULL OR a.expires_at > :now)
+              AND (json_array_length(:types) = 0
+                   OR a.type IN (SELECT value FROM json_each(:types)))
+            ORDER BY a.rowid
+            LIMIT 1),
+           (SELECT a.rowid FROM async_jobs AS a
+            WHERE a.status = 'pending'
+              AND a.use_case = w.use_case
+              AND a.tenant_id = w.tenant_id
+              AND (a.priority_rank, a.deadline_at, a.run_at)
+                  > (p.priority_rank + 0, p.deadline_at + 0, p.run_at + 0)
+              AND a.run_at <= :now
+              AND (a.expires_at IS NULL OR a.expires_at > :now)
+              AND (json_array_length(:types) = 0
+                   OR a.type IN (SELECT value FROM json_each(:types)))
+            ORDER BY a.priority_rank, a.deadline_at, a.run_at, a.rowid
+            LIMIT 1))
+    FROM walk AS w JOIN async_jobs AS p ON p.rowid = w.rid
+    WHERE w.turn < w.take
+)
+SELECT j.rowid AS rid, j.use_case, j.tenant_id, j.priority_rank, j.deadline_at, j.run_at, w.turn
+FROM walk AS w JOIN async_jobs AS j ON j.rowid = w.rid
+ORDER BY j.use_case, j.tenant_id, w.turn;
+
 -- name: claim_jobs
--- Due pending jobs in priority, then deadline order, walked on async_jobs_claimable. The
--- caller holds the write lock (BEGIN IMMEDIATE), so no other claimer sees these rows as
--- pending. :use_cases and :types are JSON arrays; empty means any. The lease token is a
--- random version-4 UUID made per row.
+-- Step 5: the jobs domain.scheduling.plan_claim chose (:rowids, a JSON array: rowids, as
+-- step 4 found them, save a lookup of each id) start, if still pending (the same
+-- transaction: they are). The lease token is a random version-4 UUID made per row.
 UPDATE async_jobs
 SET status = 'running',
     attempts = attempts + 1,
@@ -136,26 +250,26 @@ SET status = 'running',
         || substr('89ab', 1 + (random() & 3), 1) || substr(hex(randomblob(2)), 2) || '-'
         || hex(randomblob(6))
     ),
-    lease_expires_at = round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
-        + :lease_seconds,
+    lease_expires_at = :now + :lease_seconds,
     worker_id = :worker_id,
-    started_at = round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0,
+    started_at = :now,
     finished_at = NULL,
     progress_percent = NULL,
     progress_message = NULL,
-    updated_at = round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
-WHERE id IN (
-    SELECT id FROM async_jobs
-    WHERE status = 'pending'
-      AND run_at <= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
-      AND (json_array_length(:use_cases) = 0
-           OR use_case IN (SELECT value FROM json_each(:use_cases)))
-      AND (json_array_length(:types) = 0 OR type IN (SELECT value FROM json_each(:types)))
-    ORDER BY priority_rank, deadline_at, run_at
-    LIMIT :limit
-)
+    updated_at = :now
+WHERE rowid IN (SELECT value FROM json_each(:rowids))
+  AND status = 'pending'
 RETURNING *;
 
+-- name: save_buckets
+-- Step 6: the buckets the claim drew from (:buckets, a JSON array of [tenant_id, use_case,
+-- tokens left]), refilled as of :now.
+INSERT INTO async_jobs_rate_buckets (tenant_id, use_case, tokens, refilled_at)
+SELECT b.value ->> 0, b.value ->> 1, b.value ->> 2, :now
+FROM json_each(:buckets) AS b
+WHERE true
+ON CONFLICT (tenant_id, use_case)
+DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at;
 
 -- name: record_outcomes
 -- :outcomes is a JSON array of [id, attempt, lease_token, kind, result_json, error_json,
@@ -270,7 +384,9 @@ RETURNING id;
 -- `worker_lost`; the job is due again at once, or failed when its attempts are spent, or
 -- cancelled when that was asked. The caller holds the write lock (BEGIN IMMEDIATE) and the
 -- guard is checked in this one statement, so a job completed meanwhile is no longer running
--- with an expired lease and is not touched. Walks async_jobs_running_lease.
+-- with an expired lease and is not touched. Reads the running jobs on async_jobs_active
+-- (status = 'running' is also written as part of its IN, so that SQLite sees that the
+-- partial index applies): few, as every use case is capped.
 UPDATE async_jobs AS j
 SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
                   WHEN j.attempts >= j.max_attempts THEN 'failed'
@@ -305,7 +421,7 @@ SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
 FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
 WHERE j.id IN (
         SELECT id FROM async_jobs
-        WHERE status = 'running'
+        WHERE status IN ('queued', 'running') AND status = 'running'
           AND lease_expires_at < round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
         ORDER BY lease_expires_at
         LIMIT :limit)
@@ -352,3 +468,140 @@ WHERE j.id = :id
   AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id)
   AND j.status IN ('failed', 'cancelled')
 RETURNING *;
+
+-- name: existing_idempotency_keys
+-- Which of the [tenant_id, idempotency_key] pairs (:keys, a JSON array) are taken already.
+SELECT tenant_id, idempotency_key FROM async_jobs
+WHERE idempotency_key IS NOT NULL
+  AND (tenant_id, idempotency_key) IN (
+      SELECT k.value ->> 0, k.value ->> 1 FROM json_each(:keys) AS k
+  );
+
+-- name: count_waiting
+-- Each tenant's jobs waiting to start (pending or queued) in a use case, for max_pending;
+-- :pairs is a JSON array of [tenant_id, use_case]. Counted on the claim's indexes, inside
+-- the inserting transaction (BEGIN IMMEDIATE): no other insert can come between the count
+-- and the insert. (status = 'queued' is also written as part of the IN of async_jobs_active,
+-- so that SQLite sees that the partial index applies.)
+SELECT p.value ->> 0 AS tenant_id,
+       p.value ->> 1 AS use_case,
+       (SELECT count(*) FROM async_jobs AS a
+        WHERE a.status = 'pending'
+          AND a.use_case = p.value ->> 1 AND a.tenant_id = p.value ->> 0)
+     + (SELECT count(*) FROM async_jobs AS a
+        WHERE a.status IN ('queued', 'running') AND a.status = 'queued'
+          AND a.use_case = p.value ->> 1 AND a.tenant_id = p.value ->> 0) AS waiting
+FROM json_each(:pairs) AS p;
+
+-- name: expire_jobs
+-- Jobs that could not start before their expires_at end cancelled, reason expired; walks
+-- async_jobs_expiring, oldest expiry first.
+UPDATE async_jobs AS j
+SET status = 'cancelled',
+    reason = 'expired',
+    finished_at = c.now,
+    updated_at = c.now
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE j.id IN (
+        SELECT id FROM async_jobs
+        WHERE expires_at < round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
+          AND status IN ('pending', 'queued')
+        ORDER BY expires_at
+        LIMIT :limit)
+  AND j.status IN ('pending', 'queued')
+  AND j.expires_at < c.now
+RETURNING *;
+
+-- name: delete_finished
+-- Retention: one bounded batch of one terminal state, oldest first, on async_jobs_finished.
+DELETE FROM async_jobs
+WHERE id IN (
+        SELECT id FROM async_jobs
+        WHERE status = :status
+          AND finished_at < round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
+                            - :older_than_seconds
+        ORDER BY finished_at
+        LIMIT :limit)
+RETURNING id;
+
+-- name: set_paused
+INSERT INTO async_jobs_use_cases (name, paused, updated_at)
+VALUES (:name, :paused, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
+RETURNING name, paused, updated_at;
+
+-- name: list_use_cases
+-- Every use case that has jobs or a row of its own (ever paused), by name.
+SELECT n.name, coalesce(u.paused, 0) AS paused, u.updated_at
+FROM (SELECT DISTINCT use_case AS name FROM async_jobs
+      UNION
+      SELECT name FROM async_jobs_use_cases) AS n
+LEFT JOIN async_jobs_use_cases AS u ON u.name = n.name
+ORDER BY n.name;
+
+-- name: try_lead
+-- Take the role if nobody holds it or the holder's lease ran out; keep it if it is ours.
+-- A row comes back only if the holder leads now. One statement under the write lock, so
+-- at most one holder leads at a time.
+INSERT INTO async_jobs_leaders AS l (role, holder, expires_at, since)
+SELECT :role, :holder, c.now + :lease_seconds, c.now
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE true
+ON CONFLICT (role) DO UPDATE
+SET holder = excluded.holder,
+    expires_at = excluded.expires_at,
+    since = CASE WHEN l.holder = excluded.holder THEN l.since ELSE excluded.since END
+WHERE l.holder = excluded.holder OR l.expires_at < excluded.since
+RETURNING holder;
+
+-- name: resign
+DELETE FROM async_jobs_leaders WHERE role = :role AND holder = :holder;
+
+-- name: last_periodic_tick
+SELECT last_tick FROM async_jobs_periodic WHERE name = :name;
+
+-- name: advance_periodic
+-- Only forward: a row comes back only if the tick moved.
+INSERT INTO async_jobs_periodic AS p (name, last_tick, updated_at)
+VALUES (:name, :tick, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0)
+ON CONFLICT (name) DO UPDATE
+SET last_tick = excluded.last_tick, updated_at = excluded.updated_at
+WHERE p.last_tick < excluded.last_tick
+RETURNING name;
+
+-- name: stats_counts
+SELECT use_case, tenant_id, status, count(*) AS n
+FROM async_jobs
+WHERE :tenant_id IS NULL OR tenant_id = :tenant_id
+GROUP BY use_case, tenant_id, status
+ORDER BY use_case, tenant_id, status;
+
+-- name: stats_recent
+-- The jobs that finished (terminal, on async_jobs_finished) or started (the others: on
+-- async_jobs_active, and the pending ones waiting for a retry) after :since. A terminal job
+-- that started after :since also finished after it, so the parts hold every job either
+-- window needs, and no part reads the whole table.
+SELECT status, run_at, deadline_at, started_at, finished_at
+FROM async_jobs
+WHERE status IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at > :since
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+UNION ALL
+SELECT status, run_at, deadline_at, started_at, finished_at
+FROM async_jobs
+WHERE status IN ('queued', 'running')
+  AND started_at > :since
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+UNION ALL
+SELECT status, run_at, deadline_at, started_at, finished_at
+FROM async_jobs
+WHERE status = 'pending'
+  AND started_at > :since
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id);
+
+-- name: stats_waiting
+-- Pending jobs past their deadline, and the run_at of the longest-waiting due one.
+SELECT count(*) FILTER (WHERE deadline_at < :now) AS overdue,
+       min(run_at) FILTER (WHERE run_at <= :now) AS oldest_due_run_at
+FROM async_jobs
+WHERE status = 'pending' AND (:tenant_id IS NULL OR tenant_id = :tenant_id);

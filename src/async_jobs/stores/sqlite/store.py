@@ -21,6 +21,7 @@ import math
 import random
 import sqlite3
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ import aiosqlite
 from async_jobs.domain.errors import (
     AsyncJobsError,
     ConfigurationError,
+    InvalidJobError,
     SchemaMissingError,
     StoreError,
     StoreUnavailableError,
@@ -54,7 +56,18 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
+from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
 from async_jobs.domain.validation import json_dumps, result_json
+from async_jobs.stores.limits import (
+    HOUR,
+    ClaimBudget,
+    RecentJob,
+    build_stats,
+    check_pending,
+    claim_budget,
+    pending_bounds,
+    rated_pairs,
+)
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 
 log = logging.getLogger(__name__)
@@ -196,14 +209,7 @@ class SqliteStore:
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         if request.limit <= 0:
             return []
-        params = {
-            "limit": request.limit,
-            "use_cases": json_dumps(list(request.use_cases)),
-            "types": json_dumps(list(request.types)),
-            "worker_id": request.worker_id,
-            "lease_seconds": request.lease_seconds,
-        }
-        rows = await self._run(lambda c: _fetch(c, "claim_jobs", params), write=True)
+        rows = await self._run(lambda c: _claim(c, request), write=True)
         jobs = [_job_from_row(r) for r in rows]
         jobs.sort(key=_dispatch_order)
         return jobs
@@ -279,6 +285,56 @@ class SqliteStore:
         if changed:
             self._wakeup.set()
         return _job_from_row(row), changed
+
+    # -- the scheduler's path ---------------------------------------------------------------
+
+    async def expire_jobs(self, limit: int) -> list[Job]:
+        if limit <= 0:
+            return []
+        rows = await self._run(lambda c: _fetch(c, "expire_jobs", {"limit": limit}), write=True)
+        return [_job_from_row(r) for r in rows]
+
+    async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
+        _check_terminal(status)
+        if limit <= 0:
+            return 0
+        params = {"status": status, "older_than_seconds": older_than_seconds, "limit": limit}
+        rows = await self._run(lambda c: _fetch(c, "delete_finished", params), write=True)
+        return len(rows)
+
+    async def set_paused(self, use_case: str, paused: bool) -> UseCaseState:
+        params = {"name": use_case, "paused": int(paused)}
+        rows = await self._run(lambda c: _fetch(c, "set_paused", params), write=True)
+        if not paused:
+            self._wakeup.set()
+        return _use_case_from_row(rows[0])
+
+    async def list_use_cases(self) -> list[UseCaseState]:
+        rows = await self._run(lambda c: _fetch(c, "list_use_cases"), write=False)
+        return [_use_case_from_row(r) for r in rows]
+
+    async def try_lead(self, role: str, holder: str, lease_seconds: float) -> bool:
+        params = {"role": role, "holder": holder, "lease_seconds": lease_seconds}
+        rows = await self._run(lambda c: _fetch(c, "try_lead", params), write=True)
+        return bool(rows)
+
+    async def resign(self, role: str, holder: str) -> None:
+        params = {"role": role, "holder": holder}
+        await self._run(lambda c: _fetch(c, "resign", params), write=True)
+
+    async def last_periodic_tick(self, name: str) -> datetime | None:
+        rows = await self._run(
+            lambda c: _fetch(c, "last_periodic_tick", {"name": name}), write=False
+        )
+        return next((_time(r["last_tick"]) for r in rows), None)
+
+    async def advance_periodic(self, name: str, tick: datetime) -> bool:
+        params = {"name": name, "tick": _epoch(tick)}
+        rows = await self._run(lambda c: _fetch(c, "advance_periodic", params), write=True)
+        return bool(rows)
+
+    async def stats(self, tenant_id: str | None = None) -> Stats:
+        return await self._run(lambda c: _stats(c, tenant_id), write=False)
 
     def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
         """Told of cancellations asked through this store object only: SQLite cannot
@@ -418,6 +474,7 @@ def split_statements(script: str) -> list[str]:
 async def _insert_jobs(
     conn: aiosqlite.Connection, jobs: Sequence[NewJob]
 ) -> list[tuple[Job, bool]]:
+    await _check_pending_quotas(conn, jobs)
     rows = await _fetch(conn, "insert_jobs", {"jobs": _jobs_json(jobs)})
     inserted = {r["id"]: r for r in rows}
     missing = [j for j in jobs if str(j.id) not in inserted]
@@ -435,6 +492,26 @@ async def _insert_jobs(
         else:
             results.append((existing[(job.tenant_id, job.idempotency_key)], False))
     return results
+
+
+async def _check_pending_quotas(conn: aiosqlite.Connection, jobs: Sequence[NewJob]) -> None:
+    """Raise ``QuotaExceededError`` if the batch would take a tenant past its max_pending in
+    a use case (see ``limits.check_pending``). Run inside the inserting write transaction
+    (BEGIN IMMEDIATE), so the count and the insert are atomic against every other insert."""
+    bounds = pending_bounds(jobs)
+    if not bounds:
+        return
+    keyed = [[j.tenant_id, j.idempotency_key] for j in jobs if j.idempotency_key is not None]
+    taken: set[tuple[str, str]] = set()
+    if keyed:
+        rows = await _fetch(conn, "existing_idempotency_keys", {"keys": json_dumps(keyed)})
+        taken = {(r["tenant_id"], r["idempotency_key"]) for r in rows}
+    pairs = json_dumps([list(pair) for pair in bounds])
+    waiting = {
+        (r["tenant_id"], r["use_case"]): int(r["waiting"])
+        for r in await _fetch(conn, "count_waiting", {"pairs": pairs})
+    }
+    check_pending(jobs, bounds, taken, waiting)
 
 
 def _jobs_json(jobs: Sequence[NewJob]) -> str:
@@ -456,6 +533,7 @@ def _jobs_json(jobs: Sequence[NewJob]) -> str:
                 j.idempotency_key,
                 j.webhook_url,
                 None if j.backoff is None else json_dumps(j.backoff.to_json()),
+                _epoch_or_none(j.expires_at),
             ]
             for j in jobs
         ]
@@ -464,6 +542,149 @@ def _jobs_json(jobs: Sequence[NewJob]) -> str:
 
 def _job_from_insert(new: NewJob, row: sqlite3.Row) -> Job:
     return new.stored(_time(row["run_at"]), _time(row["deadline_at"]), _time(row["created_at"]))
+
+
+# -- the claim ------------------------------------------------------------------------------
+
+
+async def _claim(conn: aiosqlite.Connection, request: ClaimRequest) -> list[sqlite3.Row]:
+    """The claim, in the caller's write transaction (BEGIN IMMEDIATE: no other claimer
+    counts or takes anything until it commits). Lists the (use case, tenant) pairs with
+    pending jobs, counts the slots they hold and reads their rate buckets, lets
+    ``plan_claim`` choose among each pair's first due jobs (``_choose``), starts the chosen
+    jobs and writes back the buckets they drew from. The statements are in ``queries.sql``
+    (claim_groups ... save_buckets)."""
+    now = await _now(conn)
+    limits = request.limits
+    params: dict[str, Any] = {"use_cases": json_dumps(list(request.use_cases))}
+    pairs = [(r["use_case"], r["tenant_id"]) for r in await _fetch(conn, "claim_groups", params)]
+    if not pairs:
+        return []
+    active = {
+        (r["use_case"], r["tenant_id"]): int(r["n"]) for r in await _fetch(conn, "claim_active")
+    }
+    buckets: dict[tuple[str, str], tuple[float, float]] = {}
+    rated = rated_pairs(limits, pairs)
+    if rated:
+        keys = json_dumps([[tenant, use_case] for use_case, tenant in rated])
+        for row in await _fetch(conn, "claim_buckets", {"pairs": keys}):
+            pair = (row["use_case"], row["tenant_id"])
+            buckets[pair] = (row["tokens"], now - row["refilled_at"])
+    budget = claim_budget(limits, pairs, active, buckets)
+    chosen = await _choose(conn, request, pairs, budget, now)
+    if not chosen:
+        return []
+    params = {
+        "rowids": json_dumps([c.job_id for c in chosen]),
+        "now": now,
+        "worker_id": request.worker_id,
+        "lease_seconds": request.lease_seconds,
+    }
+    claimed = await _fetch(conn, "claim_jobs", params)
+    spent = budget.spent((r["use_case"], r["tenant_id"]) for r in claimed)
+    if spent:
+        left = json_dumps([[tenant, uc, tokens] for (uc, tenant), tokens in spent])
+        await _fetch(conn, "save_buckets", {"buckets": left, "now": now})
+    return claimed
+
+
+async def _choose(
+    conn: aiosqlite.Connection,
+    request: ClaimRequest,
+    pairs: Sequence[tuple[str, str]],
+    budget: ClaimBudget,
+    now: float,
+) -> list[Candidate]:
+    """``plan_claim`` over the pairs' due jobs, walking each pair only as far as it needs.
+
+    A pair is walked for its fair share of its use case's slots and of the claim's limit,
+    plus one, at first. The
+    plan is then exact unless a pair had all it was asked for, more left, and its last one
+    chosen: such pairs (one tenant's critical jobs among others' medium ones) are walked
+    again twice as far, and the plan made again. (Each pair's keys rise along its list, and
+    the use case's and the claim's cuts each keep the lowest keys: once a pair's last job
+    seen is left out, none of its later ones could be in.)"""
+    takes = {pair: take for pair in pairs if (take := budget.take(pair, request.limit)) > 0}
+    per_use_case = Counter(use_case for use_case, _ in takes)
+    asked: dict[tuple[str, str], int] = {}
+    for pair, take in takes.items():
+        slots = min(request.limit, budget.free[pair[0]])
+        share = min(-(-slots // per_use_case[pair[0]]), -(-request.limit // len(takes)))
+        asked[pair] = min(take, share + 1)
+    groups: dict[tuple[str, str], list[Candidate]] = {}
+    chosen: list[Candidate] = []
+    walk = dict(asked)
+    while walk:
+        groups.update(await _candidates(conn, walk, now, request.types))
+        chosen = plan_claim(groups, budget.free, budget.allowance, request.limit)
+        ids = {c.job_id for c in chosen}
+        walk = {
+            pair: min(takes[pair], 2 * asked[pair])
+            for pair, seen in groups.items()
+            if len(seen) == asked[pair] < takes[pair] and seen[-1].job_id in ids
+        }
+        asked.update(walk)
+    return chosen
+
+
+async def _candidates(
+    conn: aiosqlite.Connection,
+    walk: dict[tuple[str, str], int],
+    now: float,
+    types: Sequence[str],
+) -> dict[tuple[str, str], list[Candidate]]:
+    """The first due jobs of each pair, as many as ``walk`` says, in the pair's order."""
+    params = {
+        "groups": json_dumps([[uc, tenant, n] for (uc, tenant), n in walk.items()]),
+        "now": now,
+        "types": json_dumps(list(types)),
+    }
+    groups: dict[tuple[str, str], list[Candidate]] = {pair: [] for pair in walk}
+    for row in await _fetch(conn, "claim_candidates", params):  # by pair, then turn
+        candidate = Candidate(
+            job_id=row["rid"],  # the rowid: claim_jobs updates by rowid
+            use_case=row["use_case"],
+            tenant_id=row["tenant_id"],
+            rank=row["priority_rank"],
+            deadline_at=_time(row["deadline_at"]),
+            run_at=_time(row["run_at"]),
+        )
+        groups[(candidate.use_case, candidate.tenant_id)].append(candidate)
+    return groups
+
+
+async def _now(conn: aiosqlite.Connection) -> float:
+    """The database clock (epoch seconds, to the millisecond), for a multi-statement step."""
+    rows = await _fetch(conn, "now")
+    return float(rows[0]["now"])
+
+
+# -- the scheduler's path -------------------------------------------------------------------
+
+
+def _check_terminal(status: str) -> None:
+    if status not in {s.value for s in JobState if s.is_terminal}:
+        raise InvalidJobError(f"only terminal jobs are deleted, not {status!r}", field="status")
+
+
+def _use_case_from_row(r: sqlite3.Row) -> UseCaseState:
+    return UseCaseState(r["name"], bool(r["paused"]), _time_or_none(r["updated_at"]))
+
+
+async def _stats(conn: aiosqlite.Connection, tenant_id: str | None) -> Stats:
+    """Counts, throughput and latencies of the last hour; the statements run one after the
+    other on the one connection, as of one ``now``."""
+    now = await _now(conn)
+    counts = [
+        StatsCount(r["use_case"], r["tenant_id"], r["status"], int(r["n"]))
+        for r in await _fetch(conn, "stats_counts", {"tenant_id": tenant_id})
+    ]
+    recent = [
+        RecentJob(r["status"], r["run_at"], r["deadline_at"], r["started_at"], r["finished_at"])
+        for r in await _fetch(conn, "stats_recent", {"since": now - HOUR, "tenant_id": tenant_id})
+    ]
+    (waiting,) = await _fetch(conn, "stats_waiting", {"now": now, "tenant_id": tenant_id})
+    return build_stats(now, counts, recent, int(waiting["overdue"]), waiting["oldest_due_run_at"])
 
 
 # -- reads and writes -----------------------------------------------------------------------
@@ -567,6 +788,7 @@ def _job_from_row(r: sqlite3.Row) -> Job:
         reason=r["reason"],
         history=[AttemptRecord.from_stored(h) for h in json.loads(r["history"])],
         backoff=None if backoff is None else Backoff.from_json(json.loads(backoff)),
+        expires_at=_time_or_none(r["expires_at"]),
     )
 
 

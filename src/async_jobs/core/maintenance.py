@@ -1,0 +1,146 @@
+"""The scheduler leader's chores besides reaping: retention, expiry and periodic jobs.
+
+Each chore is safe to run twice or from two processes at once: retention and expiry are
+guarded statements in bounded batches, and a periodic job's tick is enqueued under an
+idempotency key that names the schedule and the tick, so the database lets it in once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cronsim import CronSim, CronSimError
+
+from async_jobs.domain.errors import ConfigurationError
+from async_jobs.domain.jobs import Job
+from async_jobs.domain.scheduling import RetentionPolicy
+from async_jobs.ports import JobStore
+
+log = logging.getLogger("async_jobs.maintenance")
+
+DEFAULT_BATCH = 1000
+
+
+class Retention:
+    """Deletes terminal jobs older than the policy's age for their state, in batches of
+    ``batch_size`` (each batch its own short statement, so the table is never locked for
+    long); pending, queued and running jobs are never touched."""
+
+    def __init__(
+        self, store: JobStore, policy: RetentionPolicy, batch_size: int = DEFAULT_BATCH
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+        self._store = store
+        self.policy = policy
+        self._batch_size = batch_size
+
+    async def run_once(self) -> dict[str, int]:
+        """Delete what the policy says now; returns state -> jobs deleted."""
+        deleted: dict[str, int] = {}
+        for status, age in self.policy.ages().items():
+            deleted[status] = 0
+            while True:
+                count = await self._store.delete_finished(status, age, self._batch_size)
+                deleted[status] += count
+                if count < self._batch_size:
+                    break
+        if any(deleted.values()):
+            log.info("retention deleted %s", deleted)
+        return deleted
+
+
+async def expire_jobs(store: JobStore, batch_size: int = DEFAULT_BATCH) -> list[Job]:
+    """End every pending or queued job whose ``expires_at`` passed (cancelled, reason
+    ``expired``); returns them."""
+    expired: list[Job] = []
+    while True:
+        batch = await store.expire_jobs(batch_size)
+        expired.extend(batch)
+        if len(batch) < batch_size:
+            break
+    for job in expired:
+        log.info("job %s (%s) expired before it could start", job.id, job.type)
+    return expired
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeriodicJob:
+    """A job enqueued on a cron schedule (five fields, UTC): ``name`` identifies the schedule
+    (its ticks, its idempotency keys); ``options`` are ``enqueue``'s keyword arguments."""
+
+    name: str
+    cron: str
+    type: str
+    payload: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            CronSim(self.cron, datetime.now(UTC))
+        except CronSimError as exc:
+            raise ConfigurationError(
+                f"periodic job {self.name!r}: bad cron expression {self.cron!r}: {exc}"
+            ) from exc
+
+    def latest_tick(self, now: datetime) -> datetime:
+        """The last tick at or before ``now``."""
+        start = now.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        tick: datetime = next(iter(CronSim(self.cron, start, reverse=True)))
+        return tick
+
+    def idempotency_key(self, tick: datetime) -> str:
+        return f"periodic:{self.name}:{tick.astimezone(UTC).isoformat()}"
+
+
+EnqueueTick = Callable[[PeriodicJob, datetime], Awaitable[None]]
+
+
+class PeriodicRunner:
+    """Enqueues each periodic job's ticks as they come.
+
+    Policy for missed ticks (the scheduler was down, or no process led): when ticks were
+    missed, only the latest one is enqueued, once, as soon as a leader runs again; the
+    others are skipped (a job that runs every minute does not run 300 times after a
+    five-hour outage). A schedule seen for the first time starts with its next tick, unless
+    its latest tick is less than ``first_tick_grace`` old."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        jobs: list[PeriodicJob],
+        enqueue: EnqueueTick,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        first_tick_grace: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self._store = store
+        self.jobs = jobs
+        self._enqueue = enqueue
+        self._clock = clock
+        self._grace = first_tick_grace
+        self._done: dict[str, datetime] = {}  # the last tick known to be enqueued
+        self.enqueued = 0
+
+    async def run_once(self) -> list[tuple[str, datetime]]:
+        """Enqueue every tick that is due now and not yet enqueued; returns them."""
+        now = self._clock()
+        enqueued: list[tuple[str, datetime]] = []
+        for job in self.jobs:
+            tick = job.latest_tick(now)
+            if tick <= self._done.get(job.name, datetime.min.replace(tzinfo=UTC)):
+                continue
+            last = await self._store.last_periodic_tick(job.name)
+            if last is not None and last >= tick:
+                self._done[job.name] = last
+                continue
+            if last is not None or now - tick <= self._grace:
+                await self._enqueue(job, tick)  # idempotent: keyed by schedule and tick
+                enqueued.append((job.name, tick))
+            await self._store.advance_periodic(job.name, tick)
+            self._done[job.name] = tick
+        self.enqueued += len(enqueued)
+        return enqueued

@@ -1,0 +1,132 @@
+"""The scheduler process: any number may run; one leads at a time.
+
+Leadership is a lease row in the store (``JobStore.try_lead``): the leader renews it every
+round, and when it dies (``kill -9``, a lost machine) another scheduler takes the role as
+soon as the lease runs out, within ``leader_lease_seconds`` plus a round. The leader runs the
+chores: the reaper, expiry, periodic jobs and retention. Every chore is a guarded statement
+or an idempotent enqueue, so even two processes that both believe they lead (a paused
+leader waking after its lease ran out) never do a piece of work twice.
+
+With the direct transport the claim itself enforces every limit, so there is nothing to
+dispatch; broker transports add their dispatch here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from async_jobs.core.maintenance import PeriodicRunner, Retention, expire_jobs
+from async_jobs.core.reaper import Reaper
+from async_jobs.domain.errors import AsyncJobsError, StoreError
+from async_jobs.domain.scheduling import RetentionPolicy
+from async_jobs.ports import JobStore
+
+log = logging.getLogger("async_jobs.scheduler")
+
+ROLE = "scheduler"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    interval_seconds: float = 1.0  # one round of chores (and of leadership renewal)
+    leader_lease_seconds: float = 5.0
+    retention_interval_seconds: float = 60.0
+    retention: RetentionPolicy = dataclasses.field(default_factory=RetentionPolicy)
+    holder: str = dataclasses.field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    )
+
+    def __post_init__(self) -> None:
+        if self.interval_seconds <= 0 or self.leader_lease_seconds <= self.interval_seconds:
+            raise ValueError("the leader lease must be longer than a scheduler round")
+
+
+class Scheduler:
+    """Run with ``await scheduler.run()``; ``stop()`` ends it after the current round and
+    hands the role over at once."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        config: SchedulerConfig,
+        periodic: PeriodicRunner | None = None,
+        dispatch: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        self._store = store
+        self.config = config
+        self._reaper = Reaper(store)
+        self._retention = Retention(store, config.retention)
+        self._periodic = periodic
+        self._dispatch = dispatch
+        self._stopping = asyncio.Event()
+        self._last_retention = float("-inf")
+        self.leading = False
+        self.rounds_led = 0
+
+    @property
+    def periodic_enqueued(self) -> int:
+        """Periodic ticks this scheduler has enqueued."""
+        return self._periodic.enqueued if self._periodic is not None else 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                await self.run_once()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.config.interval_seconds)
+        finally:
+            if self.leading:
+                with contextlib.suppress(StoreError):
+                    await self._store.resign(ROLE, self.config.holder)
+                self.leading = False
+                log.info("scheduler %s resigned", self.config.holder)
+
+    async def run_once(self) -> bool:
+        """One round: take or keep the lead, and if this process leads, do the chores.
+        Returns whether it led. Store errors are logged; the next round tries again."""
+        try:
+            leading = await self._store.try_lead(
+                ROLE, self.config.holder, self.config.leader_lease_seconds
+            )
+        except StoreError as exc:
+            log.warning("scheduler cannot reach the store: %s", exc)
+            leading = False
+        if leading != self.leading:
+            log.info(
+                "scheduler %s %s", self.config.holder, "leads" if leading else "no longer leads"
+            )
+            self.leading = leading
+        if leading:
+            await self._chores()
+            self.rounds_led += 1
+        return leading
+
+    async def _chores(self) -> None:
+        chores: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("reaper", self._reaper.run_once),
+            ("expiry", lambda: expire_jobs(self._store)),
+        ]
+        if self._periodic is not None:
+            chores.append(("periodic jobs", self._periodic.run_once))
+        if self._dispatch is not None:
+            chores.append(("dispatch", self._dispatch))
+        now = time.monotonic()
+        if now - self._last_retention >= self.config.retention_interval_seconds:
+            self._last_retention = now
+            chores.append(("retention", self._retention.run_once))
+        for name, chore in chores:
+            try:
+                await chore()
+            except AsyncJobsError as exc:  # the store, or a periodic job's bad options
+                log.warning("scheduler %s failed: %s", name, exc)
