@@ -42,3 +42,13 @@ def test_lifecycle_example_runs(tmp_path: Path) -> None:
     assert "attempt 1: retry storage timed out" in output
     assert "attempt 2: retry storage asked us to slow down" in output
     assert "report: cancelled at" in output
+
+
+def test_scheduling_example_runs(tmp_path: Path) -> None:
+    output = run_example("scheduling_example.py", tmp_path)
+    assert "free-plan job 4: refused (quota_exceeded)" in output
+    assert "while paused, thumbnails started: 0" in output
+    assert "at most 2 thumbnails ran at once" in output
+    assert "small-customer's job started 2 of 16" in output
+    assert "thumbnails succeeded: 16" in output
+    assert "heartbeat ticks enqueued: " in output
