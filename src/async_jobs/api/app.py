@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from fastapi import FastAPI
 
+from async_jobs.api.auth import TokenAuth, TokenAuthMiddleware
 from async_jobs.api.errors import install_error_handlers
 from async_jobs.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from async_jobs.api.router import create_jobs_router
@@ -49,10 +50,15 @@ def create_api(
         finally:
             await jobs.close()
 
+    auth = TokenAuth.from_settings(jobs.settings)
     app = FastAPI(title="async-job-server", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    app.include_router(create_jobs_router(jobs))
+    app.include_router(create_jobs_router(jobs, auth))
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if auth is not None:  # outermost: a request without a token is refused unread
+        app.add_middleware(TokenAuthMiddleware, auth=auth)
+    if auth is None:
+        log.warning("no API token is configured: the API is open to anyone who can reach it")
     return app
 
 

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from async_jobs.domain.errors import AsyncJobsError, QuotaExceededError, StoreError
+from async_jobs.domain.errors import AsyncJobsError, AuthTokenError, QuotaExceededError, StoreError
 
 log = logging.getLogger("async_jobs.api")
 
@@ -37,6 +37,8 @@ async def _on_our_error(request: Request, exc: Exception) -> JSONResponse:
             return error_response(503, exc.code, "the job store failed; try again", headers)
     elif isinstance(exc, QuotaExceededError):
         headers = {"Retry-After": str(max(1, round(exc.retry_after_seconds)))}
+    elif isinstance(exc, AuthTokenError) and exc.http_status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(exc.to_json(), status_code=exc.http_status, headers=headers)
 
 

@@ -6,12 +6,14 @@ handlers installed by ``install_error_handlers``.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
+from async_jobs.api.auth import Principal, TokenAuth, principal_of, route_class
 from async_jobs.api.schemas import (
     CleanupRequest,
     JobBatchCreate,
@@ -19,43 +21,50 @@ from async_jobs.api.schemas import (
     decode_cursor,
     encode_cursor,
 )
-from async_jobs.app import MAX_PAGE_SIZE, JobApp
+from async_jobs.app import MAX_PAGE_SIZE, EnqueueRequest, JobApp
 from async_jobs.domain.errors import AsyncJobsError
 from async_jobs.domain.jobs import JobFilter, JobState
 
+Caller = Annotated[Principal, Depends(principal_of)]
 
-def create_jobs_router(jobs: JobApp) -> APIRouter:
+
+def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter:
     """Routes ``POST /jobs``, ``POST /jobs/batch``, ``GET /jobs``, ``GET /jobs/{id}``,
     ``POST /jobs/{id}/cancel``, ``POST /jobs/{id}/retry``, ``GET /use-cases``,
     ``POST /use-cases/{name}/pause|resume``, ``GET /stats``, ``POST /maintenance/cleanup``
-    and ``GET /health``."""
-    router = APIRouter()
+    and ``GET /health``.
+
+    ``auth`` (``TokenAuth.from_settings(settings)``): every route but ``/health`` needs a
+    bearer token; a tenant's token acts within its tenant only (its jobs, lists and stats; a
+    foreign job id is a 404), administration needs an admin token. None: open to anyone."""
+    router = APIRouter(route_class=route_class(auth))
 
     @router.post("/jobs", status_code=201, summary="Enqueue a job")
-    async def enqueue(body: JobCreate) -> JSONResponse:
-        job, created = await jobs.enqueue_checked(body.to_request())
+    async def enqueue(body: JobCreate, caller: Caller) -> JSONResponse:
+        job, created = await jobs.enqueue_checked(_as_caller(body.to_request(), caller))
         return JSONResponse(job.to_json(), status_code=201 if created else 200)
 
     @router.post("/jobs/batch", status_code=201, summary="Enqueue many jobs, all or none")
-    async def enqueue_batch(body: JobBatchCreate) -> JSONResponse:
-        stored = await jobs.enqueue_many_checked([item.to_request() for item in body.jobs])
+    async def enqueue_batch(body: JobBatchCreate, caller: Caller) -> JSONResponse:
+        requests = [_as_caller(item.to_request(), caller) for item in body.jobs]
+        stored = await jobs.enqueue_many_checked(requests)
         created = [was_created for _, was_created in stored]
         answer = {"items": [job.to_json() for job, _ in stored], "created": created}
         return JSONResponse(answer, status_code=201 if any(created) else 200)
 
     @router.post("/jobs/{job_id}/cancel", summary="Cancel a job")
-    async def cancel(job_id: str) -> JSONResponse:
-        job = await jobs.cancel(job_id)
+    async def cancel(job_id: str, caller: Caller) -> JSONResponse:
+        job = await jobs.cancel(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
 
     @router.post("/jobs/{job_id}/retry", summary="Run a failed or cancelled job again")
-    async def retry(job_id: str) -> JSONResponse:
-        job = await jobs.retry(job_id)
+    async def retry(job_id: str, caller: Caller) -> JSONResponse:
+        job = await jobs.retry(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
 
     @router.get("/jobs/{job_id}", summary="One job")
-    async def get_job(job_id: str) -> JSONResponse:
-        job = await jobs.get_job(job_id)
+    async def get_job(job_id: str, caller: Caller) -> JSONResponse:
+        job = await jobs.get_job(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
 
     @router.get("/jobs", summary="List jobs, newest first")
@@ -68,9 +77,13 @@ def create_jobs_router(jobs: JobApp) -> APIRouter:
         created_before: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
         cursor: str | None = None,
+        *,
+        caller: Caller,
     ) -> JSONResponse:
+        # A tenant's listing is always filtered by its tenant, so a cursor (a position, not a
+        # permission) leads nowhere else whatever it says.
         where = JobFilter(
-            tenant_id=tenant_id,
+            tenant_id=caller.tenant_for(tenant_id),
             status=status,
             use_case=use_case,
             type=type,
@@ -102,23 +115,35 @@ def _add_admin_routes(router: APIRouter, jobs: JobApp) -> None:
     """Use cases, statistics and maintenance."""
 
     @router.get("/use-cases", summary="Use cases and whether they are paused")
-    async def use_cases() -> JSONResponse:
+    async def use_cases(caller: Caller) -> JSONResponse:
+        caller.require_admin()
         return JSONResponse({"items": [u.to_json() for u in await jobs.use_cases()]})
 
     @router.post("/use-cases/{name}/pause", summary="Stop starting jobs of a use case")
-    async def pause(name: str) -> JSONResponse:
+    async def pause(name: str, caller: Caller) -> JSONResponse:
+        caller.require_admin()
         return JSONResponse((await jobs.pause(name)).to_json())
 
     @router.post("/use-cases/{name}/resume", summary="Start jobs of a paused use case again")
-    async def resume(name: str) -> JSONResponse:
+    async def resume(name: str, caller: Caller) -> JSONResponse:
+        caller.require_admin()
         return JSONResponse((await jobs.resume(name)).to_json())
 
     @router.get("/stats", summary="Counts, throughput, latencies, deadline misses")
-    async def stats(tenant_id: str | None = None) -> JSONResponse:
-        return JSONResponse((await jobs.stats(tenant_id)).to_json())
+    async def stats(caller: Caller, tenant_id: str | None = None) -> JSONResponse:
+        return JSONResponse((await jobs.stats(caller.tenant_for(tenant_id))).to_json())
 
     @router.post("/maintenance/cleanup", summary="Delete terminal jobs older than an age")
-    async def cleanup(body: CleanupRequest) -> JSONResponse:
+    async def cleanup(body: CleanupRequest, caller: Caller) -> JSONResponse:
+        caller.require_admin()
         seconds = None if body.older_than_hours is None else body.older_than_hours * 3600
         deleted = await jobs.cleanup(seconds)
         return JSONResponse({"deleted": sum(deleted.values()), "by_status": deleted})
+
+
+def _as_caller(request: EnqueueRequest, caller: Principal) -> EnqueueRequest:
+    """A tenant token enqueues into its own tenant (naming another one is a 403)."""
+    tenant = caller.tenant_for(request.tenant_id)
+    return (
+        request if tenant == request.tenant_id else dataclasses.replace(request, tenant_id=tenant)
+    )

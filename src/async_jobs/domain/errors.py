@@ -92,6 +92,29 @@ class QuotaExceededError(AsyncJobsError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class AuthTokenError(AsyncJobsError):
+    """A request without a valid token (HTTP 401), or a token that may not do this (403)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(AuthTokenError):
+    code = "forbidden"
+    http_status = 403
+
+
+class RemoteHttpError(AsyncJobsError):
+    """The server answered with an error the client has no more specific type for."""
+
+    code = "remote_http_error"
+    http_status = 502
+
+    def __init__(self, message: str, *, status_code: int, **details: Any) -> None:
+        super().__init__(message, status_code=status_code, **details)
+        self.status_code = status_code
+
+
 class HandlerRegistrationError(AsyncJobsError):
     code = "handler_registration_error"
 

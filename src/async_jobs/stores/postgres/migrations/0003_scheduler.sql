@@ -94,7 +94,9 @@ DROP FUNCTION async_jobs_claim(integer, text[], text[], text, double precision);
 -- planner on the index walks even when the table's statistics are stale (see 0001): the
 -- sorts that remain are of the few candidates only. They still carry the planner's penalty
 -- for a disabled node, and an estimate that large would have the statement JIT-compiled
--- (two seconds per claim): hence jit = off.
+-- (two seconds per claim): hence jit = off. Its statements are planned once per session
+-- (force_generic_plan): planning this statement afresh for every call cost more than
+-- running it.
 CREATE FUNCTION async_jobs_claim(
     p_limit integer,
     p_use_cases text[],
@@ -113,6 +115,7 @@ LANGUAGE plpgsql
 SET enable_sort = off
 SET enable_bitmapscan = off
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_use_cases text[];

@@ -1,0 +1,151 @@
+"""Bearer tokens and the tenant each one acts for.
+
+``ASYNC_JOBS_ENQUEUE_AUTH_TOKEN`` is one token with every right; ``ASYNC_JOBS_API_TOKENS`` maps
+tokens to a tenant (that tenant's jobs only) or to ``"*"`` (every tenant, administration).
+With neither configured the API is open. A token is compared in constant time with every
+configured token, so the time taken says nothing about which one nearly matched.
+
+The check runs before the request body is read: as ASGI middleware in front of the body
+limit in the standalone app, and in the route itself where an application mounts the router
+in its own app (then it runs after that app's own middleware).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from async_jobs.core.settings import Settings
+from async_jobs.domain.errors import AuthTokenError, ConfigurationError, ForbiddenError
+
+ADMIN = "*"
+_STATE_KEY = "async_jobs_principal"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts for: one tenant, or every tenant (``tenant_id`` None: admin)."""
+
+    tenant_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.tenant_id is None
+
+    def tenant_for(self, asked: str | None) -> str | None:
+        """The tenant a request may act on: its own for a tenant token (another one named is
+        a 403), whatever was asked (None: every tenant) for an admin."""
+        if self.tenant_id is None:
+            return asked
+        if asked is not None and asked != self.tenant_id:
+            raise ForbiddenError(f"this token acts for tenant {self.tenant_id!r} only")
+        return self.tenant_id
+
+    def require_admin(self) -> None:
+        if self.tenant_id is not None:
+            raise ForbiddenError('this needs an admin token (one mapped to "*")')
+
+
+OPEN = Principal(None)
+
+
+class TokenAuth:
+    """The configured tokens; ``authenticate`` turns an ``Authorization`` header into a
+    ``Principal`` or raises ``AuthTokenError``."""
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        for token, scope in tokens.items():
+            if not token or not isinstance(scope, str) or not scope:
+                raise ConfigurationError(
+                    'API tokens must be non-empty strings mapped to a tenant or to "*"'
+                )
+        self._tokens = [(token.encode(), scope) for token, scope in tokens.items()]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenAuth | None:
+        """None when no token is configured: the API is open."""
+        tokens = dict(settings.api_tokens)
+        if settings.enqueue_auth_token:
+            tokens[settings.enqueue_auth_token] = ADMIN
+        return cls(tokens) if tokens else None
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise AuthTokenError("a bearer token is required (Authorization: Bearer <token>)")
+        presented = given.strip().encode()
+        matched: str | None = None
+        for token, scope in self._tokens:  # every token, whatever matched first
+            if hmac.compare_digest(presented, token):
+                matched = scope
+        if matched is None:
+            raise AuthTokenError("the token is not valid")
+        return Principal(None if matched == ADMIN else matched)
+
+
+def principal_of(request: Request) -> Principal:
+    """The principal the route or the middleware established for this request."""
+    principal = getattr(request.state, _STATE_KEY, None)
+    return principal if isinstance(principal, Principal) else OPEN
+
+
+def route_class(auth: TokenAuth | None) -> type[APIRoute]:
+    """Routes that authenticate before their handler reads the body (unless the middleware
+    has done it already); ``/health`` stays open."""
+
+    class AuthenticatedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+            if auth is None or self.path.endswith("/health"):
+                return handler
+
+            async def authenticated(request: Request) -> Response:
+                if getattr(request.state, _STATE_KEY, None) is None:
+                    principal = auth.authenticate(request.headers.get("authorization"))
+                    setattr(request.state, _STATE_KEY, principal)
+                return await handler(request)
+
+            return authenticated
+
+    return AuthenticatedRoute
+
+
+class TokenAuthMiddleware:
+    """ASGI: 401 JSON with ``WWW-Authenticate: Bearer`` for a request without a valid token,
+    before anything reads its body; ``/health`` (and the OpenAPI pages) stay open."""
+
+    OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/redoc")
+
+    def __init__(self, app: ASGIApp, auth: TokenAuth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").endswith(self.OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        raw = headers.get(b"authorization")
+        try:
+            principal = self.auth.authenticate(raw.decode("latin-1") if raw else None)
+        except AuthTokenError as exc:
+            await send_error(send, exc)
+            return
+        scope.setdefault("state", {})[_STATE_KEY] = principal
+        await self.app(scope, receive, send)
+
+
+async def send_error(send: Send, exc: AuthTokenError) -> None:
+    body = json.dumps(exc.to_json()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if exc.http_status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
