@@ -14,6 +14,7 @@ the settings, enqueues, reads jobs and builds workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,6 +58,10 @@ T = TypeVar("T")
 
 MAX_PAGE_SIZE = 1000
 MAX_BATCH_SIZE = 1000
+# A waiter re-reads its job this often even without a wake-up (one may be lost with a
+# connection); sooner where the store only hears its own process's changes (SQLite).
+RECHECK_SECONDS = 5.0
+RECHECK_LOCAL_ONLY_SECONDS = 0.5
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,6 +106,7 @@ class JobApp:
         self._strict_types = strict_types
         self._opened = 0
         self.limits = self.settings.limits()
+        self._finish_waiters: dict[JobId, list[asyncio.Event]] = {}
         self.periodic_jobs: list[PeriodicJob] = []
         self._declared_periodic = False
         for module in (*self.settings.handlers, *handler_modules):
@@ -488,18 +494,36 @@ class JobApp:
         await self.enqueue_checked(request)
 
     async def wait_for(
-        self, job_id: JobId, timeout: float, tenant_id: str | None = None, poll: float = 0.1
+        self, job_id: JobId | uuid.UUID | str, timeout: float, tenant_id: str | None = None
     ) -> Job:
-        """The job once terminal, or as it stands after ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            job = await self.get_job(job_id, tenant_id)
-            remaining = deadline - loop.time()
-            if job.status.is_terminal or remaining <= 0:
-                return job
-            await asyncio.sleep(min(poll, remaining))
-            poll = min(poll * 1.5, 1.0)
+        """The job once terminal, or as it stands after ``timeout`` seconds. Woken by the
+        store when the job may have ended (LISTEN/NOTIFY on PostgreSQL), not by polling; the
+        job is re-read now and then regardless, in case a wake-up was lost."""
+        parsed = parse_job_id(job_id)
+        event = asyncio.Event()
+        self._finish_waiters.setdefault(parsed, []).append(event)
+        try:
+            everywhere = await self.store.watch_finished(self._on_finished)
+            recheck = RECHECK_SECONDS if everywhere else RECHECK_LOCAL_ONLY_SECONDS
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while True:
+                event.clear()  # before reading: a wake-up after the read is kept
+                job = await self.get_job(parsed, tenant_id)
+                remaining = deadline - loop.time()
+                if job.status.is_terminal or remaining <= 0:
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, recheck))
+        finally:
+            waiters = self._finish_waiters.get(parsed, [])
+            waiters.remove(event)
+            if not waiters:
+                self._finish_waiters.pop(parsed, None)
+
+    def _on_finished(self, job_id: JobId) -> None:
+        for event in self._finish_waiters.get(job_id, ()):
+            event.set()
 
     # -- workers ----------------------------------------------------------------------------
 

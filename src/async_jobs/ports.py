@@ -154,6 +154,13 @@ class JobStore(Protocol):
         """Call ``callback`` soon after a running job's cancellation is requested, where
         the store can tell (a latency aid: workers also learn it when renewing leases)."""
 
+    async def watch_finished(self, callback: Callable[[JobId], None]) -> bool:
+        """Call ``callback`` soon after a job may have ended (a latency aid for callers that
+        wait for an outcome: they re-read the job, and re-check now and then regardless).
+        Registering the same callback again changes nothing. Returns True when the store
+        reports the changes of every process (PostgreSQL: NOTIFY), False when only those
+        made through this store object (SQLite)."""
+
     async def wait_for_jobs(self, timeout: float) -> None:
         """Return when new jobs may be due, or after ``timeout`` seconds. A latency aid
         only: callers still poll."""

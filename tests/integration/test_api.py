@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -246,3 +247,35 @@ async def test_a_job_with_its_own_backoff_over_http(client: httpx.AsyncClient) -
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_job"
     nan = await client.post("/jobs", json={**body, "backoff": {"jitter": 7}})
     assert nan.status_code == 422
+
+
+async def test_wait_answers_when_the_job_ends_or_202_when_time_is_up(
+    client: httpx.AsyncClient,
+) -> None:
+    done = await client.post(
+        "/jobs?wait=20", json={"type": "sleep", "payload": {"seconds": 0.1, "message": "m"}}
+    )
+    assert done.status_code == 200
+    assert done.json()["status"] == "succeeded"
+    assert done.json()["result"] == {"slept_seconds": 0.1, "message": "m"}
+
+    slow = await client.post(
+        "/jobs?wait=0.2", json={"type": "sleep", "payload": {"seconds": 1.5, "message": "m"}}
+    )
+    assert slow.status_code == 202
+    assert slow.json()["status"] in ("pending", "running")
+    ended = await client.get(f"/jobs/{slow.json()['id']}?wait=20")
+    assert (ended.status_code, ended.json()["status"]) == (200, "succeeded")
+
+    pending = (await client.post("/jobs", json={"type": "echo", "delay_seconds": 3600})).json()
+    waiter = asyncio.create_task(client.get(f"/jobs/{pending['id']}?wait=30"))
+    await asyncio.sleep(0.3)  # wait-ok: let the waiter start waiting before the cancel
+    await client.post(f"/jobs/{pending['id']}/cancel")
+    cancelled = await asyncio.wait_for(waiter, 10)  # woken by the cancel, long before 30 s
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
+
+    for bad in ("-1", "61", "soon"):
+        assert (await client.get(f"/jobs/{pending['id']}?wait={bad}")).status_code == 422
+    assert (
+        await client.get("/jobs/00000000-0000-0000-0000-000000000000?wait=1")
+    ).status_code == 404

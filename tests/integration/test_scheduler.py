@@ -301,3 +301,16 @@ def _stepping_clock(start: datetime) -> Any:
         return now[0]
 
     return clock
+
+
+async def test_a_waiter_is_woken_by_another_process_finishing_the_job(pg_database: str) -> None:
+    """The waiting API and the writer share nothing but the database: the waiter hears the
+    NOTIFY at once instead of at its next re-read (every 5 s)."""
+    waiting_side, writing_side = app_on(pg_database), app_on(pg_database)
+    async with waiting_side, writing_side:
+        job = await waiting_side.enqueue("echo", delay=3600)
+        waiter = asyncio.create_task(waiting_side.wait_for(job.id, timeout=30))
+        await wait_until(lambda: waiting_side._finish_waiters)  # it waits now
+        await writing_side.cancel(job.id)
+        ended = await asyncio.wait_for(waiter, 3)  # well inside the 5 s re-read
+    assert ended.status is JobState.CANCELLED

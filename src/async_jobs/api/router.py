@@ -26,6 +26,16 @@ from async_jobs.domain.errors import AsyncJobsError
 from async_jobs.domain.jobs import JobFilter, JobState
 
 Caller = Annotated[Principal, Depends(principal_of)]
+MAX_WAIT_SECONDS = 60.0
+Wait = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=MAX_WAIT_SECONDS,
+        description="Wait up to this many seconds for the job to end: 200 with the ended "
+        "job, or 202 with the job as it stands when the time is up.",
+    ),
+]
 
 
 def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter:
@@ -40,8 +50,10 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
     router = APIRouter(route_class=route_class(auth))
 
     @router.post("/jobs", status_code=201, summary="Enqueue a job")
-    async def enqueue(body: JobCreate, caller: Caller) -> JSONResponse:
+    async def enqueue(body: JobCreate, caller: Caller, wait: Wait = None) -> JSONResponse:
         job, created = await jobs.enqueue_checked(_as_caller(body.to_request(), caller))
+        if wait is not None:
+            return await _waited(jobs, job.id, wait, caller)
         return JSONResponse(job.to_json(), status_code=201 if created else 200)
 
     @router.post("/jobs/batch", status_code=201, summary="Enqueue many jobs, all or none")
@@ -63,7 +75,9 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         return JSONResponse(job.to_json())
 
     @router.get("/jobs/{job_id}", summary="One job")
-    async def get_job(job_id: str, caller: Caller) -> JSONResponse:
+    async def get_job(job_id: str, caller: Caller, wait: Wait = None) -> JSONResponse:
+        if wait is not None:
+            return await _waited(jobs, job_id, wait, caller)
         job = await jobs.get_job(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
 
@@ -139,6 +153,12 @@ def _add_admin_routes(router: APIRouter, jobs: JobApp) -> None:
         seconds = None if body.older_than_hours is None else body.older_than_hours * 3600
         deleted = await jobs.cleanup(seconds)
         return JSONResponse({"deleted": sum(deleted.values()), "by_status": deleted})
+
+
+async def _waited(jobs: JobApp, job_id: Any, seconds: float, caller: Principal) -> JSONResponse:
+    """200 with the job once it has ended, 202 with it as it stands after ``seconds``."""
+    job = await jobs.wait_for(job_id, seconds, caller.tenant_id)
+    return JSONResponse(job.to_json(), status_code=200 if job.status.is_terminal else 202)
 
 
 def _as_caller(request: EnqueueRequest, caller: Principal) -> EnqueueRequest:

@@ -67,6 +67,7 @@ class MemoryStore:
         self._wakeup = asyncio.Event()
         self._open = False
         self._cancel_watchers: list[Callable[[JobId], None]] = []
+        self._finish_watchers: list[Callable[[JobId], None]] = []
         self._use_cases: dict[str, UseCaseState] = {}
         self._buckets: dict[tuple[str, str], tuple[float, datetime]] = {}  # (use case, tenant)
         self._leaders: dict[str, tuple[str, datetime]] = {}  # role -> (holder, expires_at)
@@ -236,6 +237,7 @@ class MemoryStore:
             written.append(job.id)
             if outcome.kind is OutcomeKind.RELEASED:
                 self._wakeup.set()
+        _notify_all(self._finish_watchers, written)
         return written
 
     async def extend_leases(
@@ -285,6 +287,7 @@ class MemoryStore:
             self._jobs[job.id] = job
         if any(job.status is JobState.PENDING for job in reaped):
             self._wakeup.set()
+        _notify_all(self._finish_watchers, [job.id for job in reaped])
         return reaped
 
     async def cancel_job(
@@ -313,6 +316,8 @@ class MemoryStore:
             _notify(self._cancel_watchers, job.id)
         else:  # terminal, or running and already flagged: left as it stands
             changed = False
+        if changed and job.status.is_terminal:
+            _notify_all(self._finish_watchers, [job.id])
         return job, changed
 
     async def retry_job(
@@ -370,6 +375,7 @@ class MemoryStore:
         ]
         for job in expired:
             self._jobs[job.id] = job
+        _notify_all(self._finish_watchers, [job.id for job in expired])
         return expired
 
     async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
@@ -462,6 +468,11 @@ class MemoryStore:
 
     def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
         self._cancel_watchers.append(callback)
+
+    async def watch_finished(self, callback: Callable[[JobId], None]) -> bool:
+        if callback not in self._finish_watchers:
+            self._finish_watchers.append(callback)
+        return True
 
     async def wait_for_jobs(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -561,6 +572,11 @@ def _with_entry(
         error_message=None if error is None else error.message[:ERROR_MESSAGE_LIMIT],
     )
     return [*job.history, entry][-MAX_HISTORY:]
+
+
+def _notify_all(watchers: Sequence[Callable[[JobId], None]], job_ids: Sequence[JobId]) -> None:
+    for job_id in job_ids:
+        _notify(watchers, job_id)
 
 
 def _notify(watchers: Sequence[Callable[[JobId], None]], job_id: JobId) -> None:

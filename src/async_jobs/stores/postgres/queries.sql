@@ -76,6 +76,11 @@ SELECT id::text AS id, tenant_id, use_case, type, payload::text AS payload,
        backoff::text AS backoff, expires_at
 FROM async_jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
 
+-- name: announce_finished
+-- The same announcement for jobs that ended another way (cancelled while waiting, reaped,
+-- expired); $1 is a comma-separated list of ids.
+SELECT pg_notify('async_jobs_finished', $1);
+
 -- name: get_job
 SELECT * FROM async_jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2);
 
@@ -120,6 +125,9 @@ SELECT (SELECT count(*) FROM async_jobs
 -- Every counted attempt that did not succeed joins the history (the latest 50 are kept; a
 -- success is the row itself, and skipping it keeps the hot path light). `id = ANY($1)` lets
 -- the planner find the rows by primary key instead of walking every running row.
+-- The jobs that ended are announced on async_jobs_finished (ids, comma-separated, at most
+-- 200 per notification), delivered at commit, for callers waiting for an outcome.
+WITH written AS (
 UPDATE async_jobs AS j
 SET status = (CASE
         WHEN u.kind IN ('retry', 'released') AND j.cancel_requested THEN 'cancelled'
@@ -165,7 +173,14 @@ WHERE j.id = ANY($1::uuid[])
   AND j.id = u.id
   AND j.attempts = u.attempt
   AND j.lease_token = u.token
-RETURNING j.id;
+RETURNING j.id, j.status
+), announced AS (
+    SELECT pg_notify('async_jobs_finished', string_agg(f.id::text, ','))
+    FROM (SELECT w.id, (row_number() OVER ()) / 200 AS chunk
+          FROM written w WHERE w.status IN ('succeeded', 'failed', 'cancelled')) AS f
+    GROUP BY f.chunk
+)
+SELECT w.id FROM written w, (SELECT count(*) FROM announced) AS a;
 
 -- name: extend_leases
 -- One statement renews every lease a worker holds; it also tells the worker which of its

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 QUERIES = load_queries("async_jobs.stores.postgres")
 NOTIFY_CHANNEL = "async_jobs_inserted"
 CANCEL_CHANNEL = "async_jobs_cancel"
+FINISHED_CHANNEL = "async_jobs_finished"
 LISTENER_CHECK_SECONDS = 15.0  # an idle LISTEN connection is pinged this often
 
 _UNAVAILABLE = (
@@ -89,6 +90,8 @@ class PostgresStore:
         self._listener_work: asyncio.Future[bool] | None = None
         self._wakeup = asyncio.Event()
         self._cancel_watchers: list[Callable[[JobId], None]] = []
+        self._finish_watchers: list[Callable[[JobId], None]] = []
+        self._listening_finished = False
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -281,7 +284,9 @@ class PostgresStore:
     async def reap_expired_leases(self, limit: int) -> list[Job]:
         async with self._connection() as conn:
             rows = await conn.fetch(QUERIES["reap_expired_leases"], limit)
-        return [job_from_record(r) for r in rows]
+            jobs = [job_from_record(r) for r in rows]
+            await _announce_finished(conn, jobs)
+        return jobs
 
     async def cancel_job(
         self, job_id: JobId, tenant_id: str | None = None
@@ -301,7 +306,9 @@ class PostgresStore:
         async with self._connection() as conn:
             row = await conn.fetchrow(QUERIES[query], job_id, tenant_id)
             if row is not None:
-                return job_from_record(row), True
+                job = job_from_record(row)
+                await _announce_finished(conn, [job])
+                return job, True
             row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
         return (job_from_record(row), False) if row is not None else None
 
@@ -310,7 +317,9 @@ class PostgresStore:
     async def expire_jobs(self, limit: int) -> list[Job]:
         async with self._connection() as conn:
             rows = await conn.fetch(QUERIES["expire_jobs"], limit)
-        return [job_from_record(r) for r in rows]
+            jobs = [job_from_record(r) for r in rows]
+            await _announce_finished(conn, jobs)
+        return jobs
 
     async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
         if status not in {s.value for s in JobState if s.is_terminal}:
@@ -374,6 +383,20 @@ class PostgresStore:
     def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
         self._cancel_watchers.append(callback)
 
+    async def watch_finished(self, callback: Callable[[JobId], None]) -> bool:
+        if callback not in self._finish_watchers:
+            self._finish_watchers.append(callback)
+        if not await self._ensure_listener():
+            return False
+        if not self._listening_finished and self._listener is not None:
+            try:
+                await self._listener.add_listener(FINISHED_CHANNEL, self._on_finished)
+            except (*_BROKEN, asyncpg.PostgresError) as exc:
+                log.warning("cannot LISTEN for finished jobs: %s", exc)
+                return False
+            self._listening_finished = True
+        return True
+
     async def wait_for_jobs(self, timeout: float) -> None:
         if not await self._ensure_listener():
             await asyncio.sleep(timeout)
@@ -416,12 +439,15 @@ class PostgresStore:
         try:
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
             await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
+            if self._finish_watchers:  # only where someone waits for outcomes
+                await conn.add_listener(FINISHED_CHANNEL, self._on_finished)
             conn.add_termination_listener(self._on_listener_lost)
         except (*_BROKEN, asyncpg.PostgresError) as exc:
             conn.terminate()
             log.warning("cannot LISTEN for new jobs, polling only: %s", exc)
             return False
         self._listener = conn
+        self._listening_finished = bool(self._finish_watchers)
         self._listener_checked = time.monotonic()
         self._wakeup.set()  # notifications may have been missed while it was down
         return True
@@ -430,21 +456,38 @@ class PostgresStore:
         self._wakeup.set()
 
     def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            job_id = JobId(uuid.UUID(payload))
-        except ValueError:
-            return
-        for watcher in self._cancel_watchers:
-            try:
-                watcher(job_id)
-            except Exception:  # one broken watcher must not silence the others
-                log.exception("a cancellation watcher failed for job %s", job_id)
+        _tell(self._cancel_watchers, payload)
+
+    def _on_finished(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        _tell(self._finish_watchers, payload)
 
     def _on_listener_lost(self, *_: object) -> None:
         """The LISTEN connection closed: wake the waiting worker, which polls once and makes
         a new one (notifications sent meanwhile are lost; the poll finds their jobs)."""
         self._listener = None
         self._wakeup.set()
+
+
+def _tell(watchers: Sequence[Callable[[JobId], None]], payload: str) -> None:
+    """Call every watcher for every job id of a notification's payload (comma-separated);
+    one watcher that fails is logged and does not silence the others."""
+    for part in payload.split(","):
+        try:
+            job_id = JobId(uuid.UUID(part))
+        except ValueError:
+            continue
+        for watcher in watchers:
+            try:
+                watcher(job_id)
+            except Exception:
+                log.exception("a watcher failed for job %s", job_id)
+
+
+async def _announce_finished(conn: asyncpg.Connection, jobs: Sequence[Job]) -> None:
+    """NOTIFY waiters of the jobs that have ended (record_outcomes does it in its statement)."""
+    ended = [str(job.id) for job in jobs if job.status.is_terminal]
+    for start in range(0, len(ended), 200):
+        await conn.execute(QUERIES["announce_finished"], ",".join(ended[start : start + 200]))
 
 
 @contextlib.contextmanager

@@ -113,6 +113,7 @@ class SqliteStore:
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._cancel_watchers: list[Callable[[JobId], None]] = []
+        self._finish_watchers: list[Callable[[JobId], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -223,6 +224,7 @@ class SqliteStore:
         released = {o.job_id for o in outcomes if o.kind is OutcomeKind.RELEASED}
         if released.intersection(changed):
             self._wakeup.set()
+        _notify_all(self._finish_watchers, changed)
         return changed
 
     async def extend_leases(
@@ -259,6 +261,7 @@ class SqliteStore:
         jobs = [_job_from_row(r) for r in rows]
         if any(job.status is JobState.PENDING for job in jobs):
             self._wakeup.set()
+        _notify_all(self._finish_watchers, [job.id for job in jobs])
         return jobs
 
     async def cancel_job(
@@ -273,6 +276,8 @@ class SqliteStore:
         job = _job_from_row(row)
         if changed and job.status is JobState.RUNNING:
             _notify(self._cancel_watchers, job.id)
+        if changed and job.status.is_terminal:
+            _notify_all(self._finish_watchers, [job.id])
         return job, changed
 
     async def retry_job(
@@ -292,7 +297,9 @@ class SqliteStore:
         if limit <= 0:
             return []
         rows = await self._run(lambda c: _fetch(c, "expire_jobs", {"limit": limit}), write=True)
-        return [_job_from_row(r) for r in rows]
+        jobs = [_job_from_row(r) for r in rows]
+        _notify_all(self._finish_watchers, [job.id for job in jobs])
+        return jobs
 
     async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
         _check_terminal(status)
@@ -340,6 +347,11 @@ class SqliteStore:
         """Told of cancellations asked through this store object only: SQLite cannot
         notify other connections, whose workers learn it when they renew their leases."""
         self._cancel_watchers.append(callback)
+
+    async def watch_finished(self, callback: Callable[[JobId], None]) -> bool:
+        if callback not in self._finish_watchers:
+            self._finish_watchers.append(callback)
+        return False  # other processes writing the same file are not heard
 
     async def wait_for_jobs(self, timeout: float) -> None:
         """Wakes on this store's own inserts and released jobs only, or after ``timeout``
@@ -733,6 +745,11 @@ async def _change_or_get(
         return True, rows[0]
     rows = await _fetch(conn, "get_job", params)
     return False, next(iter(rows), None)
+
+
+def _notify_all(watchers: Sequence[Callable[[JobId], None]], job_ids: Sequence[JobId]) -> None:
+    for job_id in job_ids:
+        _notify(watchers, job_id)
 
 
 def _notify(watchers: Sequence[Callable[[JobId], None]], job_id: JobId) -> None:
