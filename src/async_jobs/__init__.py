@@ -1,6 +1,7 @@
 """async-job-server: durable, fast, observable background jobs for Python."""
 
 from async_jobs.app import EnqueueRequest, JobApp
+from async_jobs.client import AsyncJobsClient, JobsClient
 from async_jobs.core.context import JobContext
 from async_jobs.core.executor import AttemptLimits, NonRetryableError, RetryAfter
 from async_jobs.core.maintenance import PeriodicJob
@@ -10,7 +11,9 @@ from async_jobs.core.settings import Settings
 from async_jobs.core.worker import Worker, WorkerConfig
 from async_jobs.domain.errors import (
     AsyncJobsError,
+    AuthTokenError,
     ConfigurationError,
+    ForbiddenError,
     HandlerRegistrationError,
     IdempotencyConflictError,
     InvalidCursorError,
@@ -19,6 +22,7 @@ from async_jobs.domain.errors import (
     JobNotFoundError,
     PayloadTooLargeError,
     QuotaExceededError,
+    RemoteHttpError,
     SchemaMissingError,
     StoreError,
     StoreUnavailableError,
@@ -40,13 +44,16 @@ from async_jobs.domain.scheduling import Limits, RetentionPolicy, Stats, TenantQ
 from async_jobs.stores.memory import MemoryStore
 
 __all__ = [
+    "AsyncJobsClient",
     "AsyncJobsError",
     "AttemptLimits",
     "AttemptRecord",
+    "AuthTokenError",
     "Backoff",
     "BackoffKind",
     "ConfigurationError",
     "EnqueueRequest",
+    "ForbiddenError",
     "HandlerRegistrationError",
     "IdempotencyConflictError",
     "InvalidCursorError",
@@ -60,6 +67,7 @@ __all__ = [
     "JobId",
     "JobNotFoundError",
     "JobState",
+    "JobsClient",
     "Limits",
     "MemoryStore",
     "NonRetryableError",
@@ -69,6 +77,7 @@ __all__ = [
     "Progress",
     "QuotaExceededError",
     "Reason",
+    "RemoteHttpError",
     "RetentionPolicy",
     "RetryAfter",
     "Scheduler",

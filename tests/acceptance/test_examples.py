@@ -6,6 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
+
+from tests.acceptance.conftest import Cli
+from tests.acceptance.test_cli import poll, wait_for_line
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,3 +59,26 @@ def test_scheduling_example_runs(tmp_path: Path) -> None:
     assert "small-customer's job started 2 of 16" in output
     assert "thumbnails succeeded: 16" in output
     assert "heartbeat ticks enqueued: " in output
+
+
+def test_http_client_example_runs_against_a_server(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = cli.start(
+        "serve", "--port", str(port), ASYNC_JOBS_DB_DSN=f"sqlite:///{tmp_path / 'jobs.db'}"
+    )
+    wait_for_line(server, base)
+    poll(lambda: _healthy(base))
+    monkeypatch.setenv("ASYNC_JOBS_URL", base)
+    output = run_example("http_client_example.py", tmp_path)
+    assert "enqueued echo " in output
+    assert "echo: succeeded -> {'hello': 'world'}" in output
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -233,6 +233,47 @@ class Job:
             "finished_at": _iso(self.finished_at),
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Job:
+        """The inverse of ``to_json`` (a job as the HTTP API answers it): times parsed,
+        ``deadline_missed`` recomputed rather than read, the lease token (never shown) None."""
+        progress = data.get("progress")
+        backoff = data.get("backoff")
+        return cls(
+            id=JobId(uuid.UUID(str(data["id"]))),
+            tenant_id=str(data["tenant_id"]),
+            use_case=str(data["use_case"]),
+            type=str(data["type"]),
+            payload=dict(data.get("payload") or {}),
+            priority=Priority(data["priority"]),
+            status=JobState(data["status"]),
+            attempts=int(data["attempts"]),
+            max_attempts=int(data["max_attempts"]),
+            run_at=_parse_time(data["run_at"]),
+            delay_tolerance_seconds=float(data["delay_tolerance_seconds"]),
+            deadline_at=_parse_time(data["deadline_at"]),
+            timeout_seconds=_optional_float(data.get("timeout_seconds")),
+            idempotency_key=data.get("idempotency_key"),
+            webhook_url=data.get("webhook_url"),
+            progress=None
+            if progress is None
+            else Progress(float(progress["percent"]), progress.get("message")),
+            result=data.get("result"),
+            error=JobError.from_json(data.get("error")),
+            created_at=_parse_time(data["created_at"]),
+            updated_at=_parse_time(data["updated_at"]),
+            started_at=_parse_optional_time(data.get("started_at")),
+            finished_at=_parse_optional_time(data.get("finished_at")),
+            worker_id=data.get("worker_id"),
+            lease_token=None,
+            lease_expires_at=_parse_optional_time(data.get("lease_expires_at")),
+            cancel_requested=bool(data.get("cancel_requested", False)),
+            reason=data.get("reason"),
+            history=[_attempt_from_json(entry) for entry in data.get("history") or ()],
+            backoff=None if backoff is None else Backoff.from_json(backoff),
+            expires_at=_parse_optional_time(data.get("expires_at")),
+        )
+
 
 @dataclasses.dataclass(slots=True)  # not frozen: see the module docstring
 class NewJob:
@@ -385,3 +426,30 @@ def _progress_json(progress: Progress | None) -> JsonObject | None:
     if progress is None:
         return None
     return {"percent": progress.percent, "message": progress.message}
+
+
+def _parse_time(text: str) -> datetime:
+    """An ISO 8601 time as ``to_json`` writes it; a time without a zone is taken as UTC."""
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _parse_optional_time(text: str | None) -> datetime | None:
+    return None if text is None else _parse_time(text)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _attempt_from_json(data: Mapping[str, Any]) -> AttemptRecord:
+    """A history entry as ``AttemptRecord.to_json`` writes it."""
+    return AttemptRecord(
+        attempt=int(data["attempt"]),
+        worker_id=data.get("worker_id"),
+        started_at=_parse_optional_time(data.get("started_at")),
+        finished_at=_parse_time(data["finished_at"]),
+        outcome=str(data["outcome"]),
+        error_type=data.get("error_type"),
+        error_message=data.get("error_message"),
+    )

@@ -205,6 +205,40 @@ class Stats:
             "oldest_due_age_seconds": self.oldest_due_age_seconds,
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Stats:
+        """The inverse of ``to_json`` (``GET /stats`` as a client reads it)."""
+        throughput = data.get("throughput") or {}
+        misses = data.get("deadline_misses") or {}
+        oldest = data.get("oldest_due_age_seconds")
+        return cls(
+            generated_at=datetime.fromisoformat(data["generated_at"]),
+            counts=[
+                StatsCount(
+                    use_case=str(count["use_case"]),
+                    tenant_id=str(count["tenant_id"]),
+                    status=str(count["status"]),
+                    count=int(count["count"]),
+                )
+                for count in data.get("counts") or ()
+            ],
+            finished_last_minute=_counts(throughput.get("last_minute")),
+            finished_last_hour=_counts(throughput.get("last_hour")),
+            run_seconds=_percentiles(data.get("run_seconds")),
+            queue_wait_seconds=_percentiles(data.get("queue_wait_seconds")),
+            deadline_misses_last_hour=int(misses.get("last_hour", 0)),
+            overdue_pending=int(misses.get("overdue_pending", 0)),
+            oldest_due_age_seconds=None if oldest is None else float(oldest),
+        )
+
+
+def _counts(data: Mapping[str, Any] | None) -> dict[str, int]:
+    return {str(state): int(n) for state, n in (data or {}).items()}
+
+
+def _percentiles(data: Mapping[str, Any] | None) -> Percentiles:
+    return {str(q): None if v is None else float(v) for q, v in (data or {}).items()}
+
 
 def percentiles(values: list[float]) -> Percentiles:
     """p50/p95/p99 of ``values`` (linear interpolation, as PostgreSQL's percentile_cont)."""
