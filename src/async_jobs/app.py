@@ -28,6 +28,7 @@ from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Handler, HandlerOptions, Registry, periodic_marks
 from async_jobs.core.scheduler import Scheduler, SchedulerConfig
 from async_jobs.core.settings import Settings
+from async_jobs.core.webhooks import WebhookConfig, WebhookSender
 from async_jobs.core.worker import Worker, WorkerConfig
 from async_jobs.domain.errors import (
     ConfigurationError,
@@ -50,6 +51,7 @@ from async_jobs.domain.jobs import (
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import RetentionPolicy, Stats, UseCaseState
 from async_jobs.domain.validation import build_new_job, check_name
+from async_jobs.domain.webhooks import WebhookState, check_webhook_target
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
 from async_jobs.transports.direct import DirectTransport
@@ -106,6 +108,7 @@ class JobApp:
         self._strict_types = strict_types
         self._opened = 0
         self.limits = self.settings.limits()
+        self._webhook_allow = self.settings.webhook_allow_list()
         self._finish_waiters: dict[JobId, list[asyncio.Event]] = {}
         self.periodic_jobs: list[PeriodicJob] = []
         self._declared_periodic = False
@@ -342,6 +345,8 @@ class JobApp:
             backoff=request.backoff,
             expires_at=request.expires_at,
         )
+        if new.webhook_url is not None:
+            check_webhook_target(new.webhook_url, self._webhook_allow)
         if self.limits.quotas:
             quota = self.limits.quota(new.tenant_id, new.use_case)
             if quota is not None and quota.max_pending is not None:
@@ -364,11 +369,15 @@ class JobApp:
     # -- reads ------------------------------------------------------------------------------
 
     async def get_job(self, job_id: JobId | uuid.UUID | str, tenant_id: str | None = None) -> Job:
-        """The job, or ``JobNotFoundError`` (also for another tenant's job)."""
+        """The job, or ``JobNotFoundError`` (also for another tenant's job). A job with a
+        ``webhook_url`` comes with its deliveries (``job.webhook``), read by a second query."""
         parsed = parse_job_id(job_id)
         job = await self.store.get_job(parsed, tenant_id)
         if job is None:
             raise JobNotFoundError(f"no job {parsed}")
+        if job.webhook_url is not None:
+            deliveries = await self.store.get_webhook_deliveries(job.id)
+            job = dataclasses.replace(job, webhook=WebhookState.of(deliveries))
         return job
 
     async def list_jobs(
@@ -468,10 +477,21 @@ class JobApp:
 
     def scheduler(self, config: SchedulerConfig | None = None) -> Scheduler:
         """A scheduler for this app (``run()`` it, ``stop()`` it): leads or stands by, and
-        while leading reaps, expires, enqueues periodic jobs and applies retention."""
+        while leading reaps, expires, enqueues periodic jobs, applies retention and sends
+        webhooks."""
         config = config or self.scheduler_config()
         self._add_declared_periodic()
-        return Scheduler(self.store, config, self.periodic_runner() if self.periodic_jobs else None)
+        return Scheduler(
+            self.store,
+            config,
+            self.periodic_runner() if self.periodic_jobs else None,
+            webhooks=self.webhook_sender(),
+        )
+
+    def webhook_sender(self, config: WebhookConfig | None = None) -> WebhookSender:
+        """What sends this app's webhooks (the leading scheduler runs it every round);
+        ``config`` defaults to the settings' (secrets, allowed hosts, attempts, timeout)."""
+        return WebhookSender(self.store, config or WebhookConfig.from_settings(self.settings))
 
     def periodic_runner(self, clock: Callable[[], datetime] | None = None) -> PeriodicRunner:
         """What enqueues this app's periodic jobs (the leading scheduler runs it every

@@ -25,6 +25,7 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.scheduling import Stats, UseCaseState
+from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
 
 
 class JobStore(Protocol):
@@ -149,6 +150,38 @@ class JobStore(Protocol):
     async def stats(self, tenant_id: str | None = None) -> Stats:
         """Counts, throughput and latencies (see ``Stats``); with ``tenant_id``, of that
         tenant's jobs only."""
+
+    async def create_webhook_deliveries(
+        self, limit: int, max_attempts: int, within_seconds: float | None = None
+    ) -> int:
+        """The webhook outbox: make the missing deliveries, up to ``limit``, oldest ending
+        first. Every job in a terminal state with a ``webhook_url`` gets one ``pending``
+        delivery (due now, ``max_attempts`` attempts) per ending, keyed by the job's id and
+        ``finished_at`` (a job retried by hand that ends again gets a new one). With
+        ``within_seconds``, only jobs that ended that recently by the store's clock are
+        looked at (the cheap sweep); None looks at all of them. Reads an index of ended
+        jobs with a webhook only, never the whole table; safe to run from two processes at
+        once (the key is unique). Returns how many deliveries were made."""
+
+    async def lease_webhook_deliveries(
+        self, limit: int, lease_seconds: float
+    ) -> list[WebhookDelivery]:
+        """Up to ``limit`` due ``pending`` deliveries, each leased for its next attempt:
+        ``attempts`` + 1, a fresh lease token, and not due again for ``lease_seconds`` (by
+        the store's clock), so no other sender takes that attempt; a sender that dies gives
+        it back when the lease runs out. A delivery whose attempts were already spent (its
+        last sender died unrecorded) ends ``failed`` instead and is not returned. Atomic
+        against every other leaser: no attempt is ever handed out twice."""
+
+    async def record_webhook_attempt(self, outcome: DeliveryOutcome) -> bool:
+        """Record the end of a leased attempt, fenced by its attempt number and lease
+        token: the attempt joins the delivery's log (the latest 50 are kept) and the
+        delivery becomes ``delivered``, ``failed``, or (``retry``) ``pending`` again, due
+        ``retry_delay_seconds`` from now, or ``failed`` if its attempts are spent. Returns
+        False, changing nothing, when the lease no longer holds."""
+
+    async def get_webhook_deliveries(self, job_id: JobId) -> list[WebhookDelivery]:
+        """Every delivery of a job, oldest ending first."""
 
     def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
         """Call ``callback`` soon after a running job's cancellation is requested, where

@@ -58,14 +58,24 @@ async def test_migrate_twice_is_a_no_op(store: SqliteStore, db_path: str) -> Non
         await second.close()
     with sqlite3.connect(db_path) as other:
         names = other.execute("SELECT name FROM async_jobs_migrations").fetchall()
-    assert names == [("0001_initial",), ("0002_lifecycle",), ("0003_scheduler",)]
+    assert names == [
+        ("0001_initial",),
+        ("0002_lifecycle",),
+        ("0003_scheduler",),
+        ("0004_webhooks",),
+    ]
 
 
 async def test_first_migrate_names_the_migrations_it_applied(db_path: str) -> None:
     store = SqliteStore(db_path)
     await store.open()
     try:
-        assert await store.migrate() == ["0001_initial", "0002_lifecycle", "0003_scheduler"]
+        assert await store.migrate() == [
+            "0001_initial",
+            "0002_lifecycle",
+            "0003_scheduler",
+            "0004_webhooks",
+        ]
     finally:
         await store.close()
 

@@ -3,7 +3,8 @@
 Leadership is a lease row in the store (``JobStore.try_lead``): the leader renews it every
 round, and when it dies (``kill -9``, a lost machine) another scheduler takes the role as
 soon as the lease runs out, within ``leader_lease_seconds`` plus a round. The leader runs the
-chores: the reaper, expiry, periodic jobs and retention. Every chore is a guarded statement
+chores: the reaper, expiry, periodic jobs, retention and webhooks (their sends are leased,
+so they are never made twice either). Every chore is a guarded statement
 or an idempotent enqueue, so even two processes that both believe they lead (a paused
 leader waking after its lease ran out) never do a piece of work twice.
 
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from async_jobs.core.maintenance import PeriodicRunner, Retention, expire_jobs
 from async_jobs.core.reaper import Reaper
+from async_jobs.core.webhooks import WebhookSender
 from async_jobs.domain.errors import AsyncJobsError, StoreError
 from async_jobs.domain.scheduling import RetentionPolicy
 from async_jobs.ports import JobStore
@@ -59,6 +61,7 @@ class Scheduler:
         config: SchedulerConfig,
         periodic: PeriodicRunner | None = None,
         dispatch: Callable[[], Awaitable[int]] | None = None,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self._store = store
         self.config = config
@@ -66,6 +69,7 @@ class Scheduler:
         self._retention = Retention(store, config.retention)
         self._periodic = periodic
         self._dispatch = dispatch
+        self.webhooks = webhooks
         self._stopping = asyncio.Event()
         self._last_retention = float("-inf")
         self.leading = False
@@ -86,6 +90,8 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.config.interval_seconds)
         finally:
+            if self.webhooks is not None:
+                await self.webhooks.close()  # the sends in flight end (or run out of time)
             if self.leading:
                 with contextlib.suppress(StoreError):
                     await self._store.resign(ROLE, self.config.holder)
@@ -121,6 +127,8 @@ class Scheduler:
             chores.append(("periodic jobs", self._periodic.run_once))
         if self._dispatch is not None:
             chores.append(("dispatch", self._dispatch))
+        if self.webhooks is not None:  # starts sends; they finish in the background
+            chores.append(("webhooks", self.webhooks.run_once))
         now = time.monotonic()
         if now - self._last_retention >= self.config.retention_interval_seconds:
             self._last_retention = now

@@ -21,6 +21,7 @@ from async_jobs.domain.scheduling import (
     TenantQuota,
     parse_quotas,
 )
+from async_jobs.domain.webhooks import DEFAULT_WEBHOOK_MAX_ATTEMPTS, AllowList
 
 PREFIX = "ASYNC_JOBS_"
 DEFAULT_DSN = "sqlite:///async_jobs.db"
@@ -59,6 +60,14 @@ class Settings:
     # Periodic jobs declared in configuration: {"cron", "type", optional "name", "payload"
     # and enqueue options}, from the JSON list ASYNC_JOBS_PERIODIC_JOBS.
     periodic_jobs: tuple[Mapping[str, Any], ...] = ()
+    # Webhooks: the signing secret (global, and per tenant), the hosts, IPs and CIDRs a
+    # webhook may target although they are private, loopback, link-local, multicast or
+    # reserved, the attempts per delivery and each attempt's timeout.
+    webhook_secret: str | None = None
+    webhook_secrets: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    webhook_allowed_hosts: tuple[str, ...] = ()
+    webhook_max_attempts: int = DEFAULT_WEBHOOK_MAX_ATTEMPTS
+    webhook_timeout_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -67,6 +76,23 @@ class Settings:
             )
         if self.lease_seconds <= 0 or self.poll_interval_seconds <= 0:
             raise ConfigurationError("lease and poll interval must be positive numbers")
+        try:
+            AllowList.parse(self.webhook_allowed_hosts)
+        except ValueError as exc:
+            raise ConfigurationError(f"{PREFIX}WEBHOOK_ALLOWED_HOSTS: {exc}") from exc
+        if not all(isinstance(v, str) and v for v in self.webhook_secrets.values()):
+            raise ConfigurationError(
+                f"{PREFIX}WEBHOOK_SECRETS must map tenants to non-empty secret strings"
+            )
+        if self.webhook_max_attempts < 1 or not self.webhook_timeout_seconds > 0:
+            raise ConfigurationError("webhook attempts and timeout must be positive numbers")
+
+    def webhook_allow_list(self) -> AllowList:
+        return AllowList.parse(self.webhook_allowed_hosts)
+
+    def webhook_secret_for(self, tenant_id: str) -> str | None:
+        """The tenant's own secret, else the global one; None: webhooks go unsigned."""
+        return self.webhook_secrets.get(tenant_id) or self.webhook_secret
 
     def limits(self) -> Limits:
         """Per-use-case concurrency and tenant quotas, as claims and enqueues take them."""
@@ -130,6 +156,16 @@ class Settings:
                 f"{PREFIX}LEADER_LEASE_SECONDS", env.get(f"{PREFIX}LEADER_LEASE_SECONDS", "5")
             ),
             periodic_jobs=_periodic_jobs(env, f"{PREFIX}PERIODIC_JOBS"),
+            webhook_secret=env.get(f"{PREFIX}WEBHOOK_SECRET") or None,
+            webhook_secrets=_json_object(env, f"{PREFIX}WEBHOOK_SECRETS"),
+            webhook_allowed_hosts=split_modules(env.get(f"{PREFIX}WEBHOOK_ALLOWED_HOSTS", "")),
+            webhook_max_attempts=_positive_int(
+                f"{PREFIX}WEBHOOK_MAX_ATTEMPTS", env.get(f"{PREFIX}WEBHOOK_MAX_ATTEMPTS", "8")
+            ),
+            webhook_timeout_seconds=_non_negative_float(
+                f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS",
+                env.get(f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS", "10"),
+            ),
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any, NewType
 
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Limits
+from async_jobs.domain.webhooks import WebhookState
 
 JobId = NewType("JobId", uuid.UUID)
 LeaseToken = NewType("LeaseToken", uuid.UUID)
@@ -188,6 +189,9 @@ class Job:
     history: list[AttemptRecord] = dataclasses.field(default_factory=list)
     backoff: Backoff | None = None
     expires_at: datetime | None = None
+    # Its webhook deliveries: read by ``JobApp.get_job`` only (None in lists, and for a job
+    # without a webhook_url).
+    webhook: WebhookState | None = None
 
     @property
     def deadline_missed(self) -> bool:
@@ -231,6 +235,7 @@ class Job:
             "updated_at": _iso(self.updated_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            "webhook": None if self.webhook is None else self.webhook.to_json(),
         }
 
     @classmethod
@@ -239,6 +244,7 @@ class Job:
         ``deadline_missed`` recomputed rather than read, the lease token (never shown) None."""
         progress = data.get("progress")
         backoff = data.get("backoff")
+        webhook = data.get("webhook")
         return cls(
             id=JobId(uuid.UUID(str(data["id"]))),
             tenant_id=str(data["tenant_id"]),
@@ -272,6 +278,7 @@ class Job:
             history=[_attempt_from_json(entry) for entry in data.get("history") or ()],
             backoff=None if backoff is None else Backoff.from_json(backoff),
             expires_at=_parse_optional_time(data.get("expires_at")),
+            webhook=None if webhook is None else WebhookState.from_json(webhook),
         )
 
 

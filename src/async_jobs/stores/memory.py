@@ -39,6 +39,15 @@ from async_jobs.domain.jobs import (
 )
 from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
 from async_jobs.domain.validation import result_json
+from async_jobs.domain.webhooks import (
+    MAX_DELIVERY_LOG,
+    AttemptResult,
+    DeliveryAttempt,
+    DeliveryId,
+    DeliveryOutcome,
+    DeliveryStatus,
+    WebhookDelivery,
+)
 from async_jobs.stores.limits import (
     HOUR,
     RecentJob,
@@ -72,6 +81,7 @@ class MemoryStore:
         self._buckets: dict[tuple[str, str], tuple[float, datetime]] = {}  # (use case, tenant)
         self._leaders: dict[str, tuple[str, datetime]] = {}  # role -> (holder, expires_at)
         self._ticks: dict[str, datetime] = {}
+        self._deliveries: dict[DeliveryId, WebhookDelivery] = {}
 
     async def open(self) -> None:
         self._open = True
@@ -391,6 +401,9 @@ class MemoryStore:
             ),
             key=lambda j: j.finished_at or before,
         )[: max(limit, 0)]
+        gone = {job.id for job in old}
+        for delivery_id in [d.id for d in self._deliveries.values() if d.job_id in gone]:
+            del self._deliveries[delivery_id]
         for job in old:
             del self._jobs[job.id]
             if job.idempotency_key is not None:
@@ -436,6 +449,117 @@ class MemoryStore:
             return False
         self._ticks[name] = tick
         return True
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    async def create_webhook_deliveries(
+        self, limit: int, max_attempts: int, within_seconds: float | None = None
+    ) -> int:
+        self._check_open()
+        now = self._clock()
+        made = {(d.job_id, d.job_finished_at) for d in self._deliveries.values()}
+        due = sorted(
+            (
+                j
+                for j in self._jobs.values()
+                if j.webhook_url is not None
+                and j.status.is_terminal
+                and j.finished_at is not None
+                and (j.id, j.finished_at) not in made
+                and (
+                    within_seconds is None
+                    or j.finished_at >= now - timedelta(seconds=within_seconds)
+                )
+            ),
+            key=lambda j: j.finished_at or now,
+        )[: max(limit, 0)]
+        for job in due:
+            assert job.webhook_url is not None and job.finished_at is not None
+            delivery = WebhookDelivery(
+                id=DeliveryId(uuid.uuid4()),
+                job_id=job.id,
+                tenant_id=job.tenant_id,
+                url=job.webhook_url,
+                event=job.status.value,
+                job_finished_at=job.finished_at,
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                max_attempts=max_attempts,
+                next_attempt_at=now,
+                created_at=now,
+            )
+            self._deliveries[delivery.id] = delivery
+        return len(due)
+
+    async def lease_webhook_deliveries(
+        self, limit: int, lease_seconds: float
+    ) -> list[WebhookDelivery]:
+        self._check_open()
+        now = self._clock()
+        due = sorted(
+            (
+                d
+                for d in self._deliveries.values()
+                if d.status is DeliveryStatus.PENDING and d.next_attempt_at <= now
+            ),
+            key=lambda d: d.next_attempt_at,
+        )[: max(limit, 0)]
+        leased: list[WebhookDelivery] = []
+        for delivery in due:
+            if delivery.attempts >= delivery.max_attempts:
+                spent = dataclasses.replace(
+                    delivery, status=DeliveryStatus.FAILED, lease_token=None
+                )
+                self._deliveries[delivery.id] = spent
+                continue
+            taken = dataclasses.replace(
+                delivery,
+                attempts=delivery.attempts + 1,
+                lease_token=uuid.uuid4(),
+                next_attempt_at=now + timedelta(seconds=lease_seconds),
+            )
+            self._deliveries[delivery.id] = taken
+            leased.append(taken)
+        return leased
+
+    async def record_webhook_attempt(self, outcome: DeliveryOutcome) -> bool:
+        self._check_open()
+        delivery = self._deliveries.get(outcome.delivery_id)
+        if (
+            delivery is None
+            or delivery.status is not DeliveryStatus.PENDING
+            or delivery.attempts != outcome.attempt
+            or delivery.lease_token != outcome.lease_token
+        ):
+            return False
+        now = self._clock()
+        spent = delivery.attempts >= delivery.max_attempts
+        if outcome.result is AttemptResult.DELIVERED:
+            status = DeliveryStatus.DELIVERED
+        elif outcome.result is AttemptResult.FAILED or spent:
+            status = DeliveryStatus.FAILED
+        else:
+            status = DeliveryStatus.PENDING
+        next_at = delivery.next_attempt_at
+        if outcome.result is AttemptResult.RETRY and not spent:
+            next_at = now + timedelta(seconds=outcome.retry_delay_seconds)
+        self._deliveries[delivery.id] = dataclasses.replace(
+            delivery,
+            status=status,
+            next_attempt_at=next_at,
+            lease_token=None,
+            log=(*delivery.log, DeliveryAttempt.from_stored(outcome.record.to_stored()))[
+                -MAX_DELIVERY_LOG:
+            ],
+        )
+        return True
+
+    async def get_webhook_deliveries(self, job_id: JobId) -> list[WebhookDelivery]:
+        self._check_open()
+        return sorted(
+            (d for d in self._deliveries.values() if d.job_id == job_id),
+            key=lambda d: (d.job_finished_at, d.created_at),
+        )
 
     async def stats(self, tenant_id: str | None = None) -> Stats:
         self._check_open()

@@ -407,3 +407,72 @@ SELECT count(*) FILTER (WHERE deadline_at < now()) AS overdue,
            AS oldest_due_seconds
 FROM async_jobs
 WHERE status = 'pending' AND ($1::text IS NULL OR tenant_id = $1);
+
+-- name: create_webhook_deliveries
+-- The outbox sweep: a delivery for every ended job with a webhook_url that has none for its
+-- latest ending (a job retried by hand and ended again has a new finished_at). Walks
+-- async_jobs_webhook_outbox, only as far back as $3 seconds when given (NULL: all of it);
+-- the unique (job_id, job_finished_at) makes two sweeps at once harmless.
+INSERT INTO async_jobs_webhook_deliveries AS d
+    (id, job_id, job_finished_at, tenant_id, url, event, max_attempts, next_attempt_at)
+SELECT gen_random_uuid(), j.id, j.finished_at, j.tenant_id, j.webhook_url, j.status::text,
+       $2, now()
+FROM async_jobs j
+WHERE j.webhook_url IS NOT NULL
+  AND j.status IN ('succeeded', 'failed', 'cancelled')
+  AND j.finished_at IS NOT NULL
+  AND ($3::float8 IS NULL OR j.finished_at >= now() - make_interval(secs => $3::float8))
+  AND NOT EXISTS (SELECT 1 FROM async_jobs_webhook_deliveries x
+                  WHERE x.job_id = j.id AND x.job_finished_at = j.finished_at)
+ORDER BY j.finished_at
+LIMIT $1
+ON CONFLICT (job_id, job_finished_at) DO NOTHING
+RETURNING d.id;
+
+-- name: lease_webhook_deliveries
+-- Up to $1 due deliveries: each gets attempts + 1, a fresh lease token, and its
+-- next_attempt_at pushed $2 seconds on (so no other sender takes it while this one sends;
+-- a sender that dies gives it back when that time comes). One whose attempts are spent (its
+-- last sender died) ends failed instead and is not handed out. SKIP LOCKED lets several
+-- senders share the work; the guard is checked again after the lock.
+UPDATE async_jobs_webhook_deliveries AS d
+SET attempts = CASE WHEN d.attempts >= d.max_attempts THEN d.attempts ELSE d.attempts + 1 END,
+    status = CASE WHEN d.attempts >= d.max_attempts THEN 'failed' ELSE 'pending' END,
+    lease_token = CASE WHEN d.attempts >= d.max_attempts THEN NULL ELSE gen_random_uuid() END,
+    next_attempt_at = now() + make_interval(secs => $2::float8),
+    updated_at = now()
+WHERE d.id = ANY(ARRAY(
+        SELECT id FROM async_jobs_webhook_deliveries
+        WHERE status = 'pending' AND next_attempt_at <= now()
+        ORDER BY next_attempt_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED))
+  AND d.status = 'pending'
+  AND d.next_attempt_at <= now()
+RETURNING d.*;
+
+-- name: record_webhook_attempt
+-- Fenced: only the attempt ($2) under the lease token ($3) that leased it may record it.
+-- $4 is delivered, retry or failed; a retry with no attempt left fails. The latest 50
+-- attempts are kept.
+UPDATE async_jobs_webhook_deliveries AS d
+SET status = CASE WHEN $4::text = 'delivered' THEN 'delivered'
+                  WHEN $4::text = 'failed' OR d.attempts >= d.max_attempts THEN 'failed'
+                  ELSE 'pending' END,
+    next_attempt_at = CASE WHEN $4::text = 'retry' AND d.attempts < d.max_attempts
+                           THEN now() + make_interval(secs => $6::float8)
+                           ELSE d.next_attempt_at END,
+    lease_token = NULL,
+    attempt_log = (CASE WHEN jsonb_array_length(d.attempt_log) >= 50 THEN d.attempt_log - 0
+                        ELSE d.attempt_log END) || jsonb_build_array($5::jsonb),
+    updated_at = now()
+WHERE d.id = $1
+  AND d.attempts = $2
+  AND d.lease_token = $3
+  AND d.status = 'pending'
+RETURNING d.id;
+
+-- name: get_webhook_deliveries
+SELECT * FROM async_jobs_webhook_deliveries
+WHERE job_id = $1
+ORDER BY job_finished_at, created_at;

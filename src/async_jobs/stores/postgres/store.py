@@ -46,6 +46,13 @@ from async_jobs.domain.jobs import (
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Stats, StatsCount, UseCaseState
 from async_jobs.domain.validation import json_dumps, result_json
+from async_jobs.domain.webhooks import (
+    DeliveryAttempt,
+    DeliveryId,
+    DeliveryOutcome,
+    DeliveryStatus,
+    WebhookDelivery,
+)
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 
 log = logging.getLogger(__name__)
@@ -357,6 +364,47 @@ class PostgresStore:
         async with self._connection() as conn:
             row = await conn.fetchrow(QUERIES["advance_periodic"], name, tick)
         return row is not None
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    async def create_webhook_deliveries(
+        self, limit: int, max_attempts: int, within_seconds: float | None = None
+    ) -> int:
+        if limit <= 0:
+            return 0
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["create_webhook_deliveries"], limit, max_attempts, within_seconds
+            )
+        return len(rows)
+
+    async def lease_webhook_deliveries(
+        self, limit: int, lease_seconds: float
+    ) -> list[WebhookDelivery]:
+        if limit <= 0:
+            return []
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["lease_webhook_deliveries"], limit, lease_seconds)
+        leased = [delivery_from_record(r) for r in rows]
+        return [d for d in leased if d.status is DeliveryStatus.PENDING]
+
+    async def record_webhook_attempt(self, outcome: DeliveryOutcome) -> bool:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                QUERIES["record_webhook_attempt"],
+                outcome.delivery_id,
+                outcome.attempt,
+                outcome.lease_token,
+                outcome.result.value,
+                outcome.record.to_stored(),
+                outcome.retry_delay_seconds,
+            )
+        return row is not None
+
+    async def get_webhook_deliveries(self, job_id: JobId) -> list[WebhookDelivery]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["get_webhook_deliveries"], job_id)
+        return [delivery_from_record(r) for r in rows]
 
     async def stats(self, tenant_id: str | None = None) -> Stats:
         async with self._connection() as conn:
@@ -679,6 +727,24 @@ def job_from_record(r: asyncpg.Record, text_json: bool = False) -> Job:
         history=[AttemptRecord.from_stored(h) for h in history] if history else [],
         backoff=None if backoff is None else Backoff.from_json(backoff),
         expires_at=r["expires_at"],
+    )
+
+
+def delivery_from_record(r: asyncpg.Record) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=DeliveryId(r["id"]),
+        job_id=r["job_id"],
+        tenant_id=r["tenant_id"],
+        url=r["url"],
+        event=r["event"],
+        job_finished_at=r["job_finished_at"],
+        status=DeliveryStatus(r["status"]),
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        next_attempt_at=r["next_attempt_at"],
+        created_at=r["created_at"],
+        lease_token=r["lease_token"],
+        log=tuple(DeliveryAttempt.from_stored(a) for a in r["attempt_log"]),
     )
 
 

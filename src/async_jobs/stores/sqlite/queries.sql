@@ -605,3 +605,79 @@ SELECT count(*) FILTER (WHERE deadline_at < :now) AS overdue,
        min(run_at) FILTER (WHERE run_at <= :now) AS oldest_due_run_at
 FROM async_jobs
 WHERE status = 'pending' AND (:tenant_id IS NULL OR tenant_id = :tenant_id);
+
+-- name: create_webhook_deliveries
+-- The outbox sweep (see the PostgreSQL query of the same name): a delivery for every ended
+-- job with a webhook_url that has none for its latest ending, on async_jobs_webhook_outbox,
+-- only as far back as :within_seconds when given. Ids are random (version 4) UUID text.
+INSERT INTO async_jobs_webhook_deliveries
+    (id, job_id, job_finished_at, tenant_id, url, event, max_attempts, next_attempt_at,
+     created_at, updated_at)
+SELECT lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4'
+             || substr(hex(randomblob(2)), 2) || '-'
+             || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(hex(randomblob(2)), 2)
+             || '-' || hex(randomblob(6))),
+       j.id, j.finished_at, j.tenant_id, j.webhook_url, j.status, :max_attempts,
+       c.now, c.now, c.now
+FROM async_jobs AS j,
+     (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE j.webhook_url IS NOT NULL
+  AND j.status IN ('succeeded', 'failed', 'cancelled')
+  AND j.finished_at IS NOT NULL
+  AND (:within_seconds IS NULL OR j.finished_at >= c.now - :within_seconds)
+  AND NOT EXISTS (SELECT 1 FROM async_jobs_webhook_deliveries AS x
+                  WHERE x.job_id = j.id AND x.job_finished_at = j.finished_at)
+ORDER BY j.finished_at
+LIMIT :limit
+ON CONFLICT (job_id, job_finished_at) DO NOTHING
+RETURNING id;
+
+-- name: lease_webhook_deliveries
+-- Up to :limit due deliveries, each leased for its next attempt (see the PostgreSQL query);
+-- the write transaction (BEGIN IMMEDIATE) keeps every other leaser out meanwhile.
+UPDATE async_jobs_webhook_deliveries AS d
+SET attempts = CASE WHEN d.attempts >= d.max_attempts THEN d.attempts ELSE d.attempts + 1 END,
+    status = CASE WHEN d.attempts >= d.max_attempts THEN 'failed' ELSE 'pending' END,
+    lease_token = CASE WHEN d.attempts >= d.max_attempts THEN NULL
+        ELSE lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4'
+                   || substr(hex(randomblob(2)), 2) || '-'
+                   || substr('89ab', 1 + (abs(random()) % 4), 1)
+                   || substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6))) END,
+    next_attempt_at = c.now + :lease_seconds,
+    updated_at = c.now
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE d.id IN (
+        SELECT id FROM async_jobs_webhook_deliveries
+        WHERE status = 'pending'
+          AND next_attempt_at <= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
+        ORDER BY next_attempt_at
+        LIMIT :limit)
+  AND d.status = 'pending'
+  AND d.next_attempt_at <= c.now
+RETURNING *;
+
+-- name: record_webhook_attempt
+-- Fenced by the attempt number and lease token (see the PostgreSQL query).
+UPDATE async_jobs_webhook_deliveries AS d
+SET status = CASE WHEN :result = 'delivered' THEN 'delivered'
+                  WHEN :result = 'failed' OR d.attempts >= d.max_attempts THEN 'failed'
+                  ELSE 'pending' END,
+    next_attempt_at = CASE WHEN :result = 'retry' AND d.attempts < d.max_attempts
+                           THEN c.now + :delay ELSE d.next_attempt_at END,
+    lease_token = NULL,
+    attempt_log = json_insert(
+        CASE WHEN json_array_length(d.attempt_log) >= 50 THEN json_remove(d.attempt_log, '$[0]')
+             ELSE d.attempt_log END,
+        '$[#]', json(:record)),
+    updated_at = c.now
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE d.id = :id
+  AND d.attempts = :attempt
+  AND d.lease_token = :lease_token
+  AND d.status = 'pending'
+RETURNING id;
+
+-- name: get_webhook_deliveries
+SELECT * FROM async_jobs_webhook_deliveries
+WHERE job_id = :job_id
+ORDER BY job_finished_at, created_at;

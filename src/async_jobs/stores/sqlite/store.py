@@ -58,6 +58,13 @@ from async_jobs.domain.jobs import (
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
 from async_jobs.domain.validation import json_dumps, result_json
+from async_jobs.domain.webhooks import (
+    DeliveryAttempt,
+    DeliveryId,
+    DeliveryOutcome,
+    DeliveryStatus,
+    WebhookDelivery,
+)
 from async_jobs.stores.limits import (
     HOUR,
     ClaimBudget,
@@ -339,6 +346,44 @@ class SqliteStore:
         params = {"name": name, "tick": _epoch(tick)}
         rows = await self._run(lambda c: _fetch(c, "advance_periodic", params), write=True)
         return bool(rows)
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    async def create_webhook_deliveries(
+        self, limit: int, max_attempts: int, within_seconds: float | None = None
+    ) -> int:
+        if limit <= 0:
+            return 0
+        params = {"limit": limit, "max_attempts": max_attempts, "within_seconds": within_seconds}
+        rows = await self._run(lambda c: _fetch(c, "create_webhook_deliveries", params), write=True)
+        return len(rows)
+
+    async def lease_webhook_deliveries(
+        self, limit: int, lease_seconds: float
+    ) -> list[WebhookDelivery]:
+        if limit <= 0:
+            return []
+        params = {"limit": limit, "lease_seconds": lease_seconds}
+        rows = await self._run(lambda c: _fetch(c, "lease_webhook_deliveries", params), write=True)
+        leased = [_delivery_from_row(r) for r in rows]
+        return [d for d in leased if d.status is DeliveryStatus.PENDING]
+
+    async def record_webhook_attempt(self, outcome: DeliveryOutcome) -> bool:
+        params = {
+            "id": str(outcome.delivery_id),
+            "attempt": outcome.attempt,
+            "lease_token": str(outcome.lease_token),
+            "result": outcome.result.value,
+            "record": json_dumps(outcome.record.to_stored()),
+            "delay": outcome.retry_delay_seconds,
+        }
+        rows = await self._run(lambda c: _fetch(c, "record_webhook_attempt", params), write=True)
+        return bool(rows)
+
+    async def get_webhook_deliveries(self, job_id: JobId) -> list[WebhookDelivery]:
+        params = {"job_id": str(job_id)}
+        rows = await self._run(lambda c: _fetch(c, "get_webhook_deliveries", params), write=False)
+        return [_delivery_from_row(r) for r in rows]
 
     async def stats(self, tenant_id: str | None = None) -> Stats:
         return await self._run(lambda c: _stats(c, tenant_id), write=False)
@@ -806,6 +851,25 @@ def _job_from_row(r: sqlite3.Row) -> Job:
         history=[AttemptRecord.from_stored(h) for h in json.loads(r["history"])],
         backoff=None if backoff is None else Backoff.from_json(json.loads(backoff)),
         expires_at=_time_or_none(r["expires_at"]),
+    )
+
+
+def _delivery_from_row(r: sqlite3.Row) -> WebhookDelivery:
+    token = r["lease_token"]
+    return WebhookDelivery(
+        id=DeliveryId(uuid.UUID(r["id"])),
+        job_id=uuid.UUID(r["job_id"]),
+        tenant_id=r["tenant_id"],
+        url=r["url"],
+        event=r["event"],
+        job_finished_at=_time(r["job_finished_at"]),
+        status=DeliveryStatus(r["status"]),
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        next_attempt_at=_time(r["next_attempt_at"]),
+        created_at=_time(r["created_at"]),
+        lease_token=None if token is None else uuid.UUID(token),
+        log=tuple(DeliveryAttempt.from_stored(a) for a in json.loads(r["attempt_log"])),
     )
 
 
