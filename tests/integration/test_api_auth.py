@@ -139,3 +139,22 @@ def test_bad_token_configuration_is_refused() -> None:
     with pytest.raises(ConfigurationError):
         TokenAuth({"t": ""})
     assert TokenAuth.from_settings(Settings()) is None
+
+
+async def test_a_router_mounted_without_our_error_handlers_still_answers_json(
+    pg_database: str,
+) -> None:
+    jobs = JobApp(pg_database, handler_modules=["async_jobs.demo"])
+    app = FastAPI()  # no install_error_handlers
+    app.include_router(create_jobs_router(jobs), prefix="/async-jobs")
+    async with jobs:
+        await jobs.migrate()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            missing = await c.get("/async-jobs/jobs/00000000-0000-0000-0000-000000000000")
+            assert missing.status_code == 404
+            assert missing.json()["error"]["code"] == "job_not_found"
+            bad = await c.post("/async-jobs/jobs", json={"type": "echo", "priority": "urgent"})
+            assert bad.status_code == 422 and "error" in bad.json()
+            wrong = await c.post("/async-jobs/jobs", json={"payload": {}})
+            assert wrong.status_code == 422 and "error" in wrong.json()

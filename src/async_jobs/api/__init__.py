@@ -1,6 +1,8 @@
 """HTTP adapters: the jobs router that apps mount, and the standalone app."""
 
 from async_jobs.api.app import create_api
+from async_jobs.api.auth import TokenAuth
+from async_jobs.api.errors import install_error_handlers
 from async_jobs.api.router import create_jobs_router
 
-__all__ = ["create_api", "create_jobs_router"]
+__all__ = ["TokenAuth", "create_api", "create_jobs_router", "install_error_handlers"]

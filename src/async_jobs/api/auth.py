@@ -19,11 +19,18 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from async_jobs.api.errors import on_invalid_request, on_our_error
 from async_jobs.core.settings import Settings
-from async_jobs.domain.errors import AuthTokenError, ConfigurationError, ForbiddenError
+from async_jobs.domain.errors import (
+    AsyncJobsError,
+    AuthTokenError,
+    ConfigurationError,
+    ForbiddenError,
+)
 
 ADMIN = "*"
 _STATE_KEY = "async_jobs_principal"
@@ -98,23 +105,29 @@ def principal_of(request: Request) -> Principal:
 
 def route_class(auth: TokenAuth | None) -> type[APIRoute]:
     """Routes that authenticate before their handler reads the body (unless the middleware
-    has done it already); ``/health`` stays open."""
+    has done it already; ``/health`` stays open), and answer our errors as JSON themselves,
+    so that the router keeps its contract in an app that did not install our handlers."""
 
-    class AuthenticatedRoute(APIRoute):
+    class JobsRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
-            if auth is None or self.path.endswith("/health"):
-                return handler
+            checks = auth is not None and not self.path.endswith("/health")
 
-            async def authenticated(request: Request) -> Response:
-                if getattr(request.state, _STATE_KEY, None) is None:
-                    principal = auth.authenticate(request.headers.get("authorization"))
-                    setattr(request.state, _STATE_KEY, principal)
-                return await handler(request)
+            async def handle(request: Request) -> Response:
+                try:
+                    if checks and getattr(request.state, _STATE_KEY, None) is None:
+                        assert auth is not None
+                        principal = auth.authenticate(request.headers.get("authorization"))
+                        setattr(request.state, _STATE_KEY, principal)
+                    return await handler(request)
+                except AsyncJobsError as exc:
+                    return await on_our_error(request, exc)
+                except RequestValidationError as exc:
+                    return await on_invalid_request(request, exc)
 
-            return authenticated
+            return handle
 
-    return AuthenticatedRoute
+    return JobsRoute
 
 
 class TokenAuthMiddleware:

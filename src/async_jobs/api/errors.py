@@ -27,7 +27,7 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-async def _on_our_error(request: Request, exc: Exception) -> JSONResponse:
+async def on_our_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AsyncJobsError)
     headers = None
     if isinstance(exc, StoreError):
@@ -42,7 +42,7 @@ async def _on_our_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.http_status, headers=headers)
 
 
-async def _on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
+async def on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [_problem(e) for e in exc.errors()]
     if any(p["type"] == "json_invalid" for p in problems):
@@ -74,7 +74,7 @@ def _problem(error: Any) -> dict[str, str]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(AsyncJobsError, _on_our_error)
-    app.add_exception_handler(RequestValidationError, _on_invalid_request)
+    app.add_exception_handler(AsyncJobsError, on_our_error)
+    app.add_exception_handler(RequestValidationError, on_invalid_request)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
