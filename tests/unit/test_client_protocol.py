@@ -250,7 +250,7 @@ async def test_wait_asks_again_at_once_when_the_server_held_the_request() -> Non
     # answering 202 only after a while) and answers 200 once the job has ended.
     def respond(n: int, wait: float) -> tuple[int, JobState]:
         if n < 3:
-            time.sleep(min(wait, 0.3))
+            time.sleep(min(wait, 0.3))  # wait-ok: the fake server holds the request
             return 202, JobState.RUNNING
         return 200, JobState.SUCCEEDED
 
@@ -278,7 +278,7 @@ def test_retries_are_checked() -> None:
 
 def test_a_slow_server_without_wait_is_still_polled_less_and_less_often() -> None:
     def respond(n: int, wait: float) -> tuple[int, JobState]:
-        time.sleep(0.05)  # slow, but it never holds the request for the wait asked
+        time.sleep(0.05)  # wait-ok: a slow fake server that never holds the request for the wait
         return 200, JobState.SUCCEEDED if n == 6 else JobState.RUNNING
 
     server = FakeServer(respond)

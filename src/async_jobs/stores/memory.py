@@ -56,6 +56,7 @@ from async_jobs.stores.limits import (
     claim_budget,
     pending_bounds,
 )
+from async_jobs.stores.watchers import tell
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class MemoryStore:
             written.append(job.id)
             if outcome.kind is OutcomeKind.RELEASED:
                 self._wakeup.set()
-        _notify_all(self._finish_watchers, written)
+        tell(self._finish_watchers, written)
         return written
 
     async def extend_leases(
@@ -297,7 +298,7 @@ class MemoryStore:
             self._jobs[job.id] = job
         if any(job.status is JobState.PENDING for job in reaped):
             self._wakeup.set()
-        _notify_all(self._finish_watchers, [job.id for job in reaped])
+        tell(self._finish_watchers, [job.id for job in reaped])
         return reaped
 
     async def cancel_job(
@@ -323,11 +324,11 @@ class MemoryStore:
                 job, cancel_requested=True, reason=Reason.CANCELLED.value, updated_at=now
             )
             self._jobs[job.id] = job
-            _notify(self._cancel_watchers, job.id)
+            tell(self._cancel_watchers, [job.id])
         else:  # terminal, or running and already flagged: left as it stands
             changed = False
         if changed and job.status.is_terminal:
-            _notify_all(self._finish_watchers, [job.id])
+            tell(self._finish_watchers, [job.id])
         return job, changed
 
     async def retry_job(
@@ -385,7 +386,7 @@ class MemoryStore:
         ]
         for job in expired:
             self._jobs[job.id] = job
-        _notify_all(self._finish_watchers, [job.id for job in expired])
+        tell(self._finish_watchers, [job.id for job in expired])
         return expired
 
     async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
@@ -696,20 +697,6 @@ def _with_entry(
         error_message=None if error is None else error.message[:ERROR_MESSAGE_LIMIT],
     )
     return [*job.history, entry][-MAX_HISTORY:]
-
-
-def _notify_all(watchers: Sequence[Callable[[JobId], None]], job_ids: Sequence[JobId]) -> None:
-    for job_id in job_ids:
-        _notify(watchers, job_id)
-
-
-def _notify(watchers: Sequence[Callable[[JobId], None]], job_id: JobId) -> None:
-    """Tell every watcher; one that fails is logged and does not stop the others."""
-    for watcher in watchers:
-        try:
-            watcher(job_id)
-        except Exception:
-            log.exception("a cancellation watcher failed for job %s", job_id)
 
 
 def _candidate(job: Job) -> Candidate:

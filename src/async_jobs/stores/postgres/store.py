@@ -54,6 +54,7 @@ from async_jobs.domain.webhooks import (
     WebhookDelivery,
 )
 from async_jobs.stores.sqlfile import load_migrations, load_queries
+from async_jobs.stores.watchers import tell
 
 log = logging.getLogger(__name__)
 
@@ -517,18 +518,14 @@ class PostgresStore:
 
 
 def _tell(watchers: Sequence[Callable[[JobId], None]], payload: str) -> None:
-    """Call every watcher for every job id of a notification's payload (comma-separated);
-    one watcher that fails is logged and does not silence the others."""
+    """Tell the watchers of every job id of a notification's payload (comma-separated)."""
+    job_ids = []
     for part in payload.split(","):
         try:
-            job_id = JobId(uuid.UUID(part))
+            job_ids.append(JobId(uuid.UUID(part)))
         except ValueError:
             continue
-        for watcher in watchers:
-            try:
-                watcher(job_id)
-            except Exception:
-                log.exception("a watcher failed for job %s", job_id)
+    tell(watchers, job_ids)
 
 
 async def _announce_finished(conn: asyncpg.Connection, jobs: Sequence[Job]) -> None:

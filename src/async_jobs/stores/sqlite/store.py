@@ -76,6 +76,7 @@ from async_jobs.stores.limits import (
     rated_pairs,
 )
 from async_jobs.stores.sqlfile import load_migrations, load_queries
+from async_jobs.stores.watchers import tell
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ class SqliteStore:
         released = {o.job_id for o in outcomes if o.kind is OutcomeKind.RELEASED}
         if released.intersection(changed):
             self._wakeup.set()
-        _notify_all(self._finish_watchers, changed)
+        tell(self._finish_watchers, changed)
         return changed
 
     async def extend_leases(
@@ -268,7 +269,7 @@ class SqliteStore:
         jobs = [_job_from_row(r) for r in rows]
         if any(job.status is JobState.PENDING for job in jobs):
             self._wakeup.set()
-        _notify_all(self._finish_watchers, [job.id for job in jobs])
+        tell(self._finish_watchers, [job.id for job in jobs])
         return jobs
 
     async def cancel_job(
@@ -282,9 +283,9 @@ class SqliteStore:
             return None
         job = _job_from_row(row)
         if changed and job.status is JobState.RUNNING:
-            _notify(self._cancel_watchers, job.id)
+            tell(self._cancel_watchers, [job.id])
         if changed and job.status.is_terminal:
-            _notify_all(self._finish_watchers, [job.id])
+            tell(self._finish_watchers, [job.id])
         return job, changed
 
     async def retry_job(
@@ -305,7 +306,7 @@ class SqliteStore:
             return []
         rows = await self._run(lambda c: _fetch(c, "expire_jobs", {"limit": limit}), write=True)
         jobs = [_job_from_row(r) for r in rows]
-        _notify_all(self._finish_watchers, [job.id for job in jobs])
+        tell(self._finish_watchers, [job.id for job in jobs])
         return jobs
 
     async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
@@ -790,20 +791,6 @@ async def _change_or_get(
         return True, rows[0]
     rows = await _fetch(conn, "get_job", params)
     return False, next(iter(rows), None)
-
-
-def _notify_all(watchers: Sequence[Callable[[JobId], None]], job_ids: Sequence[JobId]) -> None:
-    for job_id in job_ids:
-        _notify(watchers, job_id)
-
-
-def _notify(watchers: Sequence[Callable[[JobId], None]], job_id: JobId) -> None:
-    """Tell every watcher; one that fails is logged and does not stop the others."""
-    for watcher in watchers:
-        try:
-            watcher(job_id)
-        except Exception:
-            log.exception("a cancellation watcher failed for job %s", job_id)
 
 
 def _ids_in_order(asked: Iterable[JobId], rows: Iterable[sqlite3.Row]) -> list[JobId]:
