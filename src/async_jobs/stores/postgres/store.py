@@ -290,8 +290,12 @@ class PostgresStore:
         return [r["id"] for r in rows]
 
     async def reap_expired_leases(self, limit: int) -> list[Job]:
+        return await self._batch_transition("reap_expired_leases", limit)
+
+    async def _batch_transition(self, query: str, limit: int) -> list[Job]:
+        """Run a bounded many-job transition (reaper, expiry); announce the jobs it ended."""
         async with self._connection() as conn:
-            rows = await conn.fetch(QUERIES["reap_expired_leases"], limit)
+            rows = await conn.fetch(QUERIES[query], limit)
             jobs = [job_from_record(r) for r in rows]
             await _announce_finished(conn, jobs)
         return jobs
@@ -323,11 +327,7 @@ class PostgresStore:
     # -- the scheduler's path ---------------------------------------------------------------
 
     async def expire_jobs(self, limit: int) -> list[Job]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(QUERIES["expire_jobs"], limit)
-            jobs = [job_from_record(r) for r in rows]
-            await _announce_finished(conn, jobs)
-        return jobs
+        return await self._batch_transition("expire_jobs", limit)
 
     async def delete_finished(self, status: str, older_than_seconds: float, limit: int) -> int:
         if status not in {s.value for s in JobState if s.is_terminal}:
