@@ -257,7 +257,9 @@ def _interpolate(ordered: list[float], q: float) -> float:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Candidate:
-    """A due pending job as the claim weighs it; ``rank``: its priority's place (0 first)."""
+    """A due pending job as the claim weighs it; ``rank``: its priority's place (0 first);
+    ``seq``: its place in insertion order, the last tie-break (two tenants' jobs enqueued
+    within the store clock's resolution go in the order they were enqueued)."""
 
     job_id: Any
     use_case: str
@@ -265,6 +267,7 @@ class Candidate:
     rank: int
     deadline_at: datetime
     run_at: datetime
+    seq: int = 0
 
 
 def plan_claim(
@@ -282,13 +285,13 @@ def plan_claim(
     tenant offers its first jobs in turn (turn 1 is its first job), so within a priority the
     tenants take turns; the use case keeps the first ``free`` of those, the claim the first
     ``limit`` overall."""
-    offered: dict[str, list[tuple[tuple[int, int, datetime, datetime], Candidate]]] = {}
+    offered: dict[str, list[tuple[tuple[int, int, datetime, datetime, int], Candidate]]] = {}
     for (use_case, tenant), candidates in groups.items():
         slots = min(free.get(use_case, 0), allowance.get((use_case, tenant), limit), limit)
         for turn, candidate in enumerate(candidates[: max(slots, 0)], start=1):
-            key = (candidate.rank, turn, candidate.deadline_at, candidate.run_at)
+            key = (candidate.rank, turn, candidate.deadline_at, candidate.run_at, candidate.seq)
             offered.setdefault(use_case, []).append((key, candidate))
-    kept: list[tuple[tuple[int, int, datetime, datetime], Candidate]] = []
+    kept: list[tuple[tuple[int, int, datetime, datetime, int], Candidate]] = []
     for use_case, entries in offered.items():
         entries.sort(key=lambda entry: entry[0])
         kept.extend(entries[: free.get(use_case, 0)])

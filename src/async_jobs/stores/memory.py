@@ -191,8 +191,10 @@ class MemoryStore:
         now = self._clock()
         active: dict[tuple[str, str], int] = {}
         due: dict[tuple[str, str], list[Job]] = {}
+        seq: dict[JobId, int] = {}
         for job in self._jobs.values():
             pair = (job.use_case, job.tenant_id)
+            seq[job.id] = len(seq)
             if job.status in (JobState.QUEUED, JobState.RUNNING):
                 active[pair] = active.get(pair, 0) + 1
             elif _claimable(job, request, now) and not self._paused(job.use_case):
@@ -209,7 +211,7 @@ class MemoryStore:
             take = budget.take(pair, request.limit)
             if take > 0:
                 jobs.sort(key=lambda j: (j.priority.rank, j.deadline_at, j.run_at))
-                groups[pair] = [_candidate(job) for job in jobs[:take]]
+                groups[pair] = [_candidate(job, seq[job.id]) for job in jobs[:take]]
         chosen = plan_claim(groups, budget.free, budget.allowance, request.limit)
         claimed = [self._start(self._jobs[c.job_id], request, now) for c in chosen]
         for pair, tokens in budget.spent((j.use_case, j.tenant_id) for j in claimed):
@@ -699,9 +701,9 @@ def _with_entry(
     return [*job.history, entry][-MAX_HISTORY:]
 
 
-def _candidate(job: Job) -> Candidate:
+def _candidate(job: Job, seq: int) -> Candidate:
     return Candidate(
-        job.id, job.use_case, job.tenant_id, job.priority.rank, job.deadline_at, job.run_at
+        job.id, job.use_case, job.tenant_id, job.priority.rank, job.deadline_at, job.run_at, seq
     )
 
 

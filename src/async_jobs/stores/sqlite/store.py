@@ -706,6 +706,7 @@ async def _candidates(
             rank=row["priority_rank"],
             deadline_at=_time(row["deadline_at"]),
             run_at=_time(row["run_at"]),
+            seq=row["rid"],
         )
         groups[(candidate.use_case, candidate.tenant_id)].append(candidate)
     return groups
