@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.jobs import (
     AttemptOutcome,
     ClaimRequest,
@@ -80,6 +81,24 @@ class JobStore(Protocol):
         passed) are skipped. The counting and the claim are atomic against every other
         claimer. Order: priority; within a priority, tenants take turns (round robin); within
         a tenant, earliest deadline, then earliest run_at."""
+
+    async def claim_dispatched(
+        self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
+    ) -> list[Job]:
+        """Start the jobs that broker messages named: each moves from ``queued`` to
+        ``running`` (attempts + 1, a fresh lease token, leased to ``worker_id``) only while it
+        is still queued under the ticket's dispatch id, the ticket's attempt is its next one,
+        and it has not expired. Any other ticket (a duplicate, a late or forged message, a
+        job cancelled meanwhile) changes nothing and is missing from the answer."""
+
+    async def requeue_dispatched(
+        self, limit: int, tickets: Sequence[DispatchTicket] = ()
+    ) -> list[JobId]:
+        """Dispatches that came to nothing go back to ``pending``, to be dispatched again
+        (no attempt is counted): with ``tickets``, those jobs (a send that failed), if still
+        queued under those dispatches; without, up to ``limit`` jobs whose dispatch lapsed
+        by the store's clock. Guarded: a job a worker claimed meanwhile is never touched.
+        Returns the ids that went back."""
 
     async def record_outcomes(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         """Write the end of many attempts at once. Only jobs still running under the
@@ -220,3 +239,16 @@ class Transport(Protocol):
 
     async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         """Record outcomes in the store, then tell the broker (if any) they are done."""
+
+    def forget(self, job_id: JobId) -> None:
+        """This worker no longer holds the job (its lease was lost to another): whatever
+        the broker still holds for it is done with."""
+
+
+class Dispatcher(Protocol):
+    """Hands due jobs to a broker (run by the leading scheduler only)."""
+
+    async def run_once(self) -> int:
+        """Dispatch into every free slot now; returns how many jobs were sent."""
+
+    async def close(self) -> None: ...

@@ -63,6 +63,7 @@ async def test_migrate_twice_is_a_no_op(store: SqliteStore, db_path: str) -> Non
         ("0002_lifecycle",),
         ("0003_scheduler",),
         ("0004_webhooks",),
+        ("0005_dispatch",),
     ]
 
 
@@ -75,6 +76,7 @@ async def test_first_migrate_names_the_migrations_it_applied(db_path: str) -> No
             "0002_lifecycle",
             "0003_scheduler",
             "0004_webhooks",
+            "0005_dispatch",
         ]
     finally:
         await store.close()

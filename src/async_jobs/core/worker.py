@@ -409,6 +409,7 @@ class Worker:
         if not self._stop(job_id, "it lost its lease"):
             self._unready(job_id)
         self._held.pop(job_id, None)
+        self._transport.forget(job_id)
 
     def _cancel(self, job_id: JobId) -> None:
         """Cancellation of a job this worker holds was asked: stop it; it ends cancelled."""

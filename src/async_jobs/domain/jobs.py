@@ -189,6 +189,10 @@ class Job:
     history: list[AttemptRecord] = dataclasses.field(default_factory=list)
     backoff: Backoff | None = None
     expires_at: datetime | None = None
+    # While queued (handed to a broker): the dispatch's id, which its message carries, and
+    # when the dispatch lapses unless a worker has claimed the job by then.
+    dispatch_id: uuid.UUID | None = None
+    dispatch_expires_at: datetime | None = None
     # Its webhook deliveries: read by ``JobApp.get_job`` only (None in lists, and for a job
     # without a webhook_url).
     webhook: WebhookState | None = None
@@ -410,7 +414,12 @@ class JobPage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """Ask the store for up to ``limit`` due jobs, leased to ``worker_id`` for a while."""
+    """Ask the store for up to ``limit`` due jobs, leased to ``worker_id`` for a while.
+
+    With ``dispatch``, the chosen jobs become ``queued`` instead (for a broker transport to
+    carry to a worker): each gets a fresh dispatch id, and the dispatch lapses
+    ``lease_seconds`` from now unless a worker claims the job first (``worker_id`` is then
+    not written). Every limit applies alike: queued jobs hold their slots."""
 
     worker_id: str
     limit: int
@@ -419,6 +428,7 @@ class ClaimRequest:
     types: tuple[str, ...] = ()  # empty: every type the store holds
     # Per-use-case concurrency and tenant quotas; the claim takes only what they allow.
     limits: Limits = dataclasses.field(default_factory=Limits)
+    dispatch: bool = False
 
 
 def new_job_id() -> JobId:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import ConfigurationError, InvalidJobError, StoreError
 from async_jobs.domain.jobs import (
     MAX_HISTORY,
@@ -219,20 +220,72 @@ class MemoryStore:
         return claimed
 
     def _start(self, job: Job, request: ClaimRequest, now: datetime) -> Job:
-        running = dataclasses.replace(
-            job,
-            status=JobState.RUNNING,
-            attempts=job.attempts + 1,
-            lease_token=LeaseToken(uuid.uuid4()),
-            lease_expires_at=now + timedelta(seconds=request.lease_seconds),
-            worker_id=request.worker_id,
-            started_at=now,
-            finished_at=None,
-            progress=None,
-            updated_at=now,
-        )
-        self._jobs[job.id] = running
-        return running
+        if request.dispatch:
+            started = dataclasses.replace(
+                job,
+                status=JobState.QUEUED,
+                progress=None,
+                dispatch_id=uuid.uuid4(),
+                dispatch_expires_at=now + timedelta(seconds=request.lease_seconds),
+                updated_at=now,
+            )
+        else:
+            started = _running(job, request.worker_id, request.lease_seconds, now)
+        self._jobs[job.id] = started
+        return started
+
+    async def claim_dispatched(
+        self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
+    ) -> list[Job]:
+        self._check_open()
+        now = self._clock()
+        claimed: list[Job] = []
+        for ticket in tickets:
+            job = self._jobs.get(ticket.job_id)
+            if (
+                job is not None
+                and job.status is JobState.QUEUED
+                and job.dispatch_id == ticket.dispatch_id
+                and job.attempts + 1 == ticket.attempt
+                and (job.expires_at is None or job.expires_at > now)
+            ):
+                self._jobs[job.id] = _running(job, worker_id, lease_seconds, now)
+                claimed.append(self._jobs[job.id])
+        claimed.sort(key=lambda j: (j.priority.rank, j.deadline_at, j.run_at))
+        return claimed
+
+    async def requeue_dispatched(
+        self, limit: int, tickets: Sequence[DispatchTicket] = ()
+    ) -> list[JobId]:
+        self._check_open()
+        now = self._clock()
+        if tickets:
+            named = {t.job_id: t.dispatch_id for t in tickets}
+            chosen = [
+                j
+                for j in self._jobs.values()
+                if j.status is JobState.QUEUED and named.get(j.id, 0) == j.dispatch_id
+            ]
+        else:
+            lapsed = (
+                j
+                for j in self._jobs.values()
+                if j.status is JobState.QUEUED
+                and j.dispatch_expires_at is not None
+                and j.dispatch_expires_at < now
+            )
+            chosen = sorted(lapsed, key=lambda j: j.dispatch_expires_at or now)[: max(limit, 0)]
+        for job in chosen:
+            self._jobs[job.id] = dataclasses.replace(
+                job,
+                status=JobState.PENDING,
+                dispatch_id=None,
+                dispatch_expires_at=None,
+                updated_at=now,
+            )
+        if chosen:
+            self._wakeup.set()
+        return [job.id for job in chosen]
 
     def _paused(self, use_case: str) -> bool:
         state = self._use_cases.get(use_case)
@@ -714,6 +767,24 @@ def _recent(job: Job) -> RecentJob:
         job.deadline_at.timestamp(),
         None if job.started_at is None else job.started_at.timestamp(),
         None if job.finished_at is None else job.finished_at.timestamp(),
+    )
+
+
+def _running(job: Job, worker_id: str, lease_seconds: float, now: datetime) -> Job:
+    """The job started by a claim: a new attempt under a fresh lease."""
+    return dataclasses.replace(
+        job,
+        status=JobState.RUNNING,
+        attempts=job.attempts + 1,
+        lease_token=LeaseToken(uuid.uuid4()),
+        lease_expires_at=now + timedelta(seconds=lease_seconds),
+        worker_id=worker_id,
+        started_at=now,
+        finished_at=None,
+        progress=None,
+        dispatch_id=None,
+        dispatch_expires_at=None,
+        updated_at=now,
     )
 
 

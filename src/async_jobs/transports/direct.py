@@ -62,3 +62,6 @@ class DirectTransport:
 
     async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         return await self._store.record_outcomes(outcomes)
+
+    def forget(self, job_id: JobId) -> None:
+        return None

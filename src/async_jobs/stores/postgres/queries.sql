@@ -98,10 +98,59 @@ ORDER BY created_at DESC, id DESC
 LIMIT $9;
 
 -- name: claim_jobs
--- Due pending jobs within every limit, in priority, tenant-turn, deadline order; the
--- statement is the function async_jobs_claim (migration 0003), which pins its plan.
+-- Due pending jobs within every limit, in priority, tenant-turn, deadline order, started
+-- (or, $13, dispatched); the statement is the function async_jobs_claim (migrations 0003
+-- and 0005), which pins its plan.
 SELECT * FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5, $6, $7::text[], $8::int[],
-                               $9::text[], $10::text[], $11::int[], $12::float8[]);
+                               $9::text[], $10::text[], $11::int[], $12::float8[], $13);
+
+-- name: claim_dispatched
+-- A worker starts the jobs its broker messages name ($1 ids, $2 attempts, $3 dispatch ids):
+-- only a job still queued under that dispatch, for that attempt, and not expired.
+UPDATE async_jobs AS j
+SET status = 'running',
+    attempts = j.attempts + 1,
+    lease_token = gen_random_uuid(),
+    lease_expires_at = now() + make_interval(secs => $5),
+    worker_id = $4,
+    started_at = now(),
+    finished_at = NULL,
+    progress_percent = NULL,
+    progress_message = NULL,
+    dispatch_id = NULL,
+    dispatch_expires_at = NULL,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS t(id, attempt, dispatch_id)
+WHERE j.id = t.id
+  AND j.status = 'queued'
+  AND j.dispatch_id = t.dispatch_id
+  AND j.attempts + 1 = t.attempt
+  AND (j.expires_at IS NULL OR j.expires_at > now())
+RETURNING j.*;
+
+-- name: requeue_lapsed_dispatches
+-- Dispatches nobody claimed by their deadline go back to pending (no attempt counted),
+-- oldest first, at most $1.
+UPDATE async_jobs AS j
+SET status = 'pending', dispatch_id = NULL, dispatch_expires_at = NULL, updated_at = now()
+WHERE j.id = ANY(ARRAY(
+        SELECT id FROM async_jobs
+        WHERE status = 'queued' AND dispatch_expires_at < now()
+        ORDER BY dispatch_expires_at
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED))
+  AND j.status = 'queued'
+  AND j.dispatch_expires_at < now()
+RETURNING j.id;
+
+-- name: requeue_dispatches
+-- Named dispatches ($1 ids, $2 dispatch ids: sends that failed) go back to pending, if the
+-- jobs are still queued under them.
+UPDATE async_jobs AS j
+SET status = 'pending', dispatch_id = NULL, dispatch_expires_at = NULL, updated_at = now()
+FROM unnest($1::uuid[], $2::uuid[]) AS t(id, dispatch_id)
+WHERE j.id = t.id AND j.status = 'queued' AND j.dispatch_id = t.dispatch_id
+RETURNING j.id;
 
 -- name: lock_pending_quota
 -- Enqueues into one tenant's use case with a max_pending take turns until commit.

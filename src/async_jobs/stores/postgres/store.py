@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import (
     AsyncJobsError,
     ConfigurationError,
@@ -242,10 +243,43 @@ class PostgresStore:
                 [q[1] for q in quotas],
                 [q[2] for q in quotas],
                 [q[3] for q in quotas],
+                request.dispatch,
             )
         jobs = [job_from_record(r) for r in rows]
         jobs.sort(key=_dispatch_order)
         return jobs
+
+    async def claim_dispatched(
+        self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
+    ) -> list[Job]:
+        if not tickets:
+            return []
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["claim_dispatched"],
+                [t.job_id for t in tickets],
+                [t.attempt for t in tickets],
+                [t.dispatch_id for t in tickets],
+                worker_id,
+                lease_seconds,
+            )
+        jobs = [job_from_record(r) for r in rows]
+        jobs.sort(key=_dispatch_order)
+        return jobs
+
+    async def requeue_dispatched(
+        self, limit: int, tickets: Sequence[DispatchTicket] = ()
+    ) -> list[JobId]:
+        async with self._connection() as conn:
+            if tickets:
+                rows = await conn.fetch(
+                    QUERIES["requeue_dispatches"],
+                    [t.job_id for t in tickets],
+                    [t.dispatch_id for t in tickets],
+                )
+            else:
+                rows = await conn.fetch(QUERIES["requeue_lapsed_dispatches"], limit)
+        return [JobId(r["id"]) for r in rows]
 
     async def record_outcomes(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         if not outcomes:
@@ -724,6 +758,8 @@ def job_from_record(r: asyncpg.Record, text_json: bool = False) -> Job:
         history=[AttemptRecord.from_stored(h) for h in history] if history else [],
         backoff=None if backoff is None else Backoff.from_json(backoff),
         expires_at=r["expires_at"],
+        dispatch_id=r.get("dispatch_id") and _uuid(r["dispatch_id"]),
+        dispatch_expires_at=r.get("dispatch_expires_at"),
     )
 
 

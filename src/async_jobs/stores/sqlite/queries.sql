@@ -240,26 +240,93 @@ ORDER BY j.use_case, j.tenant_id, w.turn;
 -- name: claim_jobs
 -- Step 5: the jobs domain.scheduling.plan_claim chose (:rowids, a JSON array: rowids, as
 -- step 4 found them, save a lookup of each id) start, if still pending (the same
--- transaction: they are). The lease token is a random version-4 UUID made per row.
+-- transaction: they are); with :dispatch they become queued instead, with a dispatch id
+-- and its deadline, attempts unchanged. Lease tokens and dispatch ids are random
+-- version-4 UUIDs made per row.
 UPDATE async_jobs
+SET status = CASE WHEN :dispatch THEN 'queued' ELSE 'running' END,
+    attempts = attempts + CASE WHEN :dispatch THEN 0 ELSE 1 END,
+    lease_token = CASE WHEN :dispatch THEN NULL ELSE lower(
+        hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4'
+        || substr(hex(randomblob(2)), 2) || '-'
+        || substr('89ab', 1 + (random() & 3), 1) || substr(hex(randomblob(2)), 2) || '-'
+        || hex(randomblob(6))
+    ) END,
+    lease_expires_at = CASE WHEN :dispatch THEN NULL ELSE :now + :lease_seconds END,
+    worker_id = CASE WHEN :dispatch THEN NULL ELSE :worker_id END,
+    started_at = CASE WHEN :dispatch THEN started_at ELSE :now END,
+    finished_at = CASE WHEN :dispatch THEN finished_at END,
+    progress_percent = NULL,
+    progress_message = NULL,
+    dispatch_id = CASE WHEN :dispatch THEN lower(
+        hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4'
+        || substr(hex(randomblob(2)), 2) || '-'
+        || substr('89ab', 1 + (random() & 3), 1) || substr(hex(randomblob(2)), 2) || '-'
+        || hex(randomblob(6))
+    ) END,
+    dispatch_expires_at = CASE WHEN :dispatch THEN :now + :lease_seconds END,
+    updated_at = :now
+WHERE rowid IN (SELECT value FROM json_each(:rowids))
+  AND status = 'pending'
+RETURNING *;
+
+-- name: claim_dispatched
+-- A worker starts the jobs its broker messages name (:tickets, a JSON array of [id,
+-- attempt, dispatch id]): only a job still queued under that dispatch, for that attempt,
+-- and not expired.
+UPDATE async_jobs AS j
 SET status = 'running',
-    attempts = attempts + 1,
+    attempts = j.attempts + 1,
     lease_token = lower(
         hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4'
         || substr(hex(randomblob(2)), 2) || '-'
         || substr('89ab', 1 + (random() & 3), 1) || substr(hex(randomblob(2)), 2) || '-'
         || hex(randomblob(6))
     ),
-    lease_expires_at = :now + :lease_seconds,
+    lease_expires_at = c.now + :lease_seconds,
     worker_id = :worker_id,
-    started_at = :now,
+    started_at = c.now,
     finished_at = NULL,
     progress_percent = NULL,
     progress_message = NULL,
-    updated_at = :now
-WHERE rowid IN (SELECT value FROM json_each(:rowids))
-  AND status = 'pending'
+    dispatch_id = NULL,
+    dispatch_expires_at = NULL,
+    updated_at = c.now
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c,
+     (SELECT t.value ->> 0 AS id, t.value ->> 1 AS attempt, t.value ->> 2 AS dispatch_id
+      FROM json_each(:tickets) AS t) AS t
+WHERE j.id = t.id
+  AND j.status = 'queued'
+  AND j.dispatch_id = t.dispatch_id
+  AND j.attempts + 1 = t.attempt
+  AND (j.expires_at IS NULL OR j.expires_at > c.now)
 RETURNING *;
+
+-- name: requeue_lapsed_dispatches
+-- Dispatches nobody claimed by their deadline go back to pending (no attempt counted),
+-- oldest first, at most :limit.
+UPDATE async_jobs AS j
+SET status = 'pending', dispatch_id = NULL, dispatch_expires_at = NULL, updated_at = c.now
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE j.id IN (
+        SELECT id FROM async_jobs
+        WHERE status = 'queued'
+          AND dispatch_expires_at < round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
+        ORDER BY dispatch_expires_at
+        LIMIT :limit)
+  AND j.status = 'queued'
+RETURNING id;
+
+-- name: requeue_dispatches
+-- Named dispatches (:tickets, a JSON array of [id, dispatch id]: sends that failed) go
+-- back to pending, if the jobs are still queued under them.
+UPDATE async_jobs AS j
+SET status = 'pending', dispatch_id = NULL, dispatch_expires_at = NULL, updated_at = c.now
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c,
+     (SELECT t.value ->> 0 AS id, t.value ->> 1 AS dispatch_id
+      FROM json_each(:tickets) AS t) AS t
+WHERE j.id = t.id AND j.status = 'queued' AND j.dispatch_id = t.dispatch_id
+RETURNING id;
 
 -- name: save_buckets
 -- Step 6: the buckets the claim drew from (:buckets, a JSON array of [tenant_id, use_case,

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import (
     AsyncJobsError,
     ConfigurationError,
@@ -222,6 +223,39 @@ class SqliteStore:
         jobs = [_job_from_row(r) for r in rows]
         jobs.sort(key=_dispatch_order)
         return jobs
+
+    async def claim_dispatched(
+        self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
+    ) -> list[Job]:
+        if not tickets:
+            return []
+        params = {
+            "tickets": json_dumps(
+                [[str(t.job_id), t.attempt, str(t.dispatch_id)] for t in tickets]
+            ),
+            "worker_id": worker_id,
+            "lease_seconds": lease_seconds,
+        }
+        rows = await self._run(lambda c: _fetch(c, "claim_dispatched", params), write=True)
+        jobs = [_job_from_row(r) for r in rows]
+        jobs.sort(key=_dispatch_order)
+        return jobs
+
+    async def requeue_dispatched(
+        self, limit: int, tickets: Sequence[DispatchTicket] = ()
+    ) -> list[JobId]:
+        params: dict[str, Any]
+        if tickets:
+            named = json_dumps([[str(t.job_id), str(t.dispatch_id)] for t in tickets])
+            query, params = "requeue_dispatches", {"tickets": named}
+        elif limit > 0:
+            query, params = "requeue_lapsed_dispatches", {"limit": limit}
+        else:
+            return []
+        rows = await self._run(lambda c: _fetch(c, query, params), write=True)
+        if rows:
+            self._wakeup.set()
+        return [JobId(uuid.UUID(r["id"])) for r in rows]
 
     async def record_outcomes(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         if not outcomes:
@@ -637,6 +671,7 @@ async def _claim(conn: aiosqlite.Connection, request: ClaimRequest) -> list[sqli
         "now": now,
         "worker_id": request.worker_id,
         "lease_seconds": request.lease_seconds,
+        "dispatch": request.dispatch,
     }
     claimed = await _fetch(conn, "claim_jobs", params)
     spent = budget.spent((r["use_case"], r["tenant_id"]) for r in claimed)
@@ -808,6 +843,7 @@ def _job_from_row(r: sqlite3.Row) -> Job:
     percent = r["progress_percent"]
     token = r["lease_token"]
     backoff = r["backoff"]
+    dispatch_id = r["dispatch_id"]
     return Job(
         id=JobId(uuid.UUID(r["id"])),
         tenant_id=r["tenant_id"],
@@ -839,6 +875,8 @@ def _job_from_row(r: sqlite3.Row) -> Job:
         history=[AttemptRecord.from_stored(h) for h in json.loads(r["history"])],
         backoff=None if backoff is None else Backoff.from_json(json.loads(backoff)),
         expires_at=_time_or_none(r["expires_at"]),
+        dispatch_id=None if dispatch_id is None else uuid.UUID(dispatch_id),
+        dispatch_expires_at=_time_or_none(r["dispatch_expires_at"]),
     )
 
 

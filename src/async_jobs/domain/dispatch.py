@@ -1,0 +1,76 @@
+"""What a broker message says: "job X, attempt N, may start now, under dispatch D".
+
+The store stays the truth. A message carries no tenant, handler or payload, only the ticket
+that lets a worker claim the job: the claim succeeds only while the job is still ``queued``
+under that very dispatch and attempt, so a duplicate, late or forged message changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from typing import Any
+
+from async_jobs.domain.jobs import Job, JobId
+
+# A ticket is a few dozen bytes; anything much larger is not one of ours.
+MAX_MESSAGE_BYTES = 1024
+MESSAGE_VERSION = 1
+
+
+class MalformedMessageError(ValueError):
+    """A message that is not a ticket (its text says why)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DispatchTicket:
+    job_id: JobId
+    attempt: int  # the attempt the worker will run: the job's attempts + 1 at dispatch
+    dispatch_id: uuid.UUID
+
+    @classmethod
+    def of(cls, job: Job) -> DispatchTicket:
+        """The ticket of a job just dispatched (``queued``, with its dispatch id)."""
+        if job.dispatch_id is None:
+            raise ValueError(f"job {job.id} has not been dispatched")
+        return cls(job.id, job.attempts + 1, job.dispatch_id)
+
+    def to_message(self) -> str:
+        return json.dumps(
+            {
+                "v": MESSAGE_VERSION,
+                "job_id": str(self.job_id),
+                "attempt": self.attempt,
+                "dispatch_id": str(self.dispatch_id),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_message(cls, body: str) -> DispatchTicket:
+        """Parse a message body; ``MalformedMessageError`` unless it is a well-formed ticket."""
+        if len(body.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES:
+            raise MalformedMessageError(f"the body is larger than {MAX_MESSAGE_BYTES} bytes")
+        try:
+            data: Any = json.loads(body)
+        except ValueError as exc:
+            raise MalformedMessageError(f"the body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise MalformedMessageError("the body is not a JSON object")
+        if data.get("v") != MESSAGE_VERSION:
+            raise MalformedMessageError(f"unknown message version {data.get('v')!r}")
+        attempt = data.get("attempt")
+        if type(attempt) is not int or attempt < 1:
+            raise MalformedMessageError("attempt must be a positive integer")
+        try:
+            job_id = uuid.UUID(data["job_id"])
+            dispatch_id = uuid.UUID(data["dispatch_id"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MalformedMessageError("job_id and dispatch_id must be UUIDs") from exc
+        return cls(JobId(job_id), attempt, dispatch_id)
+
+
+def truncated(body: str, limit: int = 200) -> str:
+    """A message body fit for a log line."""
+    return body if len(body) <= limit else f"{body[:limit]}... ({len(body)} characters)"
