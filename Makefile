@@ -14,7 +14,7 @@ help: ## list the commands
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,bench,sqs]'
 	touch $(STAMP)
 
 .PHONY: install
@@ -51,7 +51,7 @@ bench: install services ## our queue against PgQueuer on this machine (bench/REA
 .PHONY: lock
 lock: ## refresh requirements.lock from a clean resolve
 	rm -rf /tmp/async-jobs-lock && $(PYTHON) -m venv /tmp/async-jobs-lock
-	/tmp/async-jobs-lock/bin/pip install --quiet -e '.[dev,bench]'
+	/tmp/async-jobs-lock/bin/pip install --quiet -e '.[dev,bench,sqs]'
 	/tmp/async-jobs-lock/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 
 .PHONY: clean

@@ -39,6 +39,7 @@ from async_jobs.domain.errors import (
     UnknownJobTypeError,
 )
 from async_jobs.domain.jobs import (
+    DEFAULT_MAX_ATTEMPTS,
     ClaimRequest,
     Job,
     JobFilter,
@@ -55,6 +56,7 @@ from async_jobs.domain.webhooks import WebhookState, check_webhook_target
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
 from async_jobs.transports.direct import DirectTransport
+from async_jobs.transports.sqs import SqsConfig, SqsDispatcher, SqsTransport
 
 T = TypeVar("T")
 
@@ -481,12 +483,33 @@ class JobApp:
         webhooks."""
         config = config or self.scheduler_config()
         self._add_declared_periodic()
+        dispatcher = None
+        if self.settings.transport == "sqs":
+            dispatcher = SqsDispatcher(self.store, self.sqs_config(), self.limits, config.holder)
         return Scheduler(
             self.store,
             config,
             self.periodic_runner() if self.periodic_jobs else None,
             webhooks=self.webhook_sender(),
+            dispatcher=dispatcher,
         )
+
+    def sqs_config(self) -> SqsConfig:
+        """The sqs transport's configuration, from the settings."""
+        s = self.settings
+        return SqsConfig(
+            queues=dict(s.sqs_queues),
+            endpoint_url=s.sqs_endpoint_url,
+            region=s.sqs_region,
+            dispatch_timeout_seconds=s.sqs_dispatch_timeout_seconds,
+            max_connections=s.sqs_max_connections,
+            visibility_timeout_seconds=s.sqs_visibility_timeout_seconds,
+        )
+
+    def max_attempts_ceiling(self) -> int:
+        """The most attempts a job of a registered type makes by default."""
+        own = [h.max_attempts for h in self.registry if h.max_attempts is not None]
+        return max([DEFAULT_MAX_ATTEMPTS, *own])
 
     def webhook_sender(self, config: WebhookConfig | None = None) -> WebhookSender:
         """What sends this app's webhooks (the leading scheduler runs it every round);
@@ -565,6 +588,19 @@ class JobApp:
             poll_interval_seconds=self.settings.poll_interval_seconds,
             limits=self.attempt_limits(),
         )
+        if transport is None and self.settings.transport == "sqs":
+            transport = SqsTransport(
+                self.store,
+                self.sqs_config(),
+                config.worker_id,
+                config.lease_seconds,
+                config.use_cases,
+                self.max_attempts_ceiling(),
+            )
+        elif transport is None and self.settings.transport == "redis":
+            raise ConfigurationError(
+                "the redis transport is not available yet: use direct (the default) or sqs"
+            )
         if transport is None:
             claim = ClaimRequest(
                 worker_id=config.worker_id,

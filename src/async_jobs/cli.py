@@ -124,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     for action, text in (("pause", "stop starting its jobs"), ("resume", "start them again")):
         use_case_actions.add_parser(action, help=text).add_argument("name")
 
+    sqs = commands.add_parser("sqs", help="the sqs transport's queues")
+    sqs_actions = sqs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = sqs_actions.add_parser(
+        "create-queues",
+        help="create each ASYNC_JOBS_SQS_QUEUE_<USE_CASE> queue and its dead-letter queue",
+    )
+    create.add_argument(
+        "--handlers", help="modules whose handlers' max_attempts the dead-letter queues allow"
+    )
+    sqs_actions.add_parser("status", help="messages visible and in flight per queue (JSON)")
+
     bench = commands.add_parser("bench", help="measure enqueue, drain, latency and memory")
     from async_jobs import bench as bench_module
 
@@ -186,6 +197,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "stats": _stats,
         "cleanup": _cleanup,
         "use-cases": _use_cases,
+        "sqs": _sqs,
     }[args.command]
     return run_async(runner(jobs, args))
 
@@ -371,6 +383,26 @@ async def _use_cases(jobs: JobApp, args: argparse.Namespace) -> int:
         else:
             change = jobs.pause if args.action == "pause" else jobs.resume
             answer = (await change(args.name)).to_json()
+    print(json.dumps(answer, indent=2), flush=True)
+    return 0
+
+
+async def _sqs(jobs: JobApp, args: argparse.Namespace) -> int:
+    from async_jobs.transports.sqs import SqsClient, create_queues
+
+    config = jobs.sqs_config()
+    if args.action == "create-queues":
+        answer: Any = await create_queues(config, jobs.max_attempts_ceiling())
+    else:
+        client = SqsClient(config)
+        await client.open()
+        try:
+            answer = {}
+            for use_case, url in sorted(config.queues.items()):
+                visible, in_flight = await client.depth(url)
+                answer[use_case] = {"queue_url": url, "visible": visible, "in_flight": in_flight}
+        finally:
+            await client.close()
     print(json.dumps(answer, indent=2), flush=True)
     return 0
 

@@ -9,7 +9,9 @@ or an idempotent enqueue, so even two processes that both believe they lead (a p
 leader waking after its lease ran out) never do a piece of work twice.
 
 With the direct transport the claim itself enforces every limit, so there is nothing to
-dispatch; broker transports add their dispatch here.
+dispatch. A broker transport gives the scheduler a ``Dispatcher``: while leading, it runs in
+a loop of its own, again at once while it fills slots, else when jobs are enqueued or end
+(the store's wake-ups) or a round has passed.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from async_jobs.core.maintenance import PeriodicRunner, Retention, expire_jobs
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.webhooks import WebhookSender
 from async_jobs.domain.errors import AsyncJobsError, StoreError
+from async_jobs.domain.jobs import JobId
 from async_jobs.domain.scheduling import RetentionPolicy
-from async_jobs.ports import JobStore
+from async_jobs.ports import Dispatcher, JobStore
 
 log = logging.getLogger("async_jobs.scheduler")
 
@@ -60,15 +63,16 @@ class Scheduler:
         store: JobStore,
         config: SchedulerConfig,
         periodic: PeriodicRunner | None = None,
-        dispatch: Callable[[], Awaitable[int]] | None = None,
         webhooks: WebhookSender | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self._store = store
         self.config = config
         self._reaper = Reaper(store)
         self._retention = Retention(store, config.retention)
         self._periodic = periodic
-        self._dispatch = dispatch
+        self.dispatcher = dispatcher
+        self._dispatch_wanted = asyncio.Event()
         self.webhooks = webhooks
         self._stopping = asyncio.Event()
         self._last_retention = float("-inf")
@@ -84,12 +88,20 @@ class Scheduler:
         self._stopping.set()
 
     async def run(self) -> None:
+        dispatching = None
+        if self.dispatcher is not None:
+            dispatching = asyncio.create_task(self._dispatch_loop(), name="async-jobs-dispatch")
         try:
             while not self._stopping.is_set():
                 await self.run_once()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.config.interval_seconds)
         finally:
+            if dispatching is not None:
+                dispatching.cancel()
+                await asyncio.gather(dispatching, return_exceptions=True)
+            if self.dispatcher is not None:
+                await self.dispatcher.close()
             if self.webhooks is not None:
                 await self.webhooks.close()  # the sends in flight end (or run out of time)
             if self.leading:
@@ -118,6 +130,45 @@ class Scheduler:
             self.rounds_led += 1
         return leading
 
+    async def _dispatch_loop(self) -> None:
+        """While leading, dispatch; again at once after a full pass, else once jobs were
+        enqueued or ended (slots freed), or after a round."""
+        assert self.dispatcher is not None
+        await self._store.watch_finished(self._slots_freed)
+        failures = 0
+        while True:
+            sent = 0
+            if self.leading:
+                try:
+                    sent = await self.dispatcher.run_once()
+                    failures = 0
+                except AsyncJobsError as exc:
+                    failures += 1
+                    log.warning("scheduler dispatch failed: %s", exc)
+                    await asyncio.sleep(min(self.config.interval_seconds * failures, 10.0))
+                    continue
+            if sent:
+                continue
+            self._dispatch_wanted.clear()
+            await self._wake_for_dispatch()
+
+    def _slots_freed(self, _job_id: JobId) -> None:
+        self._dispatch_wanted.set()
+
+    async def _wake_for_dispatch(self) -> None:
+        inserted = asyncio.ensure_future(self._store.wait_for_jobs(self.config.interval_seconds))
+        freed = asyncio.ensure_future(self._dispatch_wanted.wait())
+        try:
+            await asyncio.wait(
+                {inserted, freed},
+                timeout=self.config.interval_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            inserted.cancel()
+            freed.cancel()
+            await asyncio.gather(inserted, freed, return_exceptions=True)
+
     async def _chores(self) -> None:
         chores: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("reaper", self._reaper.run_once),
@@ -125,8 +176,6 @@ class Scheduler:
         ]
         if self._periodic is not None:
             chores.append(("periodic jobs", self._periodic.run_once))
-        if self._dispatch is not None:
-            chores.append(("dispatch", self._dispatch))
         if self.webhooks is not None:  # starts sends; they finish in the background
             chores.append(("webhooks", self.webhooks.run_once))
         now = time.monotonic()

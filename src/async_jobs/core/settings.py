@@ -43,6 +43,12 @@ class Settings:
     redis_url: str | None = None
     sqs_endpoint_url: str | None = None
     sqs_queues: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # AWS_REGION (or AWS_DEFAULT_REGION) as boto reads it; credentials are boto's business.
+    sqs_region: str = "us-east-1"
+    # A job dispatched to SQS that no worker claimed within this long is sent again.
+    sqs_dispatch_timeout_seconds: float = 60.0
+    sqs_max_connections: int = 50
+    sqs_visibility_timeout_seconds: int | None = None  # None: each queue's own
     max_concurrent: Mapping[str, int] = dataclasses.field(default_factory=dict)
     delay_tolerance: Mapping[str, float] = dataclasses.field(default_factory=dict)
     per_tenant_quotas: Mapping[str, Mapping[str, TenantQuota]] = dataclasses.field(
@@ -123,6 +129,19 @@ class Settings:
             redis_url=env.get(f"{PREFIX}REDIS_URL") or None,
             sqs_endpoint_url=env.get(f"{PREFIX}SQS_ENDPOINT_URL") or None,
             sqs_queues=queues,
+            sqs_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            sqs_dispatch_timeout_seconds=_non_negative_float(
+                f"{PREFIX}SQS_DISPATCH_TIMEOUT_SECONDS",
+                env.get(f"{PREFIX}SQS_DISPATCH_TIMEOUT_SECONDS", "60"),
+            ),
+            sqs_max_connections=_positive_int(
+                f"{PREFIX}SQS_MAX_CONNECTIONS", env.get(f"{PREFIX}SQS_MAX_CONNECTIONS", "50")
+            ),
+            sqs_visibility_timeout_seconds=(
+                _positive_int(key, env[key])
+                if (key := f"{PREFIX}SQS_VISIBILITY_TIMEOUT_SECONDS") in env
+                else None
+            ),
             max_concurrent=max_concurrent,
             delay_tolerance=tolerance,
             per_tenant_quotas=parse_quotas(

@@ -1,0 +1,659 @@
+"""The sqs transport: the leading scheduler dispatches jobs to one SQS queue per use case,
+workers on any number of machines receive them.
+
+The store stays the truth; a message only carries a ``DispatchTicket`` ("job X, attempt N,
+under dispatch D"). The flow, each step guarded:
+
+1. ``SqsDispatcher`` (in the leading scheduler) moves due jobs within every limit from
+   ``pending`` to ``queued`` under a fresh dispatch id and a deadline (the outbox), then
+   sends their tickets in batches of 10. A failed send puts its jobs back to ``pending`` at
+   once; a send lost without an error is caught by the deadline: a job nobody claimed by
+   then goes back to ``pending`` and is sent again.
+2. ``SqsTransport`` (in a worker) long-polls its queues, only for as many messages as it has
+   free slots, and claims the named jobs in one statement (``queued`` -> ``running``) only
+   while each is still queued under that dispatch and attempt. A message for anything else
+   (a duplicate delivery, a late or forged message, a cancelled job) is deleted and counted;
+   a malformed one is logged (truncated), deleted and counted.
+3. While a job runs, its message stays in flight: its visibility is extended alongside the
+   lease, and it is deleted once the job's outcome is committed. On SIGTERM, messages
+   received but not yet claimed are made visible again at once.
+
+Only dispatched jobs are in a queue, and only as many as their use case has free slots, so
+the broker stays shallow whatever the backlog in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from async_jobs.domain.dispatch import DispatchTicket, MalformedMessageError, truncated
+from async_jobs.domain.errors import AsyncJobsError, ConfigurationError, StoreError
+from async_jobs.domain.jobs import AttemptOutcome, ClaimRequest, Job, JobId
+from async_jobs.domain.retry import Backoff
+from async_jobs.domain.scheduling import Limits
+from async_jobs.ports import JobStore
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
+
+log = logging.getLogger("async_jobs.sqs")
+
+BATCH = 10  # SQS takes and gives at most 10 messages per call
+BACKOFF = Backoff.exponential(0.5, cap_seconds=20.0, jitter=0.5)
+DEFAULT_REGION = "us-east-1"
+
+
+class SqsError(AsyncJobsError):
+    """SQS did not answer, or answered with an error."""
+
+    code = "broker_unavailable"
+    http_status = 503
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SqsConfig:
+    """Where the queues are and how to talk to them. Times are in seconds."""
+
+    queues: Mapping[str, str]  # use case -> queue URL
+    endpoint_url: str | None = None
+    region: str = DEFAULT_REGION
+    # A dispatched job nobody claimed within this long goes back to pending (sent again).
+    dispatch_timeout_seconds: float = 60.0
+    long_poll_seconds: int = 20
+    # HTTP connections to SQS: long polls hold one each, so sends and deletes need more.
+    max_connections: int = 50
+    # How long a received message stays invisible before it is extended (None: the queue's
+    # own VisibilityTimeout); also what `sqs create-queues` gives new queues.
+    visibility_timeout_seconds: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise ConfigurationError(
+                "the sqs transport needs a queue per use case: set "
+                "ASYNC_JOBS_SQS_QUEUE_<USE_CASE>=<queue url> (e.g. ASYNC_JOBS_SQS_QUEUE_DEFAULT)"
+            )
+        if not 0 <= self.long_poll_seconds <= 20:
+            raise ConfigurationError("the SQS long poll lasts 0 to 20 seconds")
+        if self.dispatch_timeout_seconds <= 0 or self.max_connections < 2:
+            raise ConfigurationError("SQS dispatch timeout and connections must be positive")
+        if self.visibility_timeout_seconds is not None and not (
+            2 <= self.visibility_timeout_seconds <= 43200
+        ):
+            raise ConfigurationError("the SQS visibility timeout is 2 to 43200 seconds")
+
+    def queue_of(self, use_case: str) -> str:
+        try:
+            return self.queues[use_case]
+        except KeyError:
+            raise ConfigurationError(
+                f"no SQS queue is configured for use case {use_case!r}: set "
+                f"ASYNC_JOBS_SQS_QUEUE_{use_case.upper()}"
+            ) from None
+
+
+@dataclasses.dataclass(slots=True)
+class Received:
+    """A message this worker holds: invisible to others until deleted or released."""
+
+    queue_url: str
+    receipt_handle: str
+    ticket: DispatchTicket | None  # None: a malformed message, held only to be deleted
+
+
+class SqsClient:
+    """One aiobotocore client (one session, pooled connections) with the calls we make;
+    every failure becomes ``SqsError``."""
+
+    def __init__(self, config: SqsConfig) -> None:
+        self.config = config
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: SQSClient | None = None
+
+    async def open(self) -> None:
+        try:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import get_session
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise ConfigurationError(
+                "the sqs transport needs aiobotocore: pip install 'async-job-server[sqs]'"
+            ) from exc
+        stack = contextlib.AsyncExitStack()
+        session = get_session()
+        aio_config = AioConfig(
+            max_pool_connections=self.config.max_connections,
+            connect_timeout=5,
+            read_timeout=self.config.long_poll_seconds + 15,
+            retries={"max_attempts": 1, "mode": "standard"},  # we retry, with our backoff
+        )
+        self._client = await stack.enter_async_context(
+            session.create_client(
+                "sqs",
+                region_name=self.config.region,
+                endpoint_url=self.config.endpoint_url,
+                config=aio_config,
+            )
+        )
+        self._stack = stack
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    @property
+    def client(self) -> SQSClient:
+        if self._client is None:
+            raise SqsError("the SQS client is not open")
+        return self._client
+
+    async def send(self, queue_url: str, bodies: Sequence[str]) -> list[int]:
+        """Send up to 10 bodies in one call; returns the indexes SQS did not take."""
+        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
+        async with _translated(f"send to {queue_url}"):
+            answer = await self.client.send_message_batch(QueueUrl=queue_url, Entries=entries)  # type: ignore[arg-type]
+        failed = answer.get("Failed", [])
+        for entry in failed:
+            log.warning("SQS refused a message for %s: %s", queue_url, entry.get("Message"))
+        return [int(entry["Id"]) for entry in failed]
+
+    async def receive(self, queue_url: str, count: int, wait_seconds: int) -> list[Any]:
+        visibility = self.config.visibility_timeout_seconds
+        extra = {} if visibility is None else {"VisibilityTimeout": visibility}
+        async with _translated(f"receive from {queue_url}"):
+            answer = await self.client.receive_message(
+                QueueUrl=queue_url,
+                MaxNumberOfMessages=max(1, min(BATCH, count)),
+                WaitTimeSeconds=wait_seconds,
+                **extra,  # type: ignore[arg-type]
+            )
+        return list(answer.get("Messages", []))
+
+    async def delete(self, queue_url: str, handles: Sequence[str]) -> list[str]:
+        """Delete up to 10 messages; returns the error codes of those SQS did not delete."""
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
+        async with _translated(f"delete from {queue_url}"):
+            answer = await self.client.delete_message_batch(QueueUrl=queue_url, Entries=entries)  # type: ignore[arg-type]
+        return [entry.get("Code", "") for entry in answer.get("Failed", [])]
+
+    async def set_visibility(
+        self, queue_url: str, handles: Sequence[str], seconds: int
+    ) -> list[tuple[str, str]]:
+        """Change the visibility of up to 10 messages; returns (handle, error code) of each
+        that SQS did not change (``ReceiptHandleIsInvalid``: it is no longer ours)."""
+        entries = [
+            {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": seconds}
+            for i, h in enumerate(handles)
+        ]
+        async with _translated(f"change visibility in {queue_url}"):
+            answer = await self.client.change_message_visibility_batch(
+                QueueUrl=queue_url,
+                Entries=entries,  # type: ignore[arg-type]
+            )
+        return [(handles[int(e["Id"])], e.get("Code", "")) for e in answer.get("Failed", [])]
+
+    async def attributes(self, queue_url: str) -> dict[str, str]:
+        async with _translated(f"read the attributes of {queue_url}"):
+            answer = await self.client.get_queue_attributes(
+                QueueUrl=queue_url, AttributeNames=["All"]
+            )
+        return {str(key): value for key, value in answer.get("Attributes", {}).items()}
+
+    async def depth(self, queue_url: str) -> tuple[int, int]:
+        """Messages (visible, in flight) in a queue, as SQS approximates them."""
+        attributes = await self.attributes(queue_url)
+        return (
+            int(attributes.get("ApproximateNumberOfMessages", 0)),
+            int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        )
+
+
+@contextlib.asynccontextmanager
+async def _translated(doing: str) -> Any:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise SqsError(
+            f"SQS refused to {doing}: {error.get('Code')}: {error.get('Message')}",
+            sqs_code=error.get("Code"),
+        ) from exc
+    except (BotoCoreError, OSError, TimeoutError) as exc:
+        raise SqsError(f"cannot {doing}: {exc}") from exc
+    except Exception as exc:  # aiohttp's errors, which botocore does not always wrap
+        if type(exc).__module__.startswith("aiohttp"):
+            raise SqsError(f"cannot {doing}: {exc}") from exc
+        raise
+
+
+async def check_redrive(client: SqsClient, queue_url: str, max_attempts: int) -> int:
+    """Refuse a queue whose dead-letter queue would take a message before its job's attempts
+    are spent (``maxReceiveCount`` must exceed the largest ``max_attempts``). Returns the
+    queue's visibility timeout (seconds)."""
+    attributes = await client.attributes(queue_url)
+    policy = attributes.get("RedrivePolicy")
+    if policy:
+        try:
+            receives = int(json.loads(policy)["maxReceiveCount"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError(
+                f"SQS queue {queue_url} has a redrive policy we cannot read: {policy!r}"
+            ) from exc
+        if receives <= max_attempts:
+            raise ConfigurationError(
+                f"SQS queue {queue_url} moves a message to its dead-letter queue after "
+                f"{receives} receives, but jobs may make up to {max_attempts} attempts: set "
+                f"its maxReceiveCount to at least {max_attempts + 1} (the job's own `failed` "
+                "state is the dead letter of this server)"
+            )
+    return int(attributes.get("VisibilityTimeout", 30))
+
+
+async def create_queues(config: SqsConfig, max_attempts: int) -> list[dict[str, str]]:
+    """Create each configured queue with a dead-letter queue (``<name>-dlq``) whose
+    ``maxReceiveCount`` exceeds ``max_attempts`` (local development; idempotent)."""
+    client = SqsClient(config)
+    await client.open()
+    made = []
+    try:
+        for use_case, url in sorted(config.queues.items()):
+            name = url.rstrip("/").rsplit("/", 1)[-1]
+            async with _translated(f"create the queues of {use_case}"):
+                dlq = await client.client.create_queue(QueueName=f"{name}-dlq")
+                arn = await client.client.get_queue_attributes(
+                    QueueUrl=dlq["QueueUrl"], AttributeNames=["QueueArn"]
+                )
+                redrive = json.dumps(
+                    {
+                        "deadLetterTargetArn": arn["Attributes"]["QueueArn"],
+                        "maxReceiveCount": str(max(10, max_attempts + 1)),
+                    }
+                )
+                queue = await client.client.create_queue(QueueName=name)
+                await client.client.set_queue_attributes(
+                    QueueUrl=queue["QueueUrl"],
+                    Attributes={
+                        "RedrivePolicy": redrive,
+                        "VisibilityTimeout": str(config.visibility_timeout_seconds or 30),
+                    },
+                )
+            made.append(
+                {
+                    "use_case": use_case,
+                    "queue_url": queue["QueueUrl"],
+                    "configured_url": url,
+                    "dead_letter_queue_url": dlq["QueueUrl"],
+                }
+            )
+    finally:
+        await client.close()
+    return made
+
+
+# -- the scheduler's side -------------------------------------------------------------------
+
+
+class SqsDispatcher:
+    """Run by the leading scheduler: sends due jobs to their use case's queue."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        config: SqsConfig,
+        limits: Limits,
+        holder: str = "scheduler",
+        batch: int = 100,
+    ) -> None:
+        self._store = store
+        self.config = config
+        self._limits = limits
+        self._holder = holder
+        self._batch = batch
+        self._client = SqsClient(config)
+        self._open = False
+        self._failures = 0
+        self._resume_at = 0.0
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    async def close(self) -> None:
+        await self._client.close()
+        self._open = False
+
+    async def run_once(self) -> int:
+        """Send back lapsed dispatches, then dispatch into every free slot. Returns how many
+        jobs were sent; after an SQS failure, sends nothing until the backoff has passed."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._resume_at:
+            return 0
+        if not self._open:
+            await self._client.open()
+            self._open = True
+        lapsed = await self._store.requeue_dispatched(1000)
+        if lapsed:
+            self.counts["lapsed"] += len(lapsed)
+            log.warning("%d dispatches lapsed unclaimed; they are sent again", len(lapsed))
+        sent = 0
+        while True:
+            request = ClaimRequest(
+                worker_id=self._holder,
+                limit=self._batch,
+                lease_seconds=self.config.dispatch_timeout_seconds,
+                use_cases=tuple(self.config.queues),
+                limits=self._limits,
+                dispatch=True,
+            )
+            jobs = await self._store.claim_jobs(request)
+            if not jobs:
+                break
+            try:
+                sent += await self._send(jobs)
+            except SqsError as exc:
+                self._failures += 1
+                delay = BACKOFF.delay(self._failures)
+                self._resume_at = loop.time() + delay
+                log.warning("cannot dispatch to SQS (retry in %.1fs): %s", delay, exc)
+                break
+            self._failures = 0
+            if len(jobs) < self._batch:
+                break
+        return sent
+
+    async def _send(self, jobs: Sequence[Job]) -> int:
+        """Send the tickets, 10 per call, every call at once; jobs whose send failed go back
+        to pending at once. Raises ``SqsError`` (after that) if a call failed outright."""
+        calls: list[tuple[str, list[DispatchTicket]]] = []
+        for use_case, group in _by(jobs, lambda j: j.use_case).items():
+            url = self.config.queues[use_case]
+            tickets = [DispatchTicket.of(job) for job in group]
+            calls.extend((url, tickets[i : i + BATCH]) for i in range(0, len(tickets), BATCH))
+        answers = await asyncio.gather(
+            *(self._client.send(url, [t.to_message() for t in chunk]) for url, chunk in calls),
+            return_exceptions=True,
+        )
+        unsent: list[DispatchTicket] = []
+        error: BaseException | None = None
+        for (_, chunk), answer in zip(calls, answers, strict=True):
+            if isinstance(answer, BaseException):
+                error = answer
+                unsent.extend(chunk)
+            else:
+                unsent.extend(chunk[i] for i in answer)
+        if unsent:
+            back = await self._store.requeue_dispatched(0, unsent)
+            self.counts["send_failed"] += len(back)
+        self.counts["sent"] += len(jobs) - len(unsent)
+        if error is not None:
+            if isinstance(error, SqsError):
+                raise error
+            raise SqsError(f"cannot send to SQS: {error}")
+        return len(jobs) - len(unsent)
+
+
+# -- the worker's side ----------------------------------------------------------------------
+
+
+class SqsTransport:
+    """A worker's ``Transport`` over SQS (see the module's docstring)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        config: SqsConfig,
+        worker_id: str,
+        lease_seconds: float,
+        use_cases: Sequence[str] = (),
+        max_attempts: int = 1,
+    ) -> None:
+        self._store = store
+        self.config = config
+        self._worker_id = worker_id
+        self._lease_seconds = lease_seconds
+        self._urls = sorted({config.queue_of(u) for u in use_cases or config.queues})
+        self._max_attempts = max_attempts
+        self._client = SqsClient(config)
+        self._buffer: collections.deque[Received] = collections.deque()
+        self._held: dict[JobId, Received] = {}
+        self._wanted = 0
+        self._asking = 0
+        self._demand = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._woken = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deletes: set[asyncio.Task[None]] = set()
+        self._visibility = 30
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    async def start(self) -> None:
+        """Open the client and check every queue (its redrive policy, its visibility
+        timeout); while SQS does not answer, retry with backoff until it does or the
+        worker is stopped. A misconfigured queue refuses the start (``ConfigurationError``)."""
+        await self._client.open()
+        try:
+            timeouts = await self._check_queues()
+        except BaseException:
+            await self._client.close()
+            raise
+        if not timeouts:
+            return  # stopped before SQS answered
+        self._visibility = self.config.visibility_timeout_seconds or max(2, min(timeouts))
+        self._tasks = [
+            asyncio.create_task(self._poll(url), name=f"async-jobs-sqs-poll:{url}")
+            for url in self._urls
+        ]
+        self._tasks.append(asyncio.create_task(self._keep_invisible(), name="async-jobs-sqs-keep"))
+
+    async def _check_queues(self) -> list[int]:
+        failures = 0
+        while True:
+            try:
+                return [
+                    await check_redrive(self._client, url, self._max_attempts) for url in self._urls
+                ]
+            except SqsError as exc:
+                failures += 1
+                delay = BACKOFF.delay(failures)
+                log.warning("SQS does not answer (retry in %.1fs): %s", delay, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), delay)
+                if self._woken.is_set():
+                    return []
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        unclaimed = list(self._buffer)
+        self._buffer.clear()
+        if unclaimed:  # received, never started: visible to other workers at once
+            await self._release(unclaimed)
+        if self._deletes:
+            await asyncio.wait(self._deletes, timeout=10)
+        await self._client.close()
+
+    def wake(self) -> None:
+        self._woken.set()
+        self._arrived.set()
+
+    def nudge(self) -> None:
+        return None  # slots are filled by the scheduler's dispatch, not by this worker
+
+    def forget(self, job_id: JobId) -> None:
+        received = self._held.pop(job_id, None)
+        if received is not None:
+            self._delete_later([received])
+
+    async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
+        self._wanted = capacity
+        self._demand.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while True:
+            if self._buffer:
+                taken = [self._buffer.popleft() for _ in range(min(capacity, len(self._buffer)))]
+                jobs = await self._claim(taken)
+                if jobs:
+                    self._wanted = max(0, capacity - len(jobs))
+                    return jobs
+                continue
+            remaining = deadline - loop.time()
+            if self._woken.is_set() or remaining <= 0:
+                return []
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
+        written = await self._store.record_outcomes(outcomes)
+        done = [r for o in outcomes if (r := self._held.pop(o.job_id, None)) is not None]
+        self._delete_later(done)
+        return written
+
+    # -- inside ---------------------------------------------------------------------------
+
+    async def _claim(self, taken: list[Received]) -> list[Job]:
+        """Start the jobs the messages name; delete the messages that start nothing."""
+        try:
+            jobs = await self._store.claim_dispatched(
+                [r.ticket for r in taken if r.ticket is not None],
+                self._worker_id,
+                self._lease_seconds,
+            )
+        except StoreError:
+            self._buffer.extendleft(reversed(taken))  # kept invisible; claimed next time
+            raise
+        started = {job.id for job in jobs}
+        stale = []
+        for received in taken:
+            job_id = received.ticket.job_id if received.ticket is not None else None
+            if job_id is not None and job_id in started and job_id not in self._held:
+                self._held[job_id] = received
+            else:
+                stale.append(received)
+        self.counts["claimed"] += len(jobs)
+        if stale:
+            self.counts["stale"] += len(stale)
+            log.info("%d messages named no job queued for them; deleted", len(stale))
+            self._delete_later(stale)
+        return jobs
+
+    async def _poll(self, url: str) -> None:
+        failures = 0
+        while True:
+            count = min(BATCH, self._wanted - len(self._buffer) - self._asking)
+            if count <= 0:
+                self._demand.clear()
+                await self._demand.wait()
+                continue
+            self._asking += count
+            try:
+                messages = await self._client.receive(url, count, self.config.long_poll_seconds)
+            except SqsError as exc:
+                failures += 1
+                delay = BACKOFF.delay(failures)
+                log.warning("cannot receive from SQS (retry in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                self._asking -= count
+            failures = 0
+            self._accept(url, messages)
+
+    def _accept(self, url: str, messages: Iterable[Any]) -> None:
+        malformed = []
+        for message in messages:
+            body = message.get("Body", "")
+            self.counts["received"] += 1
+            try:
+                ticket = DispatchTicket.from_message(body)
+            except MalformedMessageError as exc:
+                log.warning("deleting a malformed message (%s): %s", exc, truncated(body))
+                self.counts["malformed"] += 1
+                malformed.append(Received(url, message["ReceiptHandle"], None))
+                continue
+            self._buffer.append(Received(url, message["ReceiptHandle"], ticket))
+        if malformed:
+            self._delete_later(malformed)
+        self._arrived.set()
+
+    async def _keep_invisible(self) -> None:
+        """Extend the visibility of every message held (buffered or running) well before it
+        runs out, alongside the leases of the jobs."""
+        interval = max(1.0, self._visibility / 3)
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.9, 1.0))
+            held = list(self._buffer) + list(self._held.values())
+            for url, group in _by(held, lambda r: r.queue_url).items():
+                for chunk in _chunks(group):
+                    try:
+                        failed = await self._client.set_visibility(
+                            url, [r.receipt_handle for r in chunk], self._visibility
+                        )
+                    except SqsError as exc:
+                        log.warning(
+                            "cannot extend the visibility of %d messages: %s", len(chunk), exc
+                        )
+                        continue
+                    for handle, code in failed:
+                        self._drop_handle(handle, code)
+
+    def _drop_handle(self, handle: str, code: str) -> None:
+        """SQS no longer knows this receipt (it expired, the message went elsewhere): the
+        store still decides who runs the job; only our hold on the message is gone."""
+        self.counts["invalid_receipt"] += 1
+        log.warning("SQS refused a receipt handle (%s); the message is no longer held", code)
+        for received in list(self._buffer):
+            if received.receipt_handle == handle:
+                self._buffer.remove(received)
+        for job_id, received in list(self._held.items()):
+            if received.receipt_handle == handle:
+                del self._held[job_id]
+
+    async def _release(self, messages: Sequence[Received]) -> None:
+        for url, group in _by(messages, lambda r: r.queue_url).items():
+            for chunk in _chunks(group):
+                try:
+                    await self._client.set_visibility(url, [r.receipt_handle for r in chunk], 0)
+                    self.counts["released"] += len(chunk)
+                except SqsError as exc:
+                    log.warning("cannot release %d messages: %s", len(chunk), exc)
+
+    def _delete_later(self, messages: Sequence[Received]) -> None:
+        if not messages:
+            return
+        task = asyncio.create_task(self._delete(messages))
+        self._deletes.add(task)
+        task.add_done_callback(self._deletes.discard)
+
+    async def _delete(self, messages: Sequence[Received]) -> None:
+        for url, group in _by(messages, lambda r: r.queue_url).items():
+            for chunk in _chunks(group):
+                try:
+                    codes = await self._client.delete(url, [r.receipt_handle for r in chunk])
+                except SqsError as exc:  # it comes back after its visibility; stale then
+                    log.warning("cannot delete %d messages: %s", len(chunk), exc)
+                    continue
+                self.counts["deleted"] += len(chunk) - len(codes)
+                for code in codes:
+                    self.counts["invalid_receipt"] += 1
+                    log.warning("SQS did not delete a message: %s", code)
+
+
+def _by(items: Iterable[Any], key: Any) -> dict[Any, list[Any]]:
+    groups: dict[Any, list[Any]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+def _chunks(items: Sequence[Received]) -> list[Sequence[Received]]:
+    return [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
