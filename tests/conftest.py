@@ -15,6 +15,7 @@ import pytest
 from async_jobs.ports import JobStore
 from async_jobs.stores import store_from_dsn
 from async_jobs.stores.postgres import PostgresStore
+from tests.helpers import SqsServer
 
 PG_ADMIN_DSN = os.environ.get("ASYNC_JOBS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_ID = uuid.uuid4().hex[:8]
@@ -92,3 +93,19 @@ async def store(any_dsn: str) -> AsyncIterator[JobStore]:
     await opened.migrate()
     yield opened
     await opened.close()
+
+
+@pytest.fixture(scope="session")
+def sqs_server() -> Iterator[SqsServer]:
+    """One local SQS server for the session (tests make queues of their own names). Fake
+    AWS credentials and a region, as boto needs some, for this process and its children."""
+    for key, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(key, value)
+    server = SqsServer()
+    server.start()
+    yield server
+    server.stop()
