@@ -503,6 +503,7 @@ class JobApp:
             region=s.sqs_region,
             dispatch_timeout_seconds=s.sqs_dispatch_timeout_seconds,
             max_connections=s.sqs_max_connections,
+            long_poll_seconds=s.sqs_long_poll_seconds,
             visibility_timeout_seconds=s.sqs_visibility_timeout_seconds,
         )
 

@@ -38,6 +38,7 @@ def sqs_env(dsn: str, server: SqsServer, ledger: Path, **extra: str) -> dict[str
         "ASYNC_JOBS_POLL_INTERVAL_SECONDS": "0.1",
         "ASYNC_JOBS_SCHEDULER_INTERVAL_SECONDS": "0.2",
         "ASYNC_JOBS_LEADER_LEASE_SECONDS": "2",
+        "ASYNC_JOBS_SQS_LONG_POLL_SECONDS": "2",  # a stopping worker lets its polls end
         "PYTHONPATH": str(REPO),
         "AJ_TEST_LEDGER": str(ledger),
         **extra,

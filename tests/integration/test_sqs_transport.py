@@ -32,6 +32,7 @@ NO_WAIT = Backoff.constant(0, jitter=0)
 def sqs_settings(dsn: str, server: SqsServer, **kw: Any) -> Settings:
     queue = server.queue_url(f"jobs-{uuid.uuid4().hex[:8]}")
     kw.setdefault("sqs_dispatch_timeout_seconds", 10.0)
+    kw.setdefault("sqs_long_poll_seconds", 1)  # a stopping worker waits for its polls
     return Settings(
         db_dsn=dsn,
         transport="sqs",
@@ -267,6 +268,35 @@ async def test_stopping_releases_received_but_unclaimed_messages_at_once(
     assert await client.depth(url) == (3, 0)  # visible again, not after a timeout
     for job in queued:
         assert (await app.get_job(job.id)).status is JobState.QUEUED  # nothing started
+
+
+async def test_a_stopping_worker_lets_its_poll_end_so_that_no_message_is_hidden(
+    app: JobApp, client: SqsClient
+) -> None:
+    """A poll cut short on the client's side can still take a message on the server's,
+    which nobody then sees for the visibility timeout. Stopping lets it end instead, and
+    releases what it brought."""
+    await app.enqueue_many([app_request()])
+    (job,) = await app.store.claim_jobs(
+        ClaimRequest("test", 1, 60.0, limits=app.limits, dispatch=True)
+    )
+    config = dataclasses.replace(app.sqs_config(), long_poll_seconds=3)
+    transport = SqsTransport(app.store, config, "w1", 10.0, (), 3)
+    await transport.start()
+    try:
+        assert await transport.receive(1, 0) == []  # a slot free: a poll for 1 goes out
+        await wait_until(lambda: transport.asking == 1, timeout=10)
+        transport.wake()  # the worker begins to stop
+        stopping = asyncio.ensure_future(transport.stop())
+        await wait_until(lambda: transport.stopping, timeout=10)
+        url = queue_of(app)
+        await client.send(url, [DispatchTicket.of(job).to_message()])
+        await stopping
+    finally:
+        await transport.stop()
+    assert transport.counts["released"] == 1
+    assert await client.depth(url) == (1, 0)
+    assert (await app.get_job(job.id)).status is JobState.QUEUED
 
 
 async def test_an_expired_receipt_handle_is_tolerated(app: JobApp, client: SqsClient) -> None:

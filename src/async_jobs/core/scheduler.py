@@ -131,25 +131,23 @@ class Scheduler:
         return leading
 
     async def _dispatch_loop(self) -> None:
-        """While leading, dispatch; again at once after a full pass, else once jobs were
-        enqueued or ended (slots freed), or after a round."""
+        """While leading, dispatch (a pass fills every free slot); again once jobs were
+        enqueued or ended (slots freed) since the pass began, or after a round."""
         assert self.dispatcher is not None
         await self._store.watch_finished(self._slots_freed)
         failures = 0
         while True:
-            sent = 0
+            # Cleared before the pass: a slot freed during it wakes the next one at once.
+            self._dispatch_wanted.clear()
             if self.leading:
                 try:
-                    sent = await self.dispatcher.run_once()
+                    await self.dispatcher.run_once()
                     failures = 0
                 except AsyncJobsError as exc:
                     failures += 1
                     log.warning("scheduler dispatch failed: %s", exc)
                     await asyncio.sleep(min(self.config.interval_seconds * failures, 10.0))
                     continue
-            if sent:
-                continue
-            self._dispatch_wanted.clear()
             await self._wake_for_dispatch()
 
     def _slots_freed(self, _job_id: JobId) -> None:

@@ -48,6 +48,7 @@ class Settings:
     # A job dispatched to SQS that no worker claimed within this long is sent again.
     sqs_dispatch_timeout_seconds: float = 60.0
     sqs_max_connections: int = 50
+    sqs_long_poll_seconds: int = 10  # 0-20; a stopping worker lets its polls end first
     sqs_visibility_timeout_seconds: int | None = None  # None: each queue's own
     max_concurrent: Mapping[str, int] = dataclasses.field(default_factory=dict)
     delay_tolerance: Mapping[str, float] = dataclasses.field(default_factory=dict)
@@ -137,6 +138,12 @@ class Settings:
             sqs_max_connections=_positive_int(
                 f"{PREFIX}SQS_MAX_CONNECTIONS", env.get(f"{PREFIX}SQS_MAX_CONNECTIONS", "50")
             ),
+            sqs_long_poll_seconds=_int_within(
+                f"{PREFIX}SQS_LONG_POLL_SECONDS",
+                env.get(f"{PREFIX}SQS_LONG_POLL_SECONDS", "10"),
+                0,
+                20,
+            ),
             sqs_visibility_timeout_seconds=(
                 _positive_int(key, env[key])
                 if (key := f"{PREFIX}SQS_VISIBILITY_TIMEOUT_SECONDS") in env
@@ -200,6 +207,18 @@ def _positive_int(key: str, value: str) -> int:
         number = 0
     if number < 1:
         raise ConfigurationError(f"{key} must be a positive integer, not {value!r}")
+    return number
+
+
+def _int_within(key: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise ConfigurationError(
+            f"{key} must be a whole number from {low} to {high}, not {value!r}"
+        )
     return number
 
 

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,8 @@ log = logging.getLogger("async_jobs.sqs")
 BATCH = 10  # SQS takes and gives at most 10 messages per call
 BACKOFF = Backoff.exponential(0.5, cap_seconds=20.0, jitter=0.5)
 DEFAULT_REGION = "us-east-1"
+LAPSED_CHECK_SECONDS = 1.0
+POLL_TASK = "async-jobs-sqs-poll:"  # how often the dispatcher looks for lapsed dispatches
 
 
 class SqsError(AsyncJobsError):
@@ -67,7 +70,7 @@ class SqsConfig:
     region: str = DEFAULT_REGION
     # A dispatched job nobody claimed within this long goes back to pending (sent again).
     dispatch_timeout_seconds: float = 60.0
-    long_poll_seconds: int = 20
+    long_poll_seconds: int = 10
     # HTTP connections to SQS: long polls hold one each, so sends and deletes need more.
     max_connections: int = 50
     # How long a received message stays invisible before it is extended (None: the queue's
@@ -116,6 +119,9 @@ class SqsClient:
         self.config = config
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: SQSClient | None = None
+        # Calls made and messages they carried, by operation (send, receive, delete, ...).
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.messages: collections.Counter[str] = collections.Counter()
 
     async def open(self) -> None:
         try:
@@ -132,6 +138,7 @@ class SqsClient:
             connect_timeout=5,
             read_timeout=self.config.long_poll_seconds + 15,
             retries={"max_attempts": 1, "mode": "standard"},  # we retry, with our backoff
+            parameter_validation=False,  # our calls are well-formed; it costs CPU per call
         )
         self._client = await stack.enter_async_context(
             session.create_client(
@@ -147,6 +154,17 @@ class SqsClient:
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             await stack.aclose()
+        if self.calls:
+            log.info("SQS calls (messages per call): %s", self.summary())
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"{op} {n} ({self.messages[op] / n:.1f})" for op, n in sorted(self.calls.items())
+        )
+
+    def _count(self, op: str, messages: int) -> None:
+        self.calls[op] += 1
+        self.messages[op] += messages
 
     @property
     def client(self) -> SQSClient:
@@ -159,6 +177,7 @@ class SqsClient:
         entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
         async with _translated(f"send to {queue_url}"):
             answer = await self.client.send_message_batch(QueueUrl=queue_url, Entries=entries)  # type: ignore[arg-type]
+        self._count("send", len(entries))
         failed = answer.get("Failed", [])
         for entry in failed:
             log.warning("SQS refused a message for %s: %s", queue_url, entry.get("Message"))
@@ -174,13 +193,16 @@ class SqsClient:
                 WaitTimeSeconds=wait_seconds,
                 **extra,  # type: ignore[arg-type]
             )
-        return list(answer.get("Messages", []))
+        messages = list(answer.get("Messages", []))
+        self._count("receive", len(messages))
+        return messages
 
     async def delete(self, queue_url: str, handles: Sequence[str]) -> list[str]:
         """Delete up to 10 messages; returns the error codes of those SQS did not delete."""
         entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
         async with _translated(f"delete from {queue_url}"):
             answer = await self.client.delete_message_batch(QueueUrl=queue_url, Entries=entries)  # type: ignore[arg-type]
+        self._count("delete", len(entries))
         return [entry.get("Code", "") for entry in answer.get("Failed", [])]
 
     async def set_visibility(
@@ -322,6 +344,7 @@ class SqsDispatcher:
         self._open = False
         self._failures = 0
         self._resume_at = 0.0
+        self._lapsed_checked_at = -math.inf
         self.counts: collections.Counter[str] = collections.Counter()
 
     async def close(self) -> None:
@@ -337,10 +360,15 @@ class SqsDispatcher:
         if not self._open:
             await self._client.open()
             self._open = True
-        lapsed = await self._store.requeue_dispatched(1000)
-        if lapsed:
-            self.counts["lapsed"] += len(lapsed)
-            log.warning("%d dispatches lapsed unclaimed; they are sent again", len(lapsed))
+        # Deadlines are seconds apart: looking for lapsed ones on every run (every batch of
+        # finished jobs, under load) would only cost a query each time.
+        every = min(LAPSED_CHECK_SECONDS, self.config.dispatch_timeout_seconds / 2)
+        if loop.time() - self._lapsed_checked_at >= every:
+            self._lapsed_checked_at = loop.time()
+            lapsed = await self._store.requeue_dispatched(1000)
+            if lapsed:
+                self.counts["lapsed"] += len(lapsed)
+                log.warning("%d dispatches lapsed unclaimed; they are sent again", len(lapsed))
         sent = 0
         while True:
             request = ClaimRequest(
@@ -430,6 +458,7 @@ class SqsTransport:
         self._tasks: list[asyncio.Task[None]] = []
         self._deletes: set[asyncio.Task[None]] = set()
         self._visibility = 30
+        self._stop_begun = False
         self.counts: collections.Counter[str] = collections.Counter()
 
     async def start(self) -> None:
@@ -446,8 +475,7 @@ class SqsTransport:
             return  # stopped before SQS answered
         self._visibility = self.config.visibility_timeout_seconds or max(2, min(timeouts))
         self._tasks = [
-            asyncio.create_task(self._poll(url), name=f"async-jobs-sqs-poll:{url}")
-            for url in self._urls
+            asyncio.create_task(self._poll(url), name=f"{POLL_TASK}{url}") for url in self._urls
         ]
         self._tasks.append(asyncio.create_task(self._keep_invisible(), name="async-jobs-sqs-keep"))
 
@@ -468,8 +496,20 @@ class SqsTransport:
                     return []
 
     async def stop(self) -> None:
+        # A long poll cut short on our side may still be answered by SQS, with messages
+        # then invisible to everyone for their visibility timeout: let the polls under way
+        # end (they stopped asking when the worker began stopping), release what they got.
+        self._stop_begun = True
+        self._woken.set()
+        self._demand.set()
+        polls = [t for t in self._tasks if t.get_name().startswith(POLL_TASK)]
         for task in self._tasks:
-            task.cancel()
+            if task not in polls:
+                task.cancel()
+        if polls:
+            _, late = await asyncio.wait(polls, timeout=self.config.long_poll_seconds + 5)
+            for task in late:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         unclaimed = list(self._buffer)
@@ -481,11 +521,22 @@ class SqsTransport:
         await self._client.close()
 
     def wake(self) -> None:
-        self._woken.set()
+        self._woken.set()  # the worker is stopping: no new polls
         self._arrived.set()
+        self._demand.set()
 
     def nudge(self) -> None:
         return None  # slots are filled by the scheduler's dispatch, not by this worker
+
+    @property
+    def asking(self) -> int:
+        """Messages asked for by the long polls under way."""
+        return self._asking
+
+    @property
+    def stopping(self) -> bool:
+        """``stop`` has begun."""
+        return self._stop_begun
 
     def forget(self, job_id: JobId) -> None:
         received = self._held.pop(job_id, None)
@@ -548,7 +599,7 @@ class SqsTransport:
 
     async def _poll(self, url: str) -> None:
         failures = 0
-        while True:
+        while not self._woken.is_set():
             count = min(BATCH, self._wanted - len(self._buffer) - self._asking)
             if count <= 0:
                 self._demand.clear()
@@ -561,7 +612,8 @@ class SqsTransport:
                 failures += 1
                 delay = BACKOFF.delay(failures)
                 log.warning("cannot receive from SQS (retry in %.1fs): %s", delay, exc)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._woken.wait(), delay)
                 continue
             finally:
                 self._asking -= count
