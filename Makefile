@@ -48,6 +48,13 @@ format: install ## apply ruff's formatting and safe fixes
 bench: install services ## our queue against PgQueuer on this machine (bench/README.md)
 	$(BIN)/python bench/compare.py
 
+FAUXQS_VERSION = 1.9.2
+
+.PHONY: bench-sqs
+bench-sqs: install services ## the sqs transport's drain against a local SQS server alone (fauxqs, from npm)
+	test -x bench/node_modules/.bin/fauxqs || npm install --prefix bench --no-save --no-package-lock --silent fauxqs@$(FAUXQS_VERSION)
+	$(BIN)/async-jobs bench --transport sqs --sqs-server fauxqs --jobs 20000 --concurrency 50 --json bench/results/sqs.json
+
 .PHONY: lock
 lock: ## refresh requirements.lock from a clean resolve
 	rm -rf /tmp/async-jobs-lock && $(PYTHON) -m venv /tmp/async-jobs-lock

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/async_jobs_bench"
 HANDLERS_MODULE = "async_jobs.bench_handlers"
 READY_PREFIX = "async-jobs worker ready"
-SUPPORTED_TRANSPORTS = ("direct",)
+SUPPORTED_TRANSPORTS = ("direct", "sqs")
 LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
 
 LATENCY_CONCURRENCY = 10
@@ -84,6 +84,11 @@ METRICS = (
     Metric("latency_p99_ms", "enqueue-to-start latency p99", "ms", False),
     Metric("worker_peak_rss_mb", "worker peak RSS (VmHWM), drain", "MB", False),
 )
+SQS_METRICS = (
+    Metric("sqs_raw_msgs_per_s", "SQS server alone: send+receive+delete", "msgs/s", True),
+    Metric("drain_jobs_per_s", "drain: scheduler + worker over SQS", "jobs/s", True),
+    Metric("drain_vs_raw", "drain / server alone", "ratio", True),
+)
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -95,7 +100,33 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transport",
         default="direct",
-        help="how the worker gets jobs; only 'direct' is measured for now",
+        help="direct: enqueue, drain, latency, memory; sqs: the drain through an SQS server "
+        "next to that server's own rate",
+    )
+    parser.add_argument(
+        "--sqs-endpoint-url",
+        default=os.environ.get("ASYNC_JOBS_SQS_ENDPOINT_URL"),
+        help="SQS-compatible server of --transport sqs (default: moto's server, started "
+        "by the benchmark on a free port)",
+    )
+    parser.add_argument(
+        "--sqs-server",
+        choices=("moto", "fauxqs"),
+        default="moto",
+        help="without --sqs-endpoint-url: the local SQS server the benchmark starts "
+        "(moto: pip's moto[server]; fauxqs: npm's, faster; `make bench-sqs` installs it)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="--transport sqs: rounds of (server alone, drain); medians are reported",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="--transport sqs: messages outstanding at most, raw and drain alike "
+        "(the use case's max_concurrent; default: twice --concurrency)",
     )
 
 
@@ -148,6 +179,10 @@ class BenchOptions:
     recreate: bool
     json_path: str | None
     transport: str = "direct"
+    sqs_endpoint_url: str | None = None
+    sqs_server: str = "moto"
+    rounds: int = 1
+    window: int = 0  # --transport sqs; 0: twice the concurrency
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BenchOptions:
@@ -162,12 +197,25 @@ class BenchOptions:
             recreate=args.recreate,
             json_path=args.json,
             transport=getattr(args, "transport", "direct"),
+            sqs_endpoint_url=getattr(args, "sqs_endpoint_url", None),
+            sqs_server=getattr(args, "sqs_server", "moto"),
+            rounds=getattr(args, "rounds", 1),
+            window=_window(getattr(args, "window", None), args.concurrency),
         )
         options.check()
         return options
 
     def check(self) -> None:
-        for name in ("jobs", "concurrency", "batch_size", "latency_jobs", "latency_concurrency"):
+        names = (
+            "jobs",
+            "concurrency",
+            "batch_size",
+            "latency_jobs",
+            "latency_concurrency",
+            "window",
+            "rounds",
+        )
+        for name in names:
             if getattr(self, name) < 1:
                 raise BenchUsageError(f"--{name.replace('_', '-')} must be at least 1")
         if self.latency_interval_ms < 0:
@@ -177,6 +225,10 @@ class BenchOptions:
                 f"the benchmark runs on PostgreSQL; {redact_dsn(self.dsn)!r} is not a "
                 "postgresql:// DSN (give one with --dsn)"
             )
+
+
+def _window(given: int | None, concurrency: int) -> int:
+    return 2 * concurrency if given is None else given
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,7 +242,12 @@ def run(args: argparse.Namespace) -> int:
                 f"transport {options.transport!r} is not supported by the benchmark yet; "
                 f"use one of: {', '.join(SUPPORTED_TRANSPORTS)}"
             )
-        result = run_async(_bench(options))
+        if options.transport == "sqs":
+            from async_jobs.bench_sqs import bench_sqs
+
+            result = run_async(bench_sqs(options))
+        else:
+            result = run_async(_bench(options))
     except BenchUsageError as exc:
         print(f"async-jobs bench: error: {exc}", file=sys.stderr)
         return 2
@@ -270,7 +327,7 @@ async def _bench(o: BenchOptions) -> BenchResult:
 
 
 async def _truncate(conn: asyncpg.Connection) -> None:
-    await conn.execute("TRUNCATE async_jobs")
+    await conn.execute("TRUNCATE async_jobs CASCADE")  # and its webhook deliveries
 
 
 async def _unfinished(conn: asyncpg.Connection) -> int:
@@ -748,10 +805,16 @@ def render_table(title: str, result: BenchResult) -> str:
         f"  {'metric':<36} {'value':>12}  unit",
         f"  {'-' * 36} {'-' * 12}  {'-' * 6}",
     ]
-    for metric in METRICS:
+    for metric in SQS_METRICS if s["transport"] == "sqs" else METRICS:
         value = result.metrics.get(metric.key)
-        shown = "-" if value is None else f"{value:,.1f}"
+        shown = (
+            "-" if value is None else f"{value:,.2f}" if metric.unit == "ratio" else f"{value:,.1f}"
+        )
         lines.append(f"  {metric.label:<36} {shown:>12}  {metric.unit}")
+    if "bottleneck" in result.details:
+        cpu = ", ".join(f"{k} {v:.0%}" for k, v in sorted(result.details["cpu_share"].items()))
+        lines += ["", f"  CPU during the drain (of a core; machine: of all): {cpu}"]
+        lines.append(f"  bottleneck: {result.details['bottleneck']}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,59 @@
+"""`async-jobs bench` runs end to end on small numbers (the figures themselves are only
+meaningful on a quiet machine at full size: bench/README.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.conftest import Cli
+
+pytestmark = pytest.mark.postgres
+
+
+def test_the_direct_benchmark_measures_every_scenario(
+    cli: Cli, pg_database: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "direct.json"
+    done = cli.run(
+        "bench", "--dsn", pg_database, "--jobs", "200", "--concurrency", "10",
+        "--latency-jobs", "20", "--latency-interval-ms", "5", "--json", str(out),
+        timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    for key in ("enqueue_single_jobs_per_s", "enqueue_batch_jobs_per_s", "drain_jobs_per_s"):
+        assert result[key] > 0
+    assert result["latency_p50_ms"] <= result["latency_p99_ms"]
+    assert "drain, one worker process" in done.stdout
+
+
+def test_the_sqs_benchmark_sets_the_drain_against_the_server_alone(
+    cli: Cli, pg_database: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "sqs.json"
+    done = cli.run(
+        "bench", "--transport", "sqs", "--dsn", pg_database, "--jobs", "60",
+        "--concurrency", "5", "--json", str(out),
+        timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["sqs_raw_msgs_per_s"] > 0 and result["drain_jobs_per_s"] > 0
+    assert result["drain_vs_raw"] == pytest.approx(
+        result["drain_jobs_per_s"] / result["sqs_raw_msgs_per_s"]
+    )
+    assert result["details"]["bottleneck"]
+    assert "bottleneck:" in done.stdout
+    assert "moto" in result["details"]["sqs_server"]
+
+
+def test_bad_benchmark_options_are_usage_errors(cli: Cli) -> None:
+    done = cli.run("bench", "--transport", "sqs", "--window", "0")
+    assert done.returncode == 2
+    assert "--window must be at least 1" in done.stderr
+    done = cli.run("bench", "--transport", "redis")
+    assert done.returncode == 2
+    assert "not supported" in done.stderr
