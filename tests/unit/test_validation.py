@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from async_jobs.domain.errors import InvalidJobError, PayloadTooLargeError
-from async_jobs.domain.jobs import Priority
+from async_jobs.domain.jobs import Priority, new_job_id
 from async_jobs.domain.validation import build_new_job
 
 
@@ -85,3 +87,15 @@ def test_a_huge_payload_is_refused_with_413() -> None:
 def test_job_type_must_be_printable() -> None:
     with pytest.raises(InvalidJobError):
         build_new_job("bad\ntype")
+
+
+def test_job_ids_are_uuid7_in_the_order_they_were_made() -> None:
+    before = int(time.time() * 1000)
+    ids = [new_job_id() for _ in range(1000)]
+    after = int(time.time() * 1000)
+    assert len(set(ids)) == len(ids)
+    for job_id in ids:
+        assert (job_id.version, job_id.variant) == (7, uuid.RFC_4122)
+        assert before <= job_id.int >> 80 <= after  # the millisecond it was made
+    stamps = [job_id.int >> 80 for job_id in ids]
+    assert stamps == sorted(stamps)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -432,7 +434,24 @@ class ClaimRequest:
 
 
 def new_job_id() -> JobId:
-    return JobId(uuid.uuid4())
+    """A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits. Ids
+    made one after the other sort close together, so the primary key's index grows at its
+    right edge instead of touching a random page per insert (fewer pages read and written,
+    far fewer full-page images in the WAL after each checkpoint)."""
+    millis = time.time_ns() // 1_000_000 & _MILLIS_MASK
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits: 12 for rand_a, 62 for rand_b
+    value = (
+        millis << 80
+        | 0x7 << 76  # version
+        | (rand >> 68) << 64  # rand_a
+        | 0b10 << 62  # variant
+        | rand & _RAND_B_MASK
+    )
+    return JobId(uuid.UUID(int=value))
+
+
+_MILLIS_MASK = (1 << 48) - 1
+_RAND_B_MASK = (1 << 62) - 1
 
 
 def _iso(value: datetime | None) -> str | None:
