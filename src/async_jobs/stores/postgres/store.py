@@ -101,6 +101,11 @@ class PostgresStore:
         self._cancel_watchers: list[Callable[[JobId], None]] = []
         self._finish_watchers: list[Callable[[JobId], None]] = []
         self._listening_finished = False
+        # One pooled connection kept out of the pool for the next statement that finds it
+        # free: one job enqueued at a time (or one read) then skips the pool's acquire and
+        # release, which cost about as much as the statement's own client-side work.
+        self._kept: asyncpg.Connection | None = None
+        self._kept_busy = False
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -132,6 +137,10 @@ class PostgresStore:
             self._listener = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
+            kept, self._kept = self._kept, None
+            if kept is not None and not self._kept_busy:
+                with contextlib.suppress(Exception):
+                    await pool.release(kept)
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)
             except (TimeoutError, *_UNAVAILABLE):
@@ -141,17 +150,44 @@ class PostgresStore:
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; driver errors leave this block as our own errors, and a
         connection that failed is closed so that the pool replaces it."""
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             raise StoreError("the store is not open; call open() first")
         with _our_errors():
-            conn = await self._pool.acquire()
+            kept = self._kept
+            if kept is not None and not self._kept_busy:
+                self._kept_busy = True
+                clean = False
+                try:
+                    yield kept
+                    clean = not kept.is_in_transaction()
+                finally:
+                    self._kept_busy = False
+                    # After an error or a cancellation, the pool's release resets it; after
+                    # close(), the closing pool waits for it.
+                    if not clean or self._pool is not pool:
+                        self._kept = None
+                        await self._give_back(pool, kept)
+                return
+            conn = await pool.acquire()
+            keep = False
             try:
                 yield conn
+                keep = self._kept is None and self._max > 1 and not conn.is_in_transaction()
             except _BROKEN:
                 conn.terminate()
                 raise
             finally:
-                await self._pool.release(conn)
+                if keep and self._pool is pool:
+                    self._kept = conn  # the pool keeps at least one other connection
+                else:
+                    await pool.release(conn)
+
+    async def _give_back(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+        try:
+            await pool.release(conn)
+        except Exception:  # a connection we cannot reset is dropped
+            conn.terminate()
 
     # -- schema -----------------------------------------------------------------------------
 
