@@ -114,10 +114,20 @@ def parse_priority(value: Priority | str | None) -> Priority:
 
 def check_name(value: object, field: str) -> str:
     """A job type, tenant or use case: non-empty printable text of bounded length."""
+    if type(value) is str and value in _GOOD_NAMES:  # the same few names, job after job
+        return value
     text = check_text(value, field, 1, MAX_NAME_LENGTH)
     if not text.isprintable() or text != text.strip():
         raise InvalidJobError(f"{field} must be printable text without surrounding spaces")
+    if len(_GOOD_NAMES) >= _GOOD_NAMES_KEPT:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(text)
     return text
+
+
+# Names that passed check_name (a valid name is valid in every field that takes names).
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_KEPT = 4096
 
 
 def check_text(value: object, field: str, min_length: int, max_length: int) -> str:
