@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +17,8 @@ from async_jobs import JobApp, WorkerConfig
 from async_jobs.api import create_api, create_jobs_router
 from async_jobs.stores import store_from_dsn
 from tests.helpers import wait_until
+
+UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
 
 
 @pytest.fixture
@@ -95,22 +101,224 @@ BAD_BODIES = [
     (b'{"type": "echo", "surprise": 1}', 422, "invalid_request"),
     (b'{"type": "echo", "run_at": "2030-01-01T00:00:00"}', 422, "invalid_job"),
     (b"[]", 422, "invalid_request"),
+    # Absurd delays and attempts, and numbers JSON cannot hold (1e999 parses as infinity).
+    pytest.param(b'{"type": "echo", "delay_seconds": 1e300}', 422, "invalid_job", id="delay-1e300"),
+    pytest.param(b'{"type": "echo", "delay_seconds": 1e999}', 422, "invalid_job", id="delay-inf"),
+    pytest.param(
+        b'{"type": "echo", "delay_seconds": -1e999}', 422, "invalid_job", id="delay-minus-inf"
+    ),
+    pytest.param(
+        b'{"type": "echo", "max_attempts": 100000000000000000000000000000}',
+        422,
+        "invalid_job",
+        id="attempts-1e29",
+    ),
+    pytest.param(
+        b'{"type": "echo", "max_attempts": 1e999}', 422, "invalid_request", id="attempts-inf"
+    ),
+    pytest.param(
+        b'{"type": "echo", "timeout_seconds": 1e999}', 422, "invalid_job", id="timeout-inf"
+    ),
+    pytest.param(
+        b'{"type": "echo", "delay_tolerance_seconds": 1e999}',
+        422,
+        "invalid_job",
+        id="tolerance-inf",
+    ),
+    pytest.param(
+        b'{"type": "echo", "backoff": {"base_seconds": 1e999}}',
+        422,
+        "invalid_job",
+        id="backoff-inf",
+    ),
+    pytest.param(
+        b'{"type": "echo", "payload": {"n": [1, 1e999]}}', 422, "invalid_job", id="payload-inf"
+    ),
+    # run_at and expires_at far away, or beyond what a datetime holds once in UTC.
+    pytest.param(
+        b'{"type": "echo", "run_at": "0001-01-01T00:00:00Z"}', 422, "invalid_job", id="run-at-1"
+    ),
+    pytest.param(
+        b'{"type": "echo", "run_at": "1900-01-01T00:00:00+00:00"}',
+        422,
+        "invalid_job",
+        id="run-at-1900",
+    ),
+    pytest.param(
+        b'{"type": "echo", "run_at": "9999-12-31T23:59:59Z"}', 422, "invalid_job", id="run-at-9999"
+    ),
+    pytest.param(
+        b'{"type": "echo", "run_at": "0001-01-01T00:00:00+14:00"}',
+        422,
+        "invalid_job",
+        id="run-at-before-year-1-in-utc",
+    ),
+    pytest.param(
+        b'{"type": "echo", "run_at": "9999-12-31T23:59:59-14:00"}',
+        422,
+        "invalid_job",
+        id="run-at-after-9999-in-utc",
+    ),
+    pytest.param(
+        b'{"type": "echo", "expires_at": "9999-12-31T23:59:59.999999Z"}',
+        422,
+        "invalid_job",
+        id="expires-at-9999",
+    ),
+    pytest.param(
+        b'{"type": "echo", "run_at": "10000-01-01T00:00:00Z"}',
+        422,
+        "invalid_request",
+        id="run-at-year-10000",
+    ),
+    # Text PostgreSQL cannot store: NUL, and lone surrogates (not UTF-8).
+    pytest.param(
+        b'{"type": "echo", "payload": {"s": "\\ud800"}}', 422, "invalid_job", id="surrogate-value"
+    ),
+    pytest.param(
+        b'{"type": "echo", "payload": {"\\ud800": 1}}', 422, "invalid_job", id="surrogate-key"
+    ),
+    pytest.param(b'{"type": "echo", "payload": {"a\\u0000": 1}}', 422, "invalid_job", id="nul-key"),
+    pytest.param(
+        b'{"type": "echo", "payload": {"l": [{"x": "\\udfff"}]}}',
+        422,
+        "invalid_job",
+        id="surrogate-deep-value",
+    ),
+    pytest.param(b'{"type": "ec\\u0000ho"}', 422, "unknown_job_type", id="nul-type"),
+    pytest.param(b'{"type": "\\ud800"}', 422, "unknown_job_type", id="surrogate-type"),
+    pytest.param(b'{"type": "echo", "tenant_id": "a\\u0000"}', 422, "invalid_job", id="nul-tenant"),
+    pytest.param(
+        b'{"type": "echo", "tenant_id": "\\ud800"}', 422, "invalid_job", id="surrogate-tenant"
+    ),
+    pytest.param(
+        b'{"type": "echo", "use_case": "\\udc00x"}', 422, "invalid_job", id="surrogate-use-case"
+    ),
+    pytest.param(
+        b'{"type": "echo", "idempotency_key": "k\\u0000"}', 422, "invalid_job", id="nul-key-idem"
+    ),
+    pytest.param(
+        b'{"type": "echo", "idempotency_key": "\\ud800"}',
+        422,
+        "invalid_job",
+        id="surrogate-idempotency-key",
+    ),
+    pytest.param(
+        b'{"type": "echo", "webhook_url": "https://example.com/\\ud800"}',
+        422,
+        "invalid_job",
+        id="surrogate-webhook-url",
+    ),
+    # Nesting deeper than the payload's limit (64), and deeper than the JSON parser goes.
+    pytest.param(
+        b'{"type": "echo", "payload": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}",
+        422,
+        "invalid_job",
+        id="nested-70",
+    ),
+    pytest.param(
+        b'{"type": "echo", "payload": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        400,
+        "http_error",
+        id="nested-100000",
+    ),
+    # Over the payload limit (256 KiB), under the body limit (1 MiB).
+    pytest.param(
+        b'{"type": "echo", "payload": {"x": "' + b"x" * (300 * 1024) + b'"}}',
+        413,
+        "payload_too_large",
+        id="payload-300k",
+    ),
 ]
+
+
+JSON = {"content-type": "application/json"}
+
+
+async def assert_refused(
+    client: httpx.AsyncClient, response: httpx.Response, status: int, code: str
+) -> None:
+    """A JSON error with its code, no traceback, and no job stored."""
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert "Traceback" not in response.text
+    assert (await client.get("/jobs?limit=1000")).json()["items"] == []
 
 
 @pytest.mark.parametrize(("body", "status", "code"), BAD_BODIES)
 async def test_bad_input_is_a_json_error_and_stores_nothing(
     client: httpx.AsyncClient, body: bytes, status: int, code: str
 ) -> None:
-    response = await client.post(
-        "/jobs", content=body, headers={"content-type": "application/json"}
-    )
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["message"]
-    assert "Traceback" not in response.text
-    assert (await client.get("/jobs")).json()["items"] == []
+    response = await client.post("/jobs", content=body, headers=JSON)
+    await assert_refused(client, response, status, code)
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/jobs/batch"])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", b'{"type": "echo", "jobs": [{"type": "echo"}]}'),
+        ("application/x-www-form-urlencoded", b"type=echo&payload=%7B%7D"),
+        ("multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="type"'),
+        (None, b'{"type": "echo", "jobs": [{"type": "echo"}]}'),
+    ],
+    ids=["text", "form", "multipart", "none"],
+)
+async def test_a_body_not_sent_as_json_is_a_415_and_stores_nothing(
+    client: httpx.AsyncClient, path: str, content_type: str | None, body: bytes
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = await client.post(path, content=body, headers=headers)
+    await assert_refused(client, response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    ("jobs", "status", "code"),
+    [
+        pytest.param([{"type": "echo"}] * 1001, 422, "invalid_request", id="1001-jobs"),
+        pytest.param(
+            [{"type": "echo", "payload": {"x": "x" * 1100}}] * 1000,
+            413,
+            "request_too_large",
+            id="over-the-body-limit",
+        ),
+        pytest.param(
+            [{"type": "echo"}, {"type": "echo", "payload": {"s": "\ud800"}}],
+            422,
+            "invalid_job",
+            id="one-bad-job",
+        ),
+        pytest.param(
+            [{"type": "echo"}, {"type": "echo", "run_at": "0001-01-01T00:00:00Z"}],
+            422,
+            "invalid_job",
+            id="one-bad-run-at",
+        ),
+    ],
+)
+async def test_a_bad_batch_is_refused_whole(
+    client: httpx.AsyncClient, jobs: list[dict[str, Any]], status: int, code: str
+) -> None:
+    body = json.dumps({"jobs": jobs}).encode()  # ASCII: a lone surrogate goes as an escape
+    response = await client.post("/jobs/batch", content=body, headers=JSON)
+    await assert_refused(client, response, status, code)
+
+
+async def test_run_at_may_lie_a_little_in_the_past_and_up_to_a_year_ahead(
+    client: httpx.AsyncClient,
+) -> None:
+    now = datetime.now(UTC)
+    for run_at in (now - timedelta(hours=23), now + timedelta(days=365)):
+        created = await client.post("/jobs", json={"type": "echo", "run_at": run_at.isoformat()})
+        assert created.status_code == 201, created.text
+    for run_at in (now - timedelta(hours=25), now + timedelta(days=367)):
+        refused = await client.post("/jobs", json={"type": "echo", "run_at": run_at.isoformat()})
+        assert refused.status_code == 422
+        assert refused.json()["error"]["details"] == {"field": "run_at"}
+    assert len((await client.get("/jobs")).json()["items"]) == 2
 
 
 async def test_oversized_bodies_are_refused_with_and_without_length(
@@ -143,12 +351,119 @@ async def test_unknown_ids_and_routes_are_json_404s(client: httpx.AsyncClient, u
 
 
 @pytest.mark.parametrize(
-    "query", ["limit=0", "limit=1001", "status=bogus", "cursor=forged", "created_after=yesterday"]
+    "query",
+    [
+        "limit=0",
+        "limit=1001",
+        "status=bogus",
+        "cursor=forged",
+        "created_after=yesterday",
+        "created_after=2020-01-01T00:00:00",  # no time zone
+        "created_after=0001-01-01T00:00:00%2B14:00",  # before year 1 in UTC
+        "created_before=9999-12-31T23:59:59-14:00",  # after 9999 in UTC
+        "type=%00",  # NUL: PostgreSQL cannot even compare it
+        "use_case=a%00b",
+        "tenant_id=%00",
+    ],
 )
 async def test_bad_list_filters_are_4xx(client: httpx.AsyncClient, query: str) -> None:
     response = await client.get(f"/jobs?{query}")
-    assert response.status_code in (400, 422)
-    assert "error" in response.json()
+    assert response.status_code in (400, 422), response.text
+    assert response.json()["error"]["code"] in ("invalid_request", "invalid_cursor")
+
+
+INJECTIONS = [
+    "type=' OR 1=1 --",
+    "type=echo'; DROP TABLE async_jobs; --",
+    "type=echo%27%20OR%20%27a%27%3D%27a",
+    "type=%25",  # LIKE wildcards, were filters matched with LIKE
+    "type=_cho",
+    "type=echo%5C",
+    "use_case=default' OR '1'='1",
+    'use_case=default"; SELECT pg_sleep(5); --',
+    "tenant_id=tenant-a' OR tenant_id='tenant-b",
+    "tenant_id=tenant-a'--",
+    "tenant_id=tenant-a;DELETE FROM async_jobs",
+    "status=pending' OR 1=1 --",
+    "status=pending;",
+    "cursor=';DROP TABLE async_jobs;--",
+    "cursor=eyJ0IjogIicgT1IgMT0xIC0tIiwgImlkIjogIjEifQ",
+    "created_after=2020-01-01T00:00:00Z' OR 1=1 --",
+    "limit=1;DROP TABLE async_jobs",
+]
+
+
+@pytest.mark.parametrize("query", INJECTIONS)
+async def test_injections_in_list_filters_find_no_foreign_rows(
+    client: httpx.AsyncClient, query: str
+) -> None:
+    """Values are parameters, never SQL: an injection is a 4xx or a filter that matches
+    nothing (no job has such a type, tenant or use case), and the table is intact."""
+    for tenant in ("tenant-a", "tenant-b"):
+        body = {"type": "echo", "tenant_id": tenant, "delay_seconds": 3600}
+        assert (await client.post("/jobs", json=body)).status_code == 201
+    response = await client.get(f"/jobs?{query}")
+    assert response.status_code in (200, 400, 422), response.text
+    if response.status_code == 200:
+        assert response.json()["items"] == []
+    else:
+        assert response.json()["error"]["code"] in ("invalid_request", "invalid_cursor")
+    assert "Traceback" not in response.text
+    assert len((await client.get("/jobs")).json()["items"]) == 2
+
+
+def _cursor(content: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(content).encode()).decode().rstrip("=")
+
+
+TAMPERED_CURSORS = [
+    {"t": "2026-01-01T00:00:00+00:00", "id": "' OR 1=1 --"},
+    {"t": "2026-01-01T00:00:00+00:00'; DROP TABLE async_jobs; --", "id": UNKNOWN_ID},
+    {"t": "2026-01-01T00:00:00", "id": UNKNOWN_ID},  # no time zone
+    {"t": "9999-12-31T23:59:59-14:00", "id": UNKNOWN_ID},  # after 9999 in UTC
+    {"t": "0001-01-01T00:00:00+14:00", "id": UNKNOWN_ID},  # before year 1 in UTC
+    {"t": 1767225600, "id": 7},
+    {"t": None, "id": None},
+    {"id": UNKNOWN_ID},
+    ["2026-01-01T00:00:00+00:00", UNKNOWN_ID],
+    "2026-01-01T00:00:00+00:00",
+]
+
+
+@pytest.mark.parametrize("content", TAMPERED_CURSORS)
+async def test_a_tampered_cursor_is_a_400(client: httpx.AsyncClient, content: Any) -> None:
+    response = await client.get(f"/jobs?cursor={_cursor(content)}")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_a_cursor_moved_to_another_position_is_only_a_position(
+    client: httpx.AsyncClient,
+) -> None:
+    """Altered to other well-formed values, a cursor pages from there: no error, no more."""
+    for n in range(3):
+        body = {"type": "echo", "payload": {"n": n}, "delay_seconds": 3600}
+        assert (await client.post("/jobs", json=body)).status_code == 201
+    page = (await client.get("/jobs?limit=1")).json()
+    decoded = json.loads(base64.urlsafe_b64decode(page["next_cursor"] + "=="))
+    moved = [
+        {**decoded, "id": "ffffffff-ffff-ffff-ffff-ffffffffffff"},
+        {**decoded, "t": "9999-12-31T23:59:59+00:00"},  # after everything: every job
+        {**decoded, "t": "0001-01-01T00:00:00+00:00"},  # before everything: none
+        {**decoded, "tenant_id": "someone-else", "extra": "ignored"},
+    ]
+    seen = []
+    for content in moved:
+        response = await client.get(f"/jobs?cursor={_cursor(content)}")
+        assert response.status_code == 200, response.text
+        seen.append(len(response.json()["items"]))
+    assert seen[1:3] == [3, 0]
+
+
+async def test_stats_tenant_filter_with_a_nul_is_a_422(client: httpx.AsyncClient) -> None:
+    response = await client.get("/stats?tenant_id=a%00")
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
 
 
 async def test_health(client: httpx.AsyncClient) -> None:

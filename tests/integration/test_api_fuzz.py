@@ -1,6 +1,7 @@
 """Schemathesis fuzzes every operation of the OpenAPI document against the in-process app on
 the memory store: no answer may be a 500, and an answer must match the response schema the
-document declares for its status (where it declares one).
+document declares for its status. The document declares every status the API answers with its
+body (errors included, and ``default`` for anything else), so every answer is checked.
 
 Bounded: a few examples per operation, a fixed seed (``derandomize``), no example database,
 and ``?wait`` capped at 50 ms (no worker runs here, so a valid job would otherwise be waited

@@ -21,9 +21,10 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from async_jobs.api.errors import on_invalid_request, on_our_error
+from async_jobs.api.errors import on_http_error, on_invalid_request, on_our_error
 from async_jobs.core.settings import Settings
 from async_jobs.domain.errors import (
     AsyncJobsError,
@@ -125,6 +126,8 @@ def route_class(auth: TokenAuth | None) -> type[APIRoute]:
                     return await on_our_error(request, exc)
                 except RequestValidationError as exc:
                     return await on_invalid_request(request, exc)
+                except HTTPException as exc:  # e.g. a body too deeply nested to parse
+                    return await on_http_error(request, exc)
 
             return handle
 

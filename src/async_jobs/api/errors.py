@@ -47,12 +47,18 @@ async def on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
     problems = [_problem(e) for e in exc.errors()]
     if any(p["type"] == "json_invalid" for p in problems):
         return error_response(400, "malformed_json", "the request body is not valid JSON")
+    if _body_not_json(request, exc):
+        return error_response(
+            415,
+            "unsupported_media_type",
+            "the request body must be JSON, sent with Content-Type: application/json",
+        )
     first = problems[0] if problems else {"field": "", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
     return error_response(422, "invalid_request", message, problems=problems)
 
 
-async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     headers = dict(exc.headers) if exc.headers else None
@@ -62,6 +68,15 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "an unexpected error occurred")
+
+
+def _body_not_json(request: Request, exc: RequestValidationError) -> bool:
+    """A body was sent, but not as JSON (FastAPI then reads it as bytes, which no body model
+    accepts): checked only once a request has failed, so a good one pays nothing for it."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return False
+    return any(e.get("loc") == ("body",) and e.get("type") != "missing" for e in exc.errors())
 
 
 def _problem(error: Any) -> dict[str, str]:
@@ -76,5 +91,5 @@ def _problem(error: Any) -> dict[str, str]:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AsyncJobsError, on_our_error)
     app.add_exception_handler(RequestValidationError, on_invalid_request)
-    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -2,22 +2,38 @@
 
 Handlers only translate HTTP to ``JobApp`` calls and back; errors become JSON through the
 handlers installed by ``install_error_handlers``.
+
+Each route answers JSON the domain prepared (``Job.to_json()``...), so nothing is validated
+twice on the way out; its ``responses`` declare, for the OpenAPI document, every status it
+can answer with the model of its body (``api.schemas``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from async_jobs.api.auth import Principal, TokenAuth, principal_of, route_class
 from async_jobs.api.schemas import (
+    NO_NUL,
     CleanupRequest,
+    CleanupResponse,
+    ErrorResponse,
+    HealthResponse,
     JobBatchCreate,
+    JobBatchResponse,
     JobCreate,
+    JobPageResponse,
+    JobResponse,
+    StatsResponse,
+    UseCaseListResponse,
+    UseCaseResponse,
+    UtcTime,
     decode_cursor,
     encode_cursor,
 )
@@ -36,6 +52,73 @@ Wait = Annotated[
         "job, or 202 with the job as it stands when the time is up.",
     ),
 ]
+TextFilter = Annotated[str | None, Query(pattern=NO_NUL)]
+
+Responses = dict[int | str, dict[str, Any]]
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+_ERRORS: Mapping[int, tuple[str, dict[str, Any]]] = {
+    400: ("The body is not valid JSON.", {}),
+    401: (
+        "No valid bearer token.",
+        {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    ),
+    403: ("The token acts for another tenant, or this needs an admin token.", {}),
+    404: ("No such job (another tenant's job is one too).", {}),
+    409: ("The request conflicts with the job's state.", {}),
+    413: ("The body is over the size limit.", {}),
+    415: ("The body is not sent as JSON (Content-Type: application/json).", {}),
+    422: ("A field or parameter is invalid.", {}),
+    429: ("A tenant quota refuses the job now (quota_exceeded).", _RETRY_AFTER),
+    503: ("The job store cannot be reached or is not migrated.", _RETRY_AFTER),
+}
+
+_UNEXPECTED = "Any other error, e.g. 500 internal_error (a bug: never on purpose)."
+
+
+def _answers(
+    auth: TokenAuth | None,
+    ok: Mapping[int, tuple[type[BaseModel], str]],
+    errors: Mapping[int, str | None],
+) -> Responses:
+    """``responses=`` of a route: its successes (status -> model, description), and its errors
+    (status -> description, None: the usual one), each with the error body, which ``default``
+    declares for any other status too (a 500 ``internal_error``: a bug). 401 and 403 are
+    declared only when ``auth`` is set: without tokens no route answers them."""
+    declared: Responses = {
+        status: {"model": model, "description": said} for status, (model, said) in ok.items()
+    }
+    if auth is not None:
+        errors = {401: None, **errors}
+    for status, said in sorted(errors.items()):
+        if status == 403 and auth is None:
+            continue
+        usual, headers = _ERRORS[status]
+        declared[status] = {"model": ErrorResponse, "description": said or usual}
+        if headers:
+            declared[status]["headers"] = headers
+    declared["default"] = {"model": ErrorResponse, "description": _UNEXPECTED}
+    return declared
+
+
+_WAITED = {
+    202: (JobResponse, "With ?wait: the job as it stands when the time is up."),
+}
+_BAD_JOB = (
+    "A field is invalid (invalid_request, invalid_job), or no handler is registered for the "
+    "type (unknown_job_type)."
+)
+_ENQUEUE_ERRORS: Mapping[int, str | None] = {
+    400: None,
+    403: "The body names a tenant the token does not act for.",
+    409: "The idempotency key was used for another request (idempotency_conflict).",
+    413: "The body is over the size limit (request_too_large), or a payload over the "
+    "payload limit (payload_too_large).",
+    415: None,
+    422: _BAD_JOB,
+    429: None,
+    503: None,
+}
 
 
 def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter:
@@ -49,14 +132,45 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
     foreign job id is a 404), administration needs an admin token. None: open to anyone."""
     router = APIRouter(route_class=route_class(auth))
 
-    @router.post("/jobs", status_code=201, summary="Enqueue a job")
+    @router.post(
+        "/jobs",
+        status_code=201,
+        summary="Enqueue a job",
+        response_model=None,
+        responses=_answers(
+            auth,
+            {
+                201: (JobResponse, "The job, stored."),
+                200: (
+                    JobResponse,
+                    "The existing job for a repeated idempotency key; with ?wait, the job "
+                    "once it has ended.",
+                ),
+                **_WAITED,
+            },
+            _ENQUEUE_ERRORS,
+        ),
+    )
     async def enqueue(body: JobCreate, caller: Caller, wait: Wait = None) -> JSONResponse:
         job, created = await jobs.enqueue_checked(_as_caller(body.to_request(), caller))
         if wait is not None:
             return await _waited(jobs, job.id, wait, caller)
         return JSONResponse(job.to_json(), status_code=201 if created else 200)
 
-    @router.post("/jobs/batch", status_code=201, summary="Enqueue many jobs, all or none")
+    @router.post(
+        "/jobs/batch",
+        status_code=201,
+        summary="Enqueue many jobs, all or none",
+        response_model=None,
+        responses=_answers(
+            auth,
+            {
+                201: (JobBatchResponse, "The jobs, stored (some may have existed already)."),
+                200: (JobBatchResponse, "Every job existed already (idempotency keys)."),
+            },
+            {**_ENQUEUE_ERRORS, 422: _BAD_JOB + " Nothing is stored."},
+        ),
+    )
     async def enqueue_batch(body: JobBatchCreate, caller: Caller) -> JSONResponse:
         requests = [_as_caller(item.to_request(), caller) for item in body.jobs]
         stored = await jobs.enqueue_many_checked(requests)
@@ -64,31 +178,73 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         answer = {"items": [job.to_json() for job, _ in stored], "created": created}
         return JSONResponse(answer, status_code=201 if any(created) else 200)
 
-    @router.post("/jobs/{job_id}/cancel", summary="Cancel a job")
+    @router.post(
+        "/jobs/{job_id}/cancel",
+        summary="Cancel a job",
+        response_model=None,
+        responses=_answers(
+            auth,
+            {200: (JobResponse, "The job: cancelled, or flagged while it runs.")},
+            {404: None, 409: "The job has already ended (invalid_transition).", 503: None},
+        ),
+    )
     async def cancel(job_id: str, caller: Caller) -> JSONResponse:
         job = await jobs.cancel(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
 
-    @router.post("/jobs/{job_id}/retry", summary="Run a failed or cancelled job again")
+    @router.post(
+        "/jobs/{job_id}/retry",
+        summary="Run a failed or cancelled job again",
+        response_model=None,
+        responses=_answers(
+            auth,
+            {200: (JobResponse, "The job, pending again.")},
+            {404: None, 409: "The job is not failed or cancelled (invalid_transition).", 503: None},
+        ),
+    )
     async def retry(job_id: str, caller: Caller) -> JSONResponse:
         job = await jobs.retry(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
 
-    @router.get("/jobs/{job_id}", summary="One job")
+    @router.get(
+        "/jobs/{job_id}",
+        summary="One job",
+        response_model=None,
+        responses=_answers(
+            auth,
+            {200: (JobResponse, "The job (with ?wait: once it has ended)."), **_WAITED},
+            {404: None, 422: "?wait is out of bounds.", 503: None},
+        ),
+    )
     async def get_job(job_id: str, caller: Caller, wait: Wait = None) -> JSONResponse:
         if wait is not None:
             return await _waited(jobs, job_id, wait, caller)
         job = await jobs.get_job(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
 
-    @router.get("/jobs", summary="List jobs, newest first")
+    @router.get(
+        "/jobs",
+        summary="List jobs, newest first",
+        response_model=None,
+        responses=_answers(
+            auth,
+            {200: (JobPageResponse, "A page of jobs.")},
+            {
+                400: "The cursor is not one this API gave out (invalid_cursor).",
+                403: "tenant_id names a tenant the token does not act for.",
+                422: "A filter is invalid: an unknown status, a time without a time zone, "
+                "a limit out of bounds, a NUL character.",
+                503: None,
+            },
+        ),
+    )
     async def list_jobs(
         status: JobState | None = None,
-        use_case: str | None = None,
-        type: str | None = None,
-        tenant_id: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
+        use_case: TextFilter = None,
+        type: TextFilter = None,
+        tenant_id: TextFilter = None,
+        created_after: UtcTime | None = None,
+        created_before: UtcTime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
         cursor: str | None = None,
         *,
@@ -111,9 +267,22 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         }
         return JSONResponse(body)
 
-    _add_admin_routes(router, jobs)
+    _add_admin_routes(router, jobs, auth)
 
-    @router.get("/health", summary="Is the store reachable")
+    @router.get(
+        "/health",
+        summary="Is the store reachable",
+        response_model=None,
+        responses={
+            200: {"model": HealthResponse, "description": "The store answers."},
+            503: {
+                "model": HealthResponse,
+                "description": "The store cannot be reached.",
+                "headers": _RETRY_AFTER,
+            },
+            "default": {"model": ErrorResponse, "description": _UNEXPECTED},
+        },
+    )
     async def health() -> JSONResponse:
         try:
             await jobs.store.ping()
@@ -125,29 +294,74 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
     return router
 
 
-def _add_admin_routes(router: APIRouter, jobs: JobApp) -> None:
+def _add_admin_routes(router: APIRouter, jobs: JobApp, auth: TokenAuth | None) -> None:
     """Use cases, statistics and maintenance."""
+    admin = "This needs an admin token."
+    named = _answers(
+        auth,
+        {200: (UseCaseResponse, "The use case as it is now.")},
+        {403: admin, 422: "The name is not a valid use case name.", 503: None},
+    )
 
-    @router.get("/use-cases", summary="Use cases and whether they are paused")
+    @router.get(
+        "/use-cases",
+        summary="Use cases and whether they are paused",
+        response_model=None,
+        responses=_answers(
+            auth, {200: (UseCaseListResponse, "Every use case.")}, {403: admin, 503: None}
+        ),
+    )
     async def use_cases(caller: Caller) -> JSONResponse:
         caller.require_admin()
         return JSONResponse({"items": [u.to_json() for u in await jobs.use_cases()]})
 
-    @router.post("/use-cases/{name}/pause", summary="Stop starting jobs of a use case")
+    @router.post(
+        "/use-cases/{name}/pause",
+        summary="Stop starting jobs of a use case",
+        response_model=None,
+        responses=named,
+    )
     async def pause(name: str, caller: Caller) -> JSONResponse:
         caller.require_admin()
         return JSONResponse((await jobs.pause(name)).to_json())
 
-    @router.post("/use-cases/{name}/resume", summary="Start jobs of a paused use case again")
+    @router.post(
+        "/use-cases/{name}/resume",
+        summary="Start jobs of a paused use case again",
+        response_model=None,
+        responses=named,
+    )
     async def resume(name: str, caller: Caller) -> JSONResponse:
         caller.require_admin()
         return JSONResponse((await jobs.resume(name)).to_json())
 
-    @router.get("/stats", summary="Counts, throughput, latencies, deadline misses")
-    async def stats(caller: Caller, tenant_id: str | None = None) -> JSONResponse:
+    @router.get(
+        "/stats",
+        summary="Counts, throughput, latencies, deadline misses",
+        response_model=None,
+        responses=_answers(
+            auth,
+            {200: (StatsResponse, "Statistics, of one tenant or of all.")},
+            {
+                403: "tenant_id names a tenant the token does not act for.",
+                422: "tenant_id holds a NUL character.",
+                503: None,
+            },
+        ),
+    )
+    async def stats(caller: Caller, tenant_id: TextFilter = None) -> JSONResponse:
         return JSONResponse((await jobs.stats(caller.tenant_for(tenant_id))).to_json())
 
-    @router.post("/maintenance/cleanup", summary="Delete terminal jobs older than an age")
+    @router.post(
+        "/maintenance/cleanup",
+        summary="Delete terminal jobs older than an age",
+        response_model=None,
+        responses=_answers(
+            auth,
+            {200: (CleanupResponse, "How many jobs were deleted, by state.")},
+            {400: None, 403: admin, 413: None, 415: None, 422: None, 503: None},
+        ),
+    )
     async def cleanup(body: CleanupRequest, caller: Caller) -> JSONResponse:
         caller.require_admin()
         seconds = None if body.older_than_hours is None else body.older_than_hours * 3600

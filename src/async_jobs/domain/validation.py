@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from async_jobs.domain.errors import InvalidJobError, PayloadTooLargeError
@@ -31,6 +31,8 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_NAME_LENGTH = 200
 MAX_ATTEMPTS_LIMIT = 1000
 MAX_DELAY_SECONDS = 366 * 24 * 3600.0
+MAX_RUN_AT_AGE_SECONDS = 24 * 3600.0
+LATEST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600.0
 MAX_JSON_DEPTH = 64
 
@@ -73,7 +75,7 @@ def build_new_job(
             MAX_ATTEMPTS_LIMIT,
         ),
         delay_seconds=_check_number(delay or 0.0, "delay_seconds", 0.0, MAX_DELAY_SECONDS),
-        run_at=_check_time(run_at, "run_at"),
+        run_at=_check_run_at(run_at),
         delay_tolerance_seconds=_check_number(
             DEFAULT_DELAY_TOLERANCE_SECONDS
             if delay_tolerance_seconds is None
@@ -242,15 +244,47 @@ def _check_time(value: datetime | None, field: str) -> datetime | None:
         raise InvalidJobError(f"{field} must be a datetime", field=field)
     if value.tzinfo is None:
         raise InvalidJobError(f"{field} must carry a timezone", field=field)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+14:00, before year 1 in UTC
+        raise InvalidJobError(f"{field} is out of range", field=field) from None
+
+
+def _check_run_at(value: datetime | None) -> datetime | None:
+    """At most ``MAX_DELAY_SECONDS`` ahead, like a delay. At most ``MAX_RUN_AT_AGE_SECONDS``
+    ago: a past run_at makes the job due at once, but its deadline, its place in the claim
+    order (earliest deadline first) and the queue-wait statistics all count from it, so a
+    run_at from another century is a mistake, not a schedule."""
+    checked = _check_time(value, "run_at")
+    if checked is None:
+        return None
+    now = datetime.now(UTC)
+    if checked > now + timedelta(seconds=MAX_DELAY_SECONDS):
+        raise InvalidJobError(
+            f"run_at must be at most {MAX_DELAY_SECONDS / 86400:.0f} days ahead", field="run_at"
+        )
+    if checked < now - timedelta(seconds=MAX_RUN_AT_AGE_SECONDS):
+        raise InvalidJobError(
+            f"run_at must be at most {MAX_RUN_AT_AGE_SECONDS / 3600:.0f} hours in the past "
+            "(leave it out to run the job now)",
+            field="run_at",
+        )
+    return checked
 
 
 def _check_expires_at(expires_at: datetime | None, run_at: datetime | None) -> datetime | None:
+    """Later than run_at (or now), and before ``LATEST_EXPIRY``: PostgreSQL's driver writes
+    the largest time as infinity, which reads back without its time zone."""
     checked = _check_time(expires_at, "expires_at")
     if checked is None:
         return None
     if checked <= (_check_time(run_at, "run_at") or datetime.now(UTC)):
         raise InvalidJobError("expires_at must be later than run_at and now", field="expires_at")
+    if checked >= LATEST_EXPIRY:
+        raise InvalidJobError(
+            "expires_at must be before 9999-12-31 (leave it out for a job that never expires)",
+            field="expires_at",
+        )
     return checked
 
 
