@@ -391,22 +391,31 @@ async def _drain(conn: asyncpg.Connection, o: BenchOptions) -> tuple[float, floa
         "async-jobs worker", _worker_argv(o.concurrency), env=_worker_env(o), ready=READY_PREFIX
     ) as worker:
         started = await worker.wait_ready()
-        finished = await wait_until_zero(
-            lambda: _unfinished(conn),
-            total=o.jobs,
-            since=started,
-            timeout=drain_timeout(o.jobs),
-            worker=worker,
-        )
+        finished = await wait_drained(conn, o, started, worker)
         rss = worker.peak_rss_mb()
     seconds = finished - started
-    counts = {r[0]: r[1] for r in await conn.fetch(_STATUS_COUNTS_SQL)}
-    if counts.get("succeeded", 0) != o.jobs:
-        raise BenchError(f"the drain did not succeed on every job: {counts}")
+    await check_all_succeeded(conn, o.jobs)
     return o.jobs / seconds, rss, seconds
 
 
-_STATUS_COUNTS_SQL = "SELECT status::text, count(*) FROM async_jobs GROUP BY 1"
+async def wait_drained(
+    conn: asyncpg.Connection, o: BenchOptions, since: float, worker: WorkerProcess
+) -> float:
+    """The ``perf_counter`` time at which the table showed every job ended."""
+    return await wait_until_zero(
+        lambda: _unfinished(conn),
+        total=o.jobs,
+        since=since,
+        timeout=drain_timeout(o.jobs),
+        worker=worker,
+    )
+
+
+async def check_all_succeeded(conn: asyncpg.Connection, jobs: int) -> None:
+    rows = await conn.fetch("SELECT status::text, count(*) FROM async_jobs GROUP BY 1")
+    counts = {r[0]: r[1] for r in rows}
+    if counts.get("succeeded", 0) != jobs:
+        raise BenchError(f"the drain did not succeed on every job: {counts}")
 
 
 async def _latency(app: JobApp, conn: asyncpg.Connection, o: BenchOptions) -> list[float]:

@@ -50,12 +50,13 @@ from async_jobs.bench import (
     _worker_argv,
     _worker_env,
     base_settings,
+    check_all_succeeded,
     drain_timeout,
     ensure_alone,
     prepare_database,
     progress,
     redact_dsn,
-    wait_until_zero,
+    wait_drained,
     worker_process,
 )
 
@@ -323,13 +324,7 @@ async def _drain(
         if server_pid is not None:
             pids["sqs server"] = [server_pid]
         with cpu_meter(pids) as cpu:
-            finished = await wait_until_zero(
-                lambda: _unfinished(conn),
-                total=o.jobs,
-                since=started,
-                timeout=drain_timeout(o.jobs),
-                worker=worker,
-            )
+            finished = await wait_drained(conn, o, started, worker)
         scheduler.check_alive()
         client = SqsClient(app.sqs_config())
         await client.open()
@@ -337,13 +332,8 @@ async def _drain(
             await _until_drained(client, queue)
         finally:
             await client.close()
-    counts = {r[0]: r[1] for r in await conn.fetch(_STATUS_COUNTS_SQL)}
-    if counts.get("succeeded", 0) != o.jobs:
-        raise BenchError(f"the drain did not succeed on every job: {counts}")
+    await check_all_succeeded(conn, o.jobs)
     return o.jobs / (finished - started), cpu()
-
-
-_STATUS_COUNTS_SQL = "SELECT status::text, count(*) FROM async_jobs GROUP BY 1"
 
 
 async def _until_drained(client: SqsClient, queue: str, timeout: float = 30.0) -> None:
