@@ -298,6 +298,8 @@ async def _drain(
         ASYNC_JOBS_SQS_ENDPOINT_URL=endpoint,
         ASYNC_JOBS_SQS_QUEUE_DEFAULT=queue,
         ASYNC_JOBS_DEFAULT_MAX_CONCURRENT=str(o.window),
+        # A stopping worker lets its polls end: short polls keep the rounds' ends short.
+        ASYNC_JOBS_SQS_LONG_POLL_SECONDS="2",
         AWS_ACCESS_KEY_ID=os.environ["AWS_ACCESS_KEY_ID"],
         AWS_SECRET_ACCESS_KEY=os.environ["AWS_SECRET_ACCESS_KEY"],
     )

@@ -36,7 +36,7 @@ def test_the_sqs_benchmark_sets_the_drain_against_the_server_alone(
     out = tmp_path / "sqs.json"
     done = cli.run(
         "bench", "--transport", "sqs", "--dsn", pg_database, "--jobs", "60",
-        "--concurrency", "5", "--json", str(out),
+        "--concurrency", "5", "--rounds", "1", "--json", str(out),
         timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
