@@ -23,6 +23,7 @@ from async_jobs.domain.jobs import (
 )
 from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
+from async_jobs.stores.postgres import PostgresStore
 from tests.helpers import new_job
 
 # This suite is not about limits (see test_store_scheduling.py): no use case is capped below
@@ -90,6 +91,38 @@ async def test_idempotency_key_returns_the_existing_job_per_tenant(store: JobSto
     assert other.id != first.id
     page = await store.list_jobs(JobFilter(tenant_id="t1"), 10)
     assert [j.id for j in page.items] == [first.id]
+
+
+async def test_concurrent_single_inserts_each_get_their_own_job_and_error(
+    store: JobStore,
+) -> None:
+    """Many callers at once (the PostgreSQL store writes them in groups): each gets its own
+    job back, a repeated key its holder, and a job that cannot be stored (its id is taken)
+    its own error, which no other caller sees."""
+    taken = new_job()
+    await store.insert_job(taken)
+    jobs = [new_job(payload={"n": n}) for n in range(150)]
+    keyed = [new_job(payload={"n": -1}, idempotency_key="k") for _ in range(5)]
+    clash = new_job(job_id=taken.id, payload={"n": -2})
+    everyone = [*jobs[:75], *keyed, clash, *jobs[75:]]
+    results = await asyncio.gather(
+        *(store.insert_job(job) for job in everyone), return_exceptions=True
+    )
+    failed = [job for job, r in zip(everyone, results, strict=True) if isinstance(r, Exception)]
+    assert failed == [clash]
+    assert isinstance(results[everyone.index(clash)], StoreError)
+    for job in jobs:
+        stored, created = results[everyone.index(job)]  # type: ignore[misc]
+        assert created and stored.id == job.id and stored.payload == job.payload
+    holders = {results[everyone.index(job)][0].id for job in keyed}  # type: ignore[index]
+    assert len(holders) == 1
+    assert sum(results[everyone.index(job)][1] for job in keyed) == 1  # type: ignore[index]
+    page = await store.list_jobs(JobFilter(), 1000)
+    assert len(page.items) == 1 + 150 + 1
+    assert (await store.get_job(taken.id)).payload == {}  # type: ignore[union-attr]
+    if isinstance(store, PostgresStore):  # the key-less jobs went in far fewer statements
+        grouped = store._grouped
+        assert grouped.items == 1 + 150 + 1 and grouped.statements < 20
 
 
 async def test_batch_insert_is_all_or_nothing(store: JobStore) -> None:

@@ -54,10 +54,15 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
+from async_jobs.stores.grouping import Grouped
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 from async_jobs.stores.watchers import tell
 
 log = logging.getLogger(__name__)
+
+# Statements writing single enqueues at once; more jobs arriving meanwhile wait and go
+# together in the next statement (see ``stores.grouping``).
+GROUP_WRITERS = 2
 
 QUERIES = load_queries("async_jobs.stores.postgres")
 NOTIFY_CHANNEL = "async_jobs_inserted"
@@ -106,6 +111,8 @@ class PostgresStore:
         # release, which cost about as much as the statement's own client-side work.
         self._kept: asyncpg.Connection | None = None
         self._kept_busy = False
+        # Jobs enqueued one by one while others are being written are written together.
+        self._grouped = Grouped(self._insert_alone, self._insert_group, writers=GROUP_WRITERS)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -128,6 +135,7 @@ class PostgresStore:
             raise StoreUnavailableError(f"PostgreSQL refused the connection: {exc}") from exc
 
     async def close(self) -> None:
+        await self._grouped.drain()
         if self._listener_work is not None and not self._listener_work.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._listener_work), 5)
@@ -212,8 +220,19 @@ class PostgresStore:
     # -- enqueue ----------------------------------------------------------------------------
 
     async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
+        if job.idempotency_key is None and job.max_pending is None:
+            return await self._grouped.write(job)
+        # A job with a key may wait for another transaction holding the same key, and one
+        # under a quota for the quota's lock: each goes alone, so that no group waits for it.
+        return await self._insert_alone(job)
+
+    async def _insert_alone(self, job: NewJob) -> tuple[Job, bool]:
         async with self._connection() as conn:
             return await insert_job_on(conn, job)
+
+    async def _insert_group(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+        async with self._connection() as conn:  # one statement: no transaction needed
+            return await insert_jobs_on(conn, jobs)
 
     async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
         if not jobs:
