@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -297,6 +298,7 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
     config = _worker_config(jobs, args, burst=args.burst, grace=args.grace)
     async with jobs:
         await jobs.store.ping()
+        gc.freeze()  # start-up's objects live on: full collections need not walk them
 
         def ready() -> None:
             print(

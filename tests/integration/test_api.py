@@ -594,3 +594,44 @@ async def test_wait_answers_when_the_job_ends_or_202_when_time_is_up(
     assert (
         await client.get("/jobs/00000000-0000-0000-0000-000000000000?wait=1")
     ).status_code == 404
+
+
+async def test_the_quick_way_and_the_general_way_of_post_jobs_answer_alike(
+    client: httpx.AsyncClient,
+) -> None:
+    """A plain JSON body takes POST /jobs's quick way; the same request with a charset in
+    its content type, or a query parameter, goes FastAPI's general way: same answer."""
+    request = {
+        "type": "echo",
+        "payload": {"to": "a@b.c", "n": [1, 2.5, None, "é"]},
+        "tenant_id": "t1",
+        "use_case": "mail",
+        "priority": "high",
+        "delay_seconds": 60,
+        "max_attempts": 4,
+        "timeout_seconds": 9.5,
+        "backoff": {"kind": "constant", "base_seconds": 5},
+    }
+    text = json.dumps(request).encode()
+    answers = [
+        await client.post("/jobs", content=text, headers={"content-type": content_type})
+        for content_type in ("application/json", "application/json; charset=utf-8")
+    ]
+    answers.append(await client.post("/jobs?wait=0", content=text, headers=_JSON))
+    assert [a.status_code for a in answers] == [201, 201, 202]
+    varying = ("id", "run_at", "deadline_at", "created_at", "updated_at")
+    bodies = [{k: v for k, v in a.json().items() if k not in varying} for a in answers]
+    assert bodies[0] == bodies[1] == bodies[2]
+    assert bodies[0]["payload"] == request["payload"] and bodies[0]["priority"] == "high"
+
+    bad = json.dumps({**request, "colour": "red"}).encode()
+    refusals = [
+        await client.post("/jobs", content=bad, headers={"content-type": content_type})
+        for content_type in ("application/json", "application/json; charset=utf-8")
+    ]
+    assert [r.status_code for r in refusals] == [422, 422]
+    assert refusals[0].json() == refusals[1].json()
+    assert refusals[0].json()["error"]["details"]["problems"][0]["field"] == "colour"
+
+
+_JSON = {"content-type": "application/json"}

@@ -34,6 +34,7 @@ from async_jobs.domain.errors import (
 )
 
 ADMIN = "*"
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 _STATE_KEY = "async_jobs_principal"
 
 
@@ -111,7 +112,7 @@ def route_class(auth: TokenAuth | None) -> type[APIRoute]:
     so that the router keeps its contract in an app that did not install our handlers."""
 
     class JobsRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        def get_route_handler(self) -> Handler:
             handler = super().get_route_handler()
             checks = auth is not None and not self.path.endswith("/health")
 
@@ -121,7 +122,7 @@ def route_class(auth: TokenAuth | None) -> type[APIRoute]:
                         assert auth is not None
                         principal = auth.authenticate(request.headers.get("authorization"))
                         setattr(request.state, _STATE_KEY, principal)
-                    return await handler(request)
+                    return await self.respond(request, handler)
                 except AsyncJobsError as exc:
                     return await on_our_error(request, exc)
                 except RequestValidationError as exc:
@@ -130,6 +131,12 @@ def route_class(auth: TokenAuth | None) -> type[APIRoute]:
                     return await on_http_error(request, exc)
 
             return handle
+
+        async def respond(self, request: Request, general: Handler) -> Response:
+            """The answer, once the caller is known: FastAPI's own handling (``general``:
+            parameters and body validated, then the endpoint). A route may take a shorter
+            way for requests it can answer without it."""
+            return await general(request)
 
     return JobsRoute
 

@@ -1,6 +1,7 @@
 """A cap on request bodies, enforced while reading, so a huge or endless (chunked) body is
-refused with 413 without being held in memory: the body is read here, at most ``max_bytes``
-of it, and replayed to the app."""
+refused with 413 without being held in memory. A declared ``Content-Length`` over the cap is
+refused unread; under it, the server frames the body by that length. A body without one
+(chunked) is read here, at most ``max_bytes`` of it, and replayed to the app."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def _content_length(scope: Scope) -> bytes | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return bytes(value)
+    return None
 
 
 class BodySizeLimit:
@@ -22,9 +30,13 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+        declared = _content_length(scope)
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_bytes:
+                await self._refuse(send)
+                return
+            # The server reads no more than the declared length: nothing to bound here.
+            await self.app(scope, receive, send)
             return
         body = await self._read_bounded(receive)
         if body is None:
