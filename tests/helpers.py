@@ -8,10 +8,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from async_jobs.domain.jobs import NewJob
 from async_jobs.domain.validation import build_new_job
+
+if TYPE_CHECKING:
+    from async_jobs import JobApp, JobContext
 
 
 async def wait_until(
@@ -92,3 +95,28 @@ class SqsServer:
 
     def queue_url(self, name: str) -> str:
         return f"{self.endpoint}/123456789012/{name}"
+
+
+def register_handler_styles(app: JobApp) -> tuple[type, list[str]]:
+    """The three handler styles on ``app``: ``add`` (async function), ``blocking`` (sync
+    function, run in a thread) and ``greet`` (a class with ``handle``). Returns the class, to
+    enqueue by, and the list of thread names the sync handler ran in."""
+    threads: list[str] = []
+
+    @app.job("add")
+    async def add(ctx: JobContext, payload: dict[str, Any]) -> int:
+        return int(payload["a"]) + int(payload["b"])
+
+    @app.job("blocking")
+    def blocking(ctx: JobContext, payload: dict[str, Any]) -> str:
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return "done"
+
+    @app.job()
+    class GreetJob:
+        async def handle(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+            return {"hello": payload["name"], "attempt": ctx.attempt}
+
+    return GreetJob, threads

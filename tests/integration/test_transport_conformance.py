@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from async_jobs.core.settings import Settings
 from async_jobs.core.worker import Worker
 from async_jobs.domain.jobs import Job
 from async_jobs.transports.sqs import SqsClient, create_queues
-from tests.helpers import SqsServer, wait_until
+from tests.helpers import SqsServer, register_handler_styles, wait_until
 from tests.integration.test_sqs_transport import (
     all_ended,
     drained,
@@ -102,21 +101,7 @@ async def rig(transport_settings: Settings) -> AsyncIterator[Rig]:
 
 async def test_async_sync_and_class_handlers_run_once_each(rig: Rig) -> None:
     app = rig.app
-    threads: list[str] = []
-
-    @app.job("add")
-    async def add(ctx: JobContext, payload: dict[str, Any]) -> int:
-        return int(payload["a"]) + int(payload["b"])
-
-    @app.job("blocking")
-    def blocking(ctx: JobContext, payload: dict[str, Any]) -> str:
-        threads.append(threading.current_thread().name)
-        return "done"
-
-    @app.job()
-    class GreetJob:
-        async def handle(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
-            return {"hello": payload["name"], "attempt": ctx.attempt}
+    GreetJob, threads = register_handler_styles(app)
 
     jobs = [
         await app.enqueue("add", {"a": 2, "b": 3}),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 from async_jobs import (
@@ -14,7 +13,7 @@ from async_jobs import (
     NonRetryableError,
     WorkerConfig,
 )
-from tests.helpers import wait_until
+from tests.helpers import register_handler_styles, wait_until
 
 NO_WAIT = Backoff.constant(0, jitter=0)
 
@@ -24,21 +23,7 @@ def burst(concurrency: int = 4, **kw: Any) -> WorkerConfig:
 
 
 async def test_runs_async_sync_and_class_handlers(app: JobApp) -> None:
-    threads: list[str] = []
-
-    @app.job("add")
-    async def add(ctx: JobContext, payload: dict[str, Any]) -> int:
-        return int(payload["a"]) + int(payload["b"])
-
-    @app.job("blocking")
-    def blocking(ctx: JobContext, payload: dict[str, Any]) -> str:
-        threads.append(threading.current_thread().name)
-        return "done"
-
-    @app.job()
-    class GreetJob:
-        async def handle(self, ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
-            return {"hello": payload["name"], "attempt": ctx.attempt}
+    GreetJob, threads = register_handler_styles(app)
 
     a = await app.enqueue("add", {"a": 2, "b": 3})
     b = await app.enqueue("blocking")
