@@ -766,8 +766,14 @@ def _insert_values(j: NewJob) -> tuple[Any, ...]:
     )
 
 
-def _insert_columns(jobs: Sequence[NewJob]) -> list[list[Any]]:
-    return [list(column) for column in zip(*map(_insert_values, jobs), strict=True)]
+def _insert_columns(jobs: Sequence[NewJob]) -> list[list[Any] | None]:
+    """The batch insert's arrays, one per column. A column with no value in any job (no
+    idempotency keys, webhooks... as in most batches) goes as NULL, which unnest reads as
+    NULL in every row, so the driver does not encode an array of them."""
+    return [
+        None if all(value is None for value in column) else list(column)
+        for column in zip(*map(_insert_values, jobs), strict=True)
+    ]
 
 
 def _job_from_insert(new: NewJob, row: asyncpg.Record) -> Job:
