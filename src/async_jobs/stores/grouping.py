@@ -68,14 +68,13 @@ class Grouped(Generic[In, Out]):
     def _writer_done(self) -> None:
         self._busy -= 1
         self._waiting = [(item, f) for item, f in self._waiting if not f.done()]
-        if not self._waiting or self._busy >= self._writers:
-            return
-        group = self._waiting[: self._max_group]
-        del self._waiting[: self._max_group]
-        self._busy += 1
-        task = asyncio.get_running_loop().create_task(self._write_group(group))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        while self._waiting and self._busy < self._writers:
+            group = self._waiting[: self._max_group]
+            del self._waiting[: self._max_group]
+            self._busy += 1
+            task = asyncio.get_running_loop().create_task(self._write_group(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _write_group(self, group: list[tuple[In, asyncio.Future[Out]]]) -> None:
         try:
