@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -53,13 +55,71 @@ def pg_template() -> Iterator[str]:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
 
 
+class FreshDatabases:
+    """Databases cloned from the template ahead of need and dropped after use, by a thread of
+    their own: a clone costs about 0.4 s (PostgreSQL writes the template's pages to its WAL
+    and flushes it), which a test then does not wait for while the clone overlaps the tests
+    before it. Each database still serves one test only."""
+
+    AHEAD = 2
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._ready: queue.Queue[str | BaseException] = queue.Queue()
+        self._work: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="fresh-databases", daemon=True)
+        self._thread.start()
+        for _ in range(self.AHEAD):
+            self._work.put(("create", ""))
+
+    def take(self) -> str:
+        self._work.put(("create", ""))  # the one after next
+        made = self._ready.get(timeout=120)
+        if isinstance(made, BaseException):
+            raise made
+        return made
+
+    def give_back(self, name: str) -> None:
+        self._work.put(("drop", name))
+
+    def close(self) -> None:
+        self._work.put(("stop", ""))
+        self._thread.join(timeout=120)
+        while not self._ready.empty():
+            made = self._ready.get()
+            if isinstance(made, str):
+                asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{made}" WITH (FORCE)'))
+
+    def _run(self) -> None:
+        while True:
+            action, name = self._work.get()
+            if action == "stop":
+                return
+            try:
+                if action == "create":
+                    name = f"aj_test_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+                    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+                    self._ready.put(name)
+                else:
+                    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            except Exception as exc:  # a failed clone fails the test that waits for it
+                if action == "create":
+                    self._ready.put(exc)
+
+
+@pytest.fixture(scope="session")
+def fresh_databases(pg_template: str) -> Iterator[FreshDatabases]:
+    databases = FreshDatabases(pg_template)
+    yield databases
+    databases.close()
+
+
 @pytest.fixture
-def pg_database(pg_template: str) -> Iterator[str]:
+def pg_database(fresh_databases: FreshDatabases) -> Iterator[str]:
     """The DSN of a fresh, migrated database for this test only."""
-    name = f"aj_test_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    name = fresh_databases.take()
     yield dsn_for(name)
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    fresh_databases.give_back(name)
 
 
 @pytest.fixture
