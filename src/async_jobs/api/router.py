@@ -41,7 +41,7 @@ from async_jobs.api.schemas import (
 )
 from async_jobs.app import MAX_PAGE_SIZE, EnqueueRequest, JobApp
 from async_jobs.domain.errors import AsyncJobsError
-from async_jobs.domain.jobs import JobFilter, JobState
+from async_jobs.domain.jobs import Job, JobFilter, JobState
 from async_jobs.domain.validation import json_dumps
 
 Caller = Annotated[Principal, Depends(principal_of)]
@@ -136,11 +136,11 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
     jobs_route = route_class(auth)
     router = APIRouter(route_class=jobs_route)
 
-    async def enqueue(body: JobCreate, caller: Caller, wait: Wait = None) -> JSONResponse:
+    async def enqueue(body: JobCreate, caller: Caller, wait: Wait = None) -> Response:
         job, created = await jobs.enqueue_checked(_as_caller(body.to_request(), caller))
         if wait is not None:
             return await _waited(jobs, job.id, wait, caller)
-        return JSONResponse(job.to_json(), status_code=201 if created else 200)
+        return _enqueued(job, created)
 
     router.add_api_route(
         "/jobs",
@@ -400,13 +400,18 @@ def _enqueue_route(base: type[APIRoute], jobs: JobApp) -> type[APIRoute]:
                 return await general(request)
             caller = await principal_of(request)
             job, created = await jobs.enqueue_checked(_as_caller(body.to_request(), caller))
-            return Response(
-                json_dumps(job.to_json()).encode(),
-                status_code=201 if created else 200,
-                media_type="application/json",
-            )
+            return _enqueued(job, created)
 
     return EnqueueRoute
+
+
+def _enqueued(job: Job, created: bool) -> Response:
+    """201 with the stored job, or 200 with the job that already held the idempotency key."""
+    return Response(
+        json_dumps(job.to_json()).encode(),
+        status_code=201 if created else 200,
+        media_type="application/json",
+    )
 
 
 def _sent_as_json(scope: Scope) -> bool:
