@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
@@ -309,14 +309,23 @@ class JobApp:
             raise InvalidJobError(
                 f"a batch holds at most {MAX_BATCH_SIZE} jobs, not {len(requests)}", field="jobs"
             )
-        news = [self.build(r) for r in requests]
         if connection is not None:
+            news = [self.build(r) for r in requests]
             stored = await self.store.insert_jobs_in(connection, news)
         else:
-            stored = await self.store.insert_jobs(news)
+            # Built as the store draws them: it writes the first jobs while it validates the
+            # next. A request that does not validate still leaves nothing stored.
+            news = []
+            stored = await self.store.insert_jobs(self._built(requests, news))
         for new, (job, created) in zip(news, stored, strict=True):
             _check_same_request(new, job, created)
         return stored
+
+    def _built(self, requests: Iterable[EnqueueRequest], into: list[NewJob]) -> Iterator[NewJob]:
+        for request in requests:
+            new = self.build(request)
+            into.append(new)
+            yield new
 
     def build(self, request: EnqueueRequest) -> NewJob:
         """Validate a request and fill in the defaults of its handler and use case."""

@@ -7,7 +7,7 @@ broken changes nothing and reports it by what it returns.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -52,8 +52,10 @@ class JobStore(Protocol):
         atomic against every other insert (``QuotaExceededError`` otherwise, nothing
         stored); a repeated idempotency key is not a new job and is never refused."""
 
-    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
-        """Store many jobs in one transaction: all or none."""
+    async def insert_jobs(self, jobs: Iterable[NewJob]) -> list[tuple[Job, bool]]:
+        """Store many jobs in one transaction: all or none. ``jobs`` may be made as they are
+        drawn (a generator that validates requests): a store may write the first jobs while
+        it draws the next, and an error raised while drawing them leaves nothing stored."""
 
     async def insert_jobs_in(
         self, connection: object, jobs: Sequence[NewJob]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from async_jobs.domain.errors import StoreError
+from async_jobs.domain.errors import InvalidJobError, StoreError
 from async_jobs.domain.jobs import (
     AttemptOutcome,
     ClaimRequest,
@@ -18,12 +19,15 @@ from async_jobs.domain.jobs import (
     JobState,
     LeaseState,
     LeaseToken,
+    NewJob,
     OutcomeKind,
     Priority,
 )
+from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
 from async_jobs.stores.postgres import PostgresStore
+from async_jobs.stores.postgres.store import STATEMENT_JOBS
 from tests.helpers import new_job
 
 # This suite is not about limits (see test_store_scheduling.py): no use case is capped below
@@ -125,6 +129,59 @@ async def test_concurrent_single_inserts_each_get_their_own_job_and_error(
         assert grouped.items == 1 + 150 + 1 and grouped.statements < 20
 
 
+def _batch_fields(n: int, at: datetime) -> dict[str, object]:
+    """Job n of a batch whose every field differs from job to job, some unset."""
+    return {
+        "tenant_id": f"t{n}",
+        "use_case": f"u{n}",
+        "priority": list(Priority)[n % 4],
+        "max_attempts": n + 1,
+        "delay": None if n % 2 else 30.0 * n,
+        "run_at": at + timedelta(minutes=n) if n % 2 else None,
+        "delay_tolerance_seconds": 10.0 * n,
+        "timeout_seconds": None if n == 0 else 1.5 * n,
+        "idempotency_key": None if n == 1 else f"key{n}",
+        "webhook_url": None if n == 2 else f"https://example.test/{n}",
+        "backoff": None if n == 3 else Backoff.constant(n + 1),
+        "expires_at": None if n == 0 else at + timedelta(days=n),
+    }
+
+
+@pytest.mark.parametrize("varying", [True, False], ids=["every-field-varies", "fields-shared"])
+async def test_batch_insert_stores_each_jobs_own_fields(store: JobStore, varying: bool) -> None:
+    """A batch whose jobs differ in every field, and one whose jobs share every field but
+    id and payload: each job is stored with exactly its own values."""
+    at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    fields = [_batch_fields(n if varying else 1, at) for n in range(4)]
+    if not varying:
+        fields = [{**f, "idempotency_key": None} for f in fields]
+    news = [new_job(f"type{n}" if varying else "same", {"n": n}, **f) for n, f in enumerate(fields)]
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    results = await store.insert_jobs(news)
+    for new, (returned, created), f in zip(news, results, fields, strict=True):
+        assert created
+        fetched = await store.get_job(new.id)
+        assert fetched is not None
+        for got in (returned, fetched):
+            assert (got.type, got.payload) == (new.type, new.payload)
+            assert (got.tenant_id, got.use_case) == (f["tenant_id"], f["use_case"])
+            assert got.priority is f["priority"]
+            assert got.max_attempts == f["max_attempts"]
+            if f["run_at"] is not None:
+                assert got.run_at == f["run_at"]
+            else:
+                delay = timedelta(seconds=f["delay"])  # type: ignore[arg-type]
+                assert before + delay <= got.run_at <= datetime.now(UTC) + delay
+            assert got.deadline_at - got.run_at == timedelta(
+                seconds=f["delay_tolerance_seconds"]  # type: ignore[arg-type]
+            )
+            assert got.timeout_seconds == f["timeout_seconds"]
+            assert got.idempotency_key == f["idempotency_key"]
+            assert got.webhook_url == f["webhook_url"]
+            assert got.backoff == f["backoff"]
+            assert got.expires_at == f["expires_at"]
+
+
 async def test_batch_insert_is_all_or_nothing(store: JobStore) -> None:
     good = new_job()
     duplicate = new_job()
@@ -135,6 +192,50 @@ async def test_batch_insert_is_all_or_nothing(store: JobStore) -> None:
     results = await store.insert_jobs([new_job(idempotency_key="a"), new_job(idempotency_key="a")])
     assert [created for _, created in results] == [True, False]
     assert results[0][0].id == results[1][0].id
+
+
+# Batches longer than one statement of the PostgreSQL store (STATEMENT_JOBS) are written in
+# several statements of one transaction while the next jobs are drawn.
+LONG_BATCH = 2 * STATEMENT_JOBS + 100
+
+
+async def test_a_long_batch_drawn_lazily_stores_nothing_when_drawing_fails(
+    store: JobStore,
+) -> None:
+    """Two statements are written before the third job list cannot be drawn."""
+
+    def jobs() -> Iterator[NewJob]:
+        for n in range(LONG_BATCH):
+            if n == LONG_BATCH - 50:
+                raise InvalidJobError("job refused while drawing", field="payload")
+            yield new_job(payload={"n": n})
+
+    with pytest.raises(InvalidJobError, match="refused while drawing"):
+        await store.insert_jobs(jobs())
+    assert (await store.list_jobs(JobFilter(), 10)).items == []
+    job, created = await store.insert_job(new_job())  # the store goes on
+    assert created and await store.get_job(job.id) == job
+
+
+async def test_a_long_batch_failing_in_a_later_statement_stores_nothing(store: JobStore) -> None:
+    news = [new_job(payload={"n": n}) for n in range(LONG_BATCH)]
+    news[-1] = new_job(job_id=news[3].id)
+    with pytest.raises(StoreError):
+        await store.insert_jobs(iter(news))
+    assert (await store.list_jobs(JobFilter(), 10)).items == []
+
+
+async def test_a_long_batch_repeating_a_key_across_statements_gets_its_holder(
+    store: JobStore,
+) -> None:
+    news = [new_job(payload={"n": n}) for n in range(LONG_BATCH)]
+    news[0] = new_job(idempotency_key="k")
+    news[-1] = new_job(idempotency_key="k")
+    results = await store.insert_jobs(iter(news))
+    assert [job.id for job, _ in results[:-1]] == [job.id for job in news[:-1]]
+    assert all(created for _, created in results[:-1])
+    assert results[-1] == (results[0][0], False)
+    assert len((await store.list_jobs(JobFilter(), 1000)).items) == LONG_BATCH - 1
 
 
 async def test_claim_orders_by_priority_then_deadline(store: JobStore) -> None:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -104,8 +104,9 @@ class MemoryStore:
     async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
         return (await self.insert_jobs([job]))[0]
 
-    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+    async def insert_jobs(self, jobs: Iterable[NewJob]) -> list[tuple[Job, bool]]:
         self._check_open()
+        jobs = list(jobs)
         ids = [new.id for new in jobs]
         if len(set(ids)) != len(ids) or any(i in self._jobs for i in ids):
             raise StoreError("a job with this id already exists; nothing was stored")

@@ -39,24 +39,34 @@ RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 -- name: insert_jobs
 -- One statement for one job or a batch. A repeated idempotency key inserts nothing; the
 -- caller then reads the existing job. run_at is absolute when given, else now() + delay.
+-- Ids and payloads come as arrays ($1, $2). Every other column comes either as an array of
+-- one value per job ($3-$15) or, when all jobs of the batch share one value (the usual
+-- case: one type, one tenant, no key), as that single value ($16-$28) with its array NULL,
+-- which unnest reads as NULL in every row. One of the two is always NULL, so COALESCE
+-- picks the one that was sent.
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
     backoff, expires_at
 )
 SELECT
-    u.id, u.tenant_id, u.use_case, u.type, u.payload::jsonb, u.priority::async_jobs_priority,
-    u.max_attempts, t.run_at, u.tolerance, t.run_at + make_interval(secs => u.tolerance),
-    u.timeout_seconds, u.idempotency_key, u.webhook_url, u.backoff::jsonb, u.expires_at
+    u.id, COALESCE(u.tenant_id, $16), COALESCE(u.use_case, $17), COALESCE(u.type, $18),
+    u.payload::jsonb, COALESCE(u.priority, $19)::async_jobs_priority,
+    COALESCE(u.max_attempts, $20), t.run_at, t.tolerance,
+    t.run_at + make_interval(secs => t.tolerance), COALESCE(u.timeout_seconds, $24),
+    COALESCE(u.idempotency_key, $25), COALESCE(u.webhook_url, $26),
+    COALESCE(u.backoff, $27)::jsonb, COALESCE(u.expires_at, $28)
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
     $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], $12::text[], $13::text[],
     $14::text[], $15::timestamptz[]
-) AS u(id, tenant_id, use_case, type, payload, priority, max_attempts,
+) AS u(id, payload, tenant_id, use_case, type, priority, max_attempts,
        delay, run_at, tolerance, timeout_seconds, idempotency_key, webhook_url, backoff,
        expires_at)
 CROSS JOIN LATERAL (
-    SELECT COALESCE(u.run_at, now() + make_interval(secs => u.delay)) AS run_at
+    SELECT COALESCE(u.run_at, $22::timestamptz,
+                    now() + make_interval(secs => COALESCE(u.delay, $21::float8))) AS run_at,
+           COALESCE(u.tolerance, $23::float8) AS tolerance
 ) AS t
 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;

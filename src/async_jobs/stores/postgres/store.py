@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 # Statements writing single enqueues at once; more jobs arriving meanwhile wait and go
 # together in the next statement (see ``stores.grouping``).
 GROUP_WRITERS = 2
+# A batch goes in statements of this many jobs, in one transaction: PostgreSQL writes one
+# while the next is drawn (validated) and the jobs of the one before are made.
+STATEMENT_JOBS = 250
 
 QUERIES = load_queries("async_jobs.stores.postgres")
 NOTIFY_CHANNEL = "async_jobs_inserted"
@@ -232,13 +236,15 @@ class PostgresStore:
 
     async def _insert_group(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
         async with self._connection() as conn:  # one statement: no transaction needed
-            return await insert_jobs_on(conn, jobs)
+            return await insert_jobs_on(conn, jobs, statement_jobs=len(jobs))
 
-    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
-        if not jobs:
+    async def insert_jobs(self, jobs: Iterable[NewJob]) -> list[tuple[Job, bool]]:
+        chunks = _statements(jobs, STATEMENT_JOBS)
+        first = next(chunks, None)  # an empty batch touches nothing
+        if first is None:
             return []
         async with self._connection() as conn, conn.transaction():
-            return await insert_jobs_on(conn, jobs)
+            return await _insert_chunks_on(conn, first, chunks)
 
     async def insert_jobs_in(
         self, connection: object, jobs: Sequence[NewJob]
@@ -690,14 +696,83 @@ async def _insert_one(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]
 
 
 async def insert_jobs_on(
-    conn: asyncpg.Connection, jobs: Sequence[NewJob], text_json: bool = False
+    conn: asyncpg.Connection,
+    jobs: Iterable[NewJob],
+    text_json: bool = False,
+    statement_jobs: int = STATEMENT_JOBS,
 ) -> list[tuple[Job, bool]]:
-    """Insert on a connection the caller holds (and whose transaction it owns);
-    ``text_json`` as for ``job_from_record``."""
-    await check_pending_quotas(conn, jobs)
-    rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns(jobs))
-    inserted = {r["id"]: r for r in rows}
-    missing = [j for j in jobs if j.id not in inserted]
+    """Insert on a connection the caller holds, in statements of at most ``statement_jobs``
+    (the caller owns the transaction that makes several of them one); ``text_json`` as for
+    ``job_from_record``."""
+    chunks = _statements(jobs, statement_jobs)
+    first = next(chunks, None)
+    if first is None:
+        return []
+    return await _insert_chunks_on(conn, first, chunks, text_json)
+
+
+def _statements(jobs: Iterable[NewJob], size: int) -> Iterator[list[NewJob]]:
+    """The jobs in lists of ``size``, each drawn only when asked for. A list holding a job
+    under a max_pending quota takes every job left, so that the quota locks of a batch are
+    all taken by one statement, in order (two batches taking them in different orders could
+    deadlock)."""
+    remaining = iter(jobs)
+    while chunk := list(itertools.islice(remaining, size)):
+        if any(job.max_pending is not None for job in chunk):
+            chunk.extend(remaining)
+        yield chunk
+
+
+async def _insert_chunks_on(
+    conn: asyncpg.Connection,
+    chunk: list[NewJob],
+    more: Iterator[list[NewJob]],
+    text_json: bool = False,
+) -> list[tuple[Job, bool]]:
+    """Write ``chunk`` and then each list of ``more``, one statement each. While PostgreSQL
+    works on a statement, this process draws the next list (validating its jobs, when
+    ``more`` does) and makes the jobs of the previous statement: the two processors work
+    at once instead of in turn. An error while drawing lets the statement in flight finish
+    and is raised; the caller's transaction then stores nothing."""
+    batch: list[NewJob] = []
+    made: dict[JobId, Job] = {}
+    written: tuple[list[NewJob], list[asyncpg.Record]] | None = None
+    while chunk:
+        await check_pending_quotas(conn, chunk)
+        batch.extend(chunk)
+        statement = asyncio.ensure_future(
+            conn.fetch(QUERIES["insert_jobs"], *_insert_columns(chunk))
+        )
+        try:
+            await asyncio.sleep(0)  # the statement is sent
+            if written is not None:
+                _make_inserted(*written, made)
+            nxt = next(more, [])
+        except BaseException:
+            await asyncio.wait([statement])
+            if not statement.cancelled():
+                statement.exception()  # retrieved: the drawing error is the one raised
+            raise
+        written = (chunk, await statement)
+        chunk = nxt
+    if written is not None:
+        _make_inserted(*written, made)
+    return await _with_holders(conn, batch, made, text_json)
+
+
+def _make_inserted(chunk: list[NewJob], rows: list[asyncpg.Record], made: dict[JobId, Job]) -> None:
+    """The jobs a statement inserted (a job whose key was taken has no row), by id."""
+    news = {job.id: job for job in chunk}
+    for row in rows:
+        made[row["id"]] = _job_from_insert(news[row["id"]], row)
+
+
+async def _with_holders(
+    conn: asyncpg.Connection, batch: list[NewJob], made: dict[JobId, Job], text_json: bool
+) -> list[tuple[Job, bool]]:
+    """Each job of the batch with True if it was inserted, else the job holding its
+    idempotency key and False."""
+    missing = [j for j in batch if j.id not in made]
     existing: dict[tuple[str, str | None], Job] = {}
     query = "get_jobs_by_idempotency_key_as_text" if text_json else "get_jobs_by_idempotency_key"
     for tenant in {j.tenant_id for j in missing}:
@@ -706,10 +781,10 @@ async def insert_jobs_on(
             found = job_from_record(row, text_json)
             existing[(found.tenant_id, found.idempotency_key)] = found
     results: list[tuple[Job, bool]] = []
-    for job in jobs:
-        row = inserted.get(job.id)
-        if row is not None:
-            results.append((_job_from_insert(job, row), True))
+    for job in batch:
+        inserted = made.get(job.id)
+        if inserted is not None:
+            results.append((inserted, True))
             continue
         holder = existing.get((job.tenant_id, job.idempotency_key))
         if holder is None:  # deleted between the two statements (retention)
@@ -766,14 +841,24 @@ def _insert_values(j: NewJob) -> tuple[Any, ...]:
     )
 
 
-def _insert_columns(jobs: Sequence[NewJob]) -> list[list[Any] | None]:
-    """The batch insert's arrays, one per column. A column with no value in any job (no
-    idempotency keys, webhooks... as in most batches) goes as NULL, which unnest reads as
-    NULL in every row, so the driver does not encode an array of them."""
-    return [
-        None if all(value is None for value in column) else list(column)
-        for column in zip(*map(_insert_values, jobs), strict=True)
-    ]
+def _insert_columns(jobs: Sequence[NewJob]) -> list[Any]:
+    """The batch insert's parameters (see the query insert_jobs): the ids and payloads as
+    arrays, then each other column as an array of per-job values, then each as one shared
+    value. A column whose value is the same in every job goes as that value and NULL for
+    its array, so the driver encodes one value instead of an array of equal ones."""
+    columns = list(zip(*map(_insert_values, jobs), strict=True))
+    ids, payloads = columns[0], columns[4]
+    arrays: list[list[Any] | None] = []
+    shared: list[Any] = []
+    for column in (*columns[1:4], *columns[5:]):
+        first = column[0]
+        if column.count(first) == len(column):
+            arrays.append(None)
+            shared.append(first)
+        else:
+            arrays.append(list(column))
+            shared.append(None)
+    return [list(ids), list(payloads), *arrays, *shared]
 
 
 def _job_from_insert(new: NewJob, row: asyncpg.Record) -> Job:

@@ -181,7 +181,8 @@ class SqliteStore:
     async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
         return (await self.insert_jobs([job]))[0]
 
-    async def insert_jobs(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+    async def insert_jobs(self, jobs: Iterable[NewJob]) -> list[tuple[Job, bool]]:
+        jobs = list(jobs)  # drawn here, not in the thread that writes them
         if not jobs:
             return []
         results = await self._run(lambda c: _insert_jobs(c, jobs), write=True)
