@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 import uuid
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -99,3 +102,46 @@ def test_job_ids_are_uuid7_in_the_order_they_were_made() -> None:
         assert before <= job_id.int >> 80 <= after  # the millisecond it was made
     stamps = [job_id.int >> 80 for job_id in ids]
     assert stamps == sorted(stamps)
+
+
+def test_job_ids_behave_as_parsed_uuids() -> None:
+    for job_id in (new_job_id() for _ in range(600)):  # more than one refill of random bits
+        parsed = uuid.UUID(str(job_id))
+        assert parsed == job_id and hash(parsed) == hash(job_id)
+        assert parsed.bytes == job_id.bytes and repr(parsed) == repr(job_id)
+
+
+def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
+    new_job_id()  # random bits for the next ids are now held by this process
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without pytest's teardown
+        os.close(reader)
+        os.write(writer, "\n".join(str(new_job_id()) for _ in range(5)).encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        child = {uuid.UUID(line) for line in pipe.read().split()}
+    os.waitpid(pid, 0)
+    parent = {new_job_id() for _ in range(5)}
+    tail = (1 << 80) - 1  # the random bits: shared ones would give equal ids in one millisecond
+    assert len(child) == 5 and not {i.int & tail for i in child} & {i.int & tail for i in parent}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"big": 2**70, "small": -(2**63)},  # beyond 64 bits: the standard encoder's turn
+        {"floats": [0.1, 1e16, -2.5e-300, 1.0], "text": 'ü\n\x01\u2028"\\'},
+        {"nested": {"list": [1, True, None, [], {}], "tuple": (1, "two")}},
+    ],
+)
+def test_payload_text_decodes_to_the_payload(payload: dict[str, Any]) -> None:
+    job = build_new_job("echo", payload)
+    assert json.loads(job.payload_json) == json.loads(json.dumps(payload))
+    assert " " not in job.payload_json.replace('" "', "")  # compact
+
+
+def test_a_mapping_that_is_not_a_dict_is_encoded_too() -> None:
+    job = build_new_job("echo", MappingProxyType({"a": MappingProxyType({"b": 1})}))
+    assert job.payload_json == '{"a":{"b":1}}'

@@ -14,7 +14,7 @@ from async_jobs.core.context import JobContext
 from async_jobs.core.registry import Handler
 from async_jobs.domain.errors import InvalidJobError
 from async_jobs.domain.jobs import AttemptOutcome, Job, JobError, LeaseToken, OutcomeKind
-from async_jobs.domain.validation import check_json_value, json_dumps
+from async_jobs.domain.validation import checked_json
 
 DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
 DEFAULT_MAX_ERROR_CHARS = 4000
@@ -103,8 +103,7 @@ def _encode_result(result: Any, limits: AttemptLimits) -> str | None:
     if result is None:
         return None
     try:
-        check_json_value(result, "result")
-        text = json_dumps(result)
+        text = checked_json(result, "result")
     except (InvalidJobError, ValueError, TypeError) as exc:
         raise _ResultRefused(
             JobError("ResultNotJson", f"the handler returned what JSON cannot hold: {exc}")

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from async_jobs.domain.errors import InvalidJobError, PayloadTooLargeError
 from async_jobs.domain.jobs import (
     DEFAULT_DELAY_TOLERANCE_SECONDS,
@@ -154,8 +156,7 @@ def check_payload(
         return {}, "{}"
     if type(payload) is not dict and not isinstance(payload, Mapping):
         raise InvalidJobError("payload must be a JSON object", field="payload")
-    check_json_value(payload, "payload")
-    text = json_dumps(payload)
+    text = checked_json(payload, "payload")
     if len(text) > max_bytes or len(text.encode()) > max_bytes:
         raise PayloadTooLargeError(
             f"payload is over the limit of {max_bytes} bytes", field="payload"
@@ -193,6 +194,21 @@ def check_json_value(value: object, field: str, depth: int = 0) -> None:
         raise InvalidJobError(f"{field} holds a {kind.__name__}, which is not JSON", field=field)
 
 
+def checked_json(value: object, field: str) -> str:
+    """The JSON text of a payload or a result, once ``check_json_value`` has passed it.
+
+    What passed holds only JSON's own types, finite numbers and storable text, and orjson
+    encodes that about ten times faster than the standard library (this runs for every job
+    enqueued). The little it refuses (integers beyond 64 bits, a mapping that is not a dict)
+    goes to ``json_dumps``; both write compact JSON that decodes to the same value.
+    """
+    check_json_value(value, field)
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json_dumps(value)
+
+
 def json_dumps(value: Any) -> str:
     """The one JSON encoding of the package: compact, and strict about NaN."""
     return _ENCODER.encode(value)
@@ -205,8 +221,17 @@ def result_json(outcome: AttemptOutcome) -> str | None:
     return json_dumps(outcome.result)
 
 
+def _mapping_as_dict(value: object) -> object:
+    """Any mapping is a JSON object (``check_json_value`` takes them: a payload may be one)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 # One encoder for the package: json.dumps with non-default options builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+_ENCODER = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_mapping_as_dict
+)
 
 
 def _check_storable(text: str, field: str) -> None:
