@@ -145,3 +145,14 @@ def test_payload_text_decodes_to_the_payload(payload: dict[str, Any]) -> None:
 def test_a_mapping_that_is_not_a_dict_is_encoded_too() -> None:
     job = build_new_job("echo", MappingProxyType({"a": MappingProxyType({"b": 1})}))
     assert job.payload_json == '{"a":{"b":1}}'
+
+
+@pytest.mark.parametrize("value", ["high", Priority.HIGH])
+def test_priority_by_name_or_member(value: Any) -> None:
+    assert build_new_job("echo", priority=value).priority is Priority.HIGH
+
+
+@pytest.mark.parametrize("value", ["HIGH", " high", ["high"], {"high": 1}, 1, 1.5])
+def test_priority_that_is_not_a_name_is_refused(value: Any) -> None:
+    with pytest.raises(InvalidJobError, match="unknown priority"):
+        build_new_job("echo", priority=value)

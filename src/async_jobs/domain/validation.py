@@ -108,12 +108,15 @@ def parse_priority(value: Priority | str | None) -> Priority:
     if value is None:
         return Priority.MEDIUM
     try:
-        return Priority(value)
-    except ValueError:
+        return _PRIORITIES[value]  # a Priority is equal to, and hashes as, its name
+    except (KeyError, TypeError):
         allowed = ", ".join(p.value for p in Priority)
         raise InvalidJobError(
             f"unknown priority {value!r}; use one of {allowed}", field="priority"
         ) from None
+
+
+_PRIORITIES = {p.value: p for p in Priority}
 
 
 def check_name(value: object, field: str) -> str:

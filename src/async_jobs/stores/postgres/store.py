@@ -735,7 +735,7 @@ async def _insert_chunks_on(
     at once instead of in turn. An error while drawing lets the statement in flight finish
     and is raised; the caller's transaction then stores nothing."""
     batch: list[NewJob] = []
-    made: dict[JobId, Job] = {}
+    made: list[Job | None] = []  # per job of the batch: as inserted, or None (key taken)
     written: tuple[list[NewJob], list[asyncpg.Record]] | None = None
     while chunk:
         await check_pending_quotas(conn, chunk)
@@ -760,19 +760,27 @@ async def _insert_chunks_on(
     return await _with_holders(conn, batch, made, text_json)
 
 
-def _make_inserted(chunk: list[NewJob], rows: list[asyncpg.Record], made: dict[JobId, Job]) -> None:
-    """The jobs a statement inserted (a job whose key was taken has no row), by id."""
-    news = {job.id: job for job in chunk}
-    for row in rows:
-        made[row["id"]] = _job_from_insert(news[row["id"]], row)
+def _make_inserted(chunk: list[NewJob], rows: list[asyncpg.Record], made: list[Job | None]) -> None:
+    """Append to ``made`` each job of a statement as inserted, or None for a job that has
+    no row (its key was taken). The rows come in the order of the jobs; should they not,
+    they are matched by id."""
+    if len(rows) == len(chunk) and all(r[0] == j.id for r, j in zip(rows, chunk, strict=True)):
+        made.extend(map(_job_from_insert, chunk, rows))
+        return
+    by_id = {r[0]: r for r in rows}
+    for job in chunk:
+        row = by_id.get(job.id)
+        made.append(None if row is None else _job_from_insert(job, row))
 
 
 async def _with_holders(
-    conn: asyncpg.Connection, batch: list[NewJob], made: dict[JobId, Job], text_json: bool
+    conn: asyncpg.Connection, batch: list[NewJob], made: list[Job | None], text_json: bool
 ) -> list[tuple[Job, bool]]:
     """Each job of the batch with True if it was inserted, else the job holding its
     idempotency key and False."""
-    missing = [j for j in batch if j.id not in made]
+    missing = [j for j, inserted in zip(batch, made, strict=True) if inserted is None]
+    if not missing:
+        return [(inserted, True) for inserted in made if inserted is not None]
     existing: dict[tuple[str, str | None], Job] = {}
     query = "get_jobs_by_idempotency_key_as_text" if text_json else "get_jobs_by_idempotency_key"
     for tenant in {j.tenant_id for j in missing}:
@@ -781,8 +789,7 @@ async def _with_holders(
             found = job_from_record(row, text_json)
             existing[(found.tenant_id, found.idempotency_key)] = found
     results: list[tuple[Job, bool]] = []
-    for job in batch:
-        inserted = made.get(job.id)
+    for job, inserted in zip(batch, made, strict=True):
         if inserted is not None:
             results.append((inserted, True))
             continue
@@ -862,7 +869,8 @@ def _insert_columns(jobs: Sequence[NewJob]) -> list[Any]:
 
 
 def _job_from_insert(new: NewJob, row: asyncpg.Record) -> Job:
-    return new.stored(row["run_at"], row["deadline_at"], row["created_at"])
+    """The job an insert statement wrote: its row is (id, run_at, deadline_at, created_at)."""
+    return new.stored(row[1], row[2], row[3])
 
 
 def job_from_record(r: asyncpg.Record, text_json: bool = False) -> Job:
