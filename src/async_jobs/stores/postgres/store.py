@@ -683,6 +683,10 @@ async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, boo
 
 
 async def _insert_one(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
+    if job.idempotency_key is None:
+        row = await conn.fetchrow(QUERIES["insert_job_without_key"], *_insert_values(job))
+        assert row is not None  # nothing to conflict with: an error or a row
+        return _job_from_insert(job, row), True
     for _ in range(3):
         row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job))
         if row is not None:
