@@ -68,9 +68,10 @@ RECHECK_SECONDS = 5.0
 RECHECK_LOCAL_ONLY_SECONDS = 0.5
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: made per job, see domain.jobs' docstring
 class EnqueueRequest:
-    """One job of ``enqueue_many``; fields as the keyword arguments of ``enqueue``."""
+    """One job of ``enqueue_many``; fields as the keyword arguments of ``enqueue``. Treat it
+    as immutable (``dataclasses.replace`` makes a changed copy)."""
 
     type: str
     payload: Mapping[str, Any] | None = None
