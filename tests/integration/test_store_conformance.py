@@ -196,13 +196,13 @@ async def test_batch_insert_is_all_or_nothing(store: JobStore) -> None:
 
 # Batches longer than one statement of the PostgreSQL store (STATEMENT_JOBS) are written in
 # several statements of one transaction while the next jobs are drawn.
-LONG_BATCH = 2 * STATEMENT_JOBS + 100
+LONG_BATCH = sum(STATEMENT_JOBS) + STATEMENT_JOBS[1] + 100  # four statements
 
 
 async def test_a_long_batch_drawn_lazily_stores_nothing_when_drawing_fails(
     store: JobStore,
 ) -> None:
-    """Two statements are written before the third job list cannot be drawn."""
+    """Three statements are written before the fourth list of jobs cannot be drawn."""
 
     def jobs() -> Iterator[NewJob]:
         for n in range(LONG_BATCH):

@@ -65,8 +65,9 @@ log = logging.getLogger(__name__)
 # together in the next statement (see ``stores.grouping``).
 GROUP_WRITERS = 2
 # A batch goes in statements of this many jobs, in one transaction: PostgreSQL writes one
-# while the next is drawn (validated) and the jobs of the one before are made.
-STATEMENT_JOBS = 250
+# while the next is drawn (validated) and the jobs of the one before are made. The first
+# statement is smaller, so that the database starts sooner.
+STATEMENT_JOBS = (50, 250)
 
 QUERIES = load_queries("async_jobs.stores.postgres")
 NOTIFY_CHANNEL = "async_jobs_inserted"
@@ -236,7 +237,7 @@ class PostgresStore:
 
     async def _insert_group(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
         async with self._connection() as conn:  # one statement: no transaction needed
-            return await insert_jobs_on(conn, jobs, statement_jobs=len(jobs))
+            return await insert_jobs_on(conn, jobs, statement_jobs=(len(jobs), len(jobs)))
 
     async def insert_jobs(self, jobs: Iterable[NewJob]) -> list[tuple[Job, bool]]:
         chunks = _statements(jobs, STATEMENT_JOBS)
@@ -703,11 +704,11 @@ async def insert_jobs_on(
     conn: asyncpg.Connection,
     jobs: Iterable[NewJob],
     text_json: bool = False,
-    statement_jobs: int = STATEMENT_JOBS,
+    statement_jobs: tuple[int, int] = STATEMENT_JOBS,
 ) -> list[tuple[Job, bool]]:
     """Insert on a connection the caller holds, in statements of at most ``statement_jobs``
-    (the caller owns the transaction that makes several of them one); ``text_json`` as for
-    ``job_from_record``."""
+    jobs (the first, then each next one; the caller owns the transaction that makes several
+    of them one); ``text_json`` as for ``job_from_record``."""
     chunks = _statements(jobs, statement_jobs)
     first = next(chunks, None)
     if first is None:
@@ -715,13 +716,15 @@ async def insert_jobs_on(
     return await _insert_chunks_on(conn, first, chunks, text_json)
 
 
-def _statements(jobs: Iterable[NewJob], size: int) -> Iterator[list[NewJob]]:
-    """The jobs in lists of ``size``, each drawn only when asked for. A list holding a job
-    under a max_pending quota takes every job left, so that the quota locks of a batch are
-    all taken by one statement, in order (two batches taking them in different orders could
-    deadlock)."""
+def _statements(jobs: Iterable[NewJob], sizes: tuple[int, int]) -> Iterator[list[NewJob]]:
+    """The jobs in lists of ``sizes[0]``, then of ``sizes[1]``, each drawn only when asked
+    for. A list holding a job under a max_pending quota takes every job left, so that the
+    quota locks of a batch are all taken by one statement, in order (two batches taking them
+    in different orders could deadlock)."""
     remaining = iter(jobs)
+    size = sizes[0]
     while chunk := list(itertools.islice(remaining, size)):
+        size = sizes[1]
         if any(job.max_pending is not None for job in chunk):
             chunk.extend(remaining)
         yield chunk
