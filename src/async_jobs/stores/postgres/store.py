@@ -685,13 +685,13 @@ async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, boo
 
 async def _insert_one(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
     if job.idempotency_key is None:
-        row = await conn.fetchrow(QUERIES["insert_job_without_key"], *_insert_values(job))
+        row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job))
         assert row is not None  # nothing to conflict with: an error or a row
         return _job_from_insert(job, row), True
-    for _ in range(3):
-        row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job))
-        if row is not None:
-            return _job_from_insert(job, row), True
+    for _ in range(3):  # insert_jobs: the one statement that knows ON CONFLICT
+        rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns([job]))
+        if rows:
+            return _job_from_insert(job, rows[0]), True
         existing = await conn.fetch(
             QUERIES["get_jobs_by_idempotency_key"], job.tenant_id, [job.idempotency_key]
         )
