@@ -43,6 +43,10 @@ class JobStore(Protocol):
     async def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the store answers now."""
 
+    async def warm(self) -> None:
+        """Get ready now for a worker's first jobs (open connections, prepare statements),
+        so that they do not wait for it; a store with nothing to prepare does nothing."""
+
     async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
         """Store one job. Returns the job and True, or, when the tenant already has a job
         with the same idempotency key, that job and False.

@@ -238,6 +238,18 @@ async def test_a_long_batch_repeating_a_key_across_statements_gets_its_holder(
     assert len((await store.list_jobs(JobFilter(), 1000)).items) == LONG_BATCH - 1
 
 
+async def test_warm_changes_no_job(store: JobStore) -> None:
+    """``warm`` runs the worker's statements with arguments that match nothing."""
+    await store.insert_job(new_job(priority="high"))
+    pending, _ = await store.insert_job(new_job(priority="low"))
+    (running,) = await store.claim_jobs(claim(limit=1))  # the high one
+    await store.warm()
+    assert await store.get_job(running.id) == running
+    assert await store.get_job(pending.id) == pending
+    if isinstance(store, PostgresStore):  # its connections are open and stay in the pool
+        assert store._pool is not None and store._pool.get_size() >= 3
+
+
 async def test_claim_orders_by_priority_then_deadline(store: JobStore) -> None:
     jobs = [
         new_job("a", priority="low", delay_tolerance_seconds=1),

@@ -227,6 +227,10 @@ class Worker:
         )
         await self._transport.start()
         self._store.watch_cancellations(self._cancel)
+        try:
+            await self._store.warm()  # the first jobs then start as fast as the next ones
+        except StoreError as exc:  # the fetch loop waits for the store as it always does
+            log.warning("cannot prepare the store for the first jobs: %s", exc)
         helpers = [
             asyncio.create_task(self._completer.run(), name="async-jobs-completer"),
             asyncio.create_task(self._heartbeat(), name="async-jobs-heartbeat"),

@@ -97,6 +97,9 @@ class MemoryStore:
     async def ping(self) -> None:
         self._check_open()
 
+    async def warm(self) -> None:
+        self._check_open()
+
     def _check_open(self) -> None:
         if not self._open:
             raise StoreError("the store is not open; call open() first")

@@ -176,6 +176,9 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._run(lambda c: _fetch(c, "ping"), write=False)
 
+    async def warm(self) -> None:
+        await self.ping()  # one file, one connection: nothing more to open
+
     # -- enqueue ----------------------------------------------------------------------------
 
     async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
