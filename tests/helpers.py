@@ -120,3 +120,18 @@ def register_handler_styles(app: JobApp) -> tuple[type, list[str]]:
             return {"hello": payload["name"], "attempt": ctx.attempt}
 
     return GreetJob, threads
+
+
+def register_held_job(app: JobApp, job_type: str = "long") -> tuple[asyncio.Event, asyncio.Event]:
+    """A handler of ``job_type`` that sets the first event when it starts, then waits for
+    the second before it returns ``"finished"``: a job held running until the test lets go."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @app.job(job_type)
+    async def held(ctx: JobContext, payload: dict[str, Any]) -> str:
+        started.set()
+        await release.wait()
+        return "finished"
+
+    return started, release

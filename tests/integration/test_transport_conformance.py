@@ -32,7 +32,7 @@ from async_jobs.core.settings import Settings
 from async_jobs.core.worker import Worker
 from async_jobs.domain.jobs import Job
 from async_jobs.transports.sqs import SqsClient, create_queues
-from tests.helpers import SqsServer, register_handler_styles, wait_until
+from tests.helpers import SqsServer, register_handler_styles, register_held_job, wait_until
 from tests.integration.test_sqs_transport import (
     all_ended,
     drained,
@@ -261,14 +261,7 @@ async def test_cancelling_a_running_job_stops_it(rig: Rig) -> None:
 
 async def test_graceful_stop_lets_a_running_job_finish(rig: Rig) -> None:
     app = rig.app
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    @app.job("long")
-    async def long(ctx: JobContext, payload: dict[str, Any]) -> str:
-        started.set()
-        await release.wait()
-        return "finished"
+    started, release = register_held_job(app)
 
     job = await app.enqueue("long")
     async with rig.serve() as worker:

@@ -13,7 +13,7 @@ from async_jobs import (
     NonRetryableError,
     WorkerConfig,
 )
-from tests.helpers import register_handler_styles, wait_until
+from tests.helpers import register_handler_styles, register_held_job, wait_until
 
 NO_WAIT = Backoff.constant(0, jitter=0)
 
@@ -126,14 +126,7 @@ async def test_concurrency_is_bounded(app: JobApp) -> None:
 
 
 async def test_graceful_stop_lets_a_running_job_finish(app: JobApp) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    @app.job("long")
-    async def long(ctx: JobContext, payload: dict[str, Any]) -> str:
-        started.set()
-        await release.wait()
-        return "finished"
+    started, release = register_held_job(app)
 
     job = await app.enqueue("long")
     worker = app.worker(WorkerConfig(concurrency=2, poll_interval_seconds=0.05, grace_seconds=10))
