@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import operator
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -51,7 +52,7 @@ from async_jobs.domain.jobs import (
 )
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import RetentionPolicy, Stats, UseCaseState
-from async_jobs.domain.validation import build_new_job, check_name
+from async_jobs.domain.validation import build_like, build_new_job, check_name
 from async_jobs.domain.webhooks import WebhookState, check_webhook_target
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
@@ -310,22 +311,31 @@ class JobApp:
             raise InvalidJobError(
                 f"a batch holds at most {MAX_BATCH_SIZE} jobs, not {len(requests)}", field="jobs"
             )
+        news: list[NewJob] = []
         if connection is not None:
-            news = [self.build(r) for r in requests]
+            news.extend(self._built(requests, []))
             stored = await self.store.insert_jobs_in(connection, news)
         else:
             # Built as the store draws them: it writes the first jobs while it validates the
             # next. A request that does not validate still leaves nothing stored.
-            news = []
             stored = await self.store.insert_jobs(self._built(requests, news))
         for new, (job, created) in zip(news, stored, strict=True):
             _check_same_request(new, job, created)
         return stored
 
     def _built(self, requests: Iterable[EnqueueRequest], into: list[NewJob]) -> Iterator[NewJob]:
+        """Each request validated, in order (appended to ``into`` too). A request that
+        differs from the one before at most in payload and idempotency key is validated
+        only in those two (``build_like``)."""
+        before: tuple[object, ...] = ()
         for request in requests:
-            new = self.build(request)
+            options = _options(request)
+            if before and _same_options(options, before):
+                new = build_like(into[-1], request.payload, request.idempotency_key)
+            else:
+                new = self.build(request)
             into.append(new)
+            before = options
             yield new
 
     def build(self, request: EnqueueRequest) -> NewJob:
@@ -635,6 +645,30 @@ class JobApp:
 
 
 _NO_HANDLER = HandlerOptions()
+
+
+# The fields of a request that build() validates and fills in: all but the payload and the
+# idempotency key; the backoff first.
+_options: Callable[[EnqueueRequest], tuple[object, ...]] = operator.attrgetter(
+    "backoff",
+    *(
+        field.name
+        for field in dataclasses.fields(EnqueueRequest)
+        if field.name not in ("payload", "idempotency_key", "backoff")
+    ),
+)
+
+
+def _same_options(mine: tuple[object, ...], theirs: tuple[object, ...]) -> bool:
+    """Whether a request with the options ``mine`` validates as one with ``theirs`` did but
+    for its payload and key: each option is the same object, or an equal value of the same
+    type (1 and True are equal, but only one of them is a valid max_attempts). A backoff
+    must be the same object: equal mappings may still hold values of different types."""
+    if all(map(operator.is_, mine, theirs)):
+        return True
+    return (
+        mine[0] is theirs[0] and mine == theirs and list(map(type, mine)) == list(map(type, theirs))
+    )
 
 
 def _first(own: T | None, default: T | None) -> T | None:

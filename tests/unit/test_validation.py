@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from async_jobs import EnqueueRequest, JobApp
 from async_jobs.domain.errors import InvalidJobError, PayloadTooLargeError
-from async_jobs.domain.jobs import Priority, new_job_id
+from async_jobs.domain.jobs import Job, JobState, Priority, new_job_id
+from async_jobs.domain.retry import Backoff
 from async_jobs.domain.validation import build_new_job
 
 
@@ -87,6 +89,14 @@ def test_a_huge_payload_is_refused_with_413() -> None:
     assert caught.value.http_status == 413
 
 
+def test_the_payload_limit_counts_bytes_of_utf8() -> None:
+    four_bytes_each = {"a": "\U0001f600" * 30}  # 38 characters, 128 bytes
+    with pytest.raises(PayloadTooLargeError):
+        build_new_job("echo", four_bytes_each, max_payload_bytes=100)
+    two_bytes_each = {"a": "\u00e9" * 40}  # 48 characters, 88 bytes
+    assert build_new_job("echo", two_bytes_each, max_payload_bytes=100).payload == two_bytes_each
+
+
 def test_job_type_must_be_printable() -> None:
     with pytest.raises(InvalidJobError):
         build_new_job("bad\ntype")
@@ -102,6 +112,17 @@ def test_job_ids_are_uuid7_in_the_order_they_were_made() -> None:
         assert before <= job_id.int >> 80 <= after  # the millisecond it was made
     stamps = [job_id.int >> 80 for job_id in ids]
     assert stamps == sorted(stamps)
+
+
+def test_job_ids_have_74_random_bits() -> None:
+    ids = [new_job_id().int for _ in range(2000)]  # several refills of random bits
+    ones = zeros = 0
+    for value in ids:
+        ones |= value
+        zeros |= ~value
+    varying = ones & zeros & ((1 << 80) - 1)  # bits seen both set and clear, below the time
+    assert bin(varying).count("1") == 74
+    assert varying & (0xF << 76 | 0b11 << 62) == 0  # version and variant never vary
 
 
 def test_job_ids_behave_as_parsed_uuids() -> None:
@@ -156,3 +177,109 @@ def test_priority_by_name_or_member(value: Any) -> None:
 def test_priority_that_is_not_a_name_is_refused(value: Any) -> None:
     with pytest.raises(InvalidJobError, match="unknown priority"):
         build_new_job("echo", priority=value)
+
+
+def test_a_stored_job_has_every_field_of_its_request() -> None:
+    backoff = Backoff.from_json({"kind": "constant", "base_seconds": 2})
+    new = build_new_job(
+        "echo",
+        {"a": 1},
+        tenant_id="t",
+        use_case="u",
+        priority="high",
+        max_attempts=7,
+        delay_tolerance_seconds=9.5,
+        timeout_seconds=4.0,
+        idempotency_key="k",
+        webhook_url="http://example.com/hook",
+        backoff=backoff,
+        expires_at=datetime(2100, 1, 1, tzinfo=UTC),
+    )
+    run_at, deadline_at, created_at = (datetime(2030, 1, d, tzinfo=UTC) for d in (1, 2, 3))
+    assert new.stored(run_at, deadline_at, created_at) == Job(
+        id=new.id,
+        tenant_id="t",
+        use_case="u",
+        type="echo",
+        payload={"a": 1},
+        priority=Priority.HIGH,
+        status=JobState.PENDING,
+        attempts=0,
+        max_attempts=7,
+        run_at=run_at,
+        delay_tolerance_seconds=9.5,
+        deadline_at=deadline_at,
+        timeout_seconds=4.0,
+        idempotency_key="k",
+        webhook_url="http://example.com/hook",
+        progress=None,
+        result=None,
+        error=None,
+        created_at=created_at,
+        updated_at=created_at,
+        started_at=None,
+        finished_at=None,
+        backoff=backoff,
+        expires_at=datetime(2100, 1, 1, tzinfo=UTC),
+    )
+
+
+# -- a batch validates each request that differs from the one before in more than its payload
+# and idempotency key, and those two in every request
+
+
+def _first_of_batch() -> EnqueueRequest:
+    return EnqueueRequest("echo", {"i": 0}, tenant_id="t", max_attempts=1, delay=1)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        EnqueueRequest("echo", {"i": 1}, tenant_id="t", max_attempts=True, delay=1),  # == 1
+        EnqueueRequest("echo", {"i": 1}, tenant_id="t", max_attempts=1.0, delay=1),  # == 1
+        EnqueueRequest("echo", {"i": 1}, tenant_id="t", max_attempts=1, delay=True),  # == 1
+        EnqueueRequest("echo", {"i": 1}, tenant_id="t ", max_attempts=1, delay=1),
+        EnqueueRequest("echo", [1], tenant_id="t", max_attempts=1, delay=1),  # type: ignore[arg-type]
+        EnqueueRequest("echo", {"i": math.nan}, tenant_id="t", max_attempts=1, delay=1),
+        EnqueueRequest(
+            "echo", {"i": 1}, tenant_id="t", max_attempts=1, delay=1, idempotency_key=""
+        ),
+        EnqueueRequest("echo", {"i": 1}, tenant_id="t", max_attempts=1, delay=1, idempotency_key=5),  # type: ignore[arg-type]
+    ],
+)
+async def test_a_batch_refuses_a_request_that_differs_only_slightly(bad: EnqueueRequest) -> None:
+    async with JobApp("memory://") as app:
+        with pytest.raises(InvalidJobError):
+            await app.enqueue_many([_first_of_batch(), _first_of_batch(), bad])
+        assert (await app.list_jobs()).items == []
+
+
+async def test_a_batch_refuses_a_backoff_equal_to_a_valid_one_but_not_valid() -> None:
+    good = {"kind": "constant", "base_seconds": 1}
+    bad = {"kind": "constant", "base_seconds": True}  # equal to good, but not a number
+    async with JobApp("memory://") as app:
+        with pytest.raises(InvalidJobError, match="base_seconds"):
+            await app.enqueue_many(
+                [EnqueueRequest("echo", backoff=good), EnqueueRequest("echo", backoff=bad)]
+            )
+
+
+async def test_each_job_of_a_batch_has_its_own_fields() -> None:
+    shared = {"tenant_id": "t", "priority": "high", "max_attempts": 4}
+    requests = [
+        EnqueueRequest("echo", {"i": 0}, **shared),  # type: ignore[arg-type]
+        EnqueueRequest("echo", {"i": 1}, idempotency_key="k1", **shared),  # type: ignore[arg-type]
+        EnqueueRequest("echo", {"i": 2}, idempotency_key="k2", **shared),  # type: ignore[arg-type]
+        EnqueueRequest("echo", {"i": 3}, tenant_id="other", max_attempts=4),
+        EnqueueRequest("echo", {"i": 4}, tenant_id="other", max_attempts=4),
+        EnqueueRequest("say_hello", {"i": 5}, tenant_id="other", max_attempts=4),
+    ]
+    async with JobApp("memory://") as app:
+        jobs = await app.enqueue_many(requests)
+    assert [j.payload for j in jobs] == [{"i": i} for i in range(6)]
+    assert [j.idempotency_key for j in jobs] == [None, "k1", "k2", None, None, None]
+    assert [j.tenant_id for j in jobs] == ["t"] * 3 + ["other"] * 3
+    assert [j.priority for j in jobs] == [Priority.HIGH] * 3 + [Priority.MEDIUM] * 3
+    assert [j.type for j in jobs] == ["echo"] * 5 + ["say_hello"]
+    assert {j.max_attempts for j in jobs} == {4}
+    assert len({j.id for j in jobs}) == 6

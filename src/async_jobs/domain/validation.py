@@ -31,6 +31,7 @@ from async_jobs.domain.retry import Backoff
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_NAME_LENGTH = 200
+MAX_KEY_LENGTH = 255
 MAX_ATTEMPTS_LIMIT = 1000
 MAX_DELAY_SECONDS = 366 * 24 * 3600.0
 MAX_RUN_AT_AGE_SECONDS = 24 * 3600.0
@@ -89,13 +90,48 @@ def build_new_job(
         timeout_seconds=None
         if timeout_seconds is None
         else _check_number(timeout_seconds, "timeout_seconds", 0.001, MAX_TIMEOUT_SECONDS),
-        idempotency_key=None
-        if idempotency_key is None
-        else check_text(idempotency_key, "idempotency_key", 1, 255),
+        idempotency_key=_check_key(idempotency_key),
         webhook_url=None if webhook_url is None else _check_url(webhook_url),
         backoff=_check_backoff(backoff),
         expires_at=_check_expires_at(expires_at, run_at),
     )
+
+
+def build_like(
+    first: NewJob,
+    payload: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+) -> NewJob:
+    """A job whose request differs from ``first``'s at most in payload and idempotency key:
+    those two are validated, every other field is ``first``'s. The jobs of a batch usually
+    differ in nothing else, so a batch validates its shared fields once."""
+    checked_payload, payload_json = check_payload(payload, max_payload_bytes)
+    return NewJob(
+        new_job_id(),
+        first.tenant_id,
+        first.use_case,
+        first.type,
+        checked_payload,
+        payload_json,
+        first.priority,
+        first.max_attempts,
+        first.delay_seconds,
+        first.run_at,
+        first.delay_tolerance_seconds,
+        first.timeout_seconds,
+        _check_key(idempotency_key),
+        first.webhook_url,
+        first.backoff,
+        first.expires_at,
+        first.max_pending,
+    )
+
+
+def _check_key(idempotency_key: str | None) -> str | None:
+    if idempotency_key is None:
+        return None
+    return check_text(idempotency_key, "idempotency_key", 1, MAX_KEY_LENGTH)
 
 
 def _check_backoff(backoff: Backoff | Mapping[str, Any] | None) -> Backoff | None:
@@ -160,7 +196,8 @@ def check_payload(
     if type(payload) is not dict and not isinstance(payload, Mapping):
         raise InvalidJobError("payload must be a JSON object", field="payload")
     text = checked_json(payload, "payload")
-    if len(text) > max_bytes or len(text.encode()) > max_bytes:
+    # A character is at most 4 bytes of UTF-8: short text needs no encoding to be measured.
+    if len(text) > max_bytes // 4 and len(text.encode()) > max_bytes:
         raise PayloadTooLargeError(
             f"payload is over the limit of {max_bytes} bytes", field="payload"
         )
