@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
+import pytest
+
 from async_jobs import (
     EnqueueRequest,
     JobApp,
     JobContext,
     JobState,
+    StoreError,
     StoreUnavailableError,
     WorkerConfig,
 )
+from async_jobs.domain.errors import SchemaMissingError
+from async_jobs.stores.postgres import PostgresStore
 from tests.helpers import terminate_other_backends, wait_until
 
 
@@ -86,3 +92,85 @@ async def test_a_lost_listen_connection_is_made_again(pg_database: str) -> None:
         finally:
             worker.stop()
             await asyncio.wait_for(running, 10)
+
+
+# -- the store's connection for one block: the kept one when free, else one from the pool
+
+
+async def _in_transaction(store: PostgresStore) -> bool:
+    async with store._connection() as conn:
+        return bool(conn.is_in_transaction())
+
+
+async def test_a_failed_statement_is_our_error_and_the_next_one_runs(pg_database: str) -> None:
+    store = PostgresStore(pg_database)
+    await store.open()
+    try:
+        with pytest.raises(StoreError, match="division by zero") as caught:
+            async with store._connection() as conn:
+                await conn.fetchval("SELECT 1 / 0")
+        assert isinstance(caught.value.__cause__, asyncpg.PostgresError)
+        with pytest.raises(SchemaMissingError):
+            async with store._connection() as conn:
+                await conn.fetchval("SELECT * FROM async_jobs_no_such_table")
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_a_block_that_leaves_a_transaction_open_does_not_pass_it_on(
+    pg_database: str,
+) -> None:
+    store = PostgresStore(pg_database)
+    await store.open()
+    try:
+        for _ in range(3):  # the kept connection, then others, each left mid-transaction
+            async with store._connection() as conn:
+                await conn.execute("BEGIN")
+                await conn.execute("CREATE TEMP TABLE left_behind (x int)")
+            assert not await _in_transaction(store)
+    finally:
+        await store.close()
+
+
+async def test_nested_and_cancelled_blocks_give_their_connections_back(pg_database: str) -> None:
+    store = PostgresStore(pg_database, max_connections=3)
+    await store.open()
+    try:
+        async with store._connection() as outer, store._connection() as inner:
+            assert outer is not inner  # the kept one is busy: the inner block got another
+            assert await inner.fetchval("SELECT 2") == 2
+        held = asyncio.Event()
+
+        async def hold() -> None:
+            async with store._connection() as conn:
+                await conn.execute("BEGIN")
+                held.set()
+                await conn.fetchval("SELECT pg_sleep(30)")
+
+        task = asyncio.create_task(hold())
+        await held.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Every connection came back, none of them mid-transaction: three blocks at once
+        # still get one each.
+        results = await asyncio.gather(*(_in_transaction(store) for _ in range(3)))
+        assert results == [False, False, False]
+    finally:
+        await store.close()
+
+
+async def test_a_killed_connection_is_replaced(pg_database: str) -> None:
+    store = PostgresStore(pg_database)
+    await store.open()
+    try:
+        await store.ping()  # the kept connection exists
+        assert await terminate_other_backends(pg_database) >= 1
+        with pytest.raises(StoreUnavailableError):
+            await store.ping()
+        await store.ping()  # a new connection from the pool
+    finally:
+        await store.close()
+    with pytest.raises(StoreError, match="not open"):
+        await store.ping()
