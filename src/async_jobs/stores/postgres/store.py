@@ -649,8 +649,8 @@ class _Lease:
     """One ``async with`` block's connection (``PostgresStore._connection``): the store's
     kept connection when it is free, else one from the pool, which becomes the kept one
     when there is none. A class rather than a generator-based context manager: every
-    statement of the store goes through it, and the generator's machinery cost about as
-    much as a single enqueue's own client-side work in the driver (20 us here)."""
+    statement of the store goes through it, and the generators' machinery cost 20 us of
+    CPU per block here (this class: 4 us), a tenth of a single enqueue's client work."""
 
     __slots__ = ("_conn", "_kept", "_pool", "_store")
     _conn: asyncpg.Connection
