@@ -1,14 +1,13 @@
-"""async-job-server: durable, fast, observable background jobs for Python."""
+"""async-job-server: durable, fast, observable background jobs for Python.
 
-from async_jobs.app import EnqueueRequest, JobApp
-from async_jobs.client import AsyncJobsClient, JobsClient
-from async_jobs.core.context import JobContext
-from async_jobs.core.executor import AttemptLimits, NonRetryableError, RetryAfter
-from async_jobs.core.maintenance import PeriodicJob
-from async_jobs.core.registry import job, periodic
-from async_jobs.core.scheduler import Scheduler, SchedulerConfig
-from async_jobs.core.settings import Settings
-from async_jobs.core.worker import Worker, WorkerConfig
+The domain's names are imported at once; the others on first use (PEP 562, ``_LAZY``), so
+that a service which only calls the API over HTTP (``from async_jobs import
+AsyncJobsClient``) loads neither the stores, the transports nor their drivers.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from async_jobs.domain.errors import (
     AsyncJobsError,
     AuthTokenError,
@@ -39,9 +38,21 @@ from async_jobs.domain.jobs import (
     Progress,
     Reason,
 )
+from async_jobs.domain.requests import EnqueueRequest
 from async_jobs.domain.retry import Backoff, BackoffKind
 from async_jobs.domain.scheduling import Limits, RetentionPolicy, Stats, TenantQuota, UseCaseState
-from async_jobs.stores.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from async_jobs.app import JobApp
+    from async_jobs.client import AsyncJobsClient, JobsClient
+    from async_jobs.core.context import JobContext
+    from async_jobs.core.executor import AttemptLimits, NonRetryableError, RetryAfter
+    from async_jobs.core.maintenance import PeriodicJob
+    from async_jobs.core.registry import job, periodic
+    from async_jobs.core.scheduler import Scheduler, SchedulerConfig
+    from async_jobs.core.settings import Settings
+    from async_jobs.core.worker import Worker, WorkerConfig
+    from async_jobs.stores.memory import MemoryStore
 
 __all__ = [
     "AsyncJobsClient",
@@ -95,3 +106,36 @@ __all__ = [
     "job",
     "periodic",
 ]
+
+# Names imported when first asked for, and the module each lives in.
+_LAZY: dict[str, str] = {
+    "AsyncJobsClient": "async_jobs.client",
+    "AttemptLimits": "async_jobs.core.executor",
+    "JobApp": "async_jobs.app",
+    "JobContext": "async_jobs.core.context",
+    "JobsClient": "async_jobs.client",
+    "MemoryStore": "async_jobs.stores.memory",
+    "NonRetryableError": "async_jobs.core.executor",
+    "PeriodicJob": "async_jobs.core.maintenance",
+    "RetryAfter": "async_jobs.core.executor",
+    "Scheduler": "async_jobs.core.scheduler",
+    "SchedulerConfig": "async_jobs.core.scheduler",
+    "Settings": "async_jobs.core.settings",
+    "Worker": "async_jobs.core.worker",
+    "WorkerConfig": "async_jobs.core.worker",
+    "job": "async_jobs.core.registry",
+    "periodic": "async_jobs.core.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -50,6 +50,9 @@ from async_jobs.domain.jobs import (
     PageCursor,
     Priority,
 )
+from async_jobs.domain.requests import MAX_BATCH_SIZE as MAX_BATCH_SIZE
+from async_jobs.domain.requests import MAX_PAGE_SIZE as MAX_PAGE_SIZE
+from async_jobs.domain.requests import EnqueueRequest as EnqueueRequest
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import RetentionPolicy, Stats, UseCaseState
 from async_jobs.domain.validation import build_like, build_new_job, check_name
@@ -61,33 +64,10 @@ from async_jobs.transports.sqs import SqsConfig, SqsDispatcher, SqsTransport
 
 T = TypeVar("T")
 
-MAX_PAGE_SIZE = 1000
-MAX_BATCH_SIZE = 1000
 # A waiter re-reads its job this often even without a wake-up (one may be lost with a
 # connection); sooner where the store only hears its own process's changes (SQLite).
 RECHECK_SECONDS = 5.0
 RECHECK_LOCAL_ONLY_SECONDS = 0.5
-
-
-@dataclasses.dataclass(slots=True)  # not frozen: made per job, see domain.jobs' docstring
-class EnqueueRequest:
-    """One job of ``enqueue_many``; fields as the keyword arguments of ``enqueue``. Treat it
-    as immutable (``dataclasses.replace`` makes a changed copy)."""
-
-    type: str
-    payload: Mapping[str, Any] | None = None
-    tenant_id: str | None = None
-    use_case: str | None = None
-    priority: Priority | str | None = None
-    delay: float | None = None
-    run_at: datetime | None = None
-    delay_tolerance_seconds: float | None = None
-    max_attempts: int | None = None
-    timeout_seconds: float | None = None
-    idempotency_key: str | None = None
-    webhook_url: str | None = None
-    backoff: Backoff | Mapping[str, Any] | None = None
-    expires_at: datetime | None = None
 
 
 class JobApp:

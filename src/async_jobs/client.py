@@ -40,7 +40,6 @@ from urllib.parse import quote
 
 import httpx
 
-from async_jobs.app import EnqueueRequest
 from async_jobs.domain.errors import (
     AsyncJobsError,
     AuthTokenError,
@@ -55,6 +54,7 @@ from async_jobs.domain.errors import (
     UnknownJobTypeError,
 )
 from async_jobs.domain.jobs import Job, JobId, JobState, Priority
+from async_jobs.domain.requests import EnqueueRequest
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Stats, UseCaseState
 

@@ -39,9 +39,10 @@ from async_jobs.api.schemas import (
     decode_cursor,
     encode_cursor,
 )
-from async_jobs.app import MAX_PAGE_SIZE, EnqueueRequest, JobApp
+from async_jobs.app import JobApp
 from async_jobs.domain.errors import AsyncJobsError
 from async_jobs.domain.jobs import Job, JobFilter, JobState
+from async_jobs.domain.requests import MAX_PAGE_SIZE, EnqueueRequest
 from async_jobs.domain.validation import json_dumps
 
 Caller = Annotated[Principal, Depends(principal_of)]

@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from async_jobs.app import MAX_BATCH_SIZE, EnqueueRequest
 from async_jobs.domain.errors import InvalidCursorError
 from async_jobs.domain.jobs import JobId, JobState, PageCursor, Priority, Reason
+from async_jobs.domain.requests import MAX_BATCH_SIZE, EnqueueRequest
 from async_jobs.domain.retry import BackoffKind
 from async_jobs.domain.webhooks import DeliveryStatus
 
