@@ -34,6 +34,7 @@ DEFAULT_USE_CASE = "default"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_DELAY_TOLERANCE_SECONDS = 300.0
 MAX_HISTORY = 50  # attempts kept in a job's history (the latest ones)
+ERROR_MESSAGE_LIMIT = 500  # characters of an error message kept in a history entry
 
 
 class JobState(enum.StrEnum):

@@ -14,17 +14,13 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import ConfigurationError, InvalidJobError, StoreError
 from async_jobs.domain.jobs import (
-    MAX_HISTORY,
     AttemptOutcome,
-    AttemptRecord,
     ClaimRequest,
     Job,
-    JobError,
     JobFilter,
     JobId,
     JobPage,
@@ -36,9 +32,17 @@ from async_jobs.domain.jobs import (
     PageCursor,
     Progress,
     ProgressUpdate,
-    Reason,
 )
 from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
+from async_jobs.domain.transitions import (
+    LOST_ENTRY_ERROR,
+    Chore,
+    Facts,
+    Transition,
+    applied,
+    decide,
+    lost_error,
+)
 from async_jobs.domain.validation import result_json
 from async_jobs.domain.webhooks import (
     MAX_DELIVERY_LOG,
@@ -60,8 +64,6 @@ from async_jobs.stores.limits import (
 from async_jobs.stores.watchers import tell
 
 log = logging.getLogger(__name__)
-
-ERROR_MESSAGE_LIMIT = 500  # characters of an error message kept in a history entry
 
 
 def _utc_now() -> datetime:
@@ -303,7 +305,9 @@ class MemoryStore:
             job = self._jobs.get(outcome.job_id)
             if job is None or not _holds(job, outcome.attempt, outcome.lease_token):
                 continue
-            self._jobs[job.id] = _apply(job, outcome, now)
+            change = decide(Facts.of(job, now), outcome.kind)
+            assert change is not None  # held: running under this attempt's lease
+            self._jobs[job.id] = _apply(job, change, outcome, now)
             written.append(job.id)
             if outcome.kind is OutcomeKind.RELEASED:
                 self._wakeup.set()
@@ -367,25 +371,13 @@ class MemoryStore:
         if job is None:
             return None
         now = self._clock()
-        changed = True
-        if job.status in (JobState.PENDING, JobState.QUEUED):
-            job = dataclasses.replace(
-                job,
-                status=JobState.CANCELLED,
-                cancel_requested=True,
-                reason=Reason.CANCELLED.value,
-                finished_at=now,
-                updated_at=now,
-            )
+        change = decide(Facts.of(job, now), Chore.CANCEL)
+        changed = change is not None
+        if change is not None:  # else terminal, or running and flagged: left as it stands
+            job = applied(job, change, now)
             self._jobs[job.id] = job
-        elif job.status is JobState.RUNNING and not job.cancel_requested:
-            job = dataclasses.replace(
-                job, cancel_requested=True, reason=Reason.CANCELLED.value, updated_at=now
-            )
-            self._jobs[job.id] = job
-            tell(self._cancel_watchers, [job.id])
-        else:  # terminal, or running and already flagged: left as it stands
-            changed = False
+            if job.status is JobState.RUNNING:
+                tell(self._cancel_watchers, [job.id])
         if changed and job.status.is_terminal:
             tell(self._finish_watchers, [job.id])
         return job, changed
@@ -396,24 +388,11 @@ class MemoryStore:
         job = await self.get_job(job_id, tenant_id)
         if job is None:
             return None
-        if job.status not in (JobState.FAILED, JobState.CANCELLED):
-            return job, False
         now = self._clock()
-        job = dataclasses.replace(
-            job,
-            status=JobState.PENDING,
-            run_at=now,
-            deadline_at=now + timedelta(seconds=job.delay_tolerance_seconds),
-            max_attempts=max(job.max_attempts, job.attempts + 1),
-            cancel_requested=False,
-            reason=Reason.MANUAL_RETRY.value,
-            result=None,
-            progress=None,
-            worker_id=None,
-            started_at=None,
-            finished_at=None,
-            updated_at=now,
-        )
+        change = decide(Facts.of(job, now), Chore.RETRY)
+        if change is None:
+            return job, False
+        job = applied(job, change, now)
         self._jobs[job.id] = job
         self._wakeup.set()
         return job, True
@@ -434,14 +413,9 @@ class MemoryStore:
             key=lambda j: j.expires_at or now,
         )[: max(limit, 0)]
         expired = [
-            dataclasses.replace(
-                job,
-                status=JobState.CANCELLED,
-                reason=Reason.EXPIRED.value,
-                finished_at=now,
-                updated_at=now,
-            )
+            applied(job, change, now)
             for job in expiring
+            if (change := decide(Facts.of(job, now), Chore.EXPIRE)) is not None
         ]
         for job in expired:
             self._jobs[job.id] = job
@@ -668,94 +642,24 @@ def _holds(job: Job, attempt: int, token: LeaseToken) -> bool:
     return job.status is JobState.RUNNING and job.attempts == attempt and job.lease_token == token
 
 
-def _apply(job: Job, outcome: AttemptOutcome, now: datetime) -> Job:
-    """The job after ``outcome``, as ``record_outcomes`` of the SQL stores writes it: a job
-    whose cancellation was asked ends cancelled instead of being retried or handed back,
-    and every counted attempt that did not succeed joins the history."""
-    kind = outcome.kind
-    handed_back = kind in (OutcomeKind.RETRY, OutcomeKind.RELEASED)
-    cancelled_instead = handed_back and job.cancel_requested
-    uncounted = kind is OutcomeKind.RELEASED and not job.cancel_requested
-    if cancelled_instead:
-        status = JobState.CANCELLED
-    elif handed_back:
-        status = JobState.PENDING
-    else:
-        status = JobState(kind.value)
-    if kind is OutcomeKind.CANCELLED or cancelled_instead:
-        reason: str | None = Reason.CANCELLED.value
-    else:
-        reason = job.reason if kind is OutcomeKind.RELEASED else None
-    history = job.history
-    if not uncounted and kind is not OutcomeKind.SUCCEEDED:
-        ended = OutcomeKind.CANCELLED.value if cancelled_instead else kind.value
-        history = _with_entry(job, now, ended, outcome.error)
-    run_at, deadline_at = job.run_at, job.deadline_at
-    if kind is OutcomeKind.RETRY and not job.cancel_requested:
-        run_at = now + timedelta(seconds=outcome.retry_delay_seconds)
-        deadline_at = run_at + timedelta(seconds=job.delay_tolerance_seconds)
+def _apply(job: Job, change: Transition, outcome: AttemptOutcome, now: datetime) -> Job:
+    """The job after ``outcome`` (``change`` is what ``decide`` made of it), with the
+    result and error the outcome carries."""
     text = result_json(outcome)  # decoded again, so results look as a database returns them
     return dataclasses.replace(
-        job,
-        status=status,
-        attempts=job.attempts - 1 if uncounted else job.attempts,
+        applied(job, change, now, error=outcome.error, delay_seconds=outcome.retry_delay_seconds),
         result=None if text is None else json.loads(text),
         error=outcome.error or job.error,
-        reason=reason,
-        history=history,
-        run_at=run_at,
-        deadline_at=deadline_at,
-        started_at=None if uncounted else job.started_at,
-        finished_at=now if status.is_terminal else None,
-        lease_token=None,
-        lease_expires_at=None,
-        updated_at=now,
     )
 
 
 def _reap(job: Job, now: datetime) -> Job:
     """A running job whose lease expired, as ``reap_expired_leases`` writes it."""
-    message = (
-        f"the lease of attempt {job.attempts} expired: "
-        f"worker {job.worker_id or '?'} stopped renewing it"
-    )
-    lost = JobError("WorkerLost", "the lease expired")
-    changes: dict[str, Any] = {
-        "error": JobError("WorkerLost", message, None),
-        "reason": Reason.CANCELLED.value if job.cancel_requested else Reason.WORKER_LOST.value,
-        "history": _with_entry(job, now, "worker_lost", lost),
-        "lease_token": None,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
-    if job.cancel_requested:
-        return dataclasses.replace(job, status=JobState.CANCELLED, finished_at=now, **changes)
-    if job.attempts >= job.max_attempts:
-        return dataclasses.replace(job, status=JobState.FAILED, finished_at=now, **changes)
+    change = decide(Facts.of(job, now), Chore.REAP)
+    assert change is not None  # chosen as running with an expired lease
     return dataclasses.replace(
-        job,
-        status=JobState.PENDING,
-        run_at=now,
-        deadline_at=now + timedelta(seconds=job.delay_tolerance_seconds),
-        finished_at=None,
-        **changes,
+        applied(job, change, now, error=LOST_ENTRY_ERROR), error=lost_error(job)
     )
-
-
-def _with_entry(
-    job: Job, now: datetime, outcome: str, error: JobError | None
-) -> list[AttemptRecord]:
-    """The history with the attempt now ending appended, the latest ``MAX_HISTORY`` kept."""
-    entry = AttemptRecord(
-        attempt=job.attempts,
-        worker_id=job.worker_id,
-        started_at=job.started_at,
-        finished_at=now,
-        outcome=outcome,
-        error_type=None if error is None else error.type,
-        error_message=None if error is None else error.message[:ERROR_MESSAGE_LIMIT],
-    )
-    return [*job.history, entry][-MAX_HISTORY:]
 
 
 def _candidate(job: Job, seq: int) -> Candidate:

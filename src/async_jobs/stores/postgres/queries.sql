@@ -184,8 +184,10 @@ SELECT (SELECT count(*) FROM async_jobs
 -- outcome (a lease token exists only while running: async_jobs_lease_only_when_running).
 -- A released attempt is handed back without counting. A job whose cancellation was asked
 -- (j.cancel_requested) ends cancelled instead of being retried or handed back.
--- Every counted attempt that did not succeed joins the history (the latest 50 are kept; a
--- success is the row itself, and skipping it keeps the hot path light). `id = ANY($1)` lets
+-- Every counted attempt that did not succeed joins the history (the latest $8 are kept, its
+-- error message cut to $9 characters; a success is the row itself, and skipping it keeps the
+-- hot path light). The rules are domain/transitions.py's, checked against it by
+-- tests/integration/test_transitions.py. `id = ANY($1)` lets
 -- the planner find the rows by primary key instead of walking every running row.
 -- The jobs that ended are announced on async_jobs_finished (ids, comma-separated, at most
 -- 200 per notification), delivered at commit, for callers waiting for an outcome.
@@ -205,7 +207,7 @@ SET status = (CASE
     history = CASE
         WHEN u.kind = 'succeeded' OR (u.kind = 'released' AND NOT j.cancel_requested)
             THEN j.history
-        ELSE (CASE WHEN jsonb_array_length(j.history) >= 50 THEN j.history - 0
+        ELSE (CASE WHEN jsonb_array_length(j.history) >= $8::int THEN j.history - 0
                    ELSE j.history END)
              || jsonb_build_array(jsonb_build_object(
                     'attempt', j.attempts,
@@ -215,7 +217,7 @@ SET status = (CASE
                     'outcome', CASE WHEN u.kind IN ('retry', 'released') AND j.cancel_requested
                                     THEN 'cancelled' ELSE u.kind END,
                     'error_type', u.error::jsonb ->> 'type',
-                    'error_message', left(u.error::jsonb ->> 'message', 500)))
+                    'error_message', left(u.error::jsonb ->> 'message', $9::int)))
         END,
     run_at = CASE WHEN u.kind = 'retry' AND NOT j.cancel_requested
                   THEN now() + make_interval(secs => u.delay) ELSE j.run_at END,
@@ -276,7 +278,8 @@ RETURNING j.id;
 -- `worker_lost`; the job is due again at once, or failed when its attempts are spent, or
 -- cancelled when that was asked. The rows are chosen and locked, and the guard checked
 -- again, in this one statement: a job completed meanwhile is no longer running with an
--- expired lease and is not touched. SKIP LOCKED lets several reapers share the work.
+-- expired lease and is not touched. SKIP LOCKED lets several reapers share the work. The
+-- history keeps the latest $2 attempts. The rules are domain/transitions.py's.
 UPDATE async_jobs AS j
 SET status = (CASE WHEN j.cancel_requested THEN 'cancelled'
                    WHEN j.attempts >= j.max_attempts THEN 'failed'
@@ -287,7 +290,7 @@ SET status = (CASE WHEN j.cancel_requested THEN 'cancelled'
                           j.attempts, coalesce(j.worker_id, '?')),
         'traceback', NULL),
     reason = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'worker_lost' END,
-    history = (CASE WHEN jsonb_array_length(j.history) >= 50 THEN j.history - 0
+    history = (CASE WHEN jsonb_array_length(j.history) >= $2::int THEN j.history - 0
                     ELSE j.history END)
               || jsonb_build_array(jsonb_build_object(
                      'attempt', j.attempts,

@@ -28,6 +28,8 @@ from async_jobs.domain.errors import (
     StoreUnavailableError,
 )
 from async_jobs.domain.jobs import (
+    ERROR_MESSAGE_LIMIT,
+    MAX_HISTORY,
     AttemptOutcome,
     AttemptRecord,
     ClaimRequest,
@@ -347,7 +349,9 @@ class PostgresStore:
             columns[5].append(None if o.error is None else json_dumps(o.error.to_json()))
             columns[6].append(o.retry_delay_seconds)
         async with self._connection() as conn:
-            rows = await conn.fetch(QUERIES["record_outcomes"], *columns)
+            rows = await conn.fetch(
+                QUERIES["record_outcomes"], *columns, MAX_HISTORY, ERROR_MESSAGE_LIMIT
+            )
         return [r["id"] for r in rows]
 
     async def extend_leases(
@@ -377,12 +381,12 @@ class PostgresStore:
         return [r["id"] for r in rows]
 
     async def reap_expired_leases(self, limit: int) -> list[Job]:
-        return await self._batch_transition("reap_expired_leases", limit)
+        return await self._batch_transition("reap_expired_leases", limit, MAX_HISTORY)
 
-    async def _batch_transition(self, query: str, limit: int) -> list[Job]:
+    async def _batch_transition(self, query: str, limit: int, *more: object) -> list[Job]:
         """Run a bounded many-job transition (reaper, expiry); announce the jobs it ended."""
         async with self._connection() as conn:
-            rows = await conn.fetch(QUERIES[query], limit)
+            rows = await conn.fetch(QUERIES[query], limit, *more)
             jobs = [job_from_record(r) for r in rows]
             await _announce_finished(conn, jobs)
         return jobs
@@ -738,7 +742,7 @@ async def _run_worker_statements(conn: asyncpg.Connection) -> None:
         False,
     )
     await conn.fetch(QUERIES["claim_dispatched"], nothing, nothing, nothing, "", 1.0)
-    await conn.fetch(QUERIES["record_outcomes"], *([nothing] * 7))
+    await conn.fetch(QUERIES["record_outcomes"], *([nothing] * 7), MAX_HISTORY, ERROR_MESSAGE_LIMIT)
     await conn.fetch(QUERIES["extend_leases"], nothing, nothing, nothing, 1.0)
 
 

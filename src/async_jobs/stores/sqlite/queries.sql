@@ -344,7 +344,9 @@ DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at;
 -- and lease token of the outcome. A released attempt is handed back without counting. A job
 -- whose cancellation was asked (j.cancel_requested) ends cancelled instead of being retried
 -- or handed back. Every counted attempt that did not succeed joins the history, the latest
--- 50 kept (json_insert at '$[#]' appends). SET expressions see the row as it was, as in PostgreSQL.
+-- :max_history kept (json_insert at '$[#]' appends), its error message cut to
+-- :error_limit characters. SET expressions see the row as it was, as in PostgreSQL. The
+-- rules are domain/transitions.py's, checked by tests/integration/test_transitions.py.
 UPDATE async_jobs AS j
 SET status = CASE
         WHEN u.kind IN ('retry', 'released') AND j.cancel_requested THEN 'cancelled'
@@ -361,7 +363,8 @@ SET status = CASE
         WHEN u.kind = 'succeeded' OR (u.kind = 'released' AND NOT j.cancel_requested)
             THEN j.history
         ELSE json_insert(
-            CASE WHEN json_array_length(j.history) >= 50 THEN json_remove(j.history, '$[0]')
+            CASE WHEN json_array_length(j.history) >= :max_history
+                 THEN json_remove(j.history, '$[0]')
                  ELSE j.history END,
             '$[#]', json_object(
                 'attempt', j.attempts,
@@ -371,7 +374,7 @@ SET status = CASE
                 'outcome', CASE WHEN u.kind IN ('retry', 'released') AND j.cancel_requested
                                 THEN 'cancelled' ELSE u.kind END,
                 'error_type', u.error ->> '$.type',
-                'error_message', substr(u.error ->> '$.message', 1, 500)))
+                'error_message', substr(u.error ->> '$.message', 1, :error_limit)))
         END,
     run_at = CASE WHEN u.kind = 'retry' AND NOT j.cancel_requested THEN u.now + u.delay
                   ELSE j.run_at END,
@@ -453,7 +456,8 @@ RETURNING id;
 -- guard is checked in this one statement, so a job completed meanwhile is no longer running
 -- with an expired lease and is not touched. Reads the running jobs on async_jobs_active
 -- (status = 'running' is also written as part of its IN, so that SQLite sees that the
--- partial index applies): few, as every use case is capped.
+-- partial index applies): few, as every use case is capped. The history keeps the latest
+-- :max_history attempts. The rules are domain/transitions.py's.
 UPDATE async_jobs AS j
 SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
                   WHEN j.attempts >= j.max_attempts THEN 'failed'
@@ -465,7 +469,8 @@ SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
         'traceback', NULL),
     reason = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'worker_lost' END,
     history = json_insert(
-        CASE WHEN json_array_length(j.history) >= 50 THEN json_remove(j.history, '$[0]')
+        CASE WHEN json_array_length(j.history) >= :max_history
+             THEN json_remove(j.history, '$[0]')
              ELSE j.history END,
         '$[#]', json_object(
             'attempt', j.attempts,

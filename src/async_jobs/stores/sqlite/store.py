@@ -38,6 +38,8 @@ from async_jobs.domain.errors import (
     StoreUnavailableError,
 )
 from async_jobs.domain.jobs import (
+    ERROR_MESSAGE_LIMIT,
+    MAX_HISTORY,
     AttemptOutcome,
     AttemptRecord,
     ClaimRequest,
@@ -264,7 +266,11 @@ class SqliteStore:
     async def record_outcomes(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         if not outcomes:
             return []
-        params = {"outcomes": _outcomes_json(outcomes)}
+        params = {
+            "outcomes": _outcomes_json(outcomes),
+            "max_history": MAX_HISTORY,
+            "error_limit": ERROR_MESSAGE_LIMIT,
+        }
         rows = await self._run(lambda c: _fetch(c, "record_outcomes", params), write=True)
         changed = _ids_in_order((o.job_id for o in outcomes), rows)
         released = {o.job_id for o in outcomes if o.kind is OutcomeKind.RELEASED}
@@ -302,7 +308,7 @@ class SqliteStore:
     async def reap_expired_leases(self, limit: int) -> list[Job]:
         if limit <= 0:
             return []
-        params = {"limit": limit}
+        params = {"limit": limit, "max_history": MAX_HISTORY}
         rows = await self._run(lambda c: _fetch(c, "reap_expired_leases", params), write=True)
         jobs = [_job_from_row(r) for r in rows]
         if any(job.status is JobState.PENDING for job in jobs):
