@@ -14,7 +14,11 @@ from async_jobs.domain.jobs import NewJob
 from async_jobs.domain.validation import build_new_job
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from async_jobs import JobApp, JobContext
+    from async_jobs.domain.jobs import JobId
+    from async_jobs.ports import JobStore
 
 
 async def wait_until(
@@ -32,6 +36,53 @@ async def wait_until(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)  # wait-ok: polling interval of a deadline-bound wait
+
+
+async def age_leases(
+    store: JobStore,
+    job_ids: Sequence[JobId],
+    seconds: float = 3600,
+    column: str = "lease_expires_at",
+) -> None:
+    """Make ``column`` (a time: the lease's end, or ``expires_at``) of ``job_ids`` fall
+    ``seconds`` earlier, as if that much time had passed: the way to test what happens to a
+    lease that ran out without waiting for one. The SQL stores move those rows' times back;
+    the memory store moves its clock forward, which ages every job at once, so a job meant
+    to keep its lease must hold one longer than ``seconds``."""
+    import contextlib
+    import sqlite3
+    from datetime import timedelta
+
+    import asyncpg
+
+    from async_jobs.stores.memory import MemoryStore
+    from async_jobs.stores.postgres import PostgresStore
+    from async_jobs.stores.sqlite import SqliteStore
+
+    assert column in ("lease_expires_at", "expires_at"), column
+    if isinstance(store, PostgresStore):
+        conn = await asyncpg.connect(store.dsn)
+        try:
+            await conn.execute(
+                f"UPDATE async_jobs SET {column} = {column}"
+                " - make_interval(secs => $2) WHERE id = ANY($1::uuid[])",
+                list(job_ids),
+                seconds,
+            )
+        finally:
+            await conn.close()
+    elif isinstance(store, SqliteStore):
+        marks = ", ".join("?" for _ in job_ids)
+        with contextlib.closing(sqlite3.connect(store.path, timeout=5)) as conn, conn:
+            conn.execute(
+                f"UPDATE async_jobs SET {column} = {column} - ? WHERE id IN ({marks})",
+                [seconds, *(str(i) for i in job_ids)],
+            )
+    elif isinstance(store, MemoryStore):
+        clock = store._clock
+        store._clock = lambda: clock() + timedelta(seconds=seconds)
+    else:
+        raise AssertionError(f"no way to age jobs in {type(store).__name__}")
 
 
 def new_job(job_type: str = "echo", payload: dict[str, Any] | None = None, **kw: Any) -> NewJob:

@@ -4,13 +4,9 @@ the refusal of a transactional enqueue where the store cannot do one."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import uuid
-from collections.abc import Sequence
 from datetime import timedelta
 
-import asyncpg
 import pytest
 
 from async_jobs.domain.errors import ConfigurationError
@@ -32,10 +28,8 @@ from async_jobs.domain.jobs import (
 )
 from async_jobs.domain.retry import Backoff
 from async_jobs.ports import JobStore
-from async_jobs.stores.memory import MemoryStore
 from async_jobs.stores.postgres import PostgresStore
-from async_jobs.stores.sqlite import SqliteStore
-from tests.helpers import new_job, wait_until
+from tests.helpers import age_leases, new_job, wait_until
 
 MS = timedelta(milliseconds=1)
 
@@ -63,37 +57,6 @@ async def stored(store: JobStore, job_id: JobId) -> Job:
 async def claim_one(store: JobStore, job_type: str, lease_seconds: float = 30) -> Job:
     (job,) = await store.claim_jobs(claim(types=(job_type,), lease_seconds=lease_seconds))
     return job
-
-
-async def age_leases(store: JobStore, job_ids: Sequence[JobId], seconds: float = 3600) -> None:
-    """Make the leases of ``job_ids`` end ``seconds`` earlier, as if that much time had passed
-    without renewal. The SQL stores move those rows' lease ends back; the memory store moves
-    its clock forward, which ages every lease, so a job meant to keep its lease must hold one
-    longer than ``seconds``."""
-    if isinstance(store, PostgresStore):
-        conn = await asyncpg.connect(store.dsn)
-        try:
-            await conn.execute(
-                "UPDATE async_jobs SET lease_expires_at = lease_expires_at"
-                " - make_interval(secs => $2) WHERE id = ANY($1::uuid[])",
-                list(job_ids),
-                seconds,
-            )
-        finally:
-            await conn.close()
-    elif isinstance(store, SqliteStore):
-        marks = ", ".join("?" for _ in job_ids)
-        with contextlib.closing(sqlite3.connect(store.path, timeout=5)) as conn, conn:
-            conn.execute(
-                "UPDATE async_jobs SET lease_expires_at = lease_expires_at - ?"
-                f" WHERE id IN ({marks})",
-                [seconds, *(str(i) for i in job_ids)],
-            )
-    elif isinstance(store, MemoryStore):
-        clock = store._clock
-        store._clock = lambda: clock() + timedelta(seconds=seconds)
-    else:
-        raise AssertionError(f"no way to age leases in {type(store).__name__}")
 
 
 # -- history --------------------------------------------------------------------------------
