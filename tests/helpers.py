@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from async_jobs.domain.jobs import NewJob
 from async_jobs.domain.validation import build_new_job
@@ -83,6 +83,20 @@ async def age_leases(
         store._clock = lambda: clock() + timedelta(seconds=seconds)
     else:
         raise AssertionError(f"no way to age jobs in {type(store).__name__}")
+
+
+class WatchedEvent(asyncio.Event):
+    """An event that says when someone starts waiting on it. Put in place of a component's
+    own wake-up event, it lets a test act once the component really waits (``awaited``)
+    instead of sleeping for a while and hoping it does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.awaited = asyncio.Event()
+
+    async def wait(self) -> Literal[True]:
+        self.awaited.set()
+        return await super().wait()
 
 
 def new_job(job_type: str = "echo", payload: dict[str, Any] | None = None, **kw: Any) -> NewJob:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,8 +23,13 @@ UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
 
 
 @pytest.fixture
-async def client(any_dsn: str) -> AsyncIterator[httpx.AsyncClient]:
-    jobs = JobApp(store=store_from_dsn(any_dsn), handler_modules=["async_jobs.demo"])
+def jobs(any_dsn: str) -> JobApp:
+    """The app behind ``client`` (a test that asks for both gets the same one)."""
+    return JobApp(store=store_from_dsn(any_dsn), handler_modules=["async_jobs.demo"])
+
+
+@pytest.fixture
+async def client(jobs: JobApp) -> AsyncIterator[httpx.AsyncClient]:
     app = create_api(
         jobs, worker=WorkerConfig(concurrency=4, poll_interval_seconds=0.1), migrate=True
     )
@@ -565,7 +571,7 @@ async def test_a_job_with_its_own_backoff_over_http(client: httpx.AsyncClient) -
 
 
 async def test_wait_answers_when_the_job_ends_or_202_when_time_is_up(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, jobs: JobApp
 ) -> None:
     done = await client.post(
         "/jobs?wait=20", json={"type": "sleep", "payload": {"seconds": 0.1, "message": "m"}}
@@ -584,7 +590,8 @@ async def test_wait_answers_when_the_job_ends_or_202_when_time_is_up(
 
     pending = (await client.post("/jobs", json={"type": "echo", "delay_seconds": 3600})).json()
     waiter = asyncio.create_task(client.get(f"/jobs/{pending['id']}?wait=30"))
-    await asyncio.sleep(0.3)  # wait-ok: let the waiter start waiting before the cancel
+    # The cancel comes once the request waits for the job's end.
+    await wait_until(lambda: uuid.UUID(pending["id"]) in jobs._finish_waiters)
     await client.post(f"/jobs/{pending['id']}/cancel")
     cancelled = await asyncio.wait_for(waiter, 10)  # woken by the cancel, long before 30 s
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")

@@ -22,7 +22,7 @@ from async_jobs import (
     WorkerConfig,
 )
 from async_jobs.core.worker import Worker
-from tests.helpers import wait_until
+from tests.helpers import WatchedEvent, age_leases, wait_until
 
 
 def config(**kw: Any) -> WorkerConfig:
@@ -328,10 +328,11 @@ async def test_the_reaper_hands_back_a_job_whose_worker_vanished(app: JobApp) ->
         return "second worker"
 
     job = await app.enqueue("echo")
-    # A worker that claims and then vanishes: a claim with a lease of 0.2 s, never renewed.
-    claim = ClaimRequest(worker_id="ghost", limit=1, lease_seconds=0.2)
+    # A worker that claims and then vanishes: its lease is never renewed, and ran out long ago.
+    claim = ClaimRequest(worker_id="ghost", limit=1, lease_seconds=30)
     [claimed] = await app.store.claim_jobs(claim)
     assert claimed.id == job.id
+    await age_leases(app.store, [job.id])
 
     worker = app.worker(config(reap_interval_seconds=0.1))
     await run_until(app, worker, lambda: status_is(app, job.id, JobState.SUCCEEDED))
@@ -345,14 +346,12 @@ async def test_the_reaper_fails_a_job_whose_attempts_are_spent(app: JobApp) -> N
     from async_jobs.domain.jobs import ClaimRequest
 
     job = await app.enqueue("crashes", max_attempts=1)
-    claim = ClaimRequest(worker_id="ghost", limit=1, lease_seconds=0.05)
+    claim = ClaimRequest(worker_id="ghost", limit=1, lease_seconds=30)
     await app.store.claim_jobs(claim)
+    await age_leases(app.store, [job.id])
 
-    async def reaped() -> bool:
-        await app.reaper().run_once()
-        return await status_is(app, job.id, JobState.FAILED)
-
-    await wait_until(reaped)
+    assert [j.id for j in await app.reaper().run_once()] == [job.id]
+    assert await status_is(app, job.id, JobState.FAILED)
     done = await app.get_job(job.id)
     assert (done.reason, done.attempts) == ("worker_lost", 1)
     assert done.error is not None and done.error.type == "WorkerLost"
@@ -433,11 +432,10 @@ async def test_stopping_an_idle_worker_does_not_wait_out_its_poll_interval(app: 
     async def noop(ctx: JobContext, payload: dict[str, Any]) -> None:
         return None
 
-    ready = asyncio.Event()
-    worker = app.worker(config(poll_interval_seconds=600), on_ready=ready.set)
+    wakeup = WatchedEvent()
+    app.store._wakeup = wakeup  # type: ignore[attr-defined]
+    worker = app.worker(config(poll_interval_seconds=600))
     task = asyncio.create_task(worker.run())
-    await asyncio.wait_for(ready.wait(), 10)
-    # Nothing to observe from outside: give it time to claim nothing and start waiting.
-    await asyncio.sleep(0.3)  # wait-ok: lets the idle worker enter its 600 s wait
+    await asyncio.wait_for(wakeup.awaited.wait(), 10)  # it claimed nothing and waits
     worker.stop()
     await asyncio.wait_for(task, 5)  # well before the 600 s poll would end
