@@ -32,6 +32,10 @@ services: ## make sure PostgreSQL and Redis answer (starts them if not)
 test: install services ## install, check services, run the whole suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+.PHONY: test-fast
+test-fast: install ## unit tests and the memory and SQLite variants (no PostgreSQL needed)
+	$(BIN)/pytest -m "(unit or integration) and not postgres" $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: install ## ruff, ruff format --check, mypy --strict, import layers
 	$(BIN)/ruff check src tests bench examples

@@ -133,6 +133,42 @@ def empty_pg_database() -> Iterator[str]:
 
 STORE_KINDS = ["memory", "sqlite", "postgres"]
 
+TESTS = Path(__file__).parent
+TIERS = ("unit", "integration", "acceptance", "browser")  # one folder each
+PG_FIXTURES = ("pg_template", "empty_pg_database")  # every PostgreSQL database comes from these
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier, from its folder (``tests/<tier>/``), and with
+    ``postgres`` where it needs the PostgreSQL server: the PostgreSQL variant of a test run
+    on every store, or a test that uses a PostgreSQL database. ``make test-fast`` selects
+    on these."""
+    for item in items:
+        tier = item.path.relative_to(TESTS).parts[0]
+        if tier in TIERS:
+            item.add_marker(tier)
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and params.params.get("any_dsn") == "postgres"
+        fixtures = getattr(item, "fixturenames", ())
+        if on_postgres or any(name in fixtures for name in PG_FIXTURES):
+            item.add_marker("postgres")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``@pytest.mark.stores("memory", ...)`` (on a test or its module, the test's own
+    first) narrows the stores that ``any_dsn`` runs it on. The HTTP suites run on the
+    memory store with one smoke test per suite on every store: what they test lies above
+    the store, which the store suites cover."""
+    marker = metafunc.definition.get_closest_marker("stores")
+    if marker is not None and "any_dsn" in metafunc.fixturenames:
+        kinds = list(marker.args)
+        assert set(kinds) <= set(STORE_KINDS), kinds
+        # As a mark, which pytest lets take the place of the fixture's own params.
+        metafunc.definition.add_marker(
+            pytest.mark.parametrize("any_dsn", kinds, indirect=True, ids=kinds)
+        )
+
 
 @pytest.fixture(params=STORE_KINDS)
 def any_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:

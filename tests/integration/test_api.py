@@ -19,19 +19,23 @@ from async_jobs.api import create_api, create_jobs_router
 from async_jobs.stores import store_from_dsn
 from tests.helpers import wait_until
 
+# What these tests check lies above the store: they run on the memory store, and one smoke
+# test on every store (the store suites cover the stores).
+pytestmark = pytest.mark.stores("memory")
+
 UNKNOWN_ID = "00000000-0000-0000-0000-000000000000"
 
 
 @pytest.fixture
-def jobs(any_dsn: str) -> JobApp:
+def job_app(any_dsn: str) -> JobApp:
     """The app behind ``client`` (a test that asks for both gets the same one)."""
     return JobApp(store=store_from_dsn(any_dsn), handler_modules=["async_jobs.demo"])
 
 
 @pytest.fixture
-async def client(jobs: JobApp) -> AsyncIterator[httpx.AsyncClient]:
+async def client(job_app: JobApp) -> AsyncIterator[httpx.AsyncClient]:
     app = create_api(
-        jobs, worker=WorkerConfig(concurrency=4, poll_interval_seconds=0.1), migrate=True
+        job_app, worker=WorkerConfig(concurrency=4, poll_interval_seconds=0.1), migrate=True
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -39,6 +43,7 @@ async def client(jobs: JobApp) -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
+@pytest.mark.stores("memory", "sqlite", "postgres")  # the smoke test on every store
 async def test_enqueue_then_watch_the_job_succeed(client: httpx.AsyncClient) -> None:
     created = await client.post(
         "/jobs", json={"type": "sleep", "payload": {"seconds": 0.2, "message": "hello world"}}
@@ -571,7 +576,7 @@ async def test_a_job_with_its_own_backoff_over_http(client: httpx.AsyncClient) -
 
 
 async def test_wait_answers_when_the_job_ends_or_202_when_time_is_up(
-    client: httpx.AsyncClient, jobs: JobApp
+    client: httpx.AsyncClient, job_app: JobApp
 ) -> None:
     done = await client.post(
         "/jobs?wait=20", json={"type": "sleep", "payload": {"seconds": 0.1, "message": "m"}}
@@ -591,7 +596,7 @@ async def test_wait_answers_when_the_job_ends_or_202_when_time_is_up(
     pending = (await client.post("/jobs", json={"type": "echo", "delay_seconds": 3600})).json()
     waiter = asyncio.create_task(client.get(f"/jobs/{pending['id']}?wait=30"))
     # The cancel comes once the request waits for the job's end.
-    await wait_until(lambda: uuid.UUID(pending["id"]) in jobs._finish_waiters)
+    await wait_until(lambda: uuid.UUID(pending["id"]) in job_app._finish_waiters)
     await client.post(f"/jobs/{pending['id']}/cancel")
     cancelled = await asyncio.wait_for(waiter, 10)  # woken by the cancel, long before 30 s
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")

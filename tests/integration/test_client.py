@@ -40,6 +40,10 @@ from async_jobs.domain.errors import AuthTokenError, ForbiddenError, RemoteHttpE
 from async_jobs.stores import store_from_dsn
 from tests.helpers import wait_until
 
+# What these tests check lies above the store: they run on the memory store, and one smoke
+# test on every store (the store suites cover the stores).
+pytestmark = pytest.mark.stores("memory")
+
 FAST_RETRIES = Backoff.constant(0.01, jitter=0.5)
 LATER = 3600  # delay_seconds of jobs that must stay pending during a test
 
@@ -143,6 +147,7 @@ async def client(api: FastAPI) -> AsyncIterator[AsyncJobsClient]:
         yield c
 
 
+@pytest.mark.stores("memory", "sqlite", "postgres")  # the smoke test on every store
 async def test_enqueue_get_and_wait_answer_typed_jobs(client: AsyncJobsClient) -> None:
     job = await client.enqueue("echo", {"n": 1})
     assert isinstance(job, Job)

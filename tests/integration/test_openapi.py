@@ -36,6 +36,10 @@ from async_jobs.app import MAX_PAGE_SIZE
 from async_jobs.domain.scheduling import TenantQuota
 from async_jobs.stores import store_from_dsn
 
+# What these tests check lies above the store: they run on the memory store, and one smoke
+# test on every store (the store suites cover the stores).
+pytestmark = pytest.mark.stores("memory")
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -304,6 +308,7 @@ async def open_api(any_dsn: str) -> AsyncIterator[Answers]:
         yield checked
 
 
+@pytest.mark.stores("memory", "sqlite", "postgres")  # the smoke test on every store
 async def test_real_answers_of_every_route_match_the_document(open_api: Answers) -> None:
     a, http = open_api, open_api.http
     keyed = {"type": "echo", "payload": {"a": 1}, "idempotency_key": "k1"}
