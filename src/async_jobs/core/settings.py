@@ -15,7 +15,6 @@ from typing import Any
 from async_jobs.domain.errors import ConfigurationError
 from async_jobs.domain.jobs import DEFAULT_DELAY_TOLERANCE_SECONDS
 from async_jobs.domain.scheduling import (
-    DEFAULT_MAX_CONCURRENT,
     Limits,
     RetentionPolicy,
     TenantQuota,
@@ -103,7 +102,7 @@ class Settings:
 
     def limits(self) -> Limits:
         """Per-use-case concurrency and tenant quotas, as claims and enqueues take them."""
-        return Limits(DEFAULT_MAX_CONCURRENT, dict(self.max_concurrent), self.per_tenant_quotas)
+        return Limits(max_concurrent=dict(self.max_concurrent), quotas=self.per_tenant_quotas)
 
     def delay_tolerance_for(self, use_case: str) -> float:
         return self.delay_tolerance.get(use_case, DEFAULT_DELAY_TOLERANCE_SECONDS)
