@@ -74,6 +74,8 @@ class Settings:
     webhook_allowed_hosts: tuple[str, ...] = ()
     webhook_max_attempts: int = DEFAULT_WEBHOOK_MAX_ATTEMPTS
     webhook_timeout_seconds: float = 10.0
+    # Worker processes one ``async-jobs worker`` runs (its --processes).
+    worker_processes: int = 1
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -190,6 +192,9 @@ class Settings:
             webhook_timeout_seconds=_non_negative_float(
                 f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS",
                 env.get(f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS", "10"),
+            ),
+            worker_processes=_positive_int(
+                f"{PREFIX}WORKER_PROCESSES", env.get(f"{PREFIX}WORKER_PROCESSES", "1")
             ),
         )
 
