@@ -374,9 +374,8 @@ def _worker_env(o: BenchOptions) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "ASYNC_JOBS_HANDLERS"}
     env["ASYNC_JOBS_DB_DSN"] = o.dsn
     env["ASYNC_JOBS_TRANSPORT"] = o.transport
-    # The bench's jobs are of the use case "default"; its limit (10 unless configured) would
-    # cap the worker below its concurrency. The claim still counts and enforces it.
-    env["ASYNC_JOBS_DEFAULT_MAX_CONCURRENT"] = "100000"
+    # The bench's jobs are of the use case "default", uncapped unless the user's environment
+    # sets ASYNC_JOBS_DEFAULT_MAX_CONCURRENT: the worker runs as the user's would.
     return env
 
 

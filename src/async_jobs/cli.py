@@ -32,6 +32,7 @@ from async_jobs.domain.errors import (
     InvalidJobError,
 )
 from async_jobs.domain.jobs import JobFilter, JobState, Priority
+from async_jobs.supervisor import Supervisor, SupervisorConfig
 
 DEMO_HANDLERS = ("async_jobs.demo",)
 log = logging.getLogger("async_jobs.cli")
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this use case (repeatable)",
     )
     worker.add_argument("--burst", action="store_true", help="exit when nothing is left to do")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run N worker processes under this command, each with --concurrency "
+        "(default: ASYNC_JOBS_WORKER_PROCESSES, else 1)",
+    )
     worker.add_argument(
         "--grace", type=float, default=30.0, help="seconds running jobs get to finish after SIGTERM"
     )
@@ -185,6 +193,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, handlers=split_modules(handlers))
     if args.command == "serve" and not settings.handlers:
         settings = dataclasses.replace(settings, handlers=DEMO_HANDLERS)
+    if args.command == "worker":
+        processes = settings.worker_processes if args.processes is None else args.processes
+        if processes < 1:
+            raise ConfigurationError("--processes must be at least 1")
+        if processes > 1:
+            return _supervise(settings, args, processes)
     jobs = JobApp(settings=settings)
     if args.command in ("serve", "api"):
         return _serve(jobs, args)
@@ -319,6 +333,27 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(0)
     return 0
+
+
+def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> int:
+    """``worker --processes N``: N single workers with the same options (see supervisor)."""
+    jobs = JobApp(settings=settings)
+    _worker_config(jobs, args, burst=args.burst, grace=args.grace)  # bad options: stop here
+    asyncio.run(_check_store(jobs))
+    command = [sys.executable, "-m", "async_jobs", "--log-level", args.log_level, "worker"]
+    command += ["--processes", "1", "--concurrency", str(args.concurrency)]
+    command += ["--grace", str(args.grace)]
+    if settings.handlers:
+        command += ["--handlers", ",".join(settings.handlers)]
+    for use_case in args.use_cases:
+        command += ["--use-case", use_case]
+    if args.burst:
+        command.append("--burst")
+    if args.reap_interval is not None:
+        command += ["--reap-interval", str(args.reap_interval)]
+    config = SupervisorConfig(processes, command, grace_seconds=args.grace)
+    log.info("starting %d worker processes", processes)
+    return asyncio.run(Supervisor(config).run())
 
 
 async def _jobs(jobs: JobApp, args: argparse.Namespace) -> int:

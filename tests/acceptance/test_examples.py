@@ -82,3 +82,10 @@ def _healthy(base: str) -> bool:
         return httpx.get(f"{base}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_worker_processes_example_runs(tmp_path: Path) -> None:
+    output = run_example("worker_processes_example.py", tmp_path)
+    assert "async-jobs worker --processes 2 --burst exited 0" in output
+    assert "ready lines: 2" in output
+    assert "jobs: {'succeeded': 40}" in output

@@ -80,7 +80,7 @@ async def test_a_use_case_never_holds_more_than_its_max_concurrent(store: JobSto
     second = await store.claim_jobs(claim(5, limits, use_cases=("mail",)))
     assert (len(first), len(second)) == (2, 1)
     assert await store.claim_jobs(claim(5, limits, use_cases=("mail",))) == []
-    # Another use case has its own slots (the default, 10).
+    # Another use case is not bound by it (it has no cap of its own).
     assert len(await store.claim_jobs(claim(10, limits, use_cases=("sms",)))) == 5
     assert await count(store, JobState.RUNNING, use_case="mail") == 3
 
@@ -95,13 +95,39 @@ async def test_a_use_case_never_holds_more_than_its_max_concurrent(store: JobSto
     assert await count(store, JobState.RUNNING, use_case="mail") == 3
 
 
-async def test_the_default_caps_every_use_case_at_ten(store: JobStore) -> None:
+async def test_a_use_case_without_max_concurrent_has_no_cap(store: JobStore) -> None:
     await insert(store, 15, use_case="bulk")
     await insert(store, 3, use_case="other")
-    claimed = await store.claim_jobs(claim(20, Limits()))
+    claimed = await store.claim_jobs(claim(20, Limits(max_concurrent={"other": 2})))
     by_use_case = {uc: sum(j.use_case == uc for j in claimed) for uc in ("bulk", "other")}
-    assert by_use_case == {"bulk": 10, "other": 3}
-    assert await store.claim_jobs(claim(20, Limits())) == []
+    assert by_use_case == {"bulk": 15, "other": 2}
+    assert await store.claim_jobs(claim(20, Limits(max_concurrent={"other": 2}))) == []
+
+
+async def test_a_default_max_concurrent_caps_every_use_case_without_its_own(
+    store: JobStore,
+) -> None:
+    limits = Limits(default_max_concurrent=10, max_concurrent={"other": 2})
+    await insert(store, 15, use_case="bulk")
+    await insert(store, 3, use_case="other")
+    claimed = await store.claim_jobs(claim(20, limits))
+    by_use_case = {uc: sum(j.use_case == uc for j in claimed) for uc in ("bulk", "other")}
+    assert by_use_case == {"bulk": 10, "other": 2}
+    assert await store.claim_jobs(claim(20, limits)) == []
+
+
+async def test_concurrent_claimers_of_an_uncapped_use_case_never_share_a_job(
+    store: JobStore,
+) -> None:
+    # No lock and no count: the claimers run side by side and skip each other's rows.
+    await insert(store, 40, use_case="bulk", tenant_id="t1")
+    await insert(store, 20, use_case="bulk", tenant_id="t2")
+    batches = await asyncio.gather(*(store.claim_jobs(claim(7, Limits())) for _ in range(12)))
+    ids = [job.id for batch in batches for job in batch]
+    assert len(ids) == len(set(ids))
+    rest = await store.claim_jobs(claim(100, Limits()))
+    assert len(ids) + len(rest) == 60
+    assert await count(store, JobState.PENDING) == 0
 
 
 async def test_concurrent_claimers_share_the_use_case_slots(store: JobStore) -> None:

@@ -102,7 +102,10 @@ def test_settings_from_the_environment() -> None:
     assert settings.transport == "sqs"
     assert settings.handlers == ("a.b", "c")
     assert settings.limits().max_concurrent_for("notifications") == 4
-    assert settings.limits().max_concurrent_for("other") == 10
+    assert settings.limits().max_concurrent_for("other") is None  # no cap unless configured
+    # The use case named "default" (the one a job gets when none is given) is no exception.
+    capped = Settings.from_env({"ASYNC_JOBS_DEFAULT_MAX_CONCURRENT": "7"}).limits()
+    assert (capped.max_concurrent_for("default"), capped.max_concurrent_for("other")) == (7, None)
     assert settings.delay_tolerance_for("message_labeling") == 30
     assert settings.delay_tolerance_for("other") == 300
     assert settings.sqs_queues == {"message_labeling": "http://q/1"}

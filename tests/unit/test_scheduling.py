@@ -118,8 +118,13 @@ def test_settings_read_limits_quotas_and_retention() -> None:
         }
     )
     limits = settings.limits()
-    assert (limits.max_concurrent_for("mail"), limits.max_concurrent_for("sms")) == (3, 10)
+    # A use case without its own ASYNC_JOBS_<USE_CASE>_MAX_CONCURRENT has no cap.
+    assert (limits.max_concurrent_for("mail"), limits.max_concurrent_for("sms")) == (3, None)
     assert limits.quota("t1", "mail") == TenantQuota(max_running=1)
+    # Guarded (counted, claimed in turns): a cap or a quota; sms has neither.
+    assert (limits.guarded("mail"), limits.guarded("sms")) == (True, False)
+    assert Limits(max_concurrent={"mail": 3}, quotas={"t1": {"*": TenantQuota()}}).guarded("sms")
+    assert Limits(default_max_concurrent=10).guarded("sms")
     assert settings.retention.ages() == {"succeeded": 7200.0, "cancelled": 86400.0}
     with pytest.raises(ConfigurationError, match="PER_TENANT_QUOTAS"):
         Settings.from_env({"ASYNC_JOBS_PER_TENANT_QUOTAS": '{"t1": {"mail": {"max": 1}}}'})

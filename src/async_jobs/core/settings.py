@@ -15,7 +15,6 @@ from typing import Any
 from async_jobs.domain.errors import ConfigurationError
 from async_jobs.domain.jobs import DEFAULT_DELAY_TOLERANCE_SECONDS
 from async_jobs.domain.scheduling import (
-    DEFAULT_MAX_CONCURRENT,
     Limits,
     RetentionPolicy,
     TenantQuota,
@@ -75,6 +74,8 @@ class Settings:
     webhook_allowed_hosts: tuple[str, ...] = ()
     webhook_max_attempts: int = DEFAULT_WEBHOOK_MAX_ATTEMPTS
     webhook_timeout_seconds: float = 10.0
+    # Worker processes one ``async-jobs worker`` runs (its --processes).
+    worker_processes: int = 1
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -103,7 +104,7 @@ class Settings:
 
     def limits(self) -> Limits:
         """Per-use-case concurrency and tenant quotas, as claims and enqueues take them."""
-        return Limits(DEFAULT_MAX_CONCURRENT, dict(self.max_concurrent), self.per_tenant_quotas)
+        return Limits(max_concurrent=dict(self.max_concurrent), quotas=self.per_tenant_quotas)
 
     def delay_tolerance_for(self, use_case: str) -> float:
         return self.delay_tolerance.get(use_case, DEFAULT_DELAY_TOLERANCE_SECONDS)
@@ -191,6 +192,9 @@ class Settings:
             webhook_timeout_seconds=_non_negative_float(
                 f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS",
                 env.get(f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS", "10"),
+            ),
+            worker_processes=_positive_int(
+                f"{PREFIX}WORKER_PROCESSES", env.get(f"{PREFIX}WORKER_PROCESSES", "1")
             ),
         )
 

@@ -21,7 +21,6 @@ from typing import Any
 
 from async_jobs.domain.errors import ConfigurationError
 
-DEFAULT_MAX_CONCURRENT = 10
 ANY_USE_CASE = "*"
 _QUOTA_KEYS = ("max_pending", "max_running", "max_per_second")
 
@@ -42,14 +41,26 @@ class TenantQuota:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
-    """Every bound on what may start: per use case, and per tenant and use case."""
+    """Every bound on what may start: per use case, and per tenant and use case. A use case
+    with no ``max_concurrent`` entry (and no ``default_max_concurrent``) has no cap."""
 
-    default_max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    default_max_concurrent: int | None = None
     max_concurrent: Mapping[str, int] = dataclasses.field(default_factory=dict)
     quotas: Mapping[str, Mapping[str, TenantQuota]] = dataclasses.field(default_factory=dict)
 
-    def max_concurrent_for(self, use_case: str) -> int:
+    def max_concurrent_for(self, use_case: str) -> int | None:
+        """The use case's cap on jobs queued or running at once; ``None``: no cap."""
         return self.max_concurrent.get(use_case, self.default_max_concurrent)
+
+    def guarded(self, use_case: str) -> bool:
+        """Whether a claim of the use case must count its active jobs and take turns with
+        the other claimers: it has a cap, or some tenant has a quota in it (its own entry
+        or ``"*"``). An unguarded use case is claimed without either."""
+        if self.max_concurrent_for(use_case) is not None:
+            return True
+        return any(
+            use_case in of_tenant or ANY_USE_CASE in of_tenant for of_tenant in self.quotas.values()
+        )
 
     def quota(self, tenant_id: str, use_case: str) -> TenantQuota | None:
         of_tenant = self.quotas.get(tenant_id)

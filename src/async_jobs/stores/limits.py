@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ Pair = tuple[str, str]  # (use case, tenant)
 MINUTE = 60.0
 HOUR = 3600.0
 FINISHED_STATES = (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value)
+UNCAPPED = sys.maxsize  # the free slots of a use case without max_concurrent
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,7 +55,8 @@ def claim_budget(
 ) -> ClaimBudget:
     """The budget of a claim over ``pairs`` (those with pending jobs), given the jobs that
     hold a slot now (``active``: queued or running, per pair) and the stored rate buckets
-    (pair -> (tokens, seconds since refilled))."""
+    (pair -> (tokens, seconds since refilled)); a use case without a cap has ``UNCAPPED``
+    free slots, whatever ``active`` says of it."""
     in_use: dict[str, int] = {}
     for (use_case, _), n in active.items():
         in_use[use_case] = in_use.get(use_case, 0) + n
@@ -63,7 +66,8 @@ def claim_budget(
     for pair in pairs:
         use_case, tenant = pair
         if use_case not in free:
-            free[use_case] = limits.max_concurrent_for(use_case) - in_use.get(use_case, 0)
+            cap = limits.max_concurrent_for(use_case)
+            free[use_case] = UNCAPPED if cap is None else cap - in_use.get(use_case, 0)
         quota = limits.quota(tenant, use_case)
         if quota is None:
             continue

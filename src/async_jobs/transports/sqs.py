@@ -340,6 +340,13 @@ class SqsDispatcher:
         self._limits = limits
         self._holder = holder
         self._batch = batch
+        uncapped = sorted(u for u in config.queues if limits.max_concurrent_for(u) is None)
+        if uncapped:
+            log.warning(
+                "SQS use cases without a cap have their whole due backlog dispatched at once: "
+                "set ASYNC_JOBS_<USE_CASE>_MAX_CONCURRENT for %s",
+                ", ".join(uncapped),
+            )
         self._client = SqsClient(config)
         self._open = False
         self._failures = 0

@@ -112,8 +112,8 @@ LIMIT $9;
 
 -- name: claim_jobs
 -- Due pending jobs within every limit, in priority, tenant-turn, deadline order, started
--- (or, $13, dispatched); the statement is the function async_jobs_claim (migrations 0003
--- and 0005), which pins its plan.
+-- (or, $13, dispatched); the statement is the function async_jobs_claim (claim.sql, which
+-- the migrations load), which pins its plan.
 SELECT * FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5, $6, $7::text[], $8::int[],
                                $9::text[], $10::text[], $11::int[], $12::float8[], $13);
 

@@ -159,11 +159,13 @@ pairs(use_case, tenant_id) AS (
 SELECT use_case, tenant_id FROM pairs WHERE tenant_id IS NOT NULL;
 
 -- name: claim_active
--- Step 2: the jobs holding a slot (queued or running), per use case and tenant, from the
--- async_jobs_active index alone.
+-- Step 2, for use cases with a cap or a quota only (:use_cases, a JSON array): the jobs
+-- holding a slot (queued or running), per use case and tenant, from the async_jobs_active
+-- index alone.
 SELECT use_case, tenant_id, count(*) AS n
 FROM async_jobs
 WHERE status IN ('queued', 'running')
+  AND use_case IN (SELECT value FROM json_each(:use_cases))
 GROUP BY use_case, tenant_id;
 
 -- name: claim_buckets

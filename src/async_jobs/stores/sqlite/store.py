@@ -652,9 +652,10 @@ def _job_from_insert(new: NewJob, row: sqlite3.Row) -> Job:
 async def _claim(conn: aiosqlite.Connection, request: ClaimRequest) -> list[sqlite3.Row]:
     """The claim, in the caller's write transaction (BEGIN IMMEDIATE: no other claimer
     counts or takes anything until it commits). Lists the (use case, tenant) pairs with
-    pending jobs, counts the slots they hold and reads their rate buckets, lets
-    ``plan_claim`` choose among each pair's first due jobs (``_choose``), starts the chosen
-    jobs and writes back the buckets they drew from. The statements are in ``queries.sql``
+    pending jobs, counts the slots they hold (in use cases with a cap or a quota only: the
+    others are never counted) and reads their rate buckets, lets ``plan_claim`` choose
+    among each pair's first due jobs (``_choose``), starts the chosen jobs and writes back
+    the buckets they drew from. The statements are in ``queries.sql``
     (claim_groups ... save_buckets)."""
     now = await _now(conn)
     limits = request.limits
@@ -662,9 +663,12 @@ async def _claim(conn: aiosqlite.Connection, request: ClaimRequest) -> list[sqli
     pairs = [(r["use_case"], r["tenant_id"]) for r in await _fetch(conn, "claim_groups", params)]
     if not pairs:
         return []
-    active = {
-        (r["use_case"], r["tenant_id"]): int(r["n"]) for r in await _fetch(conn, "claim_active")
-    }
+    guarded = sorted({use_case for use_case, _ in pairs if limits.guarded(use_case)})
+    active: dict[tuple[str, str], int] = {}
+    if guarded:
+        params = {"use_cases": json_dumps(guarded)}
+        for row in await _fetch(conn, "claim_active", params):
+            active[(row["use_case"], row["tenant_id"])] = int(row["n"])
     buckets: dict[tuple[str, str], tuple[float, float]] = {}
     rated = rated_pairs(limits, pairs)
     if rated:

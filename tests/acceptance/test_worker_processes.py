@@ -1,0 +1,121 @@
+"""``async-jobs worker --processes N``: real processes, real PostgreSQL, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+
+import psutil
+
+from async_jobs import JobApp
+from async_jobs.domain.jobs import JobFilter, JobState
+from tests.acceptance.conftest import Cli
+from tests.acceptance.test_cli import DEMO, poll, wait_for_line
+
+
+def _ready_ids(proc: subprocess.Popen[str], count: int) -> set[str]:
+    lines = [wait_for_line(proc, "worker ready") for _ in range(count)]
+    return {line.split("id=")[1].split()[0] for line in lines}
+
+
+def _running_workers(dsn: str) -> dict[str, str | None]:
+    async def read() -> dict[str, str | None]:
+        async with JobApp(dsn) as app:
+            page = await app.store.list_jobs(JobFilter(status=JobState.RUNNING), 100)
+            return {str(job.id): job.worker_id for job in page.items}
+
+    return asyncio.run(read())
+
+
+def _statuses(dsn: str) -> dict[str, int]:
+    """Jobs per status; a pending job that never spent an attempt counts as "not started"."""
+
+    async def read() -> dict[str, int]:
+        async with JobApp(dsn) as app:
+            page = await app.store.list_jobs(JobFilter(), 1000)
+            counts: dict[str, int] = {}
+            for job in page.items:
+                key = job.status.value
+                if job.status is JobState.PENDING and job.attempts == 0:
+                    key = "not started"  # never claimed, or claimed ahead and handed back
+                counts[key] = counts.get(key, 0) + 1
+            return counts
+
+    return asyncio.run(read())
+
+
+def _enqueue_sleeps(dsn: str, count: int, seconds: float) -> None:
+    async def enqueue() -> None:
+        async with JobApp(dsn) as app:
+            for _ in range(count):
+                await app.enqueue("sleep", {"seconds": seconds, "message": "m"})
+
+    asyncio.run(enqueue())
+
+
+def test_n_processes_share_the_work_and_sigterm_stops_them_all_gracefully(
+    cli: Cli, pg_database: str
+) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": pg_database}
+    parent = cli.start(
+        "worker", "--handlers", DEMO, "--processes", "2", "--concurrency", "2", **env
+    )
+    ids = _ready_ids(parent, 2)
+    assert len(ids) == 2  # two workers of their own
+    children = psutil.Process(parent.pid).children()
+    assert len(children) == 2
+
+    _enqueue_sleeps(pg_database, 10, 4.0)
+    # Each process holds at most twice its --concurrency (2 running, 2 claimed ahead): the
+    # ten jobs need both of them.
+    poll(lambda: set(_running_workers(pg_database).values()) == ids)
+
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0
+    # The running jobs were let finish; a job a worker had claimed ahead of its handlers is
+    # handed back without spending an attempt; no worker is left.
+    statuses = _statuses(pg_database)
+    assert set(statuses) <= {"succeeded", "not started"}, statuses
+    assert statuses["succeeded"] >= 2, statuses
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_worker_process_that_dies_is_reported_and_started_again(
+    cli: Cli, pg_database: str
+) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": pg_database}
+    parent = cli.start("worker", "--handlers", DEMO, "--processes", "2", **env)
+    first = _ready_ids(parent, 2)
+    victim = psutil.Process(parent.pid).children()[0]
+    victim.send_signal(signal.SIGKILL)
+    (replacement,) = _ready_ids(parent, 1)
+    assert replacement not in first
+    assert len(psutil.Process(parent.pid).children()) == 2
+
+    parent.send_signal(signal.SIGTERM)
+    _, stderr = parent.communicate(timeout=30)
+    assert parent.returncode == 0, stderr
+    assert f"(pid {victim.pid}) died of signal SIGKILL; starting it again" in stderr
+
+
+def test_worker_processes_from_the_environment_with_burst(cli: Cli, pg_database: str) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": pg_database}
+    _enqueue_sleeps(pg_database, 6, 0.05)
+    done = cli.run("worker", "--handlers", DEMO, "--burst", ASYNC_JOBS_WORKER_PROCESSES="2", **env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("worker ready") == 2
+    assert _statuses(pg_database) == {"succeeded": 6}
+
+
+def test_bad_process_counts_stop_at_start(cli: Cli, pg_database: str) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": pg_database}
+    zero = cli.run("worker", "--handlers", DEMO, "--processes", "0", **env)
+    assert (zero.returncode, zero.stderr.strip()) == (
+        2,
+        "async-jobs: error: --processes must be at least 1",
+    )
+    words = cli.run("worker", "--handlers", DEMO, ASYNC_JOBS_WORKER_PROCESSES="many", **env)
+    assert words.returncode == 2
+    assert "ASYNC_JOBS_WORKER_PROCESSES must be a positive integer" in words.stderr
+    assert "Traceback" not in words.stderr

@@ -1,0 +1,127 @@
+"""The claim and the newest-first listing use their indexes, never a walk of the jobs table,
+on a table with realistic statistics: 100,000 finished and 10,000 pending jobs, ANALYZEd.
+
+The plans are the ones the statements really run with: each statement is executed as the
+store prepares it (the claim is a PL/pgSQL function, whose inner statements only
+auto_explain can show), several times, so that both the first (custom) plans and the
+generic plan PostgreSQL switches to later are seen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from async_jobs.stores.postgres.store import QUERIES
+
+FINISHED, PENDING, TENANTS = 100_000, 10_000, 50
+RUNS = 7  # asyncpg prepares once; PostgreSQL may plan generically from the sixth run on
+
+FILL = f"""
+INSERT INTO async_jobs (id, tenant_id, use_case, type, status, attempts, max_attempts,
+                        run_at, delay_tolerance_seconds, deadline_at, created_at,
+                        started_at, finished_at)
+SELECT gen_random_uuid(), 't' || (i % {TENANTS}), 'default', 'echo',
+       CASE WHEN i <= {FINISHED} THEN 'succeeded' ELSE 'pending' END::async_jobs_state,
+       CASE WHEN i <= {FINISHED} THEN 1 ELSE 0 END, 3,
+       now() - make_interval(secs => {FINISHED + PENDING} - i), 300,
+       now() - make_interval(secs => {FINISHED + PENDING} - i - 300),
+       now() - make_interval(secs => {FINISHED + PENDING} - i),
+       CASE WHEN i <= {FINISHED} THEN now() - make_interval(secs => {FINISHED} - i) END,
+       CASE WHEN i <= {FINISHED} THEN now() - make_interval(secs => {FINISHED} - i) END
+FROM generate_series(1, {FINISHED + PENDING}) AS i
+"""
+
+
+@pytest.fixture
+async def explained(pg_database: str) -> AsyncIterator[tuple[asyncpg.Connection, list[str]]]:
+    """A connection to a filled, ANALYZEd table whose every statement, nested ones too,
+    sends its plan, as run, back as a LOG message (collected in the list)."""
+    conn = await asyncpg.connect(pg_database)
+    plans: list[str] = []
+    try:
+        await conn.execute(FILL)
+        await conn.execute("ANALYZE async_jobs")
+        await conn.execute("LOAD 'auto_explain'")
+        await conn.execute(
+            "SET auto_explain.log_min_duration = 0;"
+            "SET auto_explain.log_analyze = on;"
+            "SET auto_explain.log_timing = off;"
+            "SET auto_explain.log_nested_statements = on;"
+            "SET client_min_messages = log"
+        )
+        conn.add_log_listener(lambda _c, message: plans.append(str(message.message)))
+        yield conn, plans
+    finally:
+        await conn.close()
+
+
+def _scans(plans: list[str]) -> list[str]:
+    """Every scan node on the jobs table itself in the plans ("Index Scan using
+    async_jobs_claimable on async_jobs j  (cost..."), never those on its side tables."""
+    return [
+        line.strip()
+        for plan in plans
+        for line in plan.splitlines()
+        if re.search(r"Scan\b.* on async_jobs(?:\s+\w+)?\s+\(", line)
+    ]
+
+
+def _claim_args(limit: int) -> tuple[Any, ...]:
+    return (limit, [], [], "w1", 30.0, None, [], [], [], [], [], [], False)
+
+
+async def test_the_claim_walks_the_claimable_index_only(
+    explained: tuple[asyncpg.Connection, list[str]],
+) -> None:
+    conn, plans = explained
+    scans = await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
+    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert any("async_jobs_claimable" in s for s in scans), scans
+    # Uncapped and without quotas: the slots held by running jobs are never counted (the
+    # count is in the plan, behind a filter that is false).
+    counted = [s for s in scans if "async_jobs_active" in s and "never executed" not in s]
+    assert not counted, scans
+
+
+async def test_a_capped_claim_counts_from_the_active_index(
+    explained: tuple[asyncpg.Connection, list[str]],
+) -> None:
+    conn, plans = explained
+    args = list(_claim_args(50))
+    args[5] = 1000  # p_default_max: every use case capped
+    scans = await _explain(conn, plans, QUERIES["claim_jobs"], *args)
+    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert any("async_jobs_claimable" in s for s in scans), scans
+    assert any("async_jobs_active" in s and "never executed" not in s for s in scans), scans
+
+
+@pytest.mark.parametrize("tenant", [None, "t7"])
+async def test_the_newest_first_listing_walks_its_index(
+    explained: tuple[asyncpg.Connection, list[str]], tenant: str | None
+) -> None:
+    conn, plans = explained
+    args = (tenant, None, None, None, None, None, None, None, 51)
+    scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
+    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    index = "async_jobs_created" if tenant is None else "async_jobs_tenant_created"
+    assert all(index in s for s in scans), scans
+
+
+async def _explain(conn: asyncpg.Connection, plans: list[str], query: str, *args: Any) -> list[str]:
+    """The scans on async_jobs of RUNS runs of the prepared statement, all rolled back."""
+    plans.clear()
+    statement = await conn.prepare(query)
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        for _ in range(RUNS):
+            await statement.fetch(*args)
+    finally:
+        await transaction.rollback()
+    assert plans, "auto_explain logged no plan"
+    return _scans(plans)
