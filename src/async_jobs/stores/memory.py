@@ -367,34 +367,35 @@ class MemoryStore:
     async def cancel_job(
         self, job_id: JobId, tenant_id: str | None = None
     ) -> tuple[Job, bool] | None:
-        job = await self.get_job(job_id, tenant_id)
-        if job is None:
-            return None
-        now = self._clock()
-        change = decide(Facts.of(job, now), Chore.CANCEL)
-        changed = change is not None
-        if change is not None:  # else terminal, or running and flagged: left as it stands
-            job = applied(job, change, now)
-            self._jobs[job.id] = job
-            if job.status is JobState.RUNNING:
-                tell(self._cancel_watchers, [job.id])
-        if changed and job.status.is_terminal:
-            tell(self._finish_watchers, [job.id])
-        return job, changed
+        found = await self._transition(job_id, tenant_id, Chore.CANCEL)
+        if found is not None and found[1]:  # else terminal, or running and flagged already
+            job = found[0]
+            watchers = self._finish_watchers if job.status.is_terminal else self._cancel_watchers
+            tell(watchers, [job.id])
+        return found
 
     async def retry_job(
         self, job_id: JobId, tenant_id: str | None = None
     ) -> tuple[Job, bool] | None:
+        found = await self._transition(job_id, tenant_id, Chore.RETRY)
+        if found is not None and found[1]:
+            self._wakeup.set()
+        return found
+
+    async def _transition(
+        self, job_id: JobId, tenant_id: str | None, chore: Chore
+    ) -> tuple[Job, bool] | None:
+        """``chore`` done to one job (the tenant's, if named): the job as it stands after,
+        and whether it changed; None if there is no such job."""
         job = await self.get_job(job_id, tenant_id)
         if job is None:
             return None
         now = self._clock()
-        change = decide(Facts.of(job, now), Chore.RETRY)
+        change = decide(Facts.of(job, now), chore)
         if change is None:
             return job, False
         job = applied(job, change, now)
         self._jobs[job.id] = job
-        self._wakeup.set()
         return job, True
 
     # -- the scheduler's path ---------------------------------------------------------------
