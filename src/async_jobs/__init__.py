@@ -1,7 +1,7 @@
 """async-job-server: durable, fast, observable background jobs for Python."""
 
 from async_jobs.app import EnqueueRequest, JobApp
-from async_jobs.client import AsyncJobsClient, JobsClient
+from async_jobs.client import AsyncJobsClient, AsyncJobsHttpClient, JobsClient
 from async_jobs.core.context import JobContext
 from async_jobs.core.executor import AttemptLimits, NonRetryableError, RetryAfter
 from async_jobs.core.maintenance import PeriodicJob
@@ -40,12 +40,21 @@ from async_jobs.domain.jobs import (
     Reason,
 )
 from async_jobs.domain.retry import Backoff, BackoffKind
-from async_jobs.domain.scheduling import Limits, RetentionPolicy, Stats, TenantQuota, UseCaseState
+from async_jobs.domain.scheduling import (
+    Leader,
+    Limits,
+    RetentionPolicy,
+    Stats,
+    TenantQuota,
+    UseCaseState,
+)
+from async_jobs.runner import run_scheduler_loop, run_worker_loop
 from async_jobs.stores.memory import MemoryStore
 
 __all__ = [
     "AsyncJobsClient",
     "AsyncJobsError",
+    "AsyncJobsHttpClient",
     "AttemptLimits",
     "AttemptRecord",
     "AuthTokenError",
@@ -68,6 +77,7 @@ __all__ = [
     "JobNotFoundError",
     "JobState",
     "JobsClient",
+    "Leader",
     "Limits",
     "MemoryStore",
     "NonRetryableError",
@@ -94,4 +104,6 @@ __all__ = [
     "WorkerConfig",
     "job",
     "periodic",
+    "run_scheduler_loop",
+    "run_worker_loop",
 ]
