@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
+import importlib
 import logging
 import signal
 import sys
@@ -62,11 +62,13 @@ def check_configuration(jobs: JobApp, role: str, worker: WorkerConfig | None = N
 
 
 def _check_sqs(jobs: JobApp, worker: WorkerConfig | None) -> None:
-    if importlib.util.find_spec("aiobotocore") is None:
+    try:
+        importlib.import_module("aiobotocore.session")
+    except ImportError as exc:
         raise ConfigurationError(
-            f"{PREFIX}TRANSPORT=sqs needs aiobotocore, which is not installed: "
+            f"{PREFIX}TRANSPORT=sqs needs aiobotocore, which cannot be imported ({exc}): "
             "pip install 'async-job-server[sqs]'"
-        )
+        ) from None
     queues = jobs.settings.sqs_queues
     if not queues:
         raise ConfigurationError(
