@@ -185,32 +185,13 @@ def test_the_api_is_configured_by_environment(cli: Cli, tmp_path: Path) -> None:
     assert api.wait(timeout=15) == 0
 
 
-def _python(cli: Cli, code: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    cli.procs.append(proc)  # killed if the test fails
-    return proc
-
-
 def test_run_worker_loop_and_run_scheduler_loop_run_until_sigterm(
     cli: Cli, tmp_path: Path, pg_database: str
 ) -> None:
+    """As ``examples/container_entrypoint.py`` calls them."""
     env = {**cli.env, **DEMO, "ASYNC_JOBS_DB_DSN": pg_database}
-    worker = _python(
-        cli, "from async_jobs import run_worker_loop; run_worker_loop()", env, tmp_path
-    )
-    scheduler = _python(
-        cli,
-        "from async_jobs import run_scheduler_loop; run_scheduler_loop()",
-        {**env, "ASYNC_JOBS_HANDLERS": ""},
-        tmp_path,
-    )
+    worker = _entrypoint(cli, "worker", env, tmp_path)
+    scheduler = _entrypoint(cli, "scheduler", {**env, "ASYNC_JOBS_HANDLERS": ""}, tmp_path)
     wait_for_line(worker, "async-jobs worker ready:")
     wait_for_line(scheduler, "async-jobs scheduler ready:")
     done = cli.run("enqueue", "echo", "--payload", '{"n": 1}', "--wait", "20", **env)
@@ -221,12 +202,21 @@ def test_run_worker_loop_and_run_scheduler_loop_run_until_sigterm(
         proc.communicate(timeout=20)
         assert proc.returncode == 0
     # Misconfigured, the entry point exits with a message and status 2, no traceback.
-    bad = _python(
-        cli,
-        "from async_jobs import run_worker_loop; run_worker_loop()",
-        {**env, "ASYNC_JOBS_TRANSPORT": "sqs"},
-        tmp_path,
-    )
+    bad = _entrypoint(cli, "worker", {**env, "ASYNC_JOBS_TRANSPORT": "sqs"}, tmp_path)
     _, stderr = bad.communicate(timeout=30)
     assert bad.returncode == 2 and "no queue is configured" in stderr
     assert "Traceback" not in stderr
+
+
+def _entrypoint(cli: Cli, role: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    example = Path(__file__).resolve().parents[2] / "examples" / "container_entrypoint.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(example), role],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cli.procs.append(proc)  # killed if the test fails
+    return proc
