@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 import signal
@@ -232,7 +233,7 @@ async def serve_worker(jobs: JobApp, config: WorkerConfig) -> Worker:
     announce(jobs, "worker", config)
     await open_store(jobs)
     try:
-        chores = None if config.burst else _chores_of(jobs, "worker", config.worker_id)
+        chores = None if config.burst else _chores_of(jobs, config)
         stoppers = [worker.stop] + ([] if chores is None else [chores.stop])
         with _stopped_by_signals(*stoppers):
             async with _running(chores):
@@ -258,8 +259,11 @@ async def serve_scheduler(jobs: JobApp) -> Scheduler:
     return scheduler
 
 
-def _chores_of(jobs: JobApp, process_role: str, process_id: str) -> Scheduler:
-    return jobs.scheduler(jobs.scheduler_config(process_role, process_id))
+def _chores_of(jobs: JobApp, worker: WorkerConfig) -> Scheduler:
+    """The chores' candidate of a worker process. Its reaping stays with the worker's own
+    reaper (unless that is off), which waits until the worker's held outcomes are written."""
+    config = jobs.scheduler_config("worker", worker.worker_id)
+    return jobs.scheduler(dataclasses.replace(config, reap=worker.reap_every == 0))
 
 
 @contextlib.asynccontextmanager

@@ -189,15 +189,17 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         answer = {"items": [job.to_json() for job, _ in stored], "created": created}
         return JSONResponse(answer, status_code=201 if any(created) else 200)
 
+    cancel_answers = _answers(
+        auth,
+        {200: (JobResponse, "The job: cancelled, or flagged while it runs.")},
+        {404: None, 409: "The job has already ended (invalid_transition).", 503: None},
+    )
+
     @router.post(
         "/jobs/{job_id}/cancel",
         summary="Cancel a job",
         response_model=None,
-        responses=_answers(
-            auth,
-            {200: (JobResponse, "The job: cancelled, or flagged while it runs.")},
-            {404: None, 409: "The job has already ended (invalid_transition).", 503: None},
-        ),
+        responses=cancel_answers,
     )
     async def cancel(job_id: str, caller: Caller) -> JSONResponse:
         job = await jobs.cancel(job_id, caller.tenant_id)
@@ -210,11 +212,7 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         summary="Cancel a job (as POST /jobs/{job_id}/cancel)",
         operation_id="delete_job",
         response_model=None,
-        responses=_answers(
-            auth,
-            {200: (JobResponse, "The job: cancelled, or flagged while it runs.")},
-            {404: None, 409: "The job has already ended (invalid_transition).", 503: None},
-        ),
+        responses=cancel_answers,
     )
 
     @router.post(

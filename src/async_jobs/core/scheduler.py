@@ -57,6 +57,10 @@ class SchedulerConfig:
     retention_interval_seconds: float = 60.0
     retention: RetentionPolicy = dataclasses.field(default_factory=RetentionPolicy)
     holder: str = dataclasses.field(default_factory=lambda: leader_holder(ROLE))
+    # Whether the leader reaps. A worker that leads leaves it to its own reaper, which waits
+    # until the worker's held outcomes are written (after an outage its finished jobs'
+    # leases may have run out: they must be recorded, not reaped and run again).
+    reap: bool = True
 
     def __post_init__(self) -> None:
         if self.interval_seconds <= 0 or self.leader_lease_seconds <= self.interval_seconds:
@@ -178,9 +182,10 @@ class Scheduler:
 
     async def _chores(self) -> None:
         chores: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-            ("reaper", self._reaper.run_once),
-            ("expiry", lambda: expire_jobs(self._store)),
+            ("expiry", lambda: expire_jobs(self._store))
         ]
+        if self.config.reap:
+            chores.insert(0, ("reaper", self._reaper.run_once))
         if self._periodic is not None:
             chores.append(("periodic jobs", self._periodic.run_once))
         if self.webhooks is not None:  # starts sends; they finish in the background
