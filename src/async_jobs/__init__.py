@@ -40,11 +40,18 @@ from async_jobs.domain.jobs import (
 )
 from async_jobs.domain.requests import EnqueueRequest
 from async_jobs.domain.retry import Backoff, BackoffKind
-from async_jobs.domain.scheduling import Limits, RetentionPolicy, Stats, TenantQuota, UseCaseState
+from async_jobs.domain.scheduling import (
+    Leader,
+    Limits,
+    RetentionPolicy,
+    Stats,
+    TenantQuota,
+    UseCaseState,
+)
 
 if TYPE_CHECKING:
     from async_jobs.app import JobApp
-    from async_jobs.client import AsyncJobsClient, JobsClient
+    from async_jobs.client import AsyncJobsClient, AsyncJobsHttpClient, JobsClient
     from async_jobs.core.context import JobContext
     from async_jobs.core.executor import AttemptLimits, NonRetryableError, RetryAfter
     from async_jobs.core.maintenance import PeriodicJob
@@ -52,11 +59,13 @@ if TYPE_CHECKING:
     from async_jobs.core.scheduler import Scheduler, SchedulerConfig
     from async_jobs.core.settings import Settings
     from async_jobs.core.worker import Worker, WorkerConfig
+    from async_jobs.runner import run_scheduler_loop, run_worker_loop
     from async_jobs.stores.memory import MemoryStore
 
 __all__ = [
     "AsyncJobsClient",
     "AsyncJobsError",
+    "AsyncJobsHttpClient",
     "AttemptLimits",
     "AttemptRecord",
     "AuthTokenError",
@@ -79,6 +88,7 @@ __all__ = [
     "JobNotFoundError",
     "JobState",
     "JobsClient",
+    "Leader",
     "Limits",
     "MemoryStore",
     "NonRetryableError",
@@ -105,11 +115,14 @@ __all__ = [
     "WorkerConfig",
     "job",
     "periodic",
+    "run_scheduler_loop",
+    "run_worker_loop",
 ]
 
 # Names imported when first asked for, and the module each lives in.
 _LAZY: dict[str, str] = {
     "AsyncJobsClient": "async_jobs.client",
+    "AsyncJobsHttpClient": "async_jobs.client",
     "AttemptLimits": "async_jobs.core.executor",
     "JobApp": "async_jobs.app",
     "JobContext": "async_jobs.core.context",
@@ -125,6 +138,8 @@ _LAZY: dict[str, str] = {
     "WorkerConfig": "async_jobs.core.worker",
     "job": "async_jobs.core.registry",
     "periodic": "async_jobs.core.registry",
+    "run_scheduler_loop": "async_jobs.runner",
+    "run_worker_loop": "async_jobs.runner",
 }
 
 

@@ -27,7 +27,8 @@ from async_jobs.core.executor import AttemptLimits
 from async_jobs.core.maintenance import PeriodicJob, PeriodicRunner, Retention
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Handler, HandlerOptions, Registry, periodic_marks
-from async_jobs.core.scheduler import Scheduler, SchedulerConfig
+from async_jobs.core.scheduler import ROLE as CHORES_ROLE
+from async_jobs.core.scheduler import Scheduler, SchedulerConfig, leader_holder
 from async_jobs.core.settings import Settings
 from async_jobs.core.webhooks import WebhookConfig, WebhookSender
 from async_jobs.core.worker import Worker, WorkerConfig
@@ -54,7 +55,7 @@ from async_jobs.domain.requests import MAX_BATCH_SIZE as MAX_BATCH_SIZE
 from async_jobs.domain.requests import MAX_PAGE_SIZE as MAX_PAGE_SIZE
 from async_jobs.domain.requests import EnqueueRequest as EnqueueRequest
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import RetentionPolicy, Stats, UseCaseState
+from async_jobs.domain.scheduling import Leader, RetentionPolicy, Stats, UseCaseState
 from async_jobs.domain.validation import build_like, build_new_job, check_name
 from async_jobs.domain.webhooks import WebhookState, check_webhook_target
 from async_jobs.ports import JobStore, Transport
@@ -524,12 +525,23 @@ class JobApp:
             return PeriodicRunner(self.store, self.periodic_jobs, self._enqueue_tick)
         return PeriodicRunner(self.store, self.periodic_jobs, self._enqueue_tick, clock)
 
-    def scheduler_config(self) -> SchedulerConfig:
+    def scheduler_config(
+        self, process_role: str = CHORES_ROLE, process_id: str | None = None
+    ) -> SchedulerConfig:
+        """``process_role`` and ``process_id`` name this process in the lease row (a worker
+        standing for the chores passes ``"worker"`` and its worker id)."""
         return SchedulerConfig(
             interval_seconds=self.settings.scheduler_interval_seconds,
             leader_lease_seconds=self.settings.leader_lease_seconds,
             retention=self.settings.retention,
+            holder=leader_holder(process_role, process_id),
         )
+
+    async def leader(self) -> Leader | None:
+        """The process that leads the chores now (``process_role``: scheduler, worker or
+        serve; ``process_id``), or None when none does (no scheduler, worker or serve
+        process runs, or the last leader died less than a lease ago)."""
+        return await self.store.current_leader(CHORES_ROLE)
 
     async def _enqueue_tick(self, job: PeriodicJob, tick: datetime) -> None:
         request = EnqueueRequest(

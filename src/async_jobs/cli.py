@@ -16,15 +16,16 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
+from async_jobs import runner
 from async_jobs.app import EnqueueRequest, JobApp
 from async_jobs.core.settings import Settings, split_modules
-from async_jobs.core.worker import WorkerConfig
 from async_jobs.domain.errors import (
     AsyncJobsError,
     ConfigurationError,
@@ -37,29 +38,161 @@ from async_jobs.supervisor import Supervisor, SupervisorConfig
 DEMO_HANDLERS = ("async_jobs.demo",)
 log = logging.getLogger("async_jobs.cli")
 
+DESCRIPTION = """\
+Durable background jobs for Python: enqueue jobs, run them in workers, and watch them
+over HTTP. Jobs live in a store (PostgreSQL, or an embedded SQLite file by default).
+
+Start here:  async-jobs serve   (API, worker and scheduler in one process, demo handlers)
+A fleet:     async-jobs migrate; then any number of `api`, `worker` and `scheduler`
+             processes sharing ASYNC_JOBS_DB_DSN=postgresql://...
+
+Every command reads its configuration from ASYNC_JOBS_* variables (flags override them);
+`async-jobs config` prints the effective configuration. `async-jobs COMMAND --help` says
+what a command does, the variables it reads and an example."""
+
+STORE_VARIABLES = "ASYNC_JOBS_DB_DSN, ASYNC_JOBS_STORE_WAIT_SECONDS"
+COMMAND_DOCS: dict[str, tuple[str, str, str]] = {
+    # command: (what it does, the variables it reads, an example)
+    "serve": (
+        "Run the HTTP API, a worker and a scheduler in one process: the quick start and small "
+        "deployments. With no configuration it uses the embedded SQLite store "
+        "./async_jobs.db and the demo handlers (echo, sleep, say_hello, fail), and creates "
+        "the schema.",
+        f"{STORE_VARIABLES}, ASYNC_JOBS_HANDLERS, ASYNC_JOBS_TRANSPORT, ASYNC_JOBS_API_HOST, "
+        "ASYNC_JOBS_API_PORT, ASYNC_JOBS_API_PREFIX, ASYNC_JOBS_CORS_ORIGINS, "
+        "ASYNC_JOBS_WORKER_CONCURRENCY, ASYNC_JOBS_ENQUEUE_AUTH_TOKEN, ASYNC_JOBS_API_TOKENS",
+        "async-jobs serve --port 8000 --handlers myapp.jobs",
+    ),
+    "api": (
+        "Run the HTTP API only (enqueue, read, cancel, retry, stats); workers run elsewhere.",
+        f"{STORE_VARIABLES}, ASYNC_JOBS_API_HOST, ASYNC_JOBS_API_PORT, ASYNC_JOBS_API_PREFIX, "
+        "ASYNC_JOBS_CORS_ORIGINS, ASYNC_JOBS_ENQUEUE_AUTH_TOKEN, ASYNC_JOBS_API_TOKENS, "
+        "ASYNC_JOBS_HANDLERS (to refuse unknown job types)",
+        "ASYNC_JOBS_API_HOST=0.0.0.0 ASYNC_JOBS_API_PREFIX=/api/v1 async-jobs api",
+    ),
+    "migrate": (
+        "Create or upgrade the store's schema; safe to run twice and from several processes.",
+        STORE_VARIABLES,
+        "ASYNC_JOBS_DB_DSN=postgresql://app@db/jobs async-jobs migrate",
+    ),
+    "worker": (
+        "Run jobs of the registered handlers until SIGTERM (then running jobs get the grace "
+        "period to finish). A worker also stands for the chores' leadership (webhooks, "
+        "periodic jobs, retention, expiry, reaping): with or without scheduler processes, "
+        "one process leads them.",
+        f"{STORE_VARIABLES}, ASYNC_JOBS_HANDLERS, ASYNC_JOBS_TRANSPORT, "
+        "ASYNC_JOBS_WORKER_CONCURRENCY, ASYNC_JOBS_WORKER_USE_CASES, "
+        "ASYNC_JOBS_WORKER_GRACE_SECONDS, ASYNC_JOBS_<USE_CASE>_MAX_CONCURRENT, "
+        "ASYNC_JOBS_SQS_QUEUE_<USE_CASE>",
+        "ASYNC_JOBS_HANDLERS=myapp.jobs ASYNC_JOBS_WORKER_CONCURRENCY=20 async-jobs worker",
+    ),
+    "scheduler": (
+        "Lead (or stand by for) the chores: reaping jobs of dead workers, expiry, periodic "
+        "jobs, retention, webhooks, and dispatch to the sqs transport. Run several; one leads.",
+        f"{STORE_VARIABLES}, ASYNC_JOBS_HANDLERS, ASYNC_JOBS_TRANSPORT, "
+        "ASYNC_JOBS_PERIODIC_JOBS, ASYNC_JOBS_SCHEDULER_INTERVAL_SECONDS, "
+        "ASYNC_JOBS_LEADER_LEASE_SECONDS, ASYNC_JOBS_RETAIN_*_HOURS, ASYNC_JOBS_WEBHOOK_*",
+        "ASYNC_JOBS_HANDLERS=myapp.jobs async-jobs scheduler",
+    ),
+    "enqueue": (
+        "Store one job from the shell and print it (JSON); --wait prints the finished job.",
+        f"{STORE_VARIABLES}, ASYNC_JOBS_HANDLERS",
+        "async-jobs enqueue echo --payload '{\"n\": 1}' --wait 10",
+    ),
+    "jobs": (
+        "List, show, cancel or retry jobs (JSON).",
+        STORE_VARIABLES,
+        "async-jobs jobs list --status failed --limit 5",
+    ),
+    "reap": (
+        "Hand back the jobs of dead workers now (the leader does it every round anyway).",
+        STORE_VARIABLES,
+        "async-jobs reap",
+    ),
+    "stats": (
+        "Counts by state, throughput and latencies (JSON).",
+        STORE_VARIABLES,
+        "async-jobs stats --tenant tenant-a",
+    ),
+    "cleanup": (
+        "Delete finished jobs older than an age (default: the retention per state).",
+        f"{STORE_VARIABLES}, ASYNC_JOBS_RETAIN_*_HOURS",
+        "async-jobs cleanup --older-than 7d",
+    ),
+    "use-cases": (
+        "List use cases, or pause and resume starting their jobs (survives restarts).",
+        STORE_VARIABLES,
+        "async-jobs use-cases pause notifications",
+    ),
+    "sqs": (
+        "Create the sqs transport's queues (local development) or show their depth.",
+        "ASYNC_JOBS_SQS_QUEUE_<USE_CASE>, ASYNC_JOBS_SQS_ENDPOINT_URL, AWS_REGION",
+        "async-jobs sqs create-queues --handlers myapp.jobs",
+    ),
+    "config": (
+        "Print the effective configuration (environment and defaults), secrets masked: "
+        "tokens, webhook secrets and the passwords in the store DSN and the Redis URL.",
+        "every ASYNC_JOBS_* variable (see the README's configuration table)",
+        "ASYNC_JOBS_DB_DSN=postgresql://app:s3cret@db/jobs async-jobs config --format table",
+    ),
+    "bench": (
+        "Measure enqueue, drain, latency and memory on your own database.",
+        "ASYNC_JOBS_DB_DSN, ASYNC_JOBS_SQS_ENDPOINT_URL",
+        "async-jobs bench --dsn postgresql://postgres@127.0.0.1/bench --jobs 10000",
+    ),
+}
+
+
+def _command(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A sub-command whose help says what it does, the variables it reads and an example."""
+    does, variables, example = COMMAND_DOCS[name]
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=does.split(". ")[0].split(": ")[0].rstrip("."),
+        description=does,
+        epilog=textwrap.fill(f"reads: {variables}", 88, subsequent_indent="  ")
+        + f"\n\nexample:\n  {example}",
+        formatter_class=_HelpFormatter,
+        **kwargs,
+    )
+    return parser
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's lines; wraps the description."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("reads:"):
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="async-jobs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="async-jobs",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="API, dashboard and worker in one process")
+    serve = _command(commands, "serve")
     _add_http(serve)
     _add_worker_options(serve)
 
-    api = commands.add_parser("api", help="the HTTP API only")
+    api = _command(commands, "api")
     _add_http(api)
 
-    commands.add_parser("migrate", help="create or upgrade the store's schema")
+    _command(commands, "migrate")
 
-    worker = commands.add_parser("worker", help="run jobs")
+    worker = _command(commands, "worker")
     _add_worker_options(worker)
     worker.add_argument(
         "--use-case",
         action="append",
         default=[],
         dest="use_cases",
-        help="only this use case (repeatable)",
+        help="only this use case (repeatable; default: ASYNC_JOBS_WORKER_USE_CASES, else all)",
     )
     worker.add_argument("--burst", action="store_true", help="exit when nothing is left to do")
     worker.add_argument(
@@ -70,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: ASYNC_JOBS_WORKER_PROCESSES, else 1)",
     )
     worker.add_argument(
-        "--grace", type=float, default=30.0, help="seconds running jobs get to finish after SIGTERM"
+        "--grace",
+        type=float,
+        help="seconds running jobs get to finish after SIGTERM "
+        "(default: ASYNC_JOBS_WORKER_GRACE_SECONDS, else 30)",
     )
     worker.add_argument(
         "--reap-interval",
@@ -79,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the reaper about every S seconds (default: half a lease; 0: never)",
     )
 
-    enqueue = commands.add_parser("enqueue", help="enqueue a job from the shell")
+    enqueue = _command(commands, "enqueue")
     enqueue.add_argument("type", help="job type")
     enqueue.add_argument("--payload", default="{}", help="JSON object")
     enqueue.add_argument("--use-case")
@@ -92,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, metavar="S", help="wait up to S seconds and print the final job"
     )
 
-    manage = commands.add_parser("jobs", help="look at and control jobs")
+    manage = _command(commands, "jobs")
     actions = manage.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, aliases, text in (
         ("show", ["get"], "print one job"),
@@ -108,32 +244,30 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--tenant", dest="tenant_id")
     listing.add_argument("--limit", type=int, default=20)
 
-    commands.add_parser("reap", help="hand back the jobs of dead workers now (see Reliability)")
+    _command(commands, "reap")
 
-    scheduler = commands.add_parser(
-        "scheduler", help="reaper, expiry, periodic jobs and retention (one leads at a time)"
-    )
+    scheduler = _command(commands, "scheduler")
     scheduler.add_argument(
         "--handlers", help="comma-separated modules whose @app.periodic jobs it enqueues"
     )
 
-    stats = commands.add_parser("stats", help="counts, throughput, latencies (JSON)")
+    stats = _command(commands, "stats")
     stats.add_argument("--tenant", dest="tenant_id")
 
-    cleanup = commands.add_parser("cleanup", help="delete terminal jobs older than an age")
+    cleanup = _command(commands, "cleanup")
     cleanup.add_argument(
         "--older-than",
         metavar="AGE",
         help="e.g. 24h, 30m, 7d, 90s (default: the configured retention per state)",
     )
 
-    use_cases = commands.add_parser("use-cases", help="list, pause or resume use cases")
+    use_cases = _command(commands, "use-cases")
     use_case_actions = use_cases.add_subparsers(dest="action", required=True, metavar="ACTION")
     use_case_actions.add_parser("list", help="every use case and whether it is paused")
     for action, text in (("pause", "stop starting its jobs"), ("resume", "start them again")):
         use_case_actions.add_parser(action, help=text).add_argument("name")
 
-    sqs = commands.add_parser("sqs", help="the sqs transport's queues")
+    sqs = _command(commands, "sqs")
     sqs_actions = sqs.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = sqs_actions.add_parser(
         "create-queues",
@@ -144,7 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sqs_actions.add_parser("status", help="messages visible and in flight per queue (JSON)")
 
-    bench = commands.add_parser("bench", help="measure enqueue, drain, latency and memory")
+    config = _command(commands, "config")
+    config.add_argument(
+        "--format", choices=("json", "table"), default="json", help="JSON (default) or a table"
+    )
+
+    bench = _command(commands, "bench")
     from async_jobs import bench as bench_module
 
     bench_module.configure_parser(bench)
@@ -152,13 +291,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_http(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--host", help="address to listen on (default: ASYNC_JOBS_API_HOST, else 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, help="port to listen on (default: ASYNC_JOBS_API_PORT, else 8000)"
+    )
 
 
 def _add_worker_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--handlers", help="comma-separated modules that define handlers")
-    parser.add_argument("--concurrency", type=int, default=10, help="jobs run at once")
+    parser.add_argument(
+        "--handlers",
+        help="comma-separated modules that define handlers (default: ASYNC_JOBS_HANDLERS)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="jobs run at once (default: ASYNC_JOBS_WORKER_CONCURRENCY, else 10)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,6 +343,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, handlers=split_modules(handlers))
     if args.command == "serve" and not settings.handlers:
         settings = dataclasses.replace(settings, handlers=DEMO_HANDLERS)
+    if hasattr(args, "host"):
+        settings = dataclasses.replace(
+            settings,
+            api_host=args.host or settings.api_host,
+            api_port=settings.api_port if args.port is None else args.port,
+        )
+    if args.command == "config":
+        return _config(settings, args)
     if args.command == "worker":
         processes = settings.worker_processes if args.processes is None else args.processes
         if processes < 1:
@@ -231,14 +389,19 @@ def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
 
     worker = scheduler = None
     if args.command == "serve":
-        worker = _worker_config(jobs, args, burst=False, grace=30.0)
-        scheduler = jobs.scheduler_config()
-        asyncio.run(_check_store(jobs))
+        worker = runner.worker_config(jobs, concurrency=args.concurrency)
+        scheduler = jobs.scheduler_config("serve")
+    runner.check_configuration(jobs, args.command, worker)
+    runner.announce(jobs, args.command, worker)
+    asyncio.run(_check_store(jobs))
     app = create_api(jobs, worker=worker, scheduler=scheduler, migrate=args.command == "serve")
+    s = jobs.settings
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="info", lifespan="on", access_log=False
+        app, host=s.api_host, port=s.api_port, log_level="info", lifespan="on", access_log=False
     )
-    print(f"async-jobs {args.command}: http://{args.host}:{args.port}", flush=True)
+    line = runner.startup_line(jobs, args.command, worker)
+    url = f"http://{s.api_host}:{s.api_port}{s.api_prefix}"
+    print(f"async-jobs {args.command}: {url} {line}", flush=True)
     _GracefulServer(config, on_second_signal=lambda: _stop_worker_now(app)).run()
     return 0
 
@@ -276,29 +439,10 @@ class _GracefulServer(uvicorn.Server):
 
 
 async def _check_store(jobs: JobApp) -> None:
-    """Fail fast with a clear message when the store does not answer at start-up."""
-    async with jobs:
-        await jobs.store.ping()
-
-
-def _worker_config(
-    jobs: JobApp, args: argparse.Namespace, *, burst: bool, grace: float
-) -> WorkerConfig:
-    if args.concurrency < 1:
-        raise ConfigurationError("--concurrency must be at least 1")
-    reap_interval = getattr(args, "reap_interval", None)
-    if reap_interval is not None and reap_interval < 0:
-        raise ConfigurationError("--reap-interval must not be negative")
-    return WorkerConfig(
-        concurrency=args.concurrency,
-        use_cases=tuple(getattr(args, "use_cases", ())),
-        burst=burst,
-        grace_seconds=grace,
-        lease_seconds=jobs.settings.lease_seconds,
-        poll_interval_seconds=jobs.settings.poll_interval_seconds,
-        reap_interval_seconds=reap_interval,
-        limits=jobs.attempt_limits(),
-    )
+    """Fail fast with a clear message when the store does not answer at start-up (after
+    ``ASYNC_JOBS_STORE_WAIT_SECONDS`` of retries)."""
+    await runner.open_store(jobs)
+    await jobs.close()
 
 
 async def _migrate(jobs: JobApp, args: argparse.Namespace) -> int:
@@ -309,23 +453,16 @@ async def _migrate(jobs: JobApp, args: argparse.Namespace) -> int:
 
 
 async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
-    config = _worker_config(jobs, args, burst=args.burst, grace=args.grace)
-    async with jobs:
-        await jobs.store.ping()
-        gc.freeze()  # start-up's objects live on: full collections need not walk them
-
-        def ready() -> None:
-            print(
-                f"async-jobs worker ready: id={config.worker_id} "
-                f"concurrency={config.concurrency} types={','.join(jobs.registry.types)}",
-                flush=True,
-            )
-
-        worker = jobs.worker(config, on_ready=ready)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, worker.stop)
-        await worker.run()
+    config = runner.worker_config(
+        jobs,
+        concurrency=args.concurrency,
+        use_cases=args.use_cases,
+        grace_seconds=args.grace,
+        burst=args.burst,
+        reap_interval_seconds=args.reap_interval,
+    )
+    gc.freeze()  # start-up's objects live on: full collections need not walk them
+    worker = await runner.serve_worker(jobs, config)
     log.info("worker stopped after %d jobs", worker.processed)
     if worker.abandoned_threads:
         # Threads cannot be stopped, and the interpreter would wait for them at exit.
@@ -338,20 +475,27 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
 def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> int:
     """``worker --processes N``: N single workers with the same options (see supervisor)."""
     jobs = JobApp(settings=settings)
-    _worker_config(jobs, args, burst=args.burst, grace=args.grace)  # bad options: stop here
+    worker = runner.worker_config(  # bad options: stop here
+        jobs,
+        concurrency=args.concurrency,
+        use_cases=args.use_cases,
+        grace_seconds=args.grace,
+        burst=args.burst,
+        reap_interval_seconds=args.reap_interval,
+    )
     asyncio.run(_check_store(jobs))
     command = [sys.executable, "-m", "async_jobs", "--log-level", args.log_level, "worker"]
-    command += ["--processes", "1", "--concurrency", str(args.concurrency)]
-    command += ["--grace", str(args.grace)]
+    command += ["--processes", "1", "--concurrency", str(worker.concurrency)]
+    command += ["--grace", str(worker.grace_seconds)]
     if settings.handlers:
         command += ["--handlers", ",".join(settings.handlers)]
-    for use_case in args.use_cases:
+    for use_case in worker.use_cases:
         command += ["--use-case", use_case]
     if args.burst:
         command.append("--burst")
     if args.reap_interval is not None:
         command += ["--reap-interval", str(args.reap_interval)]
-    config = SupervisorConfig(processes, command, grace_seconds=args.grace)
+    config = SupervisorConfig(processes, command, grace_seconds=worker.grace_seconds)
     log.info("starting %d worker processes", processes)
     return asyncio.run(Supervisor(config).run())
 
@@ -387,14 +531,20 @@ async def _reap(jobs: JobApp, args: argparse.Namespace) -> int:
 
 
 async def _scheduler(jobs: JobApp, args: argparse.Namespace) -> int:
-    async with jobs:
-        await jobs.store.ping()
-        scheduler = jobs.scheduler()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, scheduler.stop)
-        print(f"async-jobs scheduler ready: id={scheduler.config.holder}", flush=True)
-        await scheduler.run()
+    await runner.serve_scheduler(jobs)
+    return 0
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    shown = settings.to_public_json()
+    if args.format == "json":
+        print(json.dumps(shown, indent=2, sort_keys=True), flush=True)
+        return 0
+    width = max(map(len, shown))
+    for key in sorted(shown):
+        value = shown[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        print(f"{key:<{width}}  {text}", flush=True)
     return 0
 
 

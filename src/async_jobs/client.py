@@ -311,6 +311,12 @@ class _ClientBase:
         return dict(_body(response))
 
 
+def _one_token(token: str | None, auth_token: str | None) -> str | None:
+    if token is not None and auth_token is not None and token != auth_token:
+        raise ValueError("give the bearer token as token or as auth_token, not two different ones")
+    return token if token is not None else auth_token
+
+
 class AsyncJobsClient(_ClientBase):
     """The jobs API over HTTP, for asyncio code. ``transport``: an ``httpx`` transport, for
     instance ``httpx.ASGITransport(app=api)`` to talk to an app in the same process."""
@@ -324,7 +330,11 @@ class AsyncJobsClient(_ClientBase):
         retries: int = 3,
         transport: httpx.AsyncBaseTransport | None = None,
         retry_backoff: Backoff | None = None,
+        auth_token: str | None = None,
     ) -> None:
+        """``auth_token``: another name for ``token`` (the bearer token), as code written for
+        other job servers passes it."""
+        token = _one_token(token, auth_token)
         super().__init__(base_url, token, timeout, retries, retry_backoff)
         self._http = httpx.AsyncClient(
             base_url=base_url, headers=self.headers, timeout=timeout, transport=transport
@@ -441,7 +451,11 @@ class JobsClient(_ClientBase):
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
         retry_backoff: Backoff | None = None,
+        auth_token: str | None = None,
     ) -> None:
+        """``auth_token``: another name for ``token`` (the bearer token), as code written for
+        other job servers passes it."""
+        token = _one_token(token, auth_token)
         super().__init__(base_url, token, timeout, retries, retry_backoff)
         self._http = httpx.Client(
             base_url=base_url, headers=self.headers, timeout=timeout, transport=transport
@@ -677,3 +691,7 @@ def _use_case_state(data: Mapping[str, Any]) -> UseCaseState:
         paused=bool(data["paused"]),
         updated_at=None if updated is None else datetime.fromisoformat(updated),
     )
+
+
+# The name other job servers' users know: the same asyncio client.
+AsyncJobsHttpClient = AsyncJobsClient

@@ -25,7 +25,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
-from async_jobs.domain.scheduling import Stats, UseCaseState
+from async_jobs.domain.scheduling import Leader, Stats, UseCaseState
 from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
 
 
@@ -164,6 +164,10 @@ class JobStore(Protocol):
 
     async def resign(self, role: str, holder: str) -> None:
         """Give up the leadership of ``role`` if ``holder`` has it."""
+
+    async def current_leader(self, role: str) -> Leader | None:
+        """Who leads ``role`` now (its lease not run out by the store's clock); None:
+        nobody. Reads only."""
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         """The last tick of the periodic job ``name`` that was enqueued (None: never)."""

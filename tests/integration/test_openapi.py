@@ -156,6 +156,7 @@ OPEN_STATUSES: dict[tuple[str, str], set[int]] = {
     ("GET", "/jobs"): {200, 400, 422, 503},
     ("GET", "/jobs/{job_id}"): {200, 202, 404, 422, 503},
     ("POST", "/jobs/{job_id}/cancel"): {200, 404, 409, 503},
+    ("DELETE", "/jobs/{job_id}"): {200, 404, 409, 503},
     ("POST", "/jobs/{job_id}/retry"): {200, 404, 409, 503},
     ("GET", "/use-cases"): {200, 503},
     ("POST", "/use-cases/{name}/pause"): {200, 422, 503},
@@ -244,6 +245,7 @@ def test_success_bodies_are_declared_with_their_models(document: dict[str, Any])
         ("get", "/jobs"): "JobPageResponse",
         ("get", "/jobs/{job_id}"): "JobResponse",
         ("post", "/jobs/{job_id}/cancel"): "JobResponse",
+        ("delete", "/jobs/{job_id}"): "JobResponse",
         ("post", "/jobs/{job_id}/retry"): "JobResponse",
         ("get", "/use-cases"): "UseCaseListResponse",
         ("post", "/use-cases/{name}/pause"): "UseCaseResponse",
@@ -342,6 +344,9 @@ async def test_real_answers_of_every_route_match_the_document(open_api: Answers)
     a.check("/jobs", await http.get(f"/jobs?limit=2&cursor={page['next_cursor']}"), 200)
     a.check("/jobs/{job_id}/cancel", await http.post(f"/jobs/{later['id']}/cancel"), 200)
     a.check("/jobs/{job_id}/retry", await http.post(f"/jobs/{later['id']}/retry"), 200)
+    delayed = (await http.post("/jobs", json={"type": "echo", "delay_seconds": 3600})).json()
+    deleted = a.check("/jobs/{job_id}", await http.delete(f"/jobs/{delayed['id']}"), 200)
+    assert deleted["status"] == "cancelled"  # DELETE is cancel
     a.check("/use-cases/{name}/pause", await http.post("/use-cases/reports/pause"), 200)
     a.check("/use-cases/{name}/resume", await http.post("/use-cases/reports/resume"), 200)
     a.check("/use-cases", await http.get("/use-cases"), 200)
@@ -367,6 +372,8 @@ async def test_real_error_answers_of_every_route_match_the_document(open_api: An
         "details": {"status": "succeeded"},
     }
     a.check("/jobs/{job_id}/retry", await http.post(f"/jobs/{done['id']}/retry"), 409)
+    a.check("/jobs/{job_id}", await http.delete(f"/jobs/{done['id']}"), 409)
+    a.check("/jobs/{job_id}", await http.delete(f"/jobs/{UNKNOWN_ID}"), 404)
     keyed = {"type": "echo", "idempotency_key": "k", "delay_seconds": 60}
     assert (await http.post("/jobs", json=keyed)).status_code == 201
     other = {**keyed, "payload": {"other": 1}}

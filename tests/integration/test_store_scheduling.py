@@ -424,6 +424,30 @@ async def test_a_lapsed_lease_passes_the_lead_on(store: JobStore) -> None:
     assert not await store.try_lead("scheduler", "a", 30)
 
 
+async def test_the_current_leader_is_read_back_until_its_lease_lapses(store: JobStore) -> None:
+    assert await store.current_leader("scheduler") is None
+    assert await store.try_lead("scheduler", "worker/host:1:aa", 30)
+    first = await store.current_leader("scheduler")
+    assert first is not None
+    assert (first.process_role, first.process_id) == ("worker", "host:1:aa")
+    assert first.since <= first.expires_at
+    assert first.expires_at - first.since == pytest.approx(
+        timedelta(seconds=30), abs=timedelta(seconds=1)
+    )
+    assert await store.try_lead("scheduler", "worker/host:1:aa", 30)  # renewed: same since
+    renewed = await store.current_leader("scheduler")
+    assert renewed is not None and renewed.since == first.since
+    await store.resign("scheduler", "worker/host:1:aa")
+    assert await store.current_leader("scheduler") is None
+    assert await store.try_lead("scheduler", "scheduler/host:2:bb", 0.3)
+    # Nobody leads once the lease ran out (by the store's clock), though no one resigned.
+    assert await wait_until(lambda: _none_leads(store), timeout=5)
+
+
+async def _none_leads(store: JobStore) -> bool:
+    return await store.current_leader("scheduler") is None
+
+
 async def test_concurrent_candidates_elect_exactly_one(store: JobStore) -> None:
     won = await asyncio.gather(*(store.try_lead("scheduler", f"h{i}", 30) for i in range(10)))
     assert sum(won) == 1

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from async_jobs.api.auth import TokenAuth, TokenAuthMiddleware
 from async_jobs.api.errors import install_error_handlers
@@ -56,12 +57,27 @@ def create_api(
             await jobs.close()
 
     auth = TokenAuth.from_settings(jobs.settings)
-    app = FastAPI(title="async-job-server", version="0.1.0", lifespan=lifespan)
+    prefix = jobs.settings.api_prefix  # every route moves under it, "/health" included
+    app = FastAPI(
+        title="async-job-server",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=f"{prefix}/docs",
+        redoc_url=f"{prefix}/redoc",
+        openapi_url=f"{prefix}/openapi.json",
+    )
     install_error_handlers(app)
-    app.include_router(create_jobs_router(jobs, auth))
+    app.include_router(create_jobs_router(jobs, auth), prefix=prefix)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-    if auth is not None:  # outermost: a request without a token is refused unread
+    if auth is not None:  # a request without a token is refused unread
         app.add_middleware(TokenAuthMiddleware, auth=auth)
+    if jobs.settings.cors_origins:  # outermost: a preflight carries no token
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(jobs.settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     if auth is None:
         log.warning("no API token is configured: the API is open to anyone who can reach it")
     return app

@@ -40,7 +40,7 @@ from async_jobs.api.schemas import (
     encode_cursor,
 )
 from async_jobs.app import JobApp
-from async_jobs.domain.errors import AsyncJobsError
+from async_jobs.domain.errors import AsyncJobsError, ConfigurationError
 from async_jobs.domain.jobs import Job, JobFilter, JobState
 from async_jobs.domain.requests import MAX_PAGE_SIZE, EnqueueRequest
 from async_jobs.domain.validation import json_dumps
@@ -133,7 +133,10 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
 
     ``auth`` (``TokenAuth.from_settings(settings)``): every route but ``/health`` needs a
     bearer token; a tenant's token acts within its tenant only (its jobs, lists and stats; a
-    foreign job id is a 404), administration needs an admin token. None: open to anyone."""
+    foreign job id is a 404), administration needs an admin token. None: open to anyone.
+    ``DELETE /jobs/{id}`` cancels too. Anything else than a ``JobApp`` and a ``TokenAuth``
+    (or None) is refused here, not at the first request."""
+    _check_router_arguments(jobs, auth)
     jobs_route = route_class(auth)
     router = APIRouter(route_class=jobs_route)
 
@@ -187,19 +190,31 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         answer = {"items": [job.to_json() for job, _ in stored], "created": created}
         return JSONResponse(answer, status_code=201 if any(created) else 200)
 
+    cancel_answers = _answers(
+        auth,
+        {200: (JobResponse, "The job: cancelled, or flagged while it runs.")},
+        {404: None, 409: "The job has already ended (invalid_transition).", 503: None},
+    )
+
     @router.post(
         "/jobs/{job_id}/cancel",
         summary="Cancel a job",
         response_model=None,
-        responses=_answers(
-            auth,
-            {200: (JobResponse, "The job: cancelled, or flagged while it runs.")},
-            {404: None, 409: "The job has already ended (invalid_transition).", 503: None},
-        ),
+        responses=cancel_answers,
     )
     async def cancel(job_id: str, caller: Caller) -> JSONResponse:
         job = await jobs.cancel(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
+
+    router.add_api_route(
+        "/jobs/{job_id}",
+        cancel,
+        methods=["DELETE"],
+        summary="Cancel a job (as POST /jobs/{job_id}/cancel)",
+        operation_id="delete_job",
+        response_model=None,
+        responses=cancel_answers,
+    )
 
     @router.post(
         "/jobs/{job_id}/retry",
@@ -429,3 +444,18 @@ def _as_caller(request: EnqueueRequest, caller: Principal) -> EnqueueRequest:
     return (
         request if tenant == request.tenant_id else dataclasses.replace(request, tenant_id=tenant)
     )
+
+
+def _check_router_arguments(jobs: object, auth: object) -> None:
+    if not isinstance(jobs, JobApp):
+        raise ConfigurationError(
+            f"create_jobs_router(jobs, auth) takes a JobApp as jobs (the app whose handlers "
+            f"and store the routes use, e.g. JobApp() or JobApp(settings=...)), not "
+            f"{type(jobs).__name__} {jobs!r:.60}; a factory must be called first"
+        )
+    if auth is not None and not isinstance(auth, TokenAuth):
+        raise ConfigurationError(
+            "create_jobs_router(jobs, auth) takes a TokenAuth as auth, e.g. "
+            "TokenAuth.from_settings(jobs.settings) or TokenAuth({'<token>': '*'}), or None "
+            f"for an open API; not {type(auth).__name__}"
+        )

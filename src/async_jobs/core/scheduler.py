@@ -36,7 +36,18 @@ from async_jobs.ports import Dispatcher, JobStore
 
 log = logging.getLogger("async_jobs.scheduler")
 
-ROLE = "scheduler"
+ROLE = "scheduler"  # the lease row of the chores, whatever kind of process holds it
+
+
+def leader_holder(process_role: str, process_id: str | None = None) -> str:
+    """The holder a process writes in the lease row: ``<process role>/<process id>`` (read
+    back by ``Leader``), e.g. ``worker/web-1:4242:1f2e3d``. Schedulers, workers and
+    ``serve`` all stand for the same row, so one of them leads whatever the mix."""
+    return f"{process_role}/{process_id or _process_id()}"
+
+
+def _process_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -45,9 +56,11 @@ class SchedulerConfig:
     leader_lease_seconds: float = 5.0
     retention_interval_seconds: float = 60.0
     retention: RetentionPolicy = dataclasses.field(default_factory=RetentionPolicy)
-    holder: str = dataclasses.field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    )
+    holder: str = dataclasses.field(default_factory=lambda: leader_holder(ROLE))
+    # Whether the leader reaps. A worker that leads leaves it to its own reaper, which waits
+    # until the worker's held outcomes are written (after an outage its finished jobs'
+    # leases may have run out: they must be recorded, not reaped and run again).
+    reap: bool = True
 
     def __post_init__(self) -> None:
         if self.interval_seconds <= 0 or self.leader_lease_seconds <= self.interval_seconds:
@@ -169,9 +182,10 @@ class Scheduler:
 
     async def _chores(self) -> None:
         chores: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-            ("reaper", self._reaper.run_once),
-            ("expiry", lambda: expire_jobs(self._store)),
+            ("expiry", lambda: expire_jobs(self._store))
         ]
+        if self.config.reap:
+            chores.insert(0, ("reaper", self._reaper.run_once))
         if self._periodic is not None:
             chores.append(("periodic jobs", self._periodic.run_once))
         if self.webhooks is not None:  # starts sends; they finish in the background

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,51 @@ _PER_USE_CASE = re.compile(
     rf"^{PREFIX}(?P<use_case>[A-Z0-9_]+?)_(?P<kind>MAX_CONCURRENT|DEFAULT_DELAY_TOLERANCE_SECONDS)$"
 )
 _SQS_QUEUE = re.compile(rf"^{PREFIX}SQS_QUEUE_(?P<use_case>[A-Z0-9_]+)$")
+
+# Every environment variable the package reads (``<USE_CASE>``: any use case's name in
+# capitals). The README's configuration table lists exactly these, and a test checks both
+# against the code: a new variable is added here and to that table.
+ENVIRONMENT_VARIABLES: tuple[str, ...] = (
+    f"{PREFIX}DB_DSN",
+    f"{PREFIX}HANDLERS",
+    f"{PREFIX}TRANSPORT",
+    f"{PREFIX}SQS_QUEUE_<USE_CASE>",
+    f"{PREFIX}SQS_ENDPOINT_URL",
+    f"{PREFIX}SQS_DISPATCH_TIMEOUT_SECONDS",
+    f"{PREFIX}SQS_VISIBILITY_TIMEOUT_SECONDS",
+    f"{PREFIX}SQS_MAX_CONNECTIONS",
+    f"{PREFIX}SQS_LONG_POLL_SECONDS",
+    f"{PREFIX}REDIS_URL",
+    f"{PREFIX}<USE_CASE>_DEFAULT_DELAY_TOLERANCE_SECONDS",
+    f"{PREFIX}<USE_CASE>_MAX_CONCURRENT",
+    f"{PREFIX}PER_TENANT_QUOTAS",
+    f"{PREFIX}RETAIN_SUCCEEDED_HOURS",
+    f"{PREFIX}RETAIN_CANCELLED_HOURS",
+    f"{PREFIX}RETAIN_FAILED_HOURS",
+    f"{PREFIX}ENQUEUE_AUTH_TOKEN",
+    f"{PREFIX}API_TOKENS",
+    f"{PREFIX}PERIODIC_JOBS",
+    f"{PREFIX}SCHEDULER_INTERVAL_SECONDS",
+    f"{PREFIX}LEADER_LEASE_SECONDS",
+    f"{PREFIX}LEASE_SECONDS",
+    f"{PREFIX}WEBHOOK_SECRET",
+    f"{PREFIX}WEBHOOK_SECRETS",
+    f"{PREFIX}WEBHOOK_ALLOWED_HOSTS",
+    f"{PREFIX}WEBHOOK_MAX_ATTEMPTS",
+    f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS",
+    f"{PREFIX}POLL_INTERVAL_SECONDS",
+    f"{PREFIX}MAX_RESULT_BYTES",
+    f"{PREFIX}MAX_ERROR_CHARS",
+    f"{PREFIX}WORKER_CONCURRENCY",
+    f"{PREFIX}WORKER_USE_CASES",
+    f"{PREFIX}WORKER_GRACE_SECONDS",
+    f"{PREFIX}WORKER_PROCESSES",
+    f"{PREFIX}API_HOST",
+    f"{PREFIX}API_PORT",
+    f"{PREFIX}API_PREFIX",
+    f"{PREFIX}CORS_ORIGINS",
+    f"{PREFIX}STORE_WAIT_SECONDS",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,6 +122,16 @@ class Settings:
     webhook_timeout_seconds: float = 10.0
     # Worker processes one ``async-jobs worker`` runs (its --processes).
     worker_processes: int = 1
+    # The worker's and the API's flags, for platforms configured by environment.
+    worker_concurrency: int = 10
+    worker_use_cases: tuple[str, ...] = ()
+    worker_grace_seconds: float = 30.0
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_prefix: str = ""  # e.g. "/api/v1": every route of the standalone API moves under it
+    cors_origins: tuple[str, ...] = ()
+    # How long a starting process retries a store that does not answer before it gives up.
+    store_wait_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -94,6 +150,13 @@ class Settings:
             )
         if self.webhook_max_attempts < 1 or not self.webhook_timeout_seconds > 0:
             raise ConfigurationError("webhook attempts and timeout must be positive numbers")
+        if self.api_prefix and (
+            not self.api_prefix.startswith("/") or self.api_prefix.endswith("/")
+        ):
+            raise ConfigurationError(
+                f"{PREFIX}API_PREFIX must start with / and not end with one (e.g. /api/v1), "
+                f"not {self.api_prefix!r}"
+            )
 
     def webhook_allow_list(self) -> AllowList:
         return AllowList.parse(self.webhook_allowed_hosts)
@@ -196,7 +259,67 @@ class Settings:
             worker_processes=_positive_int(
                 f"{PREFIX}WORKER_PROCESSES", env.get(f"{PREFIX}WORKER_PROCESSES", "1")
             ),
+            worker_concurrency=_positive_int(
+                f"{PREFIX}WORKER_CONCURRENCY", env.get(f"{PREFIX}WORKER_CONCURRENCY", "10")
+            ),
+            worker_use_cases=split_modules(env.get(f"{PREFIX}WORKER_USE_CASES", "")),
+            worker_grace_seconds=_non_negative_float(
+                f"{PREFIX}WORKER_GRACE_SECONDS", env.get(f"{PREFIX}WORKER_GRACE_SECONDS", "30")
+            ),
+            api_host=env.get(f"{PREFIX}API_HOST") or "127.0.0.1",
+            api_port=_int_within(
+                f"{PREFIX}API_PORT", env.get(f"{PREFIX}API_PORT", "8000"), 1, 65535
+            ),
+            api_prefix=env.get(f"{PREFIX}API_PREFIX", "").strip().rstrip("/"),
+            cors_origins=split_modules(env.get(f"{PREFIX}CORS_ORIGINS", "")),
+            store_wait_seconds=_non_negative_float(
+                f"{PREFIX}STORE_WAIT_SECONDS", env.get(f"{PREFIX}STORE_WAIT_SECONDS", "30")
+            ),
         )
+
+    def to_public_json(self) -> dict[str, Any]:
+        """The effective settings as JSON, every secret masked: tokens, webhook secrets and
+        the passwords of the DSN and the Redis URL (what ``async-jobs config`` prints)."""
+        shown: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            shown[field.name] = _jsonable(getattr(self, field.name))
+        shown["db_dsn"] = mask_url(self.db_dsn)
+        shown["redis_url"] = None if self.redis_url is None else mask_url(self.redis_url)
+        shown["enqueue_auth_token"] = _masked(self.enqueue_auth_token)
+        shown["webhook_secret"] = _masked(self.webhook_secret)
+        shown["webhook_secrets"] = {tenant: MASK for tenant in self.webhook_secrets}
+        shown["api_tokens"] = [
+            {"token": MASK, "acts_for": acts_for} for acts_for in self.api_tokens.values()
+        ]
+        return shown
+
+
+MASK = "****"
+
+
+def mask_url(url: str) -> str:
+    """A URL with its password (if any) replaced by ``****``:
+    ``postgresql://app:s3cret@db/jobs`` -> ``postgresql://app:****@db/jobs``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+def _masked(secret: str | None) -> str | None:
+    return None if secret is None else MASK
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def split_modules(text: str) -> tuple[str, ...]:

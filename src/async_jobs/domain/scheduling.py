@@ -143,6 +143,35 @@ class UseCaseState:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Leader:
+    """Who holds the lease of a role (``"scheduler"``: the chores) and since when. The
+    holder reads ``<process role>/<process id>``, e.g. ``worker/web-1:4242:1f2e3d``."""
+
+    holder: str
+    since: datetime
+    expires_at: datetime
+
+    @property
+    def process_role(self) -> str:
+        """``scheduler``, ``worker`` or ``serve``: what kind of process leads."""
+        role, _, rest = self.holder.partition("/")
+        return role if rest else "scheduler"
+
+    @property
+    def process_id(self) -> str:
+        role, _, rest = self.holder.partition("/")
+        return rest or role
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "role": self.process_role,
+            "id": self.process_id,
+            "since": self.since.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RetentionPolicy:
     """How long terminal jobs are kept, per state, in seconds (``None``: for ever)."""
 

@@ -33,7 +33,14 @@ from async_jobs.domain.jobs import (
     Progress,
     ProgressUpdate,
 )
-from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
+from async_jobs.domain.scheduling import (
+    Candidate,
+    Leader,
+    Stats,
+    StatsCount,
+    UseCaseState,
+    plan_claim,
+)
 from async_jobs.domain.transitions import (
     LOST_ENTRY_ERROR,
     Chore,
@@ -83,7 +90,7 @@ class MemoryStore:
         self._finish_watchers: list[Callable[[JobId], None]] = []
         self._use_cases: dict[str, UseCaseState] = {}
         self._buckets: dict[tuple[str, str], tuple[float, datetime]] = {}  # (use case, tenant)
-        self._leaders: dict[str, tuple[str, datetime]] = {}  # role -> (holder, expires_at)
+        self._leaders: dict[str, Leader] = {}
         self._ticks: dict[str, datetime] = {}
         self._deliveries: dict[DeliveryId, WebhookDelivery] = {}
 
@@ -462,16 +469,22 @@ class MemoryStore:
         self._check_open()
         now = self._clock()
         current = self._leaders.get(role)
-        if current is not None and current[0] != holder and current[1] >= now:
+        if current is not None and current.holder != holder and current.expires_at >= now:
             return False
-        self._leaders[role] = (holder, now + timedelta(seconds=lease_seconds))
+        since = current.since if current is not None and current.holder == holder else now
+        self._leaders[role] = Leader(holder, since, now + timedelta(seconds=lease_seconds))
         return True
 
     async def resign(self, role: str, holder: str) -> None:
         self._check_open()
         current = self._leaders.get(role)
-        if current is not None and current[0] == holder:
+        if current is not None and current.holder == holder:
             del self._leaders[role]
+
+    async def current_leader(self, role: str) -> Leader | None:
+        self._check_open()
+        current = self._leaders.get(role)
+        return current if current is not None and current.expires_at >= self._clock() else None
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         self._check_open()

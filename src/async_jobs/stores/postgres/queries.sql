@@ -416,6 +416,9 @@ RETURNING l.holder;
 -- name: resign
 DELETE FROM async_jobs_leaders WHERE role = $1 AND holder = $2;
 
+-- name: current_leader
+SELECT holder, since, expires_at FROM async_jobs_leaders WHERE role = $1 AND expires_at >= now();
+
 -- name: last_periodic_tick
 SELECT last_tick FROM async_jobs_periodic WHERE name = $1;
 

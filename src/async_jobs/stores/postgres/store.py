@@ -48,7 +48,7 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import Stats, StatsCount, UseCaseState
+from async_jobs.domain.scheduling import Leader, Stats, StatsCount, UseCaseState
 from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.domain.webhooks import (
     DeliveryAttempt,
@@ -446,6 +446,11 @@ class PostgresStore:
     async def resign(self, role: str, holder: str) -> None:
         async with self._connection() as conn:
             await conn.execute(QUERIES["resign"], role, holder)
+
+    async def current_leader(self, role: str) -> Leader | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["current_leader"], role)
+        return None if row is None else Leader(row["holder"], row["since"], row["expires_at"])
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         async with self._connection() as conn:

@@ -631,6 +631,11 @@ RETURNING holder;
 -- name: resign
 DELETE FROM async_jobs_leaders WHERE role = :role AND holder = :holder;
 
+-- name: current_leader
+SELECT holder, since, expires_at FROM async_jobs_leaders
+WHERE role = :role
+  AND expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0;
+
 -- name: last_periodic_tick
 SELECT last_tick FROM async_jobs_periodic WHERE name = :name;
 

@@ -59,7 +59,14 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
+from async_jobs.domain.scheduling import (
+    Candidate,
+    Leader,
+    Stats,
+    StatsCount,
+    UseCaseState,
+    plan_claim,
+)
 from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.domain.webhooks import (
     DeliveryAttempt,
@@ -380,6 +387,13 @@ class SqliteStore:
     async def resign(self, role: str, holder: str) -> None:
         params = {"role": role, "holder": holder}
         await self._run(lambda c: _fetch(c, "resign", params), write=True)
+
+    async def current_leader(self, role: str) -> Leader | None:
+        rows = await self._run(lambda c: _fetch(c, "current_leader", {"role": role}), write=False)
+        if not rows:
+            return None
+        row = rows[0]
+        return Leader(row["holder"], _time(row["since"]), _time(row["expires_at"]))
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         rows = await self._run(
