@@ -75,6 +75,11 @@ class Settings:
     webhook_allowed_hosts: tuple[str, ...] = ()
     webhook_max_attempts: int = DEFAULT_WEBHOOK_MAX_ATTEMPTS
     webhook_timeout_seconds: float = 10.0
+    # The redis transport: key prefix, the use cases it carries (a stream each), and how
+    # long a dispatched job may wait unclaimed before it is dispatched again.
+    redis_prefix: str = "async-jobs"
+    redis_use_cases: tuple[str, ...] = ("default",)
+    redis_dispatch_timeout_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -191,6 +196,12 @@ class Settings:
             webhook_timeout_seconds=_non_negative_float(
                 f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS",
                 env.get(f"{PREFIX}WEBHOOK_TIMEOUT_SECONDS", "10"),
+            ),
+            redis_prefix=env.get(f"{PREFIX}REDIS_PREFIX") or "async-jobs",
+            redis_use_cases=split_modules(env.get(f"{PREFIX}REDIS_USE_CASES", "default")),
+            redis_dispatch_timeout_seconds=_non_negative_float(
+                f"{PREFIX}REDIS_DISPATCH_TIMEOUT_SECONDS",
+                env.get(f"{PREFIX}REDIS_DISPATCH_TIMEOUT_SECONDS", "60"),
             ),
         )
 

@@ -84,15 +84,28 @@ def _sqs_dispatcher(side: SchedulerSide) -> Dispatcher:
 
 
 def _redis_worker(side: WorkerSide) -> Transport:
-    raise ConfigurationError(
-        "the redis transport is not available yet: use direct (the default) or sqs"
+    from async_jobs.transports.redis import RedisConfig, RedisTransport
+
+    return RedisTransport(
+        side.store,
+        RedisConfig.from_settings(side.settings),
+        side.worker_id,
+        side.lease_seconds,
+        side.use_cases,
     )
+
+
+def _redis_dispatcher(side: SchedulerSide) -> Dispatcher:
+    from async_jobs.transports.redis import RedisConfig, RedisDispatcher
+
+    config = RedisConfig.from_settings(side.settings)
+    return RedisDispatcher(side.store, config, side.limits, side.holder)
 
 
 TRANSPORTS: Mapping[str, TransportEntry] = {
     "direct": TransportEntry(_direct_worker),
     "sqs": TransportEntry(_sqs_worker, _sqs_dispatcher),
-    "redis": TransportEntry(_redis_worker),
+    "redis": TransportEntry(_redis_worker, _redis_dispatcher),
 }
 
 
