@@ -518,6 +518,11 @@ class JobApp:
         """The sqs transport's configuration, from the settings."""
         return SqsConfig.from_settings(self.settings)
 
+    async def check_broker(self) -> str | None:
+        """Raise ``AsyncJobsError`` unless the transport's broker (Redis) answers; returns
+        its name, or None when the transport has no broker to check."""
+        return await transports.check_broker(self.settings)
+
     def max_attempts_ceiling(self) -> int:
         """The most attempts a job of a registered type makes by default."""
         own = [h.max_attempts for h in self.registry if h.max_attempts is not None]

@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sqs_actions.add_parser("status", help="messages visible and in flight per queue (JSON)")
 
+    redis = commands.add_parser("redis", help="the redis transport's streams")
+    redis_actions = redis.add_subparsers(dest="action", required=True, metavar="ACTION")
+    redis_actions.add_parser(
+        "info",
+        help="per use case: stream length, entries pending per consumer, oldest entry's age (JSON)",
+    )
+
     bench = commands.add_parser("bench", help="measure enqueue, drain, latency and memory")
     from async_jobs import bench as bench_module
 
@@ -199,6 +206,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "cleanup": _cleanup,
         "use-cases": _use_cases,
         "sqs": _sqs,
+        "redis": _redis,
     }[args.command]
     return run_async(runner(jobs, args))
 
@@ -405,6 +413,14 @@ async def _sqs(jobs: JobApp, args: argparse.Namespace) -> int:
                 answer[use_case] = {"queue_url": url, "visible": visible, "in_flight": in_flight}
         finally:
             await client.close()
+    print(json.dumps(answer, indent=2), flush=True)
+    return 0
+
+
+async def _redis(jobs: JobApp, args: argparse.Namespace) -> int:
+    from async_jobs.transports.redis import RedisConfig, info
+
+    answer = await info(RedisConfig.from_settings(jobs.settings))
     print(json.dumps(answer, indent=2), flush=True)
     return 0
 

@@ -330,3 +330,33 @@ def test_bad_redis_settings_are_refused() -> None:
         RedisConfig(url=REDIS_URL).stream_of("reports")
     assert RedisConfig(url=REDIS_URL, prefix="p").stream_of("default") == "{p:default}:jobs"
     assert RedisConfig(url="redis+cluster://h:7000").cluster
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+async def test_health_reports_redis(pg_database: str, reachable: bool) -> None:
+    import httpx
+    from fastapi import FastAPI
+
+    from async_jobs.api import create_jobs_router
+    from async_jobs.api.errors import install_error_handlers
+
+    url = REDIS_URL if reachable else "redis://127.0.0.1:1/0"
+    jobs = JobApp(settings=redis_settings(pg_database, url))
+    app = FastAPI()
+    app.include_router(create_jobs_router(jobs))
+    install_error_handlers(app)
+    async with (
+        jobs,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c,
+    ):
+        health = await c.get("/health")
+    if reachable:
+        assert (health.status_code, health.json()) == (
+            200,
+            {"status": "ok", "store": "ok", "broker": "ok"},
+        )
+    else:
+        assert health.status_code == 503 and health.headers["retry-after"]
+        body = health.json()
+        assert (body["status"], body["store"]) == ("unavailable", "ok")
+        assert body["broker"].startswith("cannot reach Redis: ConnectionError")

@@ -9,7 +9,7 @@ registry and never name a transport themselves.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from async_jobs.core.settings import Settings
 from async_jobs.domain.errors import ConfigurationError
@@ -55,6 +55,9 @@ class TransportEntry:
     worker: Callable[[WorkerSide], Transport]
     # None: workers claim from the store themselves; the scheduler dispatches nothing.
     dispatcher: Callable[[SchedulerSide], Dispatcher] | None = None
+    # The broker's name in /health and a check that it answers (raises AsyncJobsError).
+    broker: str | None = None
+    ping: Callable[[Settings], Awaitable[None]] | None = None
 
 
 def _direct_worker(side: WorkerSide) -> Transport:
@@ -102,10 +105,16 @@ def _redis_dispatcher(side: SchedulerSide) -> Dispatcher:
     return RedisDispatcher(side.store, config, side.limits, side.holder)
 
 
+async def _redis_ping(settings: Settings) -> None:
+    from async_jobs.transports.redis import RedisConfig, ping
+
+    await ping(RedisConfig.from_settings(settings))
+
+
 TRANSPORTS: Mapping[str, TransportEntry] = {
     "direct": TransportEntry(_direct_worker),
     "sqs": TransportEntry(_sqs_worker, _sqs_dispatcher),
-    "redis": TransportEntry(_redis_worker, _redis_dispatcher),
+    "redis": TransportEntry(_redis_worker, _redis_dispatcher, "redis", _redis_ping),
 }
 
 
@@ -127,3 +136,13 @@ def dispatcher(side: SchedulerSide) -> Dispatcher | None:
     """The leading scheduler's dispatcher for ``side.settings.transport`` (None: none)."""
     make = entry(side.settings.transport).dispatcher
     return None if make is None else make(side)
+
+
+async def check_broker(settings: Settings) -> str | None:
+    """Raise ``AsyncJobsError`` unless the transport's broker answers; returns its name
+    (None: the transport has no broker to check)."""
+    found = entry(settings.transport)
+    if found.ping is None:
+        return None
+    await found.ping(settings)
+    return found.broker
