@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tests.helpers import free_port
 
+CLUSTER_NODE = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+
 
 class PrivateRedis:
     """One ``redis-server`` on a free port; ``url`` reaches it."""
@@ -76,14 +78,7 @@ class PrivateRedisCluster:
     def __init__(self) -> None:
         self.nodes = [
             # The cluster bus on a free port of its own (by default it is the port + 10000).
-            PrivateRedis(
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "2000",
-                "--cluster-port",
-                str(free_port()),
-            )  # fmt: skip
+            PrivateRedis(*CLUSTER_NODE, "--cluster-port", str(free_port()))
             for _ in range(3)
         ]
         self.url = f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
