@@ -438,24 +438,45 @@ async def check_all_succeeded(conn: asyncpg.Connection, jobs: int) -> None:
         raise BenchError(f"the drain did not succeed on every job: {counts}")
 
 
-async def _latency(app: JobApp, conn: asyncpg.Connection, o: BenchOptions) -> list[float]:
-    """Enqueue-to-start latencies (ms) of jobs enqueued one at a time to an idle worker."""
+async def _latency(
+    app: JobApp,
+    conn: asyncpg.Connection,
+    o: BenchOptions,
+    env: dict[str, str] | None = None,
+    scheduler_argv: list[str] | None = None,
+) -> list[float]:
+    """Enqueue-to-start latencies (ms) of jobs enqueued one at a time to an idle worker (and,
+    for a broker transport, an idle scheduler to dispatch them)."""
     progress(
         f"latency: {o.latency_jobs} jobs {o.latency_interval_ms:g} ms apart, idle worker "
-        f"of concurrency {o.latency_concurrency}"
+        f"of concurrency {o.latency_concurrency}{' and a scheduler' if scheduler_argv else ''}"
     )
 
     async def enqueue_one(_: int) -> None:
         t0 = time.time()
         await app.enqueue("noop_timed", {"t0": t0})
 
-    async with worker_process(
-        "async-jobs worker",
-        _worker_argv(o.latency_concurrency),
-        env=_worker_env(o),
-        ready=READY_PREFIX,
-    ) as worker:
+    env = env or _worker_env(o)
+    async with contextlib.AsyncExitStack() as stack:
+        worker = await stack.enter_async_context(
+            worker_process(
+                "async-jobs worker",
+                _worker_argv(o.latency_concurrency),
+                env=env,
+                ready=READY_PREFIX,
+            )
+        )
         await worker.wait_ready()
+        if scheduler_argv is not None:
+            scheduler = await stack.enter_async_context(
+                worker_process(
+                    "async-jobs scheduler",
+                    scheduler_argv,
+                    env=env,
+                    ready="async-jobs scheduler ready",
+                )
+            )
+            await scheduler.wait_ready()
         await idle(worker)
         started = time.perf_counter()
         await paced(o.latency_jobs, o.latency_interval_ms / 1000, enqueue_one)

@@ -40,6 +40,7 @@ from async_jobs.bench import (
     BenchResult,
     _drain,
     _enqueue_batch,
+    _latency,
     _truncate,
     _unfinished,
     _worker_argv,
@@ -47,14 +48,11 @@ from async_jobs.bench import (
     base_settings,
     check_all_succeeded,
     ensure_alone,
-    idle,
     latency_metrics,
-    paced,
     prepare_database,
     progress,
     redact_dsn,
     wait_drained,
-    wait_until_zero,
     worker_process,
 )
 from async_jobs.bench_sqs import SCHEDULER_READY, bottleneck, cpu_meter
@@ -87,7 +85,8 @@ async def bench_redis(o: BenchOptions) -> BenchResult:
                     if round_no % 2 == 1:
                         directs.append(await _direct_round(app, conn, o))
                 await _truncate(conn)
-                latencies = await _latency(app, conn, o, url)
+                env = _env(o, url, f"bench-{uuid.uuid4().hex[:8]}", 100_000)
+                latencies = await _latency(app, conn, o, env, _scheduler_argv())
                 await _truncate(conn)
         finally:
             await conn.close()
@@ -197,51 +196,6 @@ async def _redis_round(
 
 def _holding(rows: list[dict[str, Any]]) -> bool:
     return any(r["length"] or r["pending"] for r in rows)
-
-
-async def _latency(app: Any, conn: Any, o: BenchOptions, url: str) -> list[float]:
-    """Enqueue-to-start latencies (ms) on redis: jobs enqueued one at a time to an idle
-    worker and scheduler."""
-    progress(
-        f"redis latency: {o.latency_jobs} jobs {o.latency_interval_ms:g} ms apart, idle "
-        f"worker of concurrency {o.latency_concurrency} and a scheduler"
-    )
-
-    async def enqueue_one(_: int) -> None:
-        await app.enqueue("noop_timed", {"t0": time.time()})
-
-    env = _env(o, url, f"bench-{uuid.uuid4().hex[:8]}", 100_000)
-    async with (
-        worker_process(
-            "async-jobs worker",
-            _worker_argv(o.latency_concurrency),
-            env=env,
-            ready=READY_PREFIX,
-        ) as worker,
-        worker_process(
-            "async-jobs scheduler", _scheduler_argv(), env=env, ready=SCHEDULER_READY
-        ) as scheduler,
-    ):
-        await worker.wait_ready()
-        await scheduler.wait_ready()
-        await idle(worker)
-        started = time.perf_counter()
-        await paced(o.latency_jobs, o.latency_interval_ms / 1000, enqueue_one)
-        await wait_until_zero(
-            lambda: _unfinished(conn),
-            total=o.latency_jobs,
-            since=started,
-            timeout=60.0,
-            worker=worker,
-        )
-    rows = await conn.fetch(
-        "SELECT (result->>'started')::float8 - (payload->>'t0')::float8 "
-        "FROM async_jobs WHERE type = 'noop_timed' AND status = 'succeeded'"
-    )
-    latencies = [float(r[0]) * 1000 for r in rows]
-    if len(latencies) != o.latency_jobs:
-        raise BenchError(f"{len(latencies)} of {o.latency_jobs} latency jobs succeeded")
-    return latencies
 
 
 async def _pause(seconds: float) -> None:
