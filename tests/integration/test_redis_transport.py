@@ -360,3 +360,40 @@ async def test_health_reports_redis(pg_database: str, reachable: bool) -> None:
         body = health.json()
         assert (body["status"], body["store"]) == ("unavailable", "ok")
         assert body["broker"].startswith("cannot reach Redis: ConnectionError")
+
+
+async def test_redis_restarted_empty_loses_nothing_and_no_process_stops(
+    pg_database: str,
+) -> None:
+    """A private Redis killed and started again (empty: no persistence) under a running
+    worker and scheduler: they retry with backoff, make the group again, and the jobs
+    whose entries went with Redis are dispatched again at their deadline."""
+    from tests.acceptance.private_redis import PrivateRedis
+
+    server = PrivateRedis()
+    server.start()
+    try:
+        settings = redis_settings(pg_database, server.url, redis_dispatch_timeout_seconds=1)
+        jobs = JobApp(settings=settings)
+
+        @jobs.job("echo")
+        async def echo(ctx: JobContext, payload: dict[str, Any]) -> int:
+            return int(payload["n"])
+
+        async with jobs:
+            before = [await jobs.enqueue("echo", {"n": n}) for n in range(3)]
+            async with running(jobs) as worker:
+                await wait_until(lambda: all_ended(jobs, [j.id for j in before]), timeout=20)
+                server.stop()
+                during = [await jobs.enqueue("echo", {"n": n}) for n in range(3, 13)]
+                await asyncio.sleep(1.0)  # wait-ok: the outage lasts a while, on purpose
+                server.start()
+                ids = [j.id for j in during]
+                await wait_until(lambda: all_ended(jobs, ids), timeout=40)
+                transport = worker_transport(worker)
+            assert transport.counts["group_created"] == 2
+            for job in before + during:
+                done = await jobs.get_job(job.id)
+                assert (done.status, done.attempts) == (JobState.SUCCEEDED, 1)
+    finally:
+        server.close()
