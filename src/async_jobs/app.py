@@ -60,8 +60,8 @@ from async_jobs.domain.validation import build_like, build_new_job, check_name
 from async_jobs.domain.webhooks import WebhookState, check_webhook_target
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
-from async_jobs.transports.direct import DirectTransport
-from async_jobs.transports.sqs import SqsConfig, SqsDispatcher, SqsTransport
+from async_jobs.transports import registry as transports
+from async_jobs.transports.sqs import SqsConfig
 
 T = TypeVar("T")
 
@@ -484,9 +484,9 @@ class JobApp:
         webhooks."""
         config = config or self.scheduler_config()
         self._add_declared_periodic()
-        dispatcher = None
-        if self.settings.transport == "sqs":
-            dispatcher = SqsDispatcher(self.store, self.sqs_config(), self.limits, config.holder)
+        dispatcher = transports.dispatcher(
+            transports.SchedulerSide(self.store, self.settings, self.limits, config.holder)
+        )
         return Scheduler(
             self.store,
             config,
@@ -497,16 +497,12 @@ class JobApp:
 
     def sqs_config(self) -> SqsConfig:
         """The sqs transport's configuration, from the settings."""
-        s = self.settings
-        return SqsConfig(
-            queues=dict(s.sqs_queues),
-            endpoint_url=s.sqs_endpoint_url,
-            region=s.sqs_region,
-            dispatch_timeout_seconds=s.sqs_dispatch_timeout_seconds,
-            max_connections=s.sqs_max_connections,
-            long_poll_seconds=s.sqs_long_poll_seconds,
-            visibility_timeout_seconds=s.sqs_visibility_timeout_seconds,
-        )
+        return SqsConfig.from_settings(self.settings)
+
+    async def check_broker(self) -> str | None:
+        """Raise ``AsyncJobsError`` unless the transport's broker (Redis) answers; returns
+        its name, or None when the transport has no broker to check."""
+        return await transports.check_broker(self.settings)
 
     def max_attempts_ceiling(self) -> int:
         """The most attempts a job of a registered type makes by default."""
@@ -601,19 +597,6 @@ class JobApp:
             poll_interval_seconds=self.settings.poll_interval_seconds,
             limits=self.attempt_limits(),
         )
-        if transport is None and self.settings.transport == "sqs":
-            transport = SqsTransport(
-                self.store,
-                self.sqs_config(),
-                config.worker_id,
-                config.lease_seconds,
-                config.use_cases,
-                self.max_attempts_ceiling(),
-            )
-        elif transport is None and self.settings.transport == "redis":
-            raise ConfigurationError(
-                "the redis transport is not available yet: use direct (the default) or sqs"
-            )
         if transport is None:
             claim = ClaimRequest(
                 worker_id=config.worker_id,
@@ -623,7 +606,10 @@ class JobApp:
                 types=self.registry.types,
                 limits=self.limits,
             )
-            transport = DirectTransport(self.store, claim)
+            side = transports.WorkerSide(
+                self.store, self.settings, claim, self.max_attempts_ceiling()
+            )
+            transport = transports.worker_transport(side)
         return Worker(self.registry, self.store, transport, config, on_ready=on_ready)
 
     def attempt_limits(self) -> AttemptLimits:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/async_jobs_bench"
 HANDLERS_MODULE = "async_jobs.bench_handlers"
 READY_PREFIX = "async-jobs worker ready"
-SUPPORTED_TRANSPORTS = ("direct", "sqs")
+SUPPORTED_TRANSPORTS = ("direct", "sqs", "redis")
 LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
 
 LATENCY_CONCURRENCY = 10
@@ -89,6 +89,14 @@ SQS_METRICS = (
     Metric("drain_jobs_per_s", "drain: scheduler + worker over SQS", "jobs/s", True),
     Metric("drain_vs_raw", "drain / server alone", "ratio", True),
 )
+REDIS_METRICS = (
+    Metric("drain_jobs_per_s", "drain: scheduler + worker over Redis", "jobs/s", True),
+    Metric("direct_drain_jobs_per_s", "drain: one worker, direct", "jobs/s", True),
+    Metric("redis_vs_direct", "redis drain / direct drain", "ratio", True),
+    Metric("latency_p50_ms", "enqueue-to-start latency p50 (redis)", "ms", False),
+    Metric("latency_p95_ms", "enqueue-to-start latency p95 (redis)", "ms", False),
+    Metric("latency_p99_ms", "enqueue-to-start latency p99 (redis)", "ms", False),
+)
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -117,10 +125,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "(moto: pip's moto[server]; fauxqs: npm's, faster; `make bench-sqs` installs it)",
     )
     parser.add_argument(
+        "--redis-url",
+        help="Redis of --transport redis (default: a redis-server started by the benchmark "
+        "on a free port)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=3,
-        help="--transport sqs: rounds of (server alone, drain); medians are reported",
+        help="--transport sqs: rounds of (server alone, drain); redis: of (direct drain, "
+        "redis drain); medians are reported",
     )
     parser.add_argument(
         "--window",
@@ -183,6 +197,7 @@ class BenchOptions:
     sqs_server: str = "moto"
     rounds: int = 1
     window: int = 0  # --transport sqs; 0: twice the concurrency
+    redis_url: str | None = None  # --transport redis; None: a redis-server of its own
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BenchOptions:
@@ -201,6 +216,7 @@ class BenchOptions:
             sqs_server=getattr(args, "sqs_server", "moto"),
             rounds=getattr(args, "rounds", 1),
             window=_window(getattr(args, "window", None), args.concurrency),
+            redis_url=getattr(args, "redis_url", None),
         )
         options.check()
         return options
@@ -246,6 +262,10 @@ def run(args: argparse.Namespace) -> int:
             from async_jobs.bench_sqs import bench_sqs
 
             result = run_async(bench_sqs(options))
+        elif options.transport == "redis":
+            from async_jobs.bench_redis import bench_redis
+
+            result = run_async(bench_redis(options))
         else:
             result = run_async(_bench(options))
     except BenchUsageError as exc:
@@ -417,24 +437,45 @@ async def check_all_succeeded(conn: asyncpg.Connection, jobs: int) -> None:
         raise BenchError(f"the drain did not succeed on every job: {counts}")
 
 
-async def _latency(app: JobApp, conn: asyncpg.Connection, o: BenchOptions) -> list[float]:
-    """Enqueue-to-start latencies (ms) of jobs enqueued one at a time to an idle worker."""
+async def _latency(
+    app: JobApp,
+    conn: asyncpg.Connection,
+    o: BenchOptions,
+    env: dict[str, str] | None = None,
+    scheduler_argv: list[str] | None = None,
+) -> list[float]:
+    """Enqueue-to-start latencies (ms) of jobs enqueued one at a time to an idle worker (and,
+    for a broker transport, an idle scheduler to dispatch them)."""
     progress(
         f"latency: {o.latency_jobs} jobs {o.latency_interval_ms:g} ms apart, idle worker "
-        f"of concurrency {o.latency_concurrency}"
+        f"of concurrency {o.latency_concurrency}{' and a scheduler' if scheduler_argv else ''}"
     )
 
     async def enqueue_one(_: int) -> None:
         t0 = time.time()
         await app.enqueue("noop_timed", {"t0": t0})
 
-    async with worker_process(
-        "async-jobs worker",
-        _worker_argv(o.latency_concurrency),
-        env=_worker_env(o),
-        ready=READY_PREFIX,
-    ) as worker:
+    env = env or _worker_env(o)
+    async with contextlib.AsyncExitStack() as stack:
+        worker = await stack.enter_async_context(
+            worker_process(
+                "async-jobs worker",
+                _worker_argv(o.latency_concurrency),
+                env=env,
+                ready=READY_PREFIX,
+            )
+        )
         await worker.wait_ready()
+        if scheduler_argv is not None:
+            scheduler = await stack.enter_async_context(
+                worker_process(
+                    "async-jobs scheduler",
+                    scheduler_argv,
+                    env=env,
+                    ready="async-jobs scheduler ready",
+                )
+            )
+            await scheduler.wait_ready()
         await idle(worker)
         started = time.perf_counter()
         await paced(o.latency_jobs, o.latency_interval_ms / 1000, enqueue_one)
@@ -813,7 +854,8 @@ def render_table(title: str, result: BenchResult) -> str:
         f"  {'metric':<36} {'value':>12}  unit",
         f"  {'-' * 36} {'-' * 12}  {'-' * 6}",
     ]
-    for metric in SQS_METRICS if s["transport"] == "sqs" else METRICS:
+    shown_metrics = {"sqs": SQS_METRICS, "redis": REDIS_METRICS}.get(s["transport"], METRICS)
+    for metric in shown_metrics:
         value = result.metrics.get(metric.key)
         shown = (
             "-" if value is None else f"{value:,.2f}" if metric.unit == "ratio" else f"{value:,.1f}"
@@ -823,6 +865,11 @@ def render_table(title: str, result: BenchResult) -> str:
         cpu = ", ".join(f"{k} {v:.0%}" for k, v in sorted(result.details["cpu_share"].items()))
         lines += ["", f"  CPU during the drain (of a core; machine: of all): {cpu}"]
         lines.append(f"  bottleneck: {result.details['bottleneck']}")
+    if "cpu_ms_per_job" in result.details:
+        per_job = ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(result.details["cpu_ms_per_job"].items())
+        )
+        lines.append(f"  CPU per job (ms): {per_job}")
     return "\n".join(lines)
 
 

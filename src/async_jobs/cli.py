@@ -129,6 +129,12 @@ COMMAND_DOCS: dict[str, tuple[str, str, str]] = {
         "ASYNC_JOBS_SQS_QUEUE_<USE_CASE>, ASYNC_JOBS_SQS_ENDPOINT_URL, AWS_REGION",
         "async-jobs sqs create-queues --handlers myapp.jobs",
     ),
+    "redis": (
+        "Show the redis transport's streams: per use case, stream length, entries pending per "
+        "consumer and the oldest entry's age.",
+        "ASYNC_JOBS_REDIS_URL, ASYNC_JOBS_REDIS_PREFIX, ASYNC_JOBS_REDIS_USE_CASES",
+        "ASYNC_JOBS_REDIS_URL=redis://127.0.0.1:6379 async-jobs redis info",
+    ),
     "config": (
         "Print the effective configuration (environment and defaults), secrets masked: "
         "tokens, webhook secrets and the passwords in the store DSN and the Redis URL.",
@@ -283,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("json", "table"), default="json", help="JSON (default) or a table"
     )
 
+    redis = _command(commands, "redis")
+    redis_actions = redis.add_subparsers(dest="action", required=True, metavar="ACTION")
+    redis_actions.add_parser(
+        "info",
+        help="per use case: stream length, entries pending per consumer, oldest entry's age (JSON)",
+    )
+
     bench = _command(commands, "bench")
     from async_jobs import bench as bench_module
 
@@ -371,6 +384,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "cleanup": _cleanup,
         "use-cases": _use_cases,
         "sqs": _sqs,
+        "redis": _redis,
     }[args.command]
     return run_async(runner(jobs, args))
 
@@ -590,6 +604,14 @@ async def _sqs(jobs: JobApp, args: argparse.Namespace) -> int:
                 answer[use_case] = {"queue_url": url, "visible": visible, "in_flight": in_flight}
         finally:
             await client.close()
+    print(json.dumps(answer, indent=2), flush=True)
+    return 0
+
+
+async def _redis(jobs: JobApp, args: argparse.Namespace) -> int:
+    from async_jobs.transports.redis import RedisConfig, info
+
+    answer = await info(RedisConfig.from_settings(jobs.settings))
     print(json.dumps(answer, indent=2), flush=True)
     return 0
 

@@ -53,13 +53,23 @@ def check_configuration(jobs: JobApp, role: str, worker: WorkerConfig | None = N
     """Stop a process whose configuration cannot work, before it starts: ``role`` is
     ``worker``, ``scheduler``, ``api`` or ``serve``. Raises ``ConfigurationError``."""
     settings = jobs.settings
-    if settings.transport == "redis":
-        raise ConfigurationError(
-            f"{PREFIX}TRANSPORT=redis: the redis transport is not available yet; use direct "
-            "(the default) or sqs"
-        )
     if settings.transport == "sqs" and role != "api":
         _check_sqs(jobs, worker)
+    if settings.transport == "redis" and role != "api":
+        _check_redis(jobs, worker)
+
+
+def _check_redis(jobs: JobApp, worker: WorkerConfig | None) -> None:
+    from async_jobs.transports.redis import RedisConfig, require_redis
+
+    require_redis()
+    config = RedisConfig.from_settings(jobs.settings)
+    missing = sorted(set(served_use_cases(jobs, worker)) - set(config.use_cases))
+    if missing:
+        raise ConfigurationError(
+            f"the redis transport carries no stream for use case "
+            f"{', '.join(map(repr, missing))}: add it to {PREFIX}REDIS_USE_CASES"
+        )
 
 
 def _check_sqs(jobs: JobApp, worker: WorkerConfig | None) -> None:

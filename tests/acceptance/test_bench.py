@@ -50,10 +50,33 @@ def test_the_sqs_benchmark_sets_the_drain_against_the_server_alone(
     assert "moto" in result["details"]["sqs_server"]
 
 
+def test_the_redis_benchmark_sets_its_drain_against_direct_in_the_same_run(
+    cli: Cli, pg_database: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "redis.json"
+    done = cli.run(
+        "bench", "--transport", "redis", "--dsn", pg_database, "--jobs", "60",
+        "--concurrency", "5", "--rounds", "1", "--latency-jobs", "10",
+        "--latency-interval-ms", "5", "--json", str(out),
+        timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["drain_jobs_per_s"] > 0 and result["direct_drain_jobs_per_s"] > 0
+    assert result["redis_vs_direct"] == pytest.approx(
+        result["drain_jobs_per_s"] / result["direct_drain_jobs_per_s"]
+    )
+    assert result["latency_p50_ms"] <= result["latency_p99_ms"]
+    per_job = result["details"]["cpu_ms_per_job"]
+    assert set(per_job) == {"worker", "scheduler", "redis", "postgresql"}
+    assert "redis-server started by the benchmark" in result["details"]["redis"]
+    assert "CPU per job (ms):" in done.stdout
+
+
 def test_bad_benchmark_options_are_usage_errors(cli: Cli) -> None:
     done = cli.run("bench", "--transport", "sqs", "--window", "0")
     assert done.returncode == 2
     assert "--window must be at least 1" in done.stderr
-    done = cli.run("bench", "--transport", "redis")
+    done = cli.run("bench", "--transport", "carrier-pigeon")
     assert done.returncode == 2
     assert "not supported" in done.stderr

@@ -3,11 +3,14 @@
 - ``direct``: the worker claims straight from the store.
 - ``sqs``: the leading scheduler dispatches job tickets to an SQS queue (a local moto server)
   and the worker receives them.
+- ``redis``: the leading scheduler adds job tickets to a Redis stream (the local Redis, keys
+  under a prefix of the test's own) and the worker reads them through its consumer group.
 
-The sqs transport has no burst mode, so every case runs a worker (and, for sqs, a leading
-scheduler) until a condition read back from the store holds, then stops it. Every case is
-offered by both transports: none is dropped. With sqs, each case also checks that the
-queue is left empty (every message deleted once its job's outcome was written).
+The broker transports have no burst mode, so every case runs a worker (and, for sqs and
+redis, a leading scheduler) until a condition read back from the store holds, then stops it.
+Every case is offered by every transport: none is dropped. With a broker, each case also
+checks that the queue (stream) is left empty (every message deleted once its job's outcome
+was written).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from async_jobs.core.worker import Worker
 from async_jobs.domain.jobs import Job
 from async_jobs.transports.sqs import SqsClient, create_queues
 from tests.helpers import SqsServer, register_handler_styles, register_held_job, wait_until
+from tests.integration.test_redis_transport import drained as stream_drained
+from tests.integration.test_redis_transport import redis_client, redis_settings
 from tests.integration.test_sqs_transport import (
     all_ended,
     drained,
@@ -44,7 +49,7 @@ from tests.integration.test_sqs_transport import (
 pytestmark = pytest.mark.postgres
 
 NO_WAIT = Backoff.constant(0, jitter=0)
-TRANSPORTS = ("direct", "sqs")
+TRANSPORTS = ("direct", "sqs", "redis")
 
 
 @dataclasses.dataclass
@@ -58,7 +63,7 @@ class Rig:
     def serve(self, concurrency: int = 4) -> contextlib.AbstractAsyncContextManager[Worker]:
         """A running worker (and, for sqs, a leading scheduler to dispatch) until the block
         ends."""
-        return running(self.app, scheduler=self.transport == "sqs", concurrency=concurrency)
+        return running(self.app, scheduler=self.transport != "direct", concurrency=concurrency)
 
     async def finished(self, jobs: Sequence[Job], timeout: float = 20.0) -> None:
         """Wait until every job has ended and, for sqs, its message is gone."""
@@ -66,6 +71,8 @@ class Rig:
         await self.queue_empty(timeout)
 
     async def queue_empty(self, timeout: float = 10.0) -> None:
+        if self.transport == "redis":
+            await wait_until(lambda: stream_drained(self.app), timeout=timeout)
         if self.client is not None:
             client = self.client
             await wait_until(lambda: drained(client, queue_of(self.app)), timeout=timeout)
@@ -80,6 +87,8 @@ def transport_settings(request: pytest.FixtureRequest, pg_database: str) -> Sett
     if request.param == "sqs":
         server: SqsServer = request.getfixturevalue("sqs_server")
         return sqs_settings(pg_database, server)
+    if request.param == "redis":
+        return redis_settings(pg_database)
     return Settings(db_dsn=pg_database, lease_seconds=10.0, poll_interval_seconds=0.05)
 
 
@@ -87,6 +96,10 @@ def transport_settings(request: pytest.FixtureRequest, pg_database: str) -> Sett
 async def rig(transport_settings: Settings) -> AsyncIterator[Rig]:
     app = JobApp(settings=transport_settings)
     async with app:
+        if transport_settings.transport == "redis":
+            async with redis_client(app):
+                yield Rig(app, "redis")
+            return
         if transport_settings.transport != "sqs":
             yield Rig(app, "direct")
             return

@@ -295,13 +295,13 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
 
     @router.get(
         "/health",
-        summary="Is the store reachable",
+        summary="Is the store (and the broker of the transport) reachable",
         response_model=None,
         responses={
             200: {"model": HealthResponse, "description": "The store answers."},
             503: {
                 "model": HealthResponse,
-                "description": "The store cannot be reached.",
+                "description": "The store, or the broker, cannot be reached.",
                 "headers": _RETRY_AFTER,
             },
             "default": {"model": ErrorResponse, "description": _UNEXPECTED},
@@ -313,7 +313,15 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         except AsyncJobsError as exc:
             body = {"status": "unavailable", "store": exc.message}
             return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
-        return JSONResponse({"status": "ok", "store": "ok"})
+        try:
+            broker = await jobs.check_broker()
+        except AsyncJobsError as exc:  # the transport's broker (Redis) does not answer
+            body = {"status": "unavailable", "store": "ok", "broker": exc.message}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        answer = {"status": "ok", "store": "ok"}
+        if broker is not None:
+            answer["broker"] = "ok"
+        return JSONResponse(answer)
 
     return router
 

@@ -303,3 +303,7 @@ class CleanupResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"]
     store: str = Field(description='"ok", or why the store cannot be reached.')
+    broker: str | None = Field(
+        None,
+        description='With the redis transport: "ok", or why Redis cannot be reached.',
+    )

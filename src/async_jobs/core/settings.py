@@ -46,6 +46,9 @@ ENVIRONMENT_VARIABLES: tuple[str, ...] = (
     f"{PREFIX}SQS_MAX_CONNECTIONS",
     f"{PREFIX}SQS_LONG_POLL_SECONDS",
     f"{PREFIX}REDIS_URL",
+    f"{PREFIX}REDIS_PREFIX",
+    f"{PREFIX}REDIS_USE_CASES",
+    f"{PREFIX}REDIS_DISPATCH_TIMEOUT_SECONDS",
     f"{PREFIX}<USE_CASE>_DEFAULT_DELAY_TOLERANCE_SECONDS",
     f"{PREFIX}<USE_CASE>_MAX_CONCURRENT",
     f"{PREFIX}PER_TENANT_QUOTAS",
@@ -132,6 +135,11 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # How long a starting process retries a store that does not answer before it gives up.
     store_wait_seconds: float = 30.0
+    # The redis transport: key prefix, the use cases it carries (a stream each), and how
+    # long a dispatched job may wait unclaimed before it is dispatched again.
+    redis_prefix: str = "async-jobs"
+    redis_use_cases: tuple[str, ...] = ("default",)
+    redis_dispatch_timeout_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -274,6 +282,12 @@ class Settings:
             cors_origins=split_modules(env.get(f"{PREFIX}CORS_ORIGINS", "")),
             store_wait_seconds=_non_negative_float(
                 f"{PREFIX}STORE_WAIT_SECONDS", env.get(f"{PREFIX}STORE_WAIT_SECONDS", "30")
+            ),
+            redis_prefix=env.get(f"{PREFIX}REDIS_PREFIX") or "async-jobs",
+            redis_use_cases=split_modules(env.get(f"{PREFIX}REDIS_USE_CASES", "default")),
+            redis_dispatch_timeout_seconds=_non_negative_float(
+                f"{PREFIX}REDIS_DISPATCH_TIMEOUT_SECONDS",
+                env.get(f"{PREFIX}REDIS_DISPATCH_TIMEOUT_SECONDS", "60"),
             ),
         )
 

@@ -35,6 +35,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from async_jobs.core.settings import Settings
 from async_jobs.domain.dispatch import DispatchTicket, MalformedMessageError, truncated
 from async_jobs.domain.errors import AsyncJobsError, ConfigurationError, StoreError
 from async_jobs.domain.jobs import AttemptOutcome, ClaimRequest, Job, JobId
@@ -91,6 +92,19 @@ class SqsConfig:
             2 <= self.visibility_timeout_seconds <= 43200
         ):
             raise ConfigurationError("the SQS visibility timeout is 2 to 43200 seconds")
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> SqsConfig:
+        """The sqs transport's configuration, from the settings."""
+        return cls(
+            queues=dict(s.sqs_queues),
+            endpoint_url=s.sqs_endpoint_url,
+            region=s.sqs_region,
+            dispatch_timeout_seconds=s.sqs_dispatch_timeout_seconds,
+            max_connections=s.sqs_max_connections,
+            long_poll_seconds=s.sqs_long_poll_seconds,
+            visibility_timeout_seconds=s.sqs_visibility_timeout_seconds,
+        )
 
     def queue_of(self, use_case: str) -> str:
         try:
