@@ -54,6 +54,7 @@ from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import RetentionPolicy, Stats, UseCaseState
 from async_jobs.domain.validation import build_like, build_new_job, check_name
 from async_jobs.domain.webhooks import WebhookState, check_webhook_target
+from async_jobs.domain.workers import Leadership, LiveProcess
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
 from async_jobs.transports.direct import DirectTransport
@@ -458,6 +459,10 @@ class JobApp:
 
     async def use_cases(self) -> list[UseCaseState]:
         return await self.store.list_use_cases()
+
+    async def processes(self) -> tuple[list[LiveProcess], list[Leadership]]:
+        """The live workers and schedulers (``domain.workers``), and who leads each role."""
+        return await self.store.list_processes(), await self.store.list_leaders()
 
     async def stats(self, tenant_id: str | None = None) -> Stats:
         return await self.store.stats(tenant_id)

@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from async_jobs.app import EnqueueRequest, JobApp
+from async_jobs.core.scheduler import ROLE as SCHEDULER_ROLE
 from async_jobs.core.settings import Settings, split_modules
 from async_jobs.core.worker import WorkerConfig
 from async_jobs.domain.errors import (
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler.add_argument(
         "--handlers", help="comma-separated modules whose @app.periodic jobs it enqueues"
     )
+
+    workers = commands.add_parser("workers", help="live workers and schedulers (leader, standbys)")
+    workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     stats = commands.add_parser("stats", help="counts, throughput, latencies (JSON)")
     stats.add_argument("--tenant", dest="tenant_id")
@@ -196,6 +200,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "reap": _reap,
         "scheduler": _scheduler,
         "stats": _stats,
+        "workers": _workers,
         "cleanup": _cleanup,
         "use-cases": _use_cases,
         "sqs": _sqs,
@@ -367,6 +372,37 @@ async def _stats(jobs: JobApp, args: argparse.Namespace) -> int:
     async with jobs:
         stats = await jobs.stats(args.tenant_id)
     print(json.dumps(stats.to_json(), indent=2), flush=True)
+    return 0
+
+
+async def _workers(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        processes, leaders = await jobs.processes()
+    leader = next((lead.holder for lead in leaders if lead.role == SCHEDULER_ROLE), None)
+    rows = [p.to_json(leader) for p in processes]
+    if args.json:
+        print(json.dumps({"processes": rows, "leader": leader}, indent=2), flush=True)
+        return 0
+    header = ("KIND", "ID", "HOST", "PID", "CONC", "HELD", "HEARTBEAT", "VERSION", "USE CASES")
+    table = [header] + [
+        (
+            f"scheduler ({r['role']})" if r["kind"] == "scheduler" else "worker",
+            r["id"],
+            r["host"],
+            str(r["pid"]),
+            str(r["concurrency"]),
+            str(r["jobs_held"]),
+            r["heartbeat_at"][:19],
+            r["version"],
+            ",".join(r["use_cases"]) or "*",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if not rows:
+        print("no live worker or scheduler", flush=True)
     return 0
 
 

@@ -27,6 +27,7 @@ from async_jobs.domain.jobs import (
 )
 from async_jobs.domain.scheduling import Stats, UseCaseState
 from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
+from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
 
 
 class JobStore(Protocol):
@@ -164,6 +165,23 @@ class JobStore(Protocol):
 
     async def resign(self, role: str, holder: str) -> None:
         """Give up the leadership of ``role`` if ``holder`` has it."""
+
+    async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
+        """Write (or rewrite) the record of a live process, listed until ``ttl_seconds``
+        from now by the store's clock unless renewed; records that lapsed are deleted."""
+
+    async def beat_process(self, process_id: str, jobs_held: int, ttl_seconds: float) -> bool:
+        """Renew a process's record (and the count of jobs it holds now); False if there is
+        none (it lapsed and was deleted: register again)."""
+
+    async def remove_process(self, process_id: str) -> None:
+        """Delete a process's record (a clean stop)."""
+
+    async def list_processes(self) -> list[LiveProcess]:
+        """The records that have not lapsed, by kind then id."""
+
+    async def list_leaders(self) -> list[Leadership]:
+        """Every role's current holder whose lease has not run out."""
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         """The last tick of the periodic job ``name`` that was enqueued (None: never)."""

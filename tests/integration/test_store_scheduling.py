@@ -28,6 +28,7 @@ from async_jobs.domain.jobs import (
     Reason,
 )
 from async_jobs.domain.scheduling import Limits, TenantQuota
+from async_jobs.domain.workers import ProcessInfo, ProcessKind
 from async_jobs.ports import JobStore
 from async_jobs.stores.memory import MemoryStore
 from tests.helpers import new_job, wait_until
@@ -616,3 +617,48 @@ async def test_queue_wait_and_deadline_misses(clocked: tuple[MemoryStore, Clock]
     assert stats.deadline_misses_last_hour == 1  # started 10 s after a 5 s tolerance
     assert stats.overdue_pending == 1
     assert stats.oldest_due_age_seconds == 4
+
+
+# -- the registry of live processes ----------------------------------------------------------
+
+
+async def test_a_registered_process_is_listed_renewed_and_removed(store: JobStore) -> None:
+    info = ProcessInfo("w-1", ProcessKind.WORKER, "host-a", 4242, "0.1.0", 8, ("mail", "sms"))
+    await store.register_process(info, ttl_seconds=30)
+    await store.register_process(
+        ProcessInfo("s-1", ProcessKind.SCHEDULER, "host-b", 7, "0.1.0"), ttl_seconds=30
+    )
+    [scheduler, worker] = await store.list_processes()
+    assert worker.info == info and worker.jobs_held == 0
+    assert scheduler.info.kind is ProcessKind.SCHEDULER
+    assert worker.expires_at > worker.heartbeat_at >= worker.started_at
+    assert await store.beat_process("w-1", 5, ttl_seconds=30)
+    [_, renewed] = await store.list_processes()
+    assert renewed.jobs_held == 5 and renewed.heartbeat_at >= worker.heartbeat_at
+    assert renewed.started_at == worker.started_at
+    await store.remove_process("w-1")
+    assert [p.info.id for p in await store.list_processes()] == ["s-1"]
+    assert not await store.beat_process("w-1", 1, ttl_seconds=30)
+
+
+async def test_a_stale_process_lapses_and_the_next_registration_deletes_it(
+    store: JobStore,
+) -> None:
+    await store.register_process(
+        ProcessInfo("dead", ProcessKind.WORKER, "h", 1, "0.1.0"), ttl_seconds=0.2
+    )
+
+    async def lapsed() -> bool:
+        return not await store.list_processes()
+
+    assert await wait_until(lapsed, timeout=5)
+    await store.register_process(ProcessInfo("new", ProcessKind.WORKER, "h", 2, "v"), 30)
+    assert not await store.beat_process("dead", 0, ttl_seconds=30)  # deleted, not revived
+
+
+async def test_leaders_are_listed_until_their_lease_runs_out(store: JobStore) -> None:
+    assert await store.try_lead("scheduler", "a", 30)
+    [lead] = await store.list_leaders()
+    assert (lead.role, lead.holder) == ("scheduler", "a") and lead.expires_at > lead.since
+    await store.resign("scheduler", "a")
+    assert await store.list_leaders() == []

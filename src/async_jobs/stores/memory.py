@@ -49,6 +49,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
+from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
 from async_jobs.stores.limits import (
     HOUR,
     RecentJob,
@@ -82,6 +83,8 @@ class MemoryStore:
         self._use_cases: dict[str, UseCaseState] = {}
         self._buckets: dict[tuple[str, str], tuple[float, datetime]] = {}  # (use case, tenant)
         self._leaders: dict[str, tuple[str, datetime]] = {}  # role -> (holder, expires_at)
+        self._lead_since: dict[str, datetime] = {}  # role -> when its holder took it
+        self._processes: dict[str, LiveProcess] = {}
         self._ticks: dict[str, datetime] = {}
         self._deliveries: dict[DeliveryId, WebhookDelivery] = {}
 
@@ -489,6 +492,8 @@ class MemoryStore:
         current = self._leaders.get(role)
         if current is not None and current[0] != holder and current[1] >= now:
             return False
+        if current is None or current[0] != holder:
+            self._lead_since[role] = now
         self._leaders[role] = (holder, now + timedelta(seconds=lease_seconds))
         return True
 
@@ -497,6 +502,52 @@ class MemoryStore:
         current = self._leaders.get(role)
         if current is not None and current[0] == holder:
             del self._leaders[role]
+
+    # -- the registry of processes ---------------------------------------------------------
+
+    async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
+        self._check_open()
+        now = self._clock()
+        for lapsed in [p.info.id for p in self._processes.values() if p.expires_at < now]:
+            del self._processes[lapsed]
+        known = self._processes.get(info.id)
+        started = known.started_at if known is not None else now
+        held = known.jobs_held if known is not None else 0
+        expires = now + timedelta(seconds=ttl_seconds)
+        self._processes[info.id] = LiveProcess(info, started, now, expires, held)
+
+    async def beat_process(self, process_id: str, jobs_held: int, ttl_seconds: float) -> bool:
+        self._check_open()
+        known = self._processes.get(process_id)
+        if known is None:
+            return False
+        now = self._clock()
+        self._processes[process_id] = dataclasses.replace(
+            known,
+            heartbeat_at=now,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+            jobs_held=jobs_held,
+        )
+        return True
+
+    async def remove_process(self, process_id: str) -> None:
+        self._check_open()
+        self._processes.pop(process_id, None)
+
+    async def list_processes(self) -> list[LiveProcess]:
+        self._check_open()
+        now = self._clock()
+        live = [p for p in self._processes.values() if p.expires_at >= now]
+        return sorted(live, key=lambda p: (p.info.kind.value, p.info.id))
+
+    async def list_leaders(self) -> list[Leadership]:
+        self._check_open()
+        now = self._clock()
+        return [
+            Leadership(role, holder, self._lead_since[role], expires)
+            for role, (holder, expires) in sorted(self._leaders.items())
+            if expires >= now
+        ]
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         self._check_open()

@@ -538,3 +538,34 @@ RETURNING d.id;
 SELECT * FROM async_jobs_webhook_deliveries
 WHERE job_id = $1
 ORDER BY job_finished_at, created_at;
+
+-- name: delete_lapsed_processes
+DELETE FROM async_jobs_processes WHERE expires_at < now();
+
+-- name: register_process
+INSERT INTO async_jobs_processes AS p
+    (id, kind, host, pid, version, concurrency, use_cases, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+ON CONFLICT (id) DO UPDATE
+SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at;
+
+-- name: beat_process
+UPDATE async_jobs_processes
+SET jobs_held = $2, heartbeat_at = now(), expires_at = now() + make_interval(secs => $3)
+WHERE id = $1
+RETURNING id;
+
+-- name: remove_process
+DELETE FROM async_jobs_processes WHERE id = $1;
+
+-- name: list_processes
+SELECT id, kind, host, pid, version, concurrency, use_cases, jobs_held, started_at,
+       heartbeat_at, expires_at
+FROM async_jobs_processes
+WHERE expires_at >= now()
+ORDER BY kind, id;
+
+-- name: list_leaders
+SELECT role, holder, since, expires_at FROM async_jobs_leaders
+WHERE expires_at >= now()
+ORDER BY role;

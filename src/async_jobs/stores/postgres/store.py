@@ -55,6 +55,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
+from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo, ProcessKind
 from async_jobs.stores.grouping import Grouped
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 from async_jobs.stores.watchers import tell
@@ -442,6 +443,59 @@ class PostgresStore:
     async def resign(self, role: str, holder: str) -> None:
         async with self._connection() as conn:
             await conn.execute(QUERIES["resign"], role, holder)
+
+    # -- the registry of processes ---------------------------------------------------------
+
+    async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
+        async with self._connection() as conn:
+            await conn.execute(QUERIES["delete_lapsed_processes"])
+            await conn.execute(
+                QUERIES["register_process"],
+                info.id,
+                info.kind.value,
+                info.host,
+                info.pid,
+                info.version,
+                info.concurrency,
+                list(info.use_cases),
+                ttl_seconds,
+            )
+
+    async def beat_process(self, process_id: str, jobs_held: int, ttl_seconds: float) -> bool:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["beat_process"], process_id, jobs_held, ttl_seconds)
+        return row is not None
+
+    async def remove_process(self, process_id: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(QUERIES["remove_process"], process_id)
+
+    async def list_processes(self) -> list[LiveProcess]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["list_processes"])
+        return [
+            LiveProcess(
+                ProcessInfo(
+                    r["id"],
+                    ProcessKind(r["kind"]),
+                    r["host"],
+                    r["pid"],
+                    r["version"],
+                    r["concurrency"],
+                    tuple(r["use_cases"]),
+                ),
+                started_at=r["started_at"],
+                heartbeat_at=r["heartbeat_at"],
+                expires_at=r["expires_at"],
+                jobs_held=r["jobs_held"],
+            )
+            for r in rows
+        ]
+
+    async def list_leaders(self) -> list[Leadership]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["list_leaders"])
+        return [Leadership(r["role"], r["holder"], r["since"], r["expires_at"]) for r in rows]
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         async with self._connection() as conn:

@@ -748,3 +748,42 @@ RETURNING id;
 SELECT * FROM async_jobs_webhook_deliveries
 WHERE job_id = :job_id
 ORDER BY job_finished_at, created_at;
+
+-- name: delete_lapsed_processes
+DELETE FROM async_jobs_processes
+WHERE expires_at < round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0;
+
+-- name: register_process
+INSERT INTO async_jobs_processes AS p
+    (id, kind, host, pid, version, concurrency, use_cases, started_at, heartbeat_at,
+     expires_at)
+SELECT :id, :kind, :host, :pid, :version, :concurrency, :use_cases, c.now, c.now,
+       c.now + :ttl_seconds
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE true
+ON CONFLICT (id) DO UPDATE
+SET heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at;
+
+-- name: beat_process
+UPDATE async_jobs_processes
+SET jobs_held = :jobs_held,
+    heartbeat_at = c.now,
+    expires_at = c.now + :ttl_seconds
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE id = :id
+RETURNING id;
+
+-- name: remove_process
+DELETE FROM async_jobs_processes WHERE id = :id;
+
+-- name: list_processes
+SELECT id, kind, host, pid, version, concurrency, use_cases, jobs_held, started_at,
+       heartbeat_at, expires_at
+FROM async_jobs_processes
+WHERE expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
+ORDER BY kind, id;
+
+-- name: list_leaders
+SELECT role, holder, since, expires_at FROM async_jobs_leaders
+WHERE expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
+ORDER BY role;

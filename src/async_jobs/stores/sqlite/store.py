@@ -66,6 +66,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
+from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo, ProcessKind
 from async_jobs.stores.limits import (
     HOUR,
     ClaimBudget,
@@ -374,6 +375,62 @@ class SqliteStore:
     async def resign(self, role: str, holder: str) -> None:
         params = {"role": role, "holder": holder}
         await self._run(lambda c: _fetch(c, "resign", params), write=True)
+
+    # -- the registry of processes ---------------------------------------------------------
+
+    async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
+        params = {
+            "id": info.id,
+            "kind": info.kind.value,
+            "host": info.host,
+            "pid": info.pid,
+            "version": info.version,
+            "concurrency": info.concurrency,
+            "use_cases": json.dumps(list(info.use_cases)),
+            "ttl_seconds": ttl_seconds,
+        }
+
+        async def write(conn: aiosqlite.Connection) -> None:
+            await _fetch(conn, "delete_lapsed_processes")
+            await _fetch(conn, "register_process", params)
+
+        await self._run(write, write=True)
+
+    async def beat_process(self, process_id: str, jobs_held: int, ttl_seconds: float) -> bool:
+        params = {"id": process_id, "jobs_held": jobs_held, "ttl_seconds": ttl_seconds}
+        rows = await self._run(lambda c: _fetch(c, "beat_process", params), write=True)
+        return bool(rows)
+
+    async def remove_process(self, process_id: str) -> None:
+        await self._run(lambda c: _fetch(c, "remove_process", {"id": process_id}), write=True)
+
+    async def list_processes(self) -> list[LiveProcess]:
+        rows = await self._run(lambda c: _fetch(c, "list_processes"), write=False)
+        return [
+            LiveProcess(
+                ProcessInfo(
+                    r["id"],
+                    ProcessKind(r["kind"]),
+                    r["host"],
+                    r["pid"],
+                    r["version"],
+                    r["concurrency"],
+                    tuple(json.loads(r["use_cases"])),
+                ),
+                started_at=_time(r["started_at"]),
+                heartbeat_at=_time(r["heartbeat_at"]),
+                expires_at=_time(r["expires_at"]),
+                jobs_held=r["jobs_held"],
+            )
+            for r in rows
+        ]
+
+    async def list_leaders(self) -> list[Leadership]:
+        rows = await self._run(lambda c: _fetch(c, "list_leaders"), write=False)
+        return [
+            Leadership(r["role"], r["holder"], _time(r["since"]), _time(r["expires_at"]))
+            for r in rows
+        ]
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         rows = await self._run(
