@@ -25,7 +25,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
-from async_jobs.domain.scheduling import Stats, UseCaseState
+from async_jobs.domain.scheduling import FinishedBucket, Stats, UseCaseState
 from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
 from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
 
@@ -72,10 +72,23 @@ class JobStore(Protocol):
     async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
         """One job; with ``tenant_id``, only if it belongs to that tenant."""
 
+    async def get_job_by_key(self, tenant_id: str, key: str) -> Job | None:
+        """A tenant's job by its idempotency key (unique per tenant)."""
+
     async def list_jobs(
         self, where: JobFilter, limit: int, after: PageCursor | None = None
     ) -> JobPage:
         """Newest first (``created_at``, then ``id``), starting after ``after``."""
+
+    async def count_jobs(self, where: JobFilter, cap: int) -> int:
+        """How many jobs match ``where``, counting no further than ``cap`` (an answer of
+        ``cap`` means "at least"): never a walk of every row."""
+
+    async def finished_per_bucket(
+        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedBucket]:
+        """Jobs that ended within the last ``window_seconds`` (by the store's clock), counted
+        per use case, terminal state and bucket (``bucket_seconds`` wide, 0 the latest)."""
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         """Move up to ``request.limit`` due pending jobs to running, each with attempts + 1,
@@ -190,9 +203,10 @@ class JobStore(Protocol):
         """Record ``tick`` as the last enqueued tick of ``name`` if it is later than the one
         stored (or none is); True if it moved."""
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
+    async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         """Counts, throughput and latencies (see ``Stats``); with ``tenant_id``, of that
-        tenant's jobs only."""
+        tenant's jobs only. Without ``with_counts``, ``counts`` is empty and no statement
+        counts every job (the dashboard counts with a cap instead)."""
 
     async def create_webhook_deliveries(
         self, limit: int, max_attempts: int, within_seconds: float | None = None

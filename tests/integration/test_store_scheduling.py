@@ -662,3 +662,30 @@ async def test_leaders_are_listed_until_their_lease_runs_out(store: JobStore) ->
     assert (lead.role, lead.holder) == ("scheduler", "a") and lead.expires_at > lead.since
     await store.resign("scheduler", "a")
     assert await store.list_leaders() == []
+
+
+# -- what the dashboard reads ------------------------------------------------------------------
+
+
+async def test_counts_stop_at_their_cap_and_follow_the_filters(store: JobStore) -> None:
+    await insert(store, 5, use_case="mail", tenant_id="t1")
+    await insert(store, 2, use_case="sms", tenant_id="t2")
+    assert await store.count_jobs(JobFilter(), cap=100) == 7
+    assert await store.count_jobs(JobFilter(), cap=3) == 3
+    assert await store.count_jobs(JobFilter(use_case="mail"), cap=100) == 5
+    assert await store.count_jobs(JobFilter(tenant_id="t2"), cap=100) == 2
+    assert await store.count_jobs(JobFilter(status=JobState.RUNNING), cap=100) == 0
+
+
+async def test_ended_jobs_are_counted_per_bucket_of_the_window(store: JobStore) -> None:
+    await insert(store, 3, use_case="mail", tenant_id="t1")
+    await insert(store, 1, use_case="mail", tenant_id="t2")
+    jobs = await store.claim_jobs(claim())
+    await finish(store, jobs[:3])
+    await finish(store, jobs[3:], OutcomeKind.FAILED)
+    buckets = await store.finished_per_bucket(None, window_seconds=3600, bucket_seconds=300)
+    assert sum(b.count for b in buckets if b.status == "succeeded") == 3
+    assert sum(b.count for b in buckets if b.status == "failed") == 1
+    assert {b.bucket for b in buckets} == {0} and {b.use_case for b in buckets} == {"mail"}
+    mine = await store.finished_per_bucket("t2", window_seconds=3600, bucket_seconds=300)
+    assert sum(b.count for b in mine) == 1

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI
 
 from async_jobs.api.auth import TokenAuth, TokenAuthMiddleware
+from async_jobs.api.dashboard import create_dashboard_router
 from async_jobs.api.errors import install_error_handlers
 from async_jobs.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from async_jobs.api.router import create_jobs_router
@@ -21,6 +22,7 @@ from async_jobs.core.scheduler import SchedulerConfig
 from async_jobs.core.worker import WorkerConfig
 
 log = logging.getLogger("async_jobs.api")
+DASHBOARD_PATH = "/dashboard"
 
 
 def create_api(
@@ -59,9 +61,10 @@ def create_api(
     app = FastAPI(title="async-job-server", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(create_jobs_router(jobs, auth))
+    app.include_router(create_dashboard_router(jobs, auth, path=DASHBOARD_PATH))
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if auth is not None:  # outermost: a request without a token is refused unread
-        app.add_middleware(TokenAuthMiddleware, auth=auth)
+        app.add_middleware(TokenAuthMiddleware, auth=auth, own_auth_prefixes=(DASHBOARD_PATH,))
     if auth is None:
         log.warning("no API token is configured: the API is open to anyone who can reach it")
     return app

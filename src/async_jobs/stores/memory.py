@@ -7,6 +7,7 @@ Its clock is injectable, so a test can move time instead of waiting for it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -38,7 +39,14 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
     Reason,
 )
-from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
+from async_jobs.domain.scheduling import (
+    Candidate,
+    FinishedBucket,
+    Stats,
+    StatsCount,
+    UseCaseState,
+    plan_claim,
+)
 from async_jobs.domain.validation import result_json
 from async_jobs.domain.webhooks import (
     MAX_DELIVERY_LOG,
@@ -176,6 +184,17 @@ class MemoryStore:
             return None
         return job
 
+    async def get_job_by_key(self, tenant_id: str, key: str) -> Job | None:
+        self._check_open()
+        return next(
+            (
+                job
+                for job in self._jobs.values()
+                if job.tenant_id == tenant_id and job.idempotency_key == key
+            ),
+            None,
+        )
+
     async def list_jobs(
         self, where: JobFilter, limit: int, after: PageCursor | None = None
     ) -> JobPage:
@@ -189,6 +208,29 @@ class MemoryStore:
         more = len(rows) > limit
         cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
         return JobPage(items=items, next_cursor=cursor)
+
+    async def count_jobs(self, where: JobFilter, cap: int) -> int:
+        self._check_open()
+        n = 0
+        for job in self._jobs.values():
+            if n >= cap:
+                break
+            n += _matches(job, where, None)
+        return n
+
+    async def finished_per_bucket(
+        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedBucket]:
+        self._check_open()
+        now = self._clock()
+        counts: collections.Counter[tuple[str, str, int]] = collections.Counter()
+        for job in self._jobs.values():
+            if job.finished_at is None or not job.status.is_terminal:
+                continue
+            age = (now - job.finished_at).total_seconds()
+            if age < window_seconds and (tenant_id is None or job.tenant_id == tenant_id):
+                counts[(job.use_case, job.status.value, int(age // bucket_seconds))] += 1
+        return [FinishedBucket(u, s, b, n) for (u, s, b), n in counts.items()]
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         """The claim as the SQLite store makes it: each (use case, tenant) offers its first
@@ -672,7 +714,7 @@ class MemoryStore:
             key=lambda d: (d.job_finished_at, d.created_at),
         )
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
+    async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         self._check_open()
         now = self._clock()
         since = now - timedelta(seconds=HOUR)
@@ -695,7 +737,7 @@ class MemoryStore:
                     oldest_due = job.run_at
         return build_stats(
             now.timestamp(),
-            [StatsCount(*key, n) for key, n in counts.items()],
+            [StatsCount(*key, n) for key, n in counts.items()] if with_counts else [],
             recent,
             overdue,
             None if oldest_due is None else oldest_due.timestamp(),

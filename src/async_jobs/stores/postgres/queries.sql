@@ -569,3 +569,33 @@ ORDER BY kind, id;
 SELECT role, holder, since, expires_at FROM async_jobs_leaders
 WHERE expires_at >= now()
 ORDER BY role;
+
+-- name: count_jobs
+-- How many jobs match list_jobs' filters, counting no further than $7: the dashboard shows
+-- "10,000+" rather than walk every row. The filters use list_jobs' indexes (and, with a use
+-- case and an active state, async_jobs_claimable / async_jobs_active).
+SELECT count(*) AS n FROM (
+    SELECT 1 FROM async_jobs
+    WHERE ($1::text IS NULL OR tenant_id = $1)
+      AND ($2::async_jobs_state IS NULL OR status = $2)
+      AND ($3::text IS NULL OR use_case = $3)
+      AND ($4::text IS NULL OR type = $4)
+      AND ($5::timestamptz IS NULL OR created_at > $5)
+      AND ($6::timestamptz IS NULL OR created_at < $6)
+    LIMIT $7
+) AS capped;
+
+-- name: finished_per_bucket
+-- Jobs that ended in the last $2 seconds, per use case, terminal state and bucket of $3
+-- seconds (bucket: seconds before now, rounded down), for the dashboard's chart.
+SELECT use_case, status::text AS status,
+       floor(extract(epoch FROM now() - finished_at) / $3)::int AS bucket, count(*) AS n
+FROM async_jobs
+WHERE ($1::text IS NULL OR tenant_id = $1)
+  AND status IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at > now() - make_interval(secs => $2)
+GROUP BY 1, 2, 3;
+
+-- name: get_job_by_key
+-- A tenant's job by its idempotency key, on async_jobs_idempotency_key.
+SELECT * FROM async_jobs WHERE tenant_id = $1 AND idempotency_key = $2;

@@ -46,7 +46,7 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import Stats, StatsCount, UseCaseState
+from async_jobs.domain.scheduling import FinishedBucket, Stats, StatsCount, UseCaseState
 from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.domain.webhooks import (
     DeliveryAttempt,
@@ -256,6 +256,11 @@ class PostgresStore:
             row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
         return job_from_record(row) if row is not None else None
 
+    async def get_job_by_key(self, tenant_id: str, key: str) -> Job | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["get_job_by_key"], tenant_id, key)
+        return job_from_record(row) if row is not None else None
+
     async def list_jobs(
         self, where: JobFilter, limit: int, after: PageCursor | None = None
     ) -> JobPage:
@@ -276,6 +281,29 @@ class PostgresStore:
         more = len(rows) > limit
         cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
         return JobPage(items=items, next_cursor=cursor)
+
+    async def count_jobs(self, where: JobFilter, cap: int) -> int:
+        async with self._connection() as conn:
+            n: int = await conn.fetchval(
+                QUERIES["count_jobs"],
+                where.tenant_id,
+                where.status.value if where.status else None,
+                where.use_case,
+                where.type,
+                where.created_after,
+                where.created_before,
+                cap,
+            )
+        return n
+
+    async def finished_per_bucket(
+        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedBucket]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["finished_per_bucket"], tenant_id, window_seconds, bucket_seconds
+            )
+        return [FinishedBucket(r["use_case"], r["status"], r["bucket"], r["n"]) for r in rows]
 
     # -- the worker's path ------------------------------------------------------------------
 
@@ -548,9 +576,9 @@ class PostgresStore:
             rows = await conn.fetch(QUERIES["get_webhook_deliveries"], job_id)
         return [delivery_from_record(r) for r in rows]
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
+    async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         async with self._connection() as conn:
-            counts = await conn.fetch(QUERIES["stats_counts"], tenant_id)
+            counts = await conn.fetch(QUERIES["stats_counts"], tenant_id) if with_counts else []
             recent = await conn.fetchrow(QUERIES["stats_recent"], tenant_id)
             waiting = await conn.fetchrow(QUERIES["stats_waiting"], tenant_id)
         assert recent is not None and waiting is not None

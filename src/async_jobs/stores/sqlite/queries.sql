@@ -787,3 +787,33 @@ ORDER BY kind, id;
 SELECT role, holder, since, expires_at FROM async_jobs_leaders
 WHERE expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
 ORDER BY role;
+
+-- name: count_jobs
+-- How many jobs match list_jobs' filters, counting no further than :cap (the dashboard
+-- shows "10,000+" rather than walk every row).
+SELECT count(*) AS n FROM (
+    SELECT 1 FROM async_jobs
+    WHERE (:tenant_id IS NULL OR tenant_id = :tenant_id)
+      AND (:status IS NULL OR status = :status)
+      AND (:use_case IS NULL OR use_case = :use_case)
+      AND (:type IS NULL OR type = :type)
+      AND (:created_after IS NULL OR created_at > :created_after)
+      AND (:created_before IS NULL OR created_at < :created_before)
+    LIMIT :cap
+);
+
+-- name: finished_per_bucket
+-- Jobs that ended in the last :window seconds, per use case, terminal state and bucket of
+-- :bucket seconds before now, on async_jobs_finished.
+SELECT use_case, status, CAST((c.now - finished_at) / :bucket AS INTEGER) AS bucket,
+       count(*) AS n
+FROM async_jobs,
+     (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE status IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at > c.now - :window
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+GROUP BY 1, 2, 3;
+
+-- name: get_job_by_key
+-- A tenant's job by its idempotency key, on its unique index.
+SELECT * FROM async_jobs WHERE tenant_id = :tenant_id AND idempotency_key = :key;

@@ -57,7 +57,14 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
+from async_jobs.domain.scheduling import (
+    Candidate,
+    FinishedBucket,
+    Stats,
+    StatsCount,
+    UseCaseState,
+    plan_claim,
+)
 from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.domain.webhooks import (
     DeliveryAttempt,
@@ -208,6 +215,11 @@ class SqliteStore:
         rows = await self._run(lambda c: _fetch(c, "get_job", params), write=False)
         return next((_job_from_row(r) for r in rows), None)
 
+    async def get_job_by_key(self, tenant_id: str, key: str) -> Job | None:
+        params = {"tenant_id": tenant_id, "key": key}
+        rows = await self._run(lambda c: _fetch(c, "get_job_by_key", params), write=False)
+        return next((_job_from_row(r) for r in rows), None)
+
     async def list_jobs(
         self, where: JobFilter, limit: int, after: PageCursor | None = None
     ) -> JobPage:
@@ -218,6 +230,20 @@ class SqliteStore:
         more = len(rows) > limit
         cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
         return JobPage(items=items, next_cursor=cursor)
+
+    async def count_jobs(self, where: JobFilter, cap: int) -> int:
+        params = _list_params(where, 0, None)
+        params = {k: v for k, v in params.items() if not k.startswith(("after_", "limit"))}
+        params["cap"] = cap
+        rows = await self._run(lambda c: _fetch(c, "count_jobs", params), write=False)
+        return int(rows[0]["n"])
+
+    async def finished_per_bucket(
+        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedBucket]:
+        params = {"tenant_id": tenant_id, "window": window_seconds, "bucket": bucket_seconds}
+        rows = await self._run(lambda c: _fetch(c, "finished_per_bucket", params), write=False)
+        return [FinishedBucket(r["use_case"], r["status"], r["bucket"], r["n"]) for r in rows]
 
     # -- the worker's path ------------------------------------------------------------------
 
@@ -481,8 +507,8 @@ class SqliteStore:
         rows = await self._run(lambda c: _fetch(c, "get_webhook_deliveries", params), write=False)
         return [_delivery_from_row(r) for r in rows]
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
-        return await self._run(lambda c: _stats(c, tenant_id), write=False)
+    async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
+        return await self._run(lambda c: _stats(c, tenant_id, with_counts), write=False)
 
     def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
         """Told of cancellations asked through this store object only: SQLite cannot
@@ -826,13 +852,14 @@ def _use_case_from_row(r: sqlite3.Row) -> UseCaseState:
     return UseCaseState(r["name"], bool(r["paused"]), _time_or_none(r["updated_at"]))
 
 
-async def _stats(conn: aiosqlite.Connection, tenant_id: str | None) -> Stats:
+async def _stats(conn: aiosqlite.Connection, tenant_id: str | None, with_counts: bool) -> Stats:
     """Counts, throughput and latencies of the last hour; the statements run one after the
     other on the one connection, as of one ``now``."""
     now = await _now(conn)
     counts = [
         StatsCount(r["use_case"], r["tenant_id"], r["status"], int(r["n"]))
         for r in await _fetch(conn, "stats_counts", {"tenant_id": tenant_id})
+        if with_counts
     ]
     recent = [
         RecentJob(r["status"], r["run_at"], r["deadline_at"], r["started_at"], r["finished_at"])
