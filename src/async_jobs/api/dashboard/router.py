@@ -138,8 +138,10 @@ def create_dashboard_router(
         add(f"{d.base}{route}", d.page(handler), methods=["GET"])
     posts: list[tuple[str, Page]] = [
         ("/jobs/bulk", d.bulk),
-        ("/jobs/{job_id}/{action:retry|cancel}", d.job_action),
-        ("/use-cases/{name}/{action:pause|resume}", d.use_case_action),
+        ("/jobs/{job_id}/retry", d.job_action),
+        ("/jobs/{job_id}/cancel", d.job_action),
+        ("/use-cases/{name}/pause", d.use_case_action),
+        ("/use-cases/{name}/resume", d.use_case_action),
     ]
     for route, handler in posts:
         add(f"{d.base}{route}", d.page(handler), methods=["POST"])
@@ -332,7 +334,7 @@ class _Dashboard:
 
     async def job_action(self, request: Request, who: Principal) -> Response:
         job_id = request.path_params["job_id"]
-        action = request.path_params["action"]
+        action = request.url.path.rsplit("/", 1)[-1]
         try:
             if action == "retry":
                 await self.jobs.retry(job_id, who.tenant_id)
@@ -377,7 +379,7 @@ class _Dashboard:
         if not who.is_admin:
             return self._refused(request, who, 403, "Pausing a use case needs an admin token.")
         name = request.path_params["name"]
-        if request.path_params["action"] == "pause":
+        if request.url.path.endswith("/pause"):
             await self.jobs.pause(name)
             return self.back("", done="paused")
         await self.jobs.resume(name)
