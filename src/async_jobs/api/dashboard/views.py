@@ -113,12 +113,16 @@ async def overview(jobs: JobApp, who: Principal) -> Overview:
         wait_p95=seconds_text(stats.queue_wait_seconds.get("p95")),
         oldest_due=seconds_text(stats.oldest_due_age_seconds),
         deadline_misses=stats.deadline_misses_last_hour,
-        chart_all=chart(buckets, None, width=900, height=120),
+        chart_all=chart(buckets, None, width=1200, height=120, stretch=True),
     )
 
 
 def chart(
-    buckets: Sequence[FinishedBucket], use_case: str | None, width: int, height: int
+    buckets: Sequence[FinishedBucket],
+    use_case: str | None,
+    width: int,
+    height: int,
+    stretch: bool = False,
 ) -> Markup:
     """Stacked bars, oldest bucket on the left: succeeded (green) under failed (red). Inline
     SVG made of numbers only (the title's use case name is escaped)."""
@@ -135,7 +139,8 @@ def chart(
     step = width / CHART_BUCKETS
     bar = max(step - 2, 1)
     parts = [
-        f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
+        f'<svg class="chart" width="{"100%" if stretch else width}" height="{height}"'
+        f' viewBox="0 0 {width} {height}" preserveAspectRatio="none"'
         f' role="img" aria-label="jobs finished per 5 minutes, last hour'
         f'{" for " + str(escape(use_case)) if use_case else ""}">',
         f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" stroke="#e4e7ec"/>',
