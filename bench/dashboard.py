@@ -31,7 +31,8 @@ FILL = """
 INSERT INTO async_jobs (id, tenant_id, use_case, type, payload, status, attempts, max_attempts,
     run_at, delay_tolerance_seconds, deadline_at, created_at, updated_at, started_at,
     finished_at, lease_token, lease_expires_at, worker_id, error)
-SELECT gen_random_uuid(), 'tenant-' || (i % 20), (ARRAY['mail','sms','billing','reports'])[i % 4 + 1],
+SELECT gen_random_uuid(), 'tenant-' || (i % 20),
+    (ARRAY['mail', 'sms', 'billing', 'reports'])[i % 4 + 1],
     'echo', jsonb_build_object('n', i), s.status::async_jobs_state,
     CASE WHEN s.status IN ('pending') THEN 0 ELSE 1 END, 3,
     t.at, 300, t.at + interval '300 seconds', t.at, t.at,
