@@ -491,6 +491,12 @@ class JobApp:
         )
         return await Retention(self.store, policy).run_once()
 
+    async def pause_periodic(self, name: str, paused: bool = True) -> None:
+        """Pause (or, ``paused=False``, resume) the periodic job ``name``."""
+        if not any(p.name == name for p in self.declared_periodic()):
+            raise InvalidJobError(f"no periodic job is named {name!r}", field="name")
+        await self.store.set_periodic_paused(name, paused)
+
     def declared_periodic(self) -> list[PeriodicJob]:
         """Every periodic job of this app: added by code, marked in handler modules, and
         declared in ``ASYNC_JOBS_PERIODIC_JOBS``."""

@@ -203,6 +203,13 @@ class JobStore(Protocol):
         """Record ``tick`` as the last enqueued tick of ``name`` if it is later than the one
         stored (or none is); True if it moved."""
 
+    async def set_periodic_paused(self, name: str, paused: bool) -> None:
+        """Pause or resume the periodic job ``name``: while paused, its ticks pass without
+        being enqueued (none is made up on resuming). Stored, so it survives restarts."""
+
+    async def paused_periodic(self) -> set[str]:
+        """The names of the paused periodic jobs."""
+
     async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         """Counts, throughput and latencies (see ``Stats``); with ``tenant_id``, of that
         tenant's jobs only. Without ``with_counts``, ``counts`` is empty and no statement

@@ -689,3 +689,12 @@ async def test_ended_jobs_are_counted_per_bucket_of_the_window(store: JobStore) 
     assert {b.bucket for b in buckets} == {0} and {b.use_case for b in buckets} == {"mail"}
     mine = await store.finished_per_bucket("t2", window_seconds=3600, bucket_seconds=300)
     assert sum(b.count for b in mine) == 1
+
+
+async def test_periodic_jobs_are_paused_and_resumed_by_name(store: JobStore) -> None:
+    assert await store.paused_periodic() == set()
+    await store.set_periodic_paused("a", True)
+    await store.set_periodic_paused("a", True)  # twice: still once
+    await store.set_periodic_paused("b", True)
+    await store.set_periodic_paused("b", False)
+    assert await store.paused_periodic() == {"a"}

@@ -93,6 +93,7 @@ class MemoryStore:
         self._leaders: dict[str, tuple[str, datetime]] = {}  # role -> (holder, expires_at)
         self._lead_since: dict[str, datetime] = {}  # role -> when its holder took it
         self._processes: dict[str, LiveProcess] = {}
+        self._periodic_paused: set[str] = set()
         self._ticks: dict[str, datetime] = {}
         self._deliveries: dict[DeliveryId, WebhookDelivery] = {}
 
@@ -544,6 +545,17 @@ class MemoryStore:
         current = self._leaders.get(role)
         if current is not None and current[0] == holder:
             del self._leaders[role]
+
+    async def set_periodic_paused(self, name: str, paused: bool) -> None:
+        self._check_open()
+        if paused:
+            self._periodic_paused.add(name)
+        else:
+            self._periodic_paused.discard(name)
+
+    async def paused_periodic(self) -> set[str]:
+        self._check_open()
+        return set(self._periodic_paused)
 
     # -- the registry of processes ---------------------------------------------------------
 

@@ -41,6 +41,8 @@ NOTICES = {
     "handler stops.",
     "paused": "Use case paused: its jobs stop starting (running ones finish).",
     "resumed": "Use case resumed.",
+    "periodic-paused": "Periodic job paused: its ticks pass without a job.",
+    "periodic-resumed": "Periodic job resumed from its next tick.",
     "invalid": "Nothing changed: the job is not in a state that allows this.",
     "nothing": "Nothing selected.",
 }
@@ -142,6 +144,8 @@ def create_dashboard_router(
         ("/jobs/{job_id}/cancel", d.job_action),
         ("/use-cases/{name}/pause", d.use_case_action),
         ("/use-cases/{name}/resume", d.use_case_action),
+        ("/periodic/{name}/pause", d.periodic_action),
+        ("/periodic/{name}/resume", d.periodic_action),
     ]
     for route, handler in posts:
         add(f"{d.base}{route}", d.page(handler), methods=["POST"])
@@ -384,6 +388,13 @@ class _Dashboard:
             return self.back("", done="paused")
         await self.jobs.resume(name)
         return self.back("", done="resumed")
+
+    async def periodic_action(self, request: Request, who: Principal) -> Response:
+        if not who.is_admin:
+            return self._refused(request, who, 403, "Pausing a periodic job needs an admin token.")
+        pausing = request.url.path.endswith("/pause")
+        await self.jobs.pause_periodic(request.path_params["name"], pausing)
+        return self.back("/periodic", done="periodic-paused" if pausing else "periodic-resumed")
 
     async def workers(self, request: Request, who: Principal) -> Response:
         return await self._workers(request, who, "workers.html")

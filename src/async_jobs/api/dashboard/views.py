@@ -174,10 +174,12 @@ class PeriodicRow:
     last_tick: datetime | None
     next_tick: datetime
     paused: bool
+    use_case_paused: bool
 
 
 async def periodic(jobs: JobApp) -> list[PeriodicRow]:
     paused = {u.name for u in await jobs.use_cases() if u.paused}
+    paused_jobs = await jobs.store.paused_periodic()
     rows = []
     now = datetime.now(UTC)
     for p in jobs.declared_periodic():
@@ -191,6 +193,7 @@ async def periodic(jobs: JobApp) -> list[PeriodicRow]:
                 use_case,
                 last,
                 next(CronSim(p.cron, now)),
+                p.name in paused_jobs,
                 use_case in paused,
             )
         )

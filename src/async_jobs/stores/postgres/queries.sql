@@ -599,3 +599,12 @@ GROUP BY 1, 2, 3;
 -- name: get_job_by_key
 -- A tenant's job by its idempotency key, on async_jobs_idempotency_key.
 SELECT * FROM async_jobs WHERE tenant_id = $1 AND idempotency_key = $2;
+
+-- name: pause_periodic
+INSERT INTO async_jobs_periodic_paused (name) VALUES ($1) ON CONFLICT (name) DO NOTHING;
+
+-- name: resume_periodic
+DELETE FROM async_jobs_periodic_paused WHERE name = $1;
+
+-- name: paused_periodic
+SELECT name FROM async_jobs_periodic_paused ORDER BY name;

@@ -472,6 +472,15 @@ class PostgresStore:
         async with self._connection() as conn:
             await conn.execute(QUERIES["resign"], role, holder)
 
+    async def set_periodic_paused(self, name: str, paused: bool) -> None:
+        async with self._connection() as conn:
+            await conn.execute(QUERIES["pause_periodic" if paused else "resume_periodic"], name)
+
+    async def paused_periodic(self) -> set[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["paused_periodic"])
+        return {r["name"] for r in rows}
+
     # -- the registry of processes ---------------------------------------------------------
 
     async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:

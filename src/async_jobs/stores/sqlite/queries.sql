@@ -817,3 +817,14 @@ GROUP BY 1, 2, 3;
 -- name: get_job_by_key
 -- A tenant's job by its idempotency key, on its unique index.
 SELECT * FROM async_jobs WHERE tenant_id = :tenant_id AND idempotency_key = :key;
+
+-- name: pause_periodic
+INSERT INTO async_jobs_periodic_paused (name, paused_at)
+VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: resume_periodic
+DELETE FROM async_jobs_periodic_paused WHERE name = :name;
+
+-- name: paused_periodic
+SELECT name FROM async_jobs_periodic_paused ORDER BY name;

@@ -402,6 +402,14 @@ class SqliteStore:
         params = {"role": role, "holder": holder}
         await self._run(lambda c: _fetch(c, "resign", params), write=True)
 
+    async def set_periodic_paused(self, name: str, paused: bool) -> None:
+        query = "pause_periodic" if paused else "resume_periodic"
+        await self._run(lambda c: _fetch(c, query, {"name": name}), write=True)
+
+    async def paused_periodic(self) -> set[str]:
+        rows = await self._run(lambda c: _fetch(c, "paused_periodic"), write=False)
+        return {r["name"] for r in rows}
+
     # -- the registry of processes ---------------------------------------------------------
 
     async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:

@@ -16,3 +16,9 @@ CREATE TABLE async_jobs_processes (
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     expires_at   timestamptz NOT NULL
 );
+
+-- Periodic jobs paused from the dashboard: their ticks pass without being enqueued.
+CREATE TABLE async_jobs_periodic_paused (
+    name      text PRIMARY KEY,
+    paused_at timestamptz NOT NULL DEFAULT now()
+);

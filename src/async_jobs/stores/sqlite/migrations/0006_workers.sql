@@ -14,3 +14,9 @@ CREATE TABLE async_jobs_processes (
     heartbeat_at REAL NOT NULL,
     expires_at   REAL NOT NULL
 ) STRICT;
+
+-- Periodic jobs paused from the dashboard: their ticks pass without being enqueued.
+CREATE TABLE async_jobs_periodic_paused (
+    name      TEXT NOT NULL PRIMARY KEY,
+    paused_at REAL NOT NULL
+) STRICT;
