@@ -25,7 +25,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
-from async_jobs.domain.scheduling import FinishedBucket, Stats, UseCaseState
+from async_jobs.domain.scheduling import ActiveCounts, FinishedBucket, Stats, UseCaseState
 from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
 from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
 
@@ -83,6 +83,11 @@ class JobStore(Protocol):
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         """How many jobs match ``where``, counting no further than ``cap`` (an answer of
         ``cap`` means "at least"): never a walk of every row."""
+
+    async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
+        """Per use case that has pending, queued or running jobs (or was ever paused): those
+        counts, each stopping at ``cap``, and whether it is paused; by name. Reads the
+        partial indexes of waiting and running jobs only."""
 
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float

@@ -698,3 +698,17 @@ async def test_periodic_jobs_are_paused_and_resumed_by_name(store: JobStore) -> 
     await store.set_periodic_paused("b", True)
     await store.set_periodic_paused("b", False)
     assert await store.paused_periodic() == {"a"}
+
+
+async def test_active_counts_per_use_case_stop_at_their_cap(store: JobStore) -> None:
+    await insert(store, 4, use_case="mail", tenant_id="t1")
+    await insert(store, 1, use_case="sms", tenant_id="t2")
+    await store.claim_jobs(claim(1, use_cases=("mail",)))
+    await store.set_paused("idle", True)
+    counts = {c.use_case: c for c in await store.active_counts(None, cap=2)}
+    assert set(counts) == {"idle", "mail", "sms"}
+    mail = counts["mail"]
+    assert (mail.pending, mail.queued, mail.running, mail.paused) == (2, 0, 1, False)
+    assert counts["idle"].paused and counts["sms"].pending == 1
+    mine = {c.use_case: c for c in await store.active_counts("t2", cap=100)}
+    assert mine["sms"].pending == 1 and mine["mail"].pending == 0

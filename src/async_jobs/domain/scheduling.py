@@ -317,3 +317,15 @@ class FinishedBucket:
     status: str
     bucket: int
     count: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ActiveCounts:
+    """A use case's waiting and running jobs (each count capped, see
+    ``JobStore.active_counts``) and whether it is paused."""
+
+    use_case: str
+    paused: bool
+    pending: int
+    queued: int
+    running: int

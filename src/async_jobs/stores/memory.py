@@ -40,6 +40,7 @@ from async_jobs.domain.jobs import (
     Reason,
 )
 from async_jobs.domain.scheduling import (
+    ActiveCounts,
     Candidate,
     FinishedBucket,
     Stats,
@@ -218,6 +219,27 @@ class MemoryStore:
                 break
             n += _matches(job, where, None)
         return n
+
+    async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
+        self._check_open()
+        counts: dict[str, collections.Counter[JobState]] = {
+            name: collections.Counter() for name in self._use_cases
+        }
+        for job in self._jobs.values():
+            if job.status in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING):
+                of = counts.setdefault(job.use_case, collections.Counter())
+                if tenant_id is None or job.tenant_id == tenant_id:
+                    of[job.status] += 1
+        return [
+            ActiveCounts(
+                name,
+                name in self._use_cases and self._use_cases[name].paused,
+                min(of[JobState.PENDING], cap),
+                min(of[JobState.QUEUED], cap),
+                min(of[JobState.RUNNING], cap),
+            )
+            for name, of in sorted(counts.items())
+        ]
 
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float

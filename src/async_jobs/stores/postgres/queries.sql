@@ -608,3 +608,26 @@ DELETE FROM async_jobs_periodic_paused WHERE name = $1;
 
 -- name: paused_periodic
 SELECT name FROM async_jobs_periodic_paused ORDER BY name;
+
+-- name: active_counts
+-- Per use case with waiting or running jobs (or ever paused): pending, queued and running
+-- jobs, each count stopping at $2. Use cases come from skip scans of the partial indexes
+-- (async_jobs_pending_use_cases, async_jobs_active) and the use case table; each count names
+-- its state literally so that its partial index serves it.
+WITH names AS (
+    SELECT async_jobs_pending_use_cases() AS name
+    UNION SELECT DISTINCT use_case FROM async_jobs WHERE status IN ('queued', 'running')
+    UNION SELECT name FROM async_jobs_use_cases
+)
+SELECT n.name, coalesce(u.paused, false) AS paused,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'pending' AND j.use_case = n.name
+          AND ($1::text IS NULL OR j.tenant_id = $1) LIMIT $2) AS c) AS pending,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'queued' AND j.use_case = n.name
+          AND ($1::text IS NULL OR j.tenant_id = $1) LIMIT $2) AS c) AS queued,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'running' AND j.use_case = n.name
+          AND ($1::text IS NULL OR j.tenant_id = $1) LIMIT $2) AS c) AS running
+FROM names n LEFT JOIN async_jobs_use_cases u ON u.name = n.name
+ORDER BY n.name;

@@ -46,7 +46,13 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import FinishedBucket, Stats, StatsCount, UseCaseState
+from async_jobs.domain.scheduling import (
+    ActiveCounts,
+    FinishedBucket,
+    Stats,
+    StatsCount,
+    UseCaseState,
+)
 from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.domain.webhooks import (
     DeliveryAttempt,
@@ -295,6 +301,14 @@ class PostgresStore:
                 cap,
             )
         return n
+
+    async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["active_counts"], tenant_id, cap)
+        return [
+            ActiveCounts(r["name"], r["paused"], r["pending"], r["queued"], r["running"])
+            for r in rows
+        ]
 
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float

@@ -828,3 +828,25 @@ DELETE FROM async_jobs_periodic_paused WHERE name = :name;
 
 -- name: paused_periodic
 SELECT name FROM async_jobs_periodic_paused ORDER BY name;
+
+-- name: active_counts
+-- Per use case with waiting or running jobs (or ever paused): pending, queued and running
+-- jobs, each count stopping at :cap, on the partial indexes async_jobs_claimable and
+-- async_jobs_active.
+WITH names AS (
+    SELECT DISTINCT use_case AS name FROM async_jobs WHERE status = 'pending'
+    UNION SELECT DISTINCT use_case FROM async_jobs WHERE status IN ('queued', 'running')
+    UNION SELECT name FROM async_jobs_use_cases
+)
+SELECT n.name, coalesce(u.paused, 0) AS paused,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'pending' AND j.use_case = n.name
+          AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id) LIMIT :cap)) AS pending,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'queued' AND j.use_case = n.name
+          AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id) LIMIT :cap)) AS queued,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'running' AND j.use_case = n.name
+          AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id) LIMIT :cap)) AS running
+FROM names n LEFT JOIN async_jobs_use_cases u ON u.name = n.name
+ORDER BY n.name;

@@ -58,6 +58,7 @@ from async_jobs.domain.jobs import (
 )
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import (
+    ActiveCounts,
     Candidate,
     FinishedBucket,
     Stats,
@@ -237,6 +238,14 @@ class SqliteStore:
         params["cap"] = cap
         rows = await self._run(lambda c: _fetch(c, "count_jobs", params), write=False)
         return int(rows[0]["n"])
+
+    async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
+        params = {"tenant_id": tenant_id, "cap": cap}
+        rows = await self._run(lambda c: _fetch(c, "active_counts", params), write=False)
+        return [
+            ActiveCounts(r["name"], bool(r["paused"]), r["pending"], r["queued"], r["running"])
+            for r in rows
+        ]
 
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
