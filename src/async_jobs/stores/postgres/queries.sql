@@ -587,14 +587,9 @@ SELECT count(*) AS n FROM (
 
 -- name: finished_per_bucket
 -- Jobs that ended in the last $2 seconds, per use case, terminal state and bucket of $3
--- seconds (bucket: seconds before now, rounded down), for the dashboard's chart.
-SELECT use_case, status::text AS status,
-       floor(extract(epoch FROM now() - finished_at) / $3)::int AS bucket, count(*) AS n
-FROM async_jobs
-WHERE ($1::text IS NULL OR tenant_id = $1)
-  AND status IN ('succeeded', 'failed', 'cancelled')
-  AND finished_at > now() - make_interval(secs => $2)
-GROUP BY 1, 2, 3;
+-- seconds before now (async_jobs_finished_per_bucket, migration 0006, on
+-- async_jobs_finished_at).
+SELECT * FROM async_jobs_finished_per_bucket($1, $2, $3);
 
 -- name: get_job_by_key
 -- A tenant's job by its idempotency key, on async_jobs_idempotency_key.
@@ -611,23 +606,6 @@ SELECT name FROM async_jobs_periodic_paused ORDER BY name;
 
 -- name: active_counts
 -- Per use case with waiting or running jobs (or ever paused): pending, queued and running
--- jobs, each count stopping at $2. Use cases come from skip scans of the partial indexes
--- (async_jobs_pending_use_cases, async_jobs_active) and the use case table; each count names
--- its state literally so that its partial index serves it.
-WITH names AS (
-    SELECT async_jobs_pending_use_cases() AS name
-    UNION SELECT DISTINCT use_case FROM async_jobs WHERE status IN ('queued', 'running')
-    UNION SELECT name FROM async_jobs_use_cases
-)
-SELECT n.name, coalesce(u.paused, false) AS paused,
-    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
-        WHERE j.status = 'pending' AND j.use_case = n.name
-          AND ($1::text IS NULL OR j.tenant_id = $1) LIMIT $2) AS c) AS pending,
-    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
-        WHERE j.status = 'queued' AND j.use_case = n.name
-          AND ($1::text IS NULL OR j.tenant_id = $1) LIMIT $2) AS c) AS queued,
-    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
-        WHERE j.status = 'running' AND j.use_case = n.name
-          AND ($1::text IS NULL OR j.tenant_id = $1) LIMIT $2) AS c) AS running
-FROM names n LEFT JOIN async_jobs_use_cases u ON u.name = n.name
-ORDER BY n.name;
+-- jobs, each count stopping at $2 (the function async_jobs_active_counts, migration 0006:
+-- use cases from skip scans of the partial indexes, each count on its state's index).
+SELECT * FROM async_jobs_active_counts($1, $2);
