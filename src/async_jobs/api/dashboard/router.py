@@ -297,7 +297,9 @@ class _Dashboard:
             else:
                 page = await self.jobs.list_jobs(where, PAGE_SIZE, decode_cursor(cursor_text))
                 items, next_cursor = page.items, encode_cursor(page.next_cursor)
-                matching = views.capped(await self.jobs.count_jobs(where, views.COUNT_CAP + 1))
+                # Counted as far as a bulk action reaches: "1,000+" beyond.
+                found = await self.jobs.count_jobs(where, BULK_MAX + 1)
+                matching = f"{BULK_MAX:,}+" if found > BULK_MAX else f"{found:,}"
         except AsyncJobsError as exc:
             error = exc.message
         live_url = f"{self.base}/live/jobs?{query.query}"

@@ -176,11 +176,15 @@ class PeriodicRow:
 
 
 async def periodic(jobs: JobApp) -> list[PeriodicRow]:
-    paused = {u.name for u in await jobs.use_cases() if u.paused}
+    declared = jobs.declared_periodic()
+    if not declared:
+        return []
+    # Paused flags from the use-case table (a count capped at 1 each), not a scan of jobs.
+    paused = {a.use_case for a in await jobs.store.active_counts(None, 1) if a.paused}
     paused_jobs = await jobs.store.paused_periodic()
     rows = []
     now = datetime.now(UTC)
-    for p in jobs.declared_periodic():
+    for p in declared:
         last = await jobs.store.last_periodic_tick(p.name)
         use_case = jobs.build(EnqueueRequest(p.type, p.payload, **p.options)).use_case
         rows.append(
