@@ -22,6 +22,7 @@ install: $(STAMP) ## create .venv and install the package with its dev tools
 
 .PHONY: run
 run: install ## start the all-in-one server on http://127.0.0.1:8000 (SQLite, demo handlers)
+	@echo "async-jobs: API on http://127.0.0.1:8000, dashboard on http://127.0.0.1:8000/dashboard"
 	$(BIN)/async-jobs serve --host 127.0.0.1 --port 8000
 
 .PHONY: services

@@ -9,6 +9,7 @@ curl -s -X POST localhost:8000/jobs -H 'content-type: application/json' \\
      -d '{"type": "calculation", "numbers": [1, 2, 3.5]}'      # {"id": "...", ...}
 curl -s localhost:8000/jobs/ID                                # "result": {"sum": 6.5}
 curl -s localhost:8000/async-jobs/jobs                        # the library's own routes
+open http://127.0.0.1:8000/async-jobs/dashboard               # and its dashboard
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from async_jobs import Job, JobApp, JobContext, JobNotFoundError, StoreError, WorkerConfig
-from async_jobs.api import create_jobs_router
+from async_jobs.api import create_dashboard_router, create_jobs_router
 from async_jobs.api.errors import install_error_handlers
 
 default_dsn = f"sqlite:///{tempfile.mkdtemp()}/fastapi_example.db"
@@ -65,6 +66,8 @@ app = FastAPI(title="async-jobs FastAPI example", lifespan=lifespan)
 # ({"error": {"code", "message"}}, 404, 409, 422 ...) instead of 500s.
 install_error_handlers(app)
 app.include_router(create_jobs_router(jobs), prefix="/async-jobs")
+# The dashboard signs in with the same tokens as the routes (open when none is configured).
+app.include_router(create_dashboard_router(jobs, path="/async-jobs/dashboard"))
 
 
 class NewJob(BaseModel):

@@ -42,6 +42,7 @@ from async_jobs.domain.errors import (
 )
 from async_jobs.domain.jobs import (
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_TENANT,
     ClaimRequest,
     Job,
     JobFilter,
@@ -58,6 +59,7 @@ from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Leader, RetentionPolicy, Stats, UseCaseState
 from async_jobs.domain.validation import build_like, build_new_job, check_name
 from async_jobs.domain.webhooks import WebhookState, check_webhook_target
+from async_jobs.domain.workers import Leadership, LiveProcess
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
 from async_jobs.transports import registry as transports
@@ -383,6 +385,12 @@ class JobApp:
             job = dataclasses.replace(job, webhook=WebhookState.of(deliveries))
         return job
 
+    async def find_by_idempotency_key(self, key: str, tenant_id: str | None) -> list[Job]:
+        """The job holding ``key`` in ``tenant_id`` (the default tenant when None); keys are
+        unique per tenant."""
+        job = await self.store.get_job_by_key(tenant_id or DEFAULT_TENANT, key)
+        return [job] if job is not None else []
+
     async def list_jobs(
         self, where: JobFilter | None = None, limit: int = 100, after: PageCursor | None = None
     ) -> JobPage:
@@ -440,8 +448,17 @@ class JobApp:
     async def use_cases(self) -> list[UseCaseState]:
         return await self.store.list_use_cases()
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
-        return await self.store.stats(tenant_id)
+    async def processes(self) -> tuple[list[LiveProcess], list[Leadership]]:
+        """The live workers and schedulers (``domain.workers``), and who leads each role."""
+        return await self.store.list_processes(), await self.store.list_leaders()
+
+    async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
+        """See ``JobStore.stats``; ``with_counts=False`` skips the count of every job."""
+        return await self.store.stats(tenant_id, with_counts)
+
+    async def count_jobs(self, where: JobFilter, cap: int) -> int:
+        """Jobs matching ``where``, counted no further than ``cap``."""
+        return await self.store.count_jobs(where, cap)
 
     async def cleanup(self, older_than_seconds: float | None = None) -> dict[str, int]:
         """Delete terminal jobs now: older than ``older_than_seconds`` whatever their state,
@@ -454,6 +471,18 @@ class JobApp:
             else RetentionPolicy.uniform(older_than_seconds)
         )
         return await Retention(self.store, policy).run_once()
+
+    async def pause_periodic(self, name: str, paused: bool = True) -> None:
+        """Pause (or, ``paused=False``, resume) the periodic job ``name``."""
+        if not any(p.name == name for p in self.declared_periodic()):
+            raise InvalidJobError(f"no periodic job is named {name!r}", field="name")
+        await self.store.set_periodic_paused(name, paused)
+
+    def declared_periodic(self) -> list[PeriodicJob]:
+        """Every periodic job of this app: added by code, marked in handler modules, and
+        declared in ``ASYNC_JOBS_PERIODIC_JOBS``."""
+        self._add_declared_periodic()
+        return list(self.periodic_jobs)
 
     def _add_declared_periodic(self) -> None:
         """Add the periodic jobs marked with ``@async_jobs.periodic`` in handler modules and

@@ -25,6 +25,7 @@ import uvicorn
 
 from async_jobs import runner
 from async_jobs.app import EnqueueRequest, JobApp
+from async_jobs.core.scheduler import ROLE as SCHEDULER_ROLE
 from async_jobs.core.settings import Settings, split_modules
 from async_jobs.domain.errors import (
     AsyncJobsError,
@@ -134,6 +135,12 @@ COMMAND_DOCS: dict[str, tuple[str, str, str]] = {
         "consumer and the oldest entry's age.",
         "ASYNC_JOBS_REDIS_URL, ASYNC_JOBS_REDIS_PREFIX, ASYNC_JOBS_REDIS_USE_CASES",
         "ASYNC_JOBS_REDIS_URL=redis://127.0.0.1:6379 async-jobs redis info",
+    ),
+    "workers": (
+        "List the live workers and schedulers (id, host, pid, concurrency, jobs held, last "
+        "heartbeat, version) and who leads the chores.",
+        STORE_VARIABLES,
+        "async-jobs workers --json",
     ),
     "config": (
         "Print the effective configuration (environment and defaults), secrets masked: "
@@ -256,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler.add_argument(
         "--handlers", help="comma-separated modules whose @app.periodic jobs it enqueues"
     )
+
+    workers = _command(commands, "workers")
+    workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     stats = _command(commands, "stats")
     stats.add_argument("--tenant", dest="tenant_id")
@@ -381,6 +391,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "reap": _reap,
         "scheduler": _scheduler,
         "stats": _stats,
+        "workers": _workers,
         "cleanup": _cleanup,
         "use-cases": _use_cases,
         "sqs": _sqs,
@@ -566,6 +577,37 @@ async def _stats(jobs: JobApp, args: argparse.Namespace) -> int:
     async with jobs:
         stats = await jobs.stats(args.tenant_id)
     print(json.dumps(stats.to_json(), indent=2), flush=True)
+    return 0
+
+
+async def _workers(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        processes, leaders = await jobs.processes()
+    leader = next((lead.holder for lead in leaders if lead.role == SCHEDULER_ROLE), None)
+    rows = [p.to_json(leader) for p in processes]
+    if args.json:
+        print(json.dumps({"processes": rows, "leader": leader}, indent=2), flush=True)
+        return 0
+    header = ("KIND", "ID", "HOST", "PID", "CONC", "HELD", "HEARTBEAT", "VERSION", "USE CASES")
+    table = [header] + [
+        (
+            f"scheduler ({r['role']})" if r["kind"] == "scheduler" else "worker",
+            r["id"],
+            r["host"],
+            str(r["pid"]),
+            str(r["concurrency"]),
+            str(r["jobs_held"]),
+            r["heartbeat_at"][:19],
+            r["version"],
+            ",".join(r["use_cases"]) or "*",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    if not rows:
+        print("no live worker or scheduler", flush=True)
     return 0
 
 

@@ -25,8 +25,9 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
-from async_jobs.domain.scheduling import Leader, Stats, UseCaseState
+from async_jobs.domain.scheduling import ActiveCounts, FinishedBucket, Leader, Stats, UseCaseState
 from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
+from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
 
 
 class JobStore(Protocol):
@@ -71,10 +72,28 @@ class JobStore(Protocol):
     async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
         """One job; with ``tenant_id``, only if it belongs to that tenant."""
 
+    async def get_job_by_key(self, tenant_id: str, key: str) -> Job | None:
+        """A tenant's job by its idempotency key (unique per tenant)."""
+
     async def list_jobs(
         self, where: JobFilter, limit: int, after: PageCursor | None = None
     ) -> JobPage:
         """Newest first (``created_at``, then ``id``), starting after ``after``."""
+
+    async def count_jobs(self, where: JobFilter, cap: int) -> int:
+        """How many jobs match ``where``, counting no further than ``cap`` (an answer of
+        ``cap`` means "at least"): never a walk of every row."""
+
+    async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
+        """Per use case that has pending, queued or running jobs (or was ever paused): those
+        counts, each stopping at ``cap``, and whether it is paused; by name. Reads the
+        partial indexes of waiting and running jobs only."""
+
+    async def finished_per_bucket(
+        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedBucket]:
+        """Jobs that ended within the last ``window_seconds`` (by the store's clock), counted
+        per use case, terminal state and bucket (``bucket_seconds`` wide, 0 the latest)."""
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         """Move up to ``request.limit`` due pending jobs to running, each with attempts + 1,
@@ -169,6 +188,23 @@ class JobStore(Protocol):
         """Who leads ``role`` now (its lease not run out by the store's clock); None:
         nobody. Reads only."""
 
+    async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
+        """Write (or rewrite) the record of a live process, listed until ``ttl_seconds``
+        from now by the store's clock unless renewed; records that lapsed are deleted."""
+
+    async def beat_process(self, process_id: str, jobs_held: int, ttl_seconds: float) -> bool:
+        """Renew a process's record (and the count of jobs it holds now); False if there is
+        none (it lapsed and was deleted: register again)."""
+
+    async def remove_process(self, process_id: str) -> None:
+        """Delete a process's record (a clean stop)."""
+
+    async def list_processes(self) -> list[LiveProcess]:
+        """The records that have not lapsed, by kind then id."""
+
+    async def list_leaders(self) -> list[Leadership]:
+        """Every role's current holder whose lease has not run out."""
+
     async def last_periodic_tick(self, name: str) -> datetime | None:
         """The last tick of the periodic job ``name`` that was enqueued (None: never)."""
 
@@ -176,9 +212,17 @@ class JobStore(Protocol):
         """Record ``tick`` as the last enqueued tick of ``name`` if it is later than the one
         stored (or none is); True if it moved."""
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
+    async def set_periodic_paused(self, name: str, paused: bool) -> None:
+        """Pause or resume the periodic job ``name``: while paused, its ticks pass without
+        being enqueued (none is made up on resuming). Stored, so it survives restarts."""
+
+    async def paused_periodic(self) -> set[str]:
+        """The names of the paused periodic jobs."""
+
+    async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         """Counts, throughput and latencies (see ``Stats``); with ``tenant_id``, of that
-        tenant's jobs only."""
+        tenant's jobs only. Without ``with_counts``, ``counts`` is empty and no statement
+        counts every job (the dashboard counts with a cap instead)."""
 
     async def create_webhook_deliveries(
         self, limit: int, max_attempts: int, within_seconds: float | None = None

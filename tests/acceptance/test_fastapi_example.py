@@ -58,6 +58,9 @@ async def test_the_fastapi_example_in_process(capsys: pytest.CaptureFixture[str]
             gone = await http.get("/async-jobs/jobs/00000000-0000-0000-0000-000000000000")
             assert gone.status_code == 404
             assert gone.json()["error"]["code"] == "job_not_found"
+            page = await http.get(f"/async-jobs/dashboard/jobs/{said['id']}")
+            assert page.status_code == 200 and "hello, Ada" in page.text
+            assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "say hello" in capsys.readouterr().out
 
 

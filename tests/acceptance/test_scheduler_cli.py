@@ -136,3 +136,36 @@ def _answers(url: str) -> bool:
 
 def _seconds_from_now(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+def test_workers_lists_live_workers_and_schedulers_leader_first_standby_next(
+    cli: Cli, pg_database: str
+) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": pg_database, **FAST}
+    schedulers = [cli.start("scheduler", **env) for _ in range(2)]
+    worker = cli.start("worker", "--handlers", "async_jobs.demo", "--concurrency", "3", **env)
+    for proc in schedulers:
+        wait_for_line(proc, "scheduler ready")
+    wait_for_line(worker, "worker ready")
+    leader = poll(lambda: _leader(pg_database))
+
+    def listed() -> dict[str, object] | None:
+        answer = cli.run("workers", "--json", **env)
+        assert answer.returncode == 0, answer.stderr
+        listing = json.loads(answer.stdout)
+        return listing if len(listing["processes"]) == 3 else None
+
+    listing = poll(listed, timeout=15)
+    assert listing is not None and listing["leader"] == leader
+    by_kind = {(p["kind"], p.get("role")): p for p in listing["processes"]}  # type: ignore[attr-defined]
+    assert set(by_kind) == {("worker", None), ("scheduler", "leader"), ("scheduler", "standby")}
+    assert by_kind[("worker", None)]["pid"] == worker.pid
+    assert by_kind[("worker", None)]["concurrency"] == 3
+    table = cli.run("workers", **env)
+    assert "scheduler (leader)" in table.stdout and "scheduler (standby)" in table.stdout
+
+    for proc in (*schedulers, worker):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    after = cli.run("workers", "--json", **env)
+    assert json.loads(after.stdout)["processes"] == []  # clean stops remove their records

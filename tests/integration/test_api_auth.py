@@ -15,7 +15,13 @@ from async_jobs.api.auth import TokenAuth
 from async_jobs.api.errors import install_error_handlers
 from async_jobs.stores import store_from_dsn
 
-TOKENS = {"token-a": "tenant-a", "token-b": "tenant-b", "token-admin": "*"}
+TOKENS = {
+    "token-a": "tenant-a",
+    "token-b": "tenant-b",
+    "token-admin": "*",
+    "token-read": {"tenant": "*", "role": "read"},
+    "token-a-read": {"tenant": "tenant-a", "role": "read"},
+}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -158,3 +164,43 @@ async def test_a_router_mounted_without_our_error_handlers_still_answers_json(
             assert bad.status_code == 422 and "error" in bad.json()
             wrong = await c.post("/async-jobs/jobs", json={"payload": {}})
             assert wrong.status_code == 422 and "error" in wrong.json()
+
+
+async def test_a_read_only_token_sees_but_every_state_changing_route_is_403(
+    client: httpx.AsyncClient,
+) -> None:
+    job = (await client.post("/jobs", json={"type": "echo"}, headers=bearer("token-a"))).json()
+    for token in ("token-read", "token-a-read"):
+        reader = bearer(token)
+        assert (await client.get(f"/jobs/{job['id']}", headers=reader)).status_code == 200
+        assert (await client.get("/jobs", headers=reader)).json()["items"][0]["id"] == job["id"]
+        refused = [
+            await client.post("/jobs", json={"type": "echo"}, headers=reader),
+            await client.post("/jobs?wait=1", json={"type": "echo"}, headers=reader),
+            await client.post("/jobs/batch", json={"jobs": [{"type": "echo"}]}, headers=reader),
+            await client.post(f"/jobs/{job['id']}/cancel", headers=reader),
+            await client.post(f"/jobs/{job['id']}/retry", headers=reader),
+        ]
+        assert [r.status_code for r in refused] == [403] * 5, [r.text for r in refused]
+        assert refused[0].json()["error"]["code"] == "forbidden"
+    admin_reader = bearer("token-read")
+    assert (await client.get("/stats", headers=admin_reader)).status_code == 200
+    for path in ("/use-cases/mail/pause", "/use-cases/mail/resume"):
+        assert (await client.post(path, headers=admin_reader)).status_code == 403
+    cleanup = await client.post(
+        "/maintenance/cleanup", json={"older_than_hours": 1}, headers=admin_reader
+    )
+    assert cleanup.status_code == 403
+    listed = await client.get("/jobs", headers=bearer("token-admin"))
+    assert len(listed.json()["items"]) == 1  # nothing was enqueued by the readers
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [{"tenant": "t", "role": "admin"}, {"tenant": "t", "extra": 1}, {"role": "read"}, 5, ""],
+)
+def test_a_token_scope_that_cannot_work_is_refused_at_start(scope: object) -> None:
+    from async_jobs.domain.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        TokenAuth({"tok": scope})

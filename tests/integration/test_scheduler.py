@@ -18,7 +18,7 @@ from async_jobs.api import create_api
 from async_jobs.core.context import JobContext
 from async_jobs.core.scheduler import Scheduler, SchedulerConfig
 from async_jobs.core.settings import Settings
-from async_jobs.domain.errors import QuotaExceededError
+from async_jobs.domain.errors import InvalidJobError, QuotaExceededError
 from async_jobs.domain.jobs import ClaimRequest, JobFilter, JobState
 from async_jobs.domain.scheduling import TenantQuota
 from async_jobs.stores import store_from_dsn
@@ -202,6 +202,23 @@ async def test_after_downtime_only_the_latest_missed_tick_runs(pg_app: JobApp) -
     fresh = pg_app.periodic_runner(clock=lambda: now[0])
     assert [tick.strftime("%H:%M") for _, tick in await fresh.run_once()] == ["14:00"]
     assert await fresh.run_once() == []
+
+
+async def test_a_paused_periodic_job_lets_its_ticks_pass_until_resumed(pg_app: JobApp) -> None:
+    pg_app.add_periodic("* * * * *", "echo", name="minutely")
+    now = [datetime(2026, 1, 1, 12, 0, 10, tzinfo=UTC)]
+    runner = pg_app.periodic_runner(clock=lambda: now[0])
+    await pg_app.pause_periodic("minutely")
+    assert await pg_app.store.paused_periodic() == {"minutely"}
+    assert await runner.run_once() == []  # 12:00 passes
+    now[0] = datetime(2026, 1, 1, 12, 1, 5, tzinfo=UTC)
+    assert await runner.run_once() == []  # so does 12:01
+    await pg_app.pause_periodic("minutely", paused=False)
+    now[0] = datetime(2026, 1, 1, 12, 2, 5, tzinfo=UTC)
+    assert [tick.strftime("%H:%M") for _, tick in await runner.run_once()] == ["12:02"]
+    assert len((await pg_app.list_jobs(JobFilter(type="echo"), 10)).items) == 1
+    with pytest.raises(InvalidJobError):
+        await pg_app.pause_periodic("no-such-schedule")
 
 
 async def test_retention_deletes_only_old_terminal_jobs(pg_app: JobApp) -> None:

@@ -28,6 +28,7 @@ from async_jobs.domain.jobs import (
     Reason,
 )
 from async_jobs.domain.scheduling import Limits, TenantQuota
+from async_jobs.domain.workers import ProcessInfo, ProcessKind
 from async_jobs.ports import JobStore
 from async_jobs.stores.memory import MemoryStore
 from tests.helpers import new_job, wait_until
@@ -666,3 +667,98 @@ async def test_queue_wait_and_deadline_misses(clocked: tuple[MemoryStore, Clock]
     assert stats.deadline_misses_last_hour == 1  # started 10 s after a 5 s tolerance
     assert stats.overdue_pending == 1
     assert stats.oldest_due_age_seconds == 4
+
+
+# -- the registry of live processes ----------------------------------------------------------
+
+
+async def test_a_registered_process_is_listed_renewed_and_removed(store: JobStore) -> None:
+    info = ProcessInfo("w-1", ProcessKind.WORKER, "host-a", 4242, "0.1.0", 8, ("mail", "sms"))
+    await store.register_process(info, ttl_seconds=30)
+    await store.register_process(
+        ProcessInfo("s-1", ProcessKind.SCHEDULER, "host-b", 7, "0.1.0"), ttl_seconds=30
+    )
+    [scheduler, worker] = await store.list_processes()
+    assert worker.info == info and worker.jobs_held == 0
+    assert scheduler.info.kind is ProcessKind.SCHEDULER
+    assert worker.expires_at > worker.heartbeat_at >= worker.started_at
+    assert await store.beat_process("w-1", 5, ttl_seconds=30)
+    [_, renewed] = await store.list_processes()
+    assert renewed.jobs_held == 5 and renewed.heartbeat_at >= worker.heartbeat_at
+    assert renewed.started_at == worker.started_at
+    await store.remove_process("w-1")
+    assert [p.info.id for p in await store.list_processes()] == ["s-1"]
+    assert not await store.beat_process("w-1", 1, ttl_seconds=30)
+
+
+async def test_a_stale_process_lapses_and_the_next_registration_deletes_it(
+    store: JobStore,
+) -> None:
+    await store.register_process(
+        ProcessInfo("dead", ProcessKind.WORKER, "h", 1, "0.1.0"), ttl_seconds=0.2
+    )
+
+    async def lapsed() -> bool:
+        return not await store.list_processes()
+
+    assert await wait_until(lapsed, timeout=5)
+    await store.register_process(ProcessInfo("new", ProcessKind.WORKER, "h", 2, "v"), 30)
+    assert not await store.beat_process("dead", 0, ttl_seconds=30)  # deleted, not revived
+
+
+async def test_leaders_are_listed_until_their_lease_runs_out(store: JobStore) -> None:
+    assert await store.try_lead("scheduler", "a", 30)
+    [lead] = await store.list_leaders()
+    assert (lead.role, lead.holder) == ("scheduler", "a") and lead.expires_at > lead.since
+    await store.resign("scheduler", "a")
+    assert await store.list_leaders() == []
+
+
+# -- what the dashboard reads ------------------------------------------------------------------
+
+
+async def test_counts_stop_at_their_cap_and_follow_the_filters(store: JobStore) -> None:
+    await insert(store, 5, use_case="mail", tenant_id="t1")
+    await insert(store, 2, use_case="sms", tenant_id="t2")
+    assert await store.count_jobs(JobFilter(), cap=100) == 7
+    assert await store.count_jobs(JobFilter(), cap=3) == 3
+    assert await store.count_jobs(JobFilter(use_case="mail"), cap=100) == 5
+    assert await store.count_jobs(JobFilter(tenant_id="t2"), cap=100) == 2
+    assert await store.count_jobs(JobFilter(status=JobState.RUNNING), cap=100) == 0
+
+
+async def test_ended_jobs_are_counted_per_bucket_of_the_window(store: JobStore) -> None:
+    await insert(store, 3, use_case="mail", tenant_id="t1")
+    await insert(store, 1, use_case="mail", tenant_id="t2")
+    jobs = await store.claim_jobs(claim())
+    await finish(store, jobs[:3])
+    await finish(store, jobs[3:], OutcomeKind.FAILED)
+    buckets = await store.finished_per_bucket(None, window_seconds=3600, bucket_seconds=300)
+    assert sum(b.count for b in buckets if b.status == "succeeded") == 3
+    assert sum(b.count for b in buckets if b.status == "failed") == 1
+    assert {b.bucket for b in buckets} == {0} and {b.use_case for b in buckets} == {"mail"}
+    mine = await store.finished_per_bucket("t2", window_seconds=3600, bucket_seconds=300)
+    assert sum(b.count for b in mine) == 1
+
+
+async def test_periodic_jobs_are_paused_and_resumed_by_name(store: JobStore) -> None:
+    assert await store.paused_periodic() == set()
+    await store.set_periodic_paused("a", True)
+    await store.set_periodic_paused("a", True)  # twice: still once
+    await store.set_periodic_paused("b", True)
+    await store.set_periodic_paused("b", False)
+    assert await store.paused_periodic() == {"a"}
+
+
+async def test_active_counts_per_use_case_stop_at_their_cap(store: JobStore) -> None:
+    await insert(store, 4, use_case="mail", tenant_id="t1")
+    await insert(store, 1, use_case="sms", tenant_id="t2")
+    await store.claim_jobs(claim(1, use_cases=("mail",)))
+    await store.set_paused("idle", True)
+    counts = {c.use_case: c for c in await store.active_counts(None, cap=2)}
+    assert set(counts) == {"idle", "mail", "sms"}
+    mail = counts["mail"]
+    assert (mail.pending, mail.queued, mail.running, mail.paused) == (2, 0, 1, False)
+    assert counts["idle"].paused and counts["sms"].pending == 1
+    mine = {c.use_case: c for c in await store.active_counts("t2", cap=100)}
+    assert mine["sms"].pending == 1 and mine["mail"].pending == 0

@@ -22,6 +22,7 @@ from async_jobs import (
     WorkerConfig,
 )
 from async_jobs.core.worker import Worker
+from async_jobs.domain.workers import ProcessKind
 from tests.helpers import WatchedEvent, age_leases, wait_until
 
 
@@ -439,3 +440,28 @@ async def test_stopping_an_idle_worker_does_not_wait_out_its_poll_interval(app: 
     await asyncio.wait_for(wakeup.awaited.wait(), 10)  # it claimed nothing and waits
     worker.stop()
     await asyncio.wait_for(task, 5)  # well before the 600 s poll would end
+
+
+async def test_a_worker_is_listed_while_it_runs_with_the_jobs_it_holds(app: JobApp) -> None:
+    started, _ = register_long_job(app)
+    await app.enqueue("long")
+    worker = app.worker(config(lease_seconds=0.6, concurrency=3, use_cases=("default",)))
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+
+        async def holding_one() -> Any:
+            processes, _ = await app.processes()
+            return [p for p in processes if p.info.id == worker.worker_id and p.jobs_held == 1]
+
+        [me] = await wait_until(holding_one, timeout=5)
+        assert (me.info.kind, me.info.concurrency, me.info.use_cases) == (
+            ProcessKind.WORKER,
+            3,
+            ("default",),
+        )
+    finally:
+        worker.stop()
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+    assert (await app.processes())[0] == []  # a clean stop removes the record

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from async_jobs.api.auth import TokenAuth, TokenAuthMiddleware
+from async_jobs.api.dashboard import create_dashboard_router
 from async_jobs.api.errors import install_error_handlers
 from async_jobs.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from async_jobs.api.router import create_jobs_router
@@ -22,6 +23,7 @@ from async_jobs.core.scheduler import SchedulerConfig
 from async_jobs.core.worker import WorkerConfig
 
 log = logging.getLogger("async_jobs.api")
+DASHBOARD_PATH = "/dashboard"
 
 
 def create_api(
@@ -68,9 +70,11 @@ def create_api(
     )
     install_error_handlers(app)
     app.include_router(create_jobs_router(jobs, auth), prefix=prefix)
+    dashboard_path = f"{prefix}{DASHBOARD_PATH}"
+    app.include_router(create_dashboard_router(jobs, auth, path=dashboard_path))
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     if auth is not None:  # a request without a token is refused unread
-        app.add_middleware(TokenAuthMiddleware, auth=auth)
+        app.add_middleware(TokenAuthMiddleware, auth=auth, own_auth_prefixes=(dashboard_path,))
     if jobs.settings.cors_origins:  # outermost: a preflight carries no token
         app.add_middleware(
             CORSMiddleware,

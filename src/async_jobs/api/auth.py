@@ -1,7 +1,9 @@
 """Bearer tokens and the tenant each one acts for.
 
 ``ASYNC_JOBS_ENQUEUE_AUTH_TOKEN`` is one token with every right; ``ASYNC_JOBS_API_TOKENS`` maps
-tokens to a tenant (that tenant's jobs only) or to ``"*"`` (every tenant, administration).
+tokens to a tenant (that tenant's jobs only) or to ``"*"`` (every tenant, administration), or
+to an object ``{"tenant": "t1" or "*", "role": "read" or "write"}``: a ``read`` token sees what
+its tenant may see and changes nothing (403 on every state-changing route).
 With neither configured the API is open. A token is compared in constant time with every
 configured token, so the time taken says nothing about which one nearly matched.
 
@@ -43,10 +45,19 @@ class Principal:
     """Who a request acts for: one tenant, or every tenant (``tenant_id`` None: admin)."""
 
     tenant_id: str | None
+    read_only: bool = False
 
     @property
     def is_admin(self) -> bool:
         return self.tenant_id is None
+
+    @property
+    def can_act(self) -> bool:
+        return not self.read_only
+
+    def require_write(self) -> None:
+        if self.read_only:
+            raise ForbiddenError("this token is read-only")
 
     def tenant_for(self, asked: str | None) -> str | None:
         """The tenant a request may act on: its own for a tenant token (another one named is
@@ -69,18 +80,15 @@ class TokenAuth:
     """The configured tokens; ``authenticate`` turns an ``Authorization`` header into a
     ``Principal`` or raises ``AuthTokenError``."""
 
-    def __init__(self, tokens: Mapping[str, str]) -> None:
-        for token, scope in tokens.items():
-            if not token or not isinstance(scope, str) or not scope:
-                raise ConfigurationError(
-                    'API tokens must be non-empty strings mapped to a tenant or to "*"'
-                )
-        self._tokens = [(token.encode(), scope) for token, scope in tokens.items()]
+    def __init__(self, tokens: Mapping[str, object]) -> None:
+        self._tokens = [
+            (token.encode(), _principal(token, scope)) for token, scope in tokens.items()
+        ]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenAuth | None:
         """None when no token is configured: the API is open."""
-        tokens = dict(settings.api_tokens)
+        tokens: dict[str, object] = dict(settings.api_tokens)
         if settings.enqueue_auth_token:
             tokens[settings.enqueue_auth_token] = ADMIN
         return cls(tokens) if tokens else None
@@ -89,14 +97,38 @@ class TokenAuth:
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise AuthTokenError("a bearer token is required (Authorization: Bearer <token>)")
-        presented = given.strip().encode()
-        matched: str | None = None
-        for token, scope in self._tokens:  # every token, whatever matched first
+        return self.principal_for(given.strip())
+
+    def principal_for(self, given: str) -> Principal:
+        """The principal of a token presented by itself (the dashboard's cookie)."""
+        presented = given.encode()
+        matched: Principal | None = None
+        for token, principal in self._tokens:  # every token, whatever matched first
             if hmac.compare_digest(presented, token):
-                matched = scope
+                matched = principal
         if matched is None:
             raise AuthTokenError("the token is not valid")
-        return Principal(None if matched == ADMIN else matched)
+        return matched
+
+
+def _principal(token: str, scope: object) -> Principal:
+    """A token's principal from its configured scope: a tenant or ``"*"``, or an object
+    ``{"tenant": ..., "role": "read" | "write"}`` (role optional, ``write`` by default)."""
+    role = "write"
+    if isinstance(scope, Mapping):
+        unknown = set(scope) - {"tenant", "role"}
+        role = scope.get("role", "write")
+        scope = scope.get("tenant")
+        if unknown or role not in ("read", "write"):
+            raise ConfigurationError(
+                'an API token\'s object takes "tenant" and "role" ("read" or "write") only'
+            )
+    if not token or not isinstance(scope, str) or not scope:
+        raise ConfigurationError(
+            'API tokens must be non-empty strings mapped to a tenant or to "*" '
+            '(or to {"tenant": ..., "role": "read"})'
+        )
+    return Principal(None if scope == ADMIN else scope, read_only=role == "read")
 
 
 async def principal_of(request: Request) -> Principal:
@@ -147,12 +179,22 @@ class TokenAuthMiddleware:
 
     OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/redoc")
 
-    def __init__(self, app: ASGIApp, auth: TokenAuth) -> None:
+    def __init__(
+        self, app: ASGIApp, auth: TokenAuth, own_auth_prefixes: tuple[str, ...] = ()
+    ) -> None:
+        """``own_auth_prefixes``: paths that authenticate by themselves (the dashboard's
+        sign-in cookie) and pass through unchecked here."""
         self.app = app
         self.auth = auth
+        self.own_auth_prefixes = own_auth_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path", "").endswith(self.OPEN_PATHS):
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path.endswith(self.OPEN_PATHS)
+            or path.startswith(self.own_auth_prefixes)
+        ):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", ()))

@@ -203,6 +203,7 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         responses=cancel_answers,
     )
     async def cancel(job_id: str, caller: Caller) -> JSONResponse:
+        caller.require_write()
         job = await jobs.cancel(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
 
@@ -227,6 +228,7 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         ),
     )
     async def retry(job_id: str, caller: Caller) -> JSONResponse:
+        caller.require_write()
         job = await jobs.retry(job_id, caller.tenant_id)
         return JSONResponse(job.to_json())
 
@@ -355,6 +357,7 @@ def _add_admin_routes(router: APIRouter, jobs: JobApp, auth: TokenAuth | None) -
     )
     async def pause(name: str, caller: Caller) -> JSONResponse:
         caller.require_admin()
+        caller.require_write()
         return JSONResponse((await jobs.pause(name)).to_json())
 
     @router.post(
@@ -365,6 +368,7 @@ def _add_admin_routes(router: APIRouter, jobs: JobApp, auth: TokenAuth | None) -
     )
     async def resume(name: str, caller: Caller) -> JSONResponse:
         caller.require_admin()
+        caller.require_write()
         return JSONResponse((await jobs.resume(name)).to_json())
 
     @router.get(
@@ -396,6 +400,7 @@ def _add_admin_routes(router: APIRouter, jobs: JobApp, auth: TokenAuth | None) -
     )
     async def cleanup(body: CleanupRequest, caller: Caller) -> JSONResponse:
         caller.require_admin()
+        caller.require_write()
         seconds = None if body.older_than_hours is None else body.older_than_hours * 3600
         deleted = await jobs.cleanup(seconds)
         return JSONResponse({"deleted": sum(deleted.values()), "by_status": deleted})
@@ -447,7 +452,9 @@ def _sent_as_json(scope: Scope) -> bool:
 
 
 def _as_caller(request: EnqueueRequest, caller: Principal) -> EnqueueRequest:
-    """A tenant token enqueues into its own tenant (naming another one is a 403)."""
+    """A tenant token enqueues into its own tenant (naming another one is a 403); a
+    read-only token enqueues nothing (403)."""
+    caller.require_write()
     tenant = caller.tenant_for(request.tenant_id)
     return (
         request if tenant == request.tenant_id else dataclasses.replace(request, tenant_id=tenant)

@@ -137,7 +137,9 @@ class PeriodicRunner:
             if last is not None and last >= tick:
                 self._done[job.name] = last
                 continue
-            if last is not None or now - tick <= self._grace:
+            # Read only when a tick is due: a paused job's ticks pass unenqueued.
+            due = last is not None or now - tick <= self._grace
+            if due and job.name not in await self._store.paused_periodic():
                 await self._enqueue(job, tick)  # idempotent: keyed by schedule and tick
                 enqueued.append((job.name, tick))
             await self._store.advance_periodic(job.name, tick)

@@ -27,11 +27,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from async_jobs.core.maintenance import PeriodicRunner, Retention, expire_jobs
+from async_jobs.core.presence import Presence, process_info
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.webhooks import WebhookSender
 from async_jobs.domain.errors import AsyncJobsError, StoreError
 from async_jobs.domain.jobs import JobId
 from async_jobs.domain.scheduling import RetentionPolicy
+from async_jobs.domain.workers import ProcessKind
 from async_jobs.ports import Dispatcher, JobStore
 
 log = logging.getLogger("async_jobs.scheduler")
@@ -91,6 +93,14 @@ class Scheduler:
         self._last_retention = float("-inf")
         self.leading = False
         self.rounds_led = 0
+        # The registry record is renewed about once a leader lease, not every round.
+        self._beat_every = config.leader_lease_seconds
+        self._last_beat = float("-inf")
+        self.presence = Presence(
+            store,
+            process_info(config.holder, ProcessKind.SCHEDULER),
+            ttl_seconds=3 * config.leader_lease_seconds,
+        )
 
     @property
     def periodic_enqueued(self) -> int:
@@ -117,6 +127,7 @@ class Scheduler:
                 await self.dispatcher.close()
             if self.webhooks is not None:
                 await self.webhooks.close()  # the sends in flight end (or run out of time)
+            await self.presence.leave()
             if self.leading:
                 with contextlib.suppress(StoreError):
                     await self._store.resign(ROLE, self.config.holder)
@@ -138,6 +149,10 @@ class Scheduler:
                 "scheduler %s %s", self.config.holder, "leads" if leading else "no longer leads"
             )
             self.leading = leading
+        now = asyncio.get_running_loop().time()
+        if now - self._last_beat >= self._beat_every:
+            self._last_beat = now
+            await self.presence.beat()
         if leading:
             await self._chores()
             self.rounds_led += 1

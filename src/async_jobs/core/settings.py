@@ -104,7 +104,7 @@ class Settings:
         default_factory=dict
     )
     enqueue_auth_token: str | None = None
-    api_tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    api_tokens: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # see api.auth
     lease_seconds: float = 30.0
     poll_interval_seconds: float = 1.0
     max_result_bytes: int = 1024 * 1024

@@ -38,6 +38,7 @@ from async_jobs.core.executor import (
     released,
     run_attempt,
 )
+from async_jobs.core.presence import Presence, process_info
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Registry
 from async_jobs.domain.errors import StoreError
@@ -50,6 +51,7 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
+from async_jobs.domain.workers import ProcessKind
 from async_jobs.ports import JobStore, Transport
 
 log = logging.getLogger("async_jobs.worker")
@@ -202,6 +204,11 @@ class Worker:
             transport, self._forget, config.max_outcome_batch, config.outcome_linger_seconds
         )
         self.processed = 0
+        info = process_info(
+            config.worker_id, ProcessKind.WORKER, config.concurrency, config.use_cases
+        )
+        # Renewed with every heartbeat (a third of a lease): lapses after about three missed.
+        self.presence = Presence(store, info, ttl_seconds=config.lease_seconds)
 
     @property
     def worker_id(self) -> str:
@@ -231,6 +238,7 @@ class Worker:
             await self._store.warm()  # the first jobs then start as fast as the next ones
         except StoreError as exc:  # the fetch loop waits for the store as it always does
             log.warning("cannot prepare the store for the first jobs: %s", exc)
+        await self.presence.beat()
         helpers = [
             asyncio.create_task(self._completer.run(), name="async-jobs-completer"),
             asyncio.create_task(self._heartbeat(), name="async-jobs-heartbeat"),
@@ -371,6 +379,8 @@ class Worker:
         failures = 0
         while True:
             await asyncio.sleep(interval if not failures else min(interval, 1.0))
+            if not failures:
+                await self.presence.beat(len(self._held))
             claims = [
                 (job.id, job.attempts, LeaseToken(job.lease_token))
                 for job in self._held.values()
@@ -500,5 +510,6 @@ class Worker:
             helper.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
         await self._transport.stop()
+        await self.presence.leave()
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)

@@ -346,3 +346,26 @@ def bucket_tokens(quota: TenantQuota, tokens: float | None, refilled_seconds_ago
     if tokens is None:
         return quota.burst
     return min(quota.burst, tokens + quota.max_per_second * max(refilled_seconds_ago, 0.0))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FinishedBucket:
+    """Jobs of a use case that reached a terminal ``status`` in one time bucket (``bucket``
+    0 is the latest; see ``JobStore.finished_per_bucket``)."""
+
+    use_case: str
+    status: str
+    bucket: int
+    count: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ActiveCounts:
+    """A use case's waiting and running jobs (each count capped, see
+    ``JobStore.active_counts``) and whether it is paused."""
+
+    use_case: str
+    paused: bool
+    pending: int
+    queued: int
+    running: int

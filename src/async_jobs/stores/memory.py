@@ -7,6 +7,7 @@ Its clock is injectable, so a test can move time instead of waiting for it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -34,7 +35,9 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.scheduling import (
+    ActiveCounts,
     Candidate,
+    FinishedBucket,
     Leader,
     Stats,
     StatsCount,
@@ -60,6 +63,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
+from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
 from async_jobs.stores.limits import (
     HOUR,
     RecentJob,
@@ -91,6 +95,8 @@ class MemoryStore:
         self._use_cases: dict[str, UseCaseState] = {}
         self._buckets: dict[tuple[str, str], tuple[float, datetime]] = {}  # (use case, tenant)
         self._leaders: dict[str, Leader] = {}
+        self._processes: dict[str, LiveProcess] = {}
+        self._periodic_paused: set[str] = set()
         self._ticks: dict[str, datetime] = {}
         self._deliveries: dict[DeliveryId, WebhookDelivery] = {}
 
@@ -182,6 +188,17 @@ class MemoryStore:
             return None
         return job
 
+    async def get_job_by_key(self, tenant_id: str, key: str) -> Job | None:
+        self._check_open()
+        return next(
+            (
+                job
+                for job in self._jobs.values()
+                if job.tenant_id == tenant_id and job.idempotency_key == key
+            ),
+            None,
+        )
+
     async def list_jobs(
         self, where: JobFilter, limit: int, after: PageCursor | None = None
     ) -> JobPage:
@@ -195,6 +212,50 @@ class MemoryStore:
         more = len(rows) > limit
         cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
         return JobPage(items=items, next_cursor=cursor)
+
+    async def count_jobs(self, where: JobFilter, cap: int) -> int:
+        self._check_open()
+        n = 0
+        for job in self._jobs.values():
+            if n >= cap:
+                break
+            n += _matches(job, where, None)
+        return n
+
+    async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
+        self._check_open()
+        counts: dict[str, collections.Counter[JobState]] = {
+            name: collections.Counter() for name in self._use_cases
+        }
+        for job in self._jobs.values():
+            if job.status in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING):
+                of = counts.setdefault(job.use_case, collections.Counter())
+                if tenant_id is None or job.tenant_id == tenant_id:
+                    of[job.status] += 1
+        return [
+            ActiveCounts(
+                name,
+                name in self._use_cases and self._use_cases[name].paused,
+                min(of[JobState.PENDING], cap),
+                min(of[JobState.QUEUED], cap),
+                min(of[JobState.RUNNING], cap),
+            )
+            for name, of in sorted(counts.items())
+        ]
+
+    async def finished_per_bucket(
+        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedBucket]:
+        self._check_open()
+        now = self._clock()
+        counts: collections.Counter[tuple[str, str, int]] = collections.Counter()
+        for job in self._jobs.values():
+            if job.finished_at is None or not job.status.is_terminal:
+                continue
+            age = (now - job.finished_at).total_seconds()
+            if age < window_seconds and (tenant_id is None or job.tenant_id == tenant_id):
+                counts[(job.use_case, job.status.value, int(age // bucket_seconds))] += 1
+        return [FinishedBucket(u, s, b, n) for (u, s, b), n in counts.items()]
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         """The claim as the SQLite store makes it: each (use case, tenant) offers its first
@@ -486,6 +547,63 @@ class MemoryStore:
         current = self._leaders.get(role)
         return current if current is not None and current.expires_at >= self._clock() else None
 
+    async def set_periodic_paused(self, name: str, paused: bool) -> None:
+        self._check_open()
+        if paused:
+            self._periodic_paused.add(name)
+        else:
+            self._periodic_paused.discard(name)
+
+    async def paused_periodic(self) -> set[str]:
+        self._check_open()
+        return set(self._periodic_paused)
+
+    # -- the registry of processes ---------------------------------------------------------
+
+    async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
+        self._check_open()
+        now = self._clock()
+        for lapsed in [p.info.id for p in self._processes.values() if p.expires_at < now]:
+            del self._processes[lapsed]
+        known = self._processes.get(info.id)
+        started = known.started_at if known is not None else now
+        held = known.jobs_held if known is not None else 0
+        expires = now + timedelta(seconds=ttl_seconds)
+        self._processes[info.id] = LiveProcess(info, started, now, expires, held)
+
+    async def beat_process(self, process_id: str, jobs_held: int, ttl_seconds: float) -> bool:
+        self._check_open()
+        known = self._processes.get(process_id)
+        if known is None:
+            return False
+        now = self._clock()
+        self._processes[process_id] = dataclasses.replace(
+            known,
+            heartbeat_at=now,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+            jobs_held=jobs_held,
+        )
+        return True
+
+    async def remove_process(self, process_id: str) -> None:
+        self._check_open()
+        self._processes.pop(process_id, None)
+
+    async def list_processes(self) -> list[LiveProcess]:
+        self._check_open()
+        now = self._clock()
+        live = [p for p in self._processes.values() if p.expires_at >= now]
+        return sorted(live, key=lambda p: (p.info.kind.value, p.info.id))
+
+    async def list_leaders(self) -> list[Leadership]:
+        self._check_open()
+        now = self._clock()
+        return [
+            Leadership(role, leader.holder, leader.since, leader.expires_at)
+            for role, leader in sorted(self._leaders.items())
+            if leader.expires_at >= now
+        ]
+
     async def last_periodic_tick(self, name: str) -> datetime | None:
         self._check_open()
         return self._ticks.get(name)
@@ -609,7 +727,7 @@ class MemoryStore:
             key=lambda d: (d.job_finished_at, d.created_at),
         )
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
+    async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         self._check_open()
         now = self._clock()
         since = now - timedelta(seconds=HOUR)
@@ -632,7 +750,7 @@ class MemoryStore:
                     oldest_due = job.run_at
         return build_stats(
             now.timestamp(),
-            [StatsCount(*key, n) for key, n in counts.items()],
+            [StatsCount(*key, n) for key, n in counts.items()] if with_counts else [],
             recent,
             overdue,
             None if oldest_due is None else oldest_due.timestamp(),

@@ -544,3 +544,74 @@ RETURNING d.id;
 SELECT * FROM async_jobs_webhook_deliveries
 WHERE job_id = $1
 ORDER BY job_finished_at, created_at;
+
+-- name: delete_lapsed_processes
+DELETE FROM async_jobs_processes WHERE expires_at < now();
+
+-- name: register_process
+INSERT INTO async_jobs_processes AS p
+    (id, kind, host, pid, version, concurrency, use_cases, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+ON CONFLICT (id) DO UPDATE
+SET heartbeat_at = now(), expires_at = EXCLUDED.expires_at;
+
+-- name: beat_process
+UPDATE async_jobs_processes
+SET jobs_held = $2, heartbeat_at = now(), expires_at = now() + make_interval(secs => $3)
+WHERE id = $1
+RETURNING id;
+
+-- name: remove_process
+DELETE FROM async_jobs_processes WHERE id = $1;
+
+-- name: list_processes
+SELECT id, kind, host, pid, version, concurrency, use_cases, jobs_held, started_at,
+       heartbeat_at, expires_at
+FROM async_jobs_processes
+WHERE expires_at >= now()
+ORDER BY kind, id;
+
+-- name: list_leaders
+SELECT role, holder, since, expires_at FROM async_jobs_leaders
+WHERE expires_at >= now()
+ORDER BY role;
+
+-- name: count_jobs
+-- How many jobs match list_jobs' filters, counting no further than $7: the dashboard shows
+-- "10,000+" rather than walk every row. The filters use list_jobs' indexes (and, with a use
+-- case and an active state, async_jobs_claimable / async_jobs_active).
+SELECT count(*) AS n FROM (
+    SELECT 1 FROM async_jobs
+    WHERE ($1::text IS NULL OR tenant_id = $1)
+      AND ($2::async_jobs_state IS NULL OR status = $2)
+      AND ($3::text IS NULL OR use_case = $3)
+      AND ($4::text IS NULL OR type = $4)
+      AND ($5::timestamptz IS NULL OR created_at > $5)
+      AND ($6::timestamptz IS NULL OR created_at < $6)
+    LIMIT $7
+) AS capped;
+
+-- name: finished_per_bucket
+-- Jobs that ended in the last $2 seconds, per use case, terminal state and bucket of $3
+-- seconds before now (async_jobs_finished_per_bucket, migration 0006, on
+-- async_jobs_finished_at).
+SELECT * FROM async_jobs_finished_per_bucket($1, $2, $3);
+
+-- name: get_job_by_key
+-- A tenant's job by its idempotency key, on async_jobs_idempotency_key.
+SELECT * FROM async_jobs WHERE tenant_id = $1 AND idempotency_key = $2;
+
+-- name: pause_periodic
+INSERT INTO async_jobs_periodic_paused (name) VALUES ($1) ON CONFLICT (name) DO NOTHING;
+
+-- name: resume_periodic
+DELETE FROM async_jobs_periodic_paused WHERE name = $1;
+
+-- name: paused_periodic
+SELECT name FROM async_jobs_periodic_paused ORDER BY name;
+
+-- name: active_counts
+-- Per use case with waiting or running jobs (or ever paused): pending, queued and running
+-- jobs, each count stopping at $2 (the function async_jobs_active_counts, migration 0006:
+-- use cases from skip scans of the partial indexes, each count on its state's index).
+SELECT * FROM async_jobs_active_counts($1, $2);

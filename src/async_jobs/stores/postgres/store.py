@@ -48,7 +48,14 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import Leader, Stats, StatsCount, UseCaseState
+from async_jobs.domain.scheduling import (
+    ActiveCounts,
+    FinishedBucket,
+    Leader,
+    Stats,
+    StatsCount,
+    UseCaseState,
+)
 from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.domain.webhooks import (
     DeliveryAttempt,
@@ -57,6 +64,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
+from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo, ProcessKind
 from async_jobs.stores.grouping import Grouped
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 from async_jobs.stores.watchers import tell
@@ -257,6 +265,11 @@ class PostgresStore:
             row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
         return job_from_record(row) if row is not None else None
 
+    async def get_job_by_key(self, tenant_id: str, key: str) -> Job | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["get_job_by_key"], tenant_id, key)
+        return job_from_record(row) if row is not None else None
+
     async def list_jobs(
         self, where: JobFilter, limit: int, after: PageCursor | None = None
     ) -> JobPage:
@@ -277,6 +290,37 @@ class PostgresStore:
         more = len(rows) > limit
         cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
         return JobPage(items=items, next_cursor=cursor)
+
+    async def count_jobs(self, where: JobFilter, cap: int) -> int:
+        async with self._connection() as conn:
+            n: int = await conn.fetchval(
+                QUERIES["count_jobs"],
+                where.tenant_id,
+                where.status.value if where.status else None,
+                where.use_case,
+                where.type,
+                where.created_after,
+                where.created_before,
+                cap,
+            )
+        return n
+
+    async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["active_counts"], tenant_id, cap)
+        return [
+            ActiveCounts(r["name"], r["paused"], r["pending"], r["queued"], r["running"])
+            for r in rows
+        ]
+
+    async def finished_per_bucket(
+        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedBucket]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["finished_per_bucket"], tenant_id, window_seconds, bucket_seconds
+            )
+        return [FinishedBucket(r["use_case"], r["status"], r["bucket"], r["n"]) for r in rows]
 
     # -- the worker's path ------------------------------------------------------------------
 
@@ -452,6 +496,68 @@ class PostgresStore:
             row = await conn.fetchrow(QUERIES["current_leader"], role)
         return None if row is None else Leader(row["holder"], row["since"], row["expires_at"])
 
+    async def set_periodic_paused(self, name: str, paused: bool) -> None:
+        async with self._connection() as conn:
+            await conn.execute(QUERIES["pause_periodic" if paused else "resume_periodic"], name)
+
+    async def paused_periodic(self) -> set[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["paused_periodic"])
+        return {r["name"] for r in rows}
+
+    # -- the registry of processes ---------------------------------------------------------
+
+    async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
+        async with self._connection() as conn:
+            await conn.execute(QUERIES["delete_lapsed_processes"])
+            await conn.execute(
+                QUERIES["register_process"],
+                info.id,
+                info.kind.value,
+                info.host,
+                info.pid,
+                info.version,
+                info.concurrency,
+                list(info.use_cases),
+                ttl_seconds,
+            )
+
+    async def beat_process(self, process_id: str, jobs_held: int, ttl_seconds: float) -> bool:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["beat_process"], process_id, jobs_held, ttl_seconds)
+        return row is not None
+
+    async def remove_process(self, process_id: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(QUERIES["remove_process"], process_id)
+
+    async def list_processes(self) -> list[LiveProcess]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["list_processes"])
+        return [
+            LiveProcess(
+                ProcessInfo(
+                    r["id"],
+                    ProcessKind(r["kind"]),
+                    r["host"],
+                    r["pid"],
+                    r["version"],
+                    r["concurrency"],
+                    tuple(r["use_cases"]),
+                ),
+                started_at=r["started_at"],
+                heartbeat_at=r["heartbeat_at"],
+                expires_at=r["expires_at"],
+                jobs_held=r["jobs_held"],
+            )
+            for r in rows
+        ]
+
+    async def list_leaders(self) -> list[Leadership]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["list_leaders"])
+        return [Leadership(r["role"], r["holder"], r["since"], r["expires_at"]) for r in rows]
+
     async def last_periodic_tick(self, name: str) -> datetime | None:
         async with self._connection() as conn:
             tick: datetime | None = await conn.fetchval(QUERIES["last_periodic_tick"], name)
@@ -503,9 +609,9 @@ class PostgresStore:
             rows = await conn.fetch(QUERIES["get_webhook_deliveries"], job_id)
         return [delivery_from_record(r) for r in rows]
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
+    async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         async with self._connection() as conn:
-            counts = await conn.fetch(QUERIES["stats_counts"], tenant_id)
+            counts = await conn.fetch(QUERIES["stats_counts"], tenant_id) if with_counts else []
             recent = await conn.fetchrow(QUERIES["stats_recent"], tenant_id)
             waiting = await conn.fetchrow(QUERIES["stats_waiting"], tenant_id)
         assert recent is not None and waiting is not None

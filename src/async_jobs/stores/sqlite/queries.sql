@@ -760,3 +760,105 @@ RETURNING id;
 SELECT * FROM async_jobs_webhook_deliveries
 WHERE job_id = :job_id
 ORDER BY job_finished_at, created_at;
+
+-- name: delete_lapsed_processes
+DELETE FROM async_jobs_processes
+WHERE expires_at < round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0;
+
+-- name: register_process
+INSERT INTO async_jobs_processes AS p
+    (id, kind, host, pid, version, concurrency, use_cases, started_at, heartbeat_at,
+     expires_at)
+SELECT :id, :kind, :host, :pid, :version, :concurrency, :use_cases, c.now, c.now,
+       c.now + :ttl_seconds
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE true
+ON CONFLICT (id) DO UPDATE
+SET heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at;
+
+-- name: beat_process
+UPDATE async_jobs_processes
+SET jobs_held = :jobs_held,
+    heartbeat_at = c.now,
+    expires_at = c.now + :ttl_seconds
+FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE id = :id
+RETURNING id;
+
+-- name: remove_process
+DELETE FROM async_jobs_processes WHERE id = :id;
+
+-- name: list_processes
+SELECT id, kind, host, pid, version, concurrency, use_cases, jobs_held, started_at,
+       heartbeat_at, expires_at
+FROM async_jobs_processes
+WHERE expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
+ORDER BY kind, id;
+
+-- name: list_leaders
+SELECT role, holder, since, expires_at FROM async_jobs_leaders
+WHERE expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
+ORDER BY role;
+
+-- name: count_jobs
+-- How many jobs match list_jobs' filters, counting no further than :cap (the dashboard
+-- shows "10,000+" rather than walk every row).
+SELECT count(*) AS n FROM (
+    SELECT 1 FROM async_jobs
+    WHERE (:tenant_id IS NULL OR tenant_id = :tenant_id)
+      AND (:status IS NULL OR status = :status)
+      AND (:use_case IS NULL OR use_case = :use_case)
+      AND (:type IS NULL OR type = :type)
+      AND (:created_after IS NULL OR created_at > :created_after)
+      AND (:created_before IS NULL OR created_at < :created_before)
+    LIMIT :cap
+);
+
+-- name: finished_per_bucket
+-- Jobs that ended in the last :window seconds, per use case, terminal state and bucket of
+-- :bucket seconds before now, on async_jobs_finished.
+SELECT use_case, status, CAST((c.now - finished_at) / :bucket AS INTEGER) AS bucket,
+       count(*) AS n
+FROM async_jobs,
+     (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
+WHERE status IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at > c.now - :window
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+GROUP BY 1, 2, 3;
+
+-- name: get_job_by_key
+-- A tenant's job by its idempotency key, on its unique index.
+SELECT * FROM async_jobs WHERE tenant_id = :tenant_id AND idempotency_key = :key;
+
+-- name: pause_periodic
+INSERT INTO async_jobs_periodic_paused (name, paused_at)
+VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: resume_periodic
+DELETE FROM async_jobs_periodic_paused WHERE name = :name;
+
+-- name: paused_periodic
+SELECT name FROM async_jobs_periodic_paused ORDER BY name;
+
+-- name: active_counts
+-- Per use case with waiting or running jobs (or ever paused): pending, queued and running
+-- jobs, each count stopping at :cap, on the partial indexes async_jobs_claimable and
+-- async_jobs_active.
+WITH names AS (
+    SELECT DISTINCT use_case AS name FROM async_jobs WHERE status = 'pending'
+    UNION SELECT DISTINCT use_case FROM async_jobs WHERE status IN ('queued', 'running')
+    UNION SELECT name FROM async_jobs_use_cases
+)
+SELECT n.name, coalesce(u.paused, 0) AS paused,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'pending' AND j.use_case = n.name
+          AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id) LIMIT :cap)) AS pending,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'queued' AND j.use_case = n.name
+          AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id) LIMIT :cap)) AS queued,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'running' AND j.use_case = n.name
+          AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id) LIMIT :cap)) AS running
+FROM names n LEFT JOIN async_jobs_use_cases u ON u.name = n.name
+ORDER BY n.name;

@@ -60,7 +60,9 @@ from async_jobs.domain.jobs import (
 )
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import (
+    ActiveCounts,
     Candidate,
+    FinishedBucket,
     Leader,
     Stats,
     StatsCount,
@@ -75,6 +77,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
+from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo, ProcessKind
 from async_jobs.stores.limits import (
     HOUR,
     ClaimBudget,
@@ -216,6 +219,11 @@ class SqliteStore:
         rows = await self._run(lambda c: _fetch(c, "get_job", params), write=False)
         return next((_job_from_row(r) for r in rows), None)
 
+    async def get_job_by_key(self, tenant_id: str, key: str) -> Job | None:
+        params = {"tenant_id": tenant_id, "key": key}
+        rows = await self._run(lambda c: _fetch(c, "get_job_by_key", params), write=False)
+        return next((_job_from_row(r) for r in rows), None)
+
     async def list_jobs(
         self, where: JobFilter, limit: int, after: PageCursor | None = None
     ) -> JobPage:
@@ -226,6 +234,28 @@ class SqliteStore:
         more = len(rows) > limit
         cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
         return JobPage(items=items, next_cursor=cursor)
+
+    async def count_jobs(self, where: JobFilter, cap: int) -> int:
+        params = _list_params(where, 0, None)
+        params = {k: v for k, v in params.items() if not k.startswith(("after_", "limit"))}
+        params["cap"] = cap
+        rows = await self._run(lambda c: _fetch(c, "count_jobs", params), write=False)
+        return int(rows[0]["n"])
+
+    async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
+        params = {"tenant_id": tenant_id, "cap": cap}
+        rows = await self._run(lambda c: _fetch(c, "active_counts", params), write=False)
+        return [
+            ActiveCounts(r["name"], bool(r["paused"]), r["pending"], r["queued"], r["running"])
+            for r in rows
+        ]
+
+    async def finished_per_bucket(
+        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedBucket]:
+        params = {"tenant_id": tenant_id, "window": window_seconds, "bucket": bucket_seconds}
+        rows = await self._run(lambda c: _fetch(c, "finished_per_bucket", params), write=False)
+        return [FinishedBucket(r["use_case"], r["status"], r["bucket"], r["n"]) for r in rows]
 
     # -- the worker's path ------------------------------------------------------------------
 
@@ -395,6 +425,70 @@ class SqliteStore:
         row = rows[0]
         return Leader(row["holder"], _time(row["since"]), _time(row["expires_at"]))
 
+    async def set_periodic_paused(self, name: str, paused: bool) -> None:
+        query = "pause_periodic" if paused else "resume_periodic"
+        await self._run(lambda c: _fetch(c, query, {"name": name}), write=True)
+
+    async def paused_periodic(self) -> set[str]:
+        rows = await self._run(lambda c: _fetch(c, "paused_periodic"), write=False)
+        return {r["name"] for r in rows}
+
+    # -- the registry of processes ---------------------------------------------------------
+
+    async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
+        params = {
+            "id": info.id,
+            "kind": info.kind.value,
+            "host": info.host,
+            "pid": info.pid,
+            "version": info.version,
+            "concurrency": info.concurrency,
+            "use_cases": json.dumps(list(info.use_cases)),
+            "ttl_seconds": ttl_seconds,
+        }
+
+        async def write(conn: aiosqlite.Connection) -> None:
+            await _fetch(conn, "delete_lapsed_processes")
+            await _fetch(conn, "register_process", params)
+
+        await self._run(write, write=True)
+
+    async def beat_process(self, process_id: str, jobs_held: int, ttl_seconds: float) -> bool:
+        params = {"id": process_id, "jobs_held": jobs_held, "ttl_seconds": ttl_seconds}
+        rows = await self._run(lambda c: _fetch(c, "beat_process", params), write=True)
+        return bool(rows)
+
+    async def remove_process(self, process_id: str) -> None:
+        await self._run(lambda c: _fetch(c, "remove_process", {"id": process_id}), write=True)
+
+    async def list_processes(self) -> list[LiveProcess]:
+        rows = await self._run(lambda c: _fetch(c, "list_processes"), write=False)
+        return [
+            LiveProcess(
+                ProcessInfo(
+                    r["id"],
+                    ProcessKind(r["kind"]),
+                    r["host"],
+                    r["pid"],
+                    r["version"],
+                    r["concurrency"],
+                    tuple(json.loads(r["use_cases"])),
+                ),
+                started_at=_time(r["started_at"]),
+                heartbeat_at=_time(r["heartbeat_at"]),
+                expires_at=_time(r["expires_at"]),
+                jobs_held=r["jobs_held"],
+            )
+            for r in rows
+        ]
+
+    async def list_leaders(self) -> list[Leadership]:
+        rows = await self._run(lambda c: _fetch(c, "list_leaders"), write=False)
+        return [
+            Leadership(r["role"], r["holder"], _time(r["since"]), _time(r["expires_at"]))
+            for r in rows
+        ]
+
     async def last_periodic_tick(self, name: str) -> datetime | None:
         rows = await self._run(
             lambda c: _fetch(c, "last_periodic_tick", {"name": name}), write=False
@@ -444,8 +538,8 @@ class SqliteStore:
         rows = await self._run(lambda c: _fetch(c, "get_webhook_deliveries", params), write=False)
         return [_delivery_from_row(r) for r in rows]
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
-        return await self._run(lambda c: _stats(c, tenant_id), write=False)
+    async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
+        return await self._run(lambda c: _stats(c, tenant_id, with_counts), write=False)
 
     def watch_cancellations(self, callback: Callable[[JobId], None]) -> None:
         """Told of cancellations asked through this store object only: SQLite cannot
@@ -793,13 +887,14 @@ def _use_case_from_row(r: sqlite3.Row) -> UseCaseState:
     return UseCaseState(r["name"], bool(r["paused"]), _time_or_none(r["updated_at"]))
 
 
-async def _stats(conn: aiosqlite.Connection, tenant_id: str | None) -> Stats:
+async def _stats(conn: aiosqlite.Connection, tenant_id: str | None, with_counts: bool) -> Stats:
     """Counts, throughput and latencies of the last hour; the statements run one after the
     other on the one connection, as of one ``now``."""
     now = await _now(conn)
     counts = [
         StatsCount(r["use_case"], r["tenant_id"], r["status"], int(r["n"]))
         for r in await _fetch(conn, "stats_counts", {"tenant_id": tenant_id})
+        if with_counts
     ]
     recent = [
         RecentJob(r["status"], r["run_at"], r["deadline_at"], r["started_at"], r["finished_at"])

@@ -1,0 +1,118 @@
+"""Every dashboard page's server time with a million jobs in PostgreSQL (reported, not
+asserted; the target is under 200 ms a page).
+
+    .venv/bin/python bench/dashboard.py [--jobs 1000000] [--rounds 5] [--keep]
+
+Makes a database of its own (``async_jobs_dashboard_bench``), fills it with one INSERT ...
+SELECT (90% succeeded, 5% failed, 2% cancelled, 2% pending, 1% running; 4 use cases, 20
+tenants, ended over the last two hours), VACUUM ANALYZEs it, then times each page in process
+(the app called through ASGI, no network): the median and the worst of ``--rounds`` requests,
+after one warm-up request per page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import asyncpg
+import httpx
+
+from async_jobs import JobApp, Settings
+from async_jobs.api import create_api
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+NAME = "async_jobs_dashboard_bench"
+DSN = f"postgresql://postgres@127.0.0.1:5432/{NAME}"
+
+FILL = """
+INSERT INTO async_jobs (id, tenant_id, use_case, type, payload, status, attempts, max_attempts,
+    run_at, delay_tolerance_seconds, deadline_at, created_at, updated_at, started_at,
+    finished_at, lease_token, lease_expires_at, worker_id, error)
+SELECT gen_random_uuid(), 'tenant-' || (i % 20),
+    (ARRAY['mail', 'sms', 'billing', 'reports'])[i % 4 + 1],
+    'echo', jsonb_build_object('n', i), s.status::async_jobs_state,
+    CASE WHEN s.status IN ('pending') THEN 0 ELSE 1 END, 3,
+    t.at, 300, t.at + interval '300 seconds', t.at, t.at,
+    CASE WHEN s.status IN ('pending', 'cancelled') THEN NULL ELSE t.at + interval '1 second' END,
+    CASE WHEN s.status IN ('succeeded', 'failed', 'cancelled') THEN t.at + interval '2 seconds' END,
+    CASE WHEN s.status = 'running' THEN gen_random_uuid() END,
+    CASE WHEN s.status = 'running' THEN now() + interval '1 hour' END,
+    CASE WHEN s.status = 'running' THEN 'bench-worker' END,
+    CASE WHEN s.status = 'failed' THEN '{"type": "Boom", "message": "boom"}'::jsonb END
+FROM generate_series(1, $1) AS i,
+LATERAL (SELECT CASE WHEN i % 100 < 90 THEN 'succeeded' WHEN i % 100 < 95 THEN 'failed'
+                     WHEN i % 100 < 97 THEN 'cancelled' WHEN i % 100 < 99 THEN 'pending'
+                     ELSE 'running' END AS status) AS s,
+LATERAL (SELECT now() - (i * (7200.0 / $1)) * interval '1 second' AS at) AS t
+"""
+
+
+async def make_database(jobs: int, keep: bool) -> None:
+    admin = await asyncpg.connect(ADMIN)
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", NAME)
+        if exists and keep:
+            return
+        await admin.execute(f'DROP DATABASE IF EXISTS "{NAME}"')
+        await admin.execute(f'CREATE DATABASE "{NAME}"')
+    finally:
+        await admin.close()
+    app = JobApp(DSN)
+    async with app:
+        await app.migrate()
+    conn = await asyncpg.connect(DSN)
+    try:
+        started = time.perf_counter()
+        await conn.execute(FILL, jobs)
+        await conn.execute("VACUUM ANALYZE async_jobs")
+        print(f"filled {jobs:,} jobs in {time.perf_counter() - started:.1f} s", flush=True)
+    finally:
+        await conn.close()
+
+
+async def measure(rounds: int) -> None:
+    jobs = JobApp(DSN, settings=Settings(db_dsn=DSN), handler_modules=["async_jobs.demo"])
+    api = create_api(jobs)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+            first = (await http.get("/jobs?limit=1&status=failed")).json()["items"][0]
+            pages = {
+                "overview": "/dashboard",
+                "overview (live part)": "/dashboard/live/overview",
+                "jobs": "/dashboard/jobs",
+                "jobs, failed in billing": "/dashboard/jobs?state=failed&use_case=billing",
+                "jobs, one tenant": "/dashboard/jobs?tenant=tenant-7",
+                "jobs, by id": f"/dashboard/jobs?q={first['id']}",
+                "job": f"/dashboard/jobs/{first['id']}",
+                "workers": "/dashboard/workers",
+                "periodic": "/dashboard/periodic",
+                "tenants": "/dashboard/tenants",
+            }
+            print(f"{'page':28} {'median ms':>10} {'worst ms':>10}")
+            for name, path in pages.items():
+                assert (await http.get(path)).status_code == 200, path  # warm-up
+                times = []
+                for _ in range(rounds):
+                    started = time.perf_counter()
+                    answer = await http.get(path)
+                    times.append((time.perf_counter() - started) * 1000)
+                    assert answer.status_code == 200
+                print(f"{name:28} {statistics.median(times):10.1f} {max(times):10.1f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="reuse the database if it exists")
+    args = parser.parse_args()
+    asyncio.run(make_database(args.jobs, args.keep))
+    asyncio.run(measure(args.rounds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""What each page shows, read through ``JobApp``'s operations. Every count is capped
+(``COUNT_CAP``) and every list is a page: no page walks the whole jobs table."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cronsim import CronSim
+from markupsafe import Markup, escape
+
+from async_jobs.api.auth import Principal
+from async_jobs.app import EnqueueRequest, JobApp
+from async_jobs.domain.jobs import JobFilter, JobState
+from async_jobs.domain.scheduling import ANY_USE_CASE, FinishedBucket
+
+COUNT_CAP = 10_000
+STATES = [state.value for state in JobState]
+TERMINAL = ("succeeded", "failed", "cancelled")
+CHART_WINDOW_SECONDS = 3600
+CHART_BUCKET_SECONDS = 300
+CHART_BUCKETS = CHART_WINDOW_SECONDS // CHART_BUCKET_SECONDS
+
+
+def capped(n: int) -> str:
+    return f"{COUNT_CAP:,}+" if n > COUNT_CAP else f"{n:,}"
+
+
+def seconds_text(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def pretty_json(value: Any) -> str:
+    """For display inside a <pre>; Jinja escapes it."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UseCaseRow:
+    name: str
+    paused: bool
+    counts: Mapping[str, str]
+    chart: Markup
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Overview:
+    generated_at: datetime
+    rows: list[UseCaseRow]
+    finished_hour: int
+    failed_hour: int
+    run_p50: str
+    run_p95: str
+    wait_p50: str
+    wait_p95: str
+    oldest_due: str
+    deadline_misses: int
+    chart_all: Markup
+
+
+async def overview(jobs: JobApp, who: Principal) -> Overview:
+    """Waiting and running jobs per use case (capped counts on the partial indexes of those
+    states), and what ended in the last hour (a range of the index of ended jobs): never a
+    count of every job."""
+    tenant = who.tenant_id
+    active, stats, buckets = await asyncio.gather(
+        jobs.store.active_counts(tenant, COUNT_CAP + 1),
+        jobs.stats(tenant, with_counts=False),
+        jobs.store.finished_per_bucket(tenant, CHART_WINDOW_SECONDS, CHART_BUCKET_SECONDS),
+    )
+    ended: dict[str, dict[str, int]] = {}
+    for b in buckets:
+        of = ended.setdefault(b.use_case, dict.fromkeys(TERMINAL, 0))
+        of[b.status] = of.get(b.status, 0) + b.count
+    by_name = {a.use_case: a for a in active}
+    rows = []
+    for name in sorted(set(by_name) | set(ended)):
+        now = by_name.get(name)
+        counts = {
+            "pending": now.pending if now else 0,
+            "queued": now.queued if now else 0,
+            "running": now.running if now else 0,
+            **ended.get(name, dict.fromkeys(TERMINAL, 0)),
+        }
+        # A tenant sees the use cases it has jobs in (and none of another tenant's names).
+        if who.is_admin or any(counts.values()):
+            paused = bool(now and now.paused)
+            shown = {s: capped(n) for s, n in counts.items()}
+            rows.append(UseCaseRow(name, paused, shown, chart(buckets, name, 180, 28)))
+    hour = stats.finished_last_hour
+    return Overview(
+        generated_at=stats.generated_at,
+        rows=rows,
+        finished_hour=sum(hour.values()),
+        failed_hour=hour.get("failed", 0),
+        run_p50=seconds_text(stats.run_seconds.get("p50")),
+        run_p95=seconds_text(stats.run_seconds.get("p95")),
+        wait_p50=seconds_text(stats.queue_wait_seconds.get("p50")),
+        wait_p95=seconds_text(stats.queue_wait_seconds.get("p95")),
+        oldest_due=seconds_text(stats.oldest_due_age_seconds),
+        deadline_misses=stats.deadline_misses_last_hour,
+        chart_all=chart(buckets, None, width=1200, height=120, stretch=True),
+    )
+
+
+def chart(
+    buckets: Sequence[FinishedBucket],
+    use_case: str | None,
+    width: int,
+    height: int,
+    stretch: bool = False,
+) -> Markup:
+    """Stacked bars, oldest bucket on the left: succeeded (green) under failed (red). Inline
+    SVG made of numbers only (the title's use case name is escaped)."""
+    ok = [0] * CHART_BUCKETS
+    bad = [0] * CHART_BUCKETS
+    for b in buckets:
+        if (use_case is None or b.use_case == use_case) and 0 <= b.bucket < CHART_BUCKETS:
+            slot = CHART_BUCKETS - 1 - b.bucket
+            if b.status == "failed":
+                bad[slot] += b.count
+            elif b.status == "succeeded":
+                ok[slot] += b.count
+    top = max((o + f for o, f in zip(ok, bad, strict=True)), default=0) or 1
+    step = width / CHART_BUCKETS
+    bar = max(step - 2, 1)
+    parts = [
+        f'<svg class="chart" width="{"100%" if stretch else width}" height="{height}"'
+        f' viewBox="0 0 {width} {height}" preserveAspectRatio="none"'
+        f' role="img" aria-label="jobs finished per 5 minutes, last hour'
+        f'{" for " + str(escape(use_case)) if use_case else ""}">',
+        f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" stroke="#e4e7ec"/>',
+    ]
+    for i, (o, f) in enumerate(zip(ok, bad, strict=True)):
+        x = i * step + 1
+        h_ok = (height - 2) * o / top
+        h_bad = (height - 2) * f / top
+        minutes = (CHART_BUCKETS - i) * CHART_BUCKET_SECONDS // 60
+        parts.append(
+            f"<g><title>{minutes} to {minutes - 5} min ago: {o} succeeded, {f} failed</title>"
+        )
+        parts.append(
+            f'<rect x="{x:.1f}" y="{height - 1 - h_ok:.1f}" width="{bar:.1f}"'
+            f' height="{h_ok:.1f}" fill="#1f9d55"/>'
+        )
+        parts.append(
+            f'<rect x="{x:.1f}" y="{height - 1 - h_ok - h_bad:.1f}" width="{bar:.1f}"'
+            f' height="{h_bad:.1f}" fill="#d93f3f"/></g>'
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 - numbers and an escaped name only
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PeriodicRow:
+    name: str
+    cron: str
+    type: str
+    use_case: str
+    last_tick: datetime | None
+    next_tick: datetime
+    paused: bool
+    use_case_paused: bool
+
+
+async def periodic(jobs: JobApp) -> list[PeriodicRow]:
+    declared = jobs.declared_periodic()
+    if not declared:
+        return []
+    # Paused flags from the use-case table (a count capped at 1 each), not a scan of jobs.
+    paused = {a.use_case for a in await jobs.store.active_counts(None, 1) if a.paused}
+    paused_jobs = await jobs.store.paused_periodic()
+    rows = []
+    now = datetime.now(UTC)
+    for p in declared:
+        last = await jobs.store.last_periodic_tick(p.name)
+        use_case = jobs.build(EnqueueRequest(p.type, p.payload, **p.options)).use_case
+        rows.append(
+            PeriodicRow(
+                p.name,
+                p.cron,
+                p.type,
+                use_case,
+                last,
+                next(CronSim(p.cron, now)),
+                p.name in paused_jobs,
+                use_case in paused,
+            )
+        )
+    return rows
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantRow:
+    tenant: str
+    use_case: str
+    pending: str
+    running: str
+    max_pending: int | None
+    max_running: int | None
+    max_per_second: float | None
+
+
+async def tenants(jobs: JobApp, who: Principal) -> list[TenantRow]:
+    rows = []
+    for tenant, of_tenant in sorted(jobs.limits.quotas.items()):
+        if who.tenant_id is not None and tenant != who.tenant_id:
+            continue
+        for use_case, quota in sorted(of_tenant.items()):
+            any_use_case = use_case == ANY_USE_CASE
+            where = JobFilter(tenant_id=tenant, use_case=None if any_use_case else use_case)
+            pending, queued, running = await asyncio.gather(
+                *(
+                    jobs.count_jobs(dataclasses.replace(where, status=s), COUNT_CAP + 1)
+                    for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)
+                )
+            )
+            rows.append(
+                TenantRow(
+                    tenant,
+                    use_case,
+                    capped(pending + queued),
+                    capped(running),
+                    quota.max_pending,
+                    quota.max_running,
+                    quota.max_per_second,
+                )
+            )
+    return rows

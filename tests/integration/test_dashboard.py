@@ -1,0 +1,235 @@
+"""The dashboard over HTTP, on every store: sign-in and its cookie, CSRF, the security
+headers, roles (read-only, tenant), escaping, actions and bulk actions. The browser suite
+(tests/browser) drives the same pages in Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from async_jobs import JobApp, JobState, Settings
+from async_jobs.api import create_api
+from async_jobs.stores import store_from_dsn
+from tests.helpers import wait_until
+
+TOKENS: dict[str, Any] = {
+    "tok-admin": "*",
+    "tok-a": "tenant-a",
+    "tok-b": "tenant-b",
+    "tok-read": {"tenant": "*", "role": "read"},
+}
+HOSTILE = ['<script>alert("x")</script>', '"><img src=x onerror=alert(1)>']
+
+
+@pytest.fixture
+def jobs(any_dsn: str) -> JobApp:
+    return JobApp(
+        settings=Settings(api_tokens=TOKENS),
+        store=store_from_dsn(any_dsn),
+        handler_modules=["async_jobs.demo"],
+        strict_types=False,
+    )
+
+
+async def client_for(jobs: JobApp) -> AsyncIterator[httpx.AsyncClient]:
+    api = create_api(jobs, migrate=True)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+@pytest.fixture
+async def browser(jobs: JobApp) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in client_for(jobs):
+        yield c
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+async def sign_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    form = await client.get("/dashboard/signin")
+    return await client.post("/dashboard/signin", data={"token": token, "csrf": csrf_of(form.text)})
+
+
+async def test_without_a_session_every_page_leads_to_the_sign_in_form(
+    browser: httpx.AsyncClient,
+) -> None:
+    for path in ("/dashboard", "/dashboard/jobs", "/dashboard/workers", "/dashboard/tenants"):
+        answer = await browser.get(path)
+        assert answer.status_code == 303 and answer.headers["location"] == "/dashboard/signin"
+    live = await browser.get("/dashboard/live/jobs", headers={"hx-request": "true"})
+    assert live.status_code == 401 and live.headers["hx-redirect"] == "/dashboard/signin"
+    form = await browser.get("/dashboard/signin")
+    assert form.status_code == 200 and 'type="password"' in form.text
+    assert "frame-ancestors 'none'" in form.headers["content-security-policy"]
+    assert "script-src 'self'" in form.headers["content-security-policy"]
+    assert "unsafe-inline" not in form.headers["content-security-policy"]
+    # The API's bearer check does not apply to the dashboard's own paths, and vice versa.
+    assert (await browser.get("/jobs")).status_code == 401
+
+
+async def test_signing_in_keeps_the_token_in_a_strict_http_only_cookie(
+    browser: httpx.AsyncClient,
+) -> None:
+    wrong = await sign_in(browser, "nope")
+    assert wrong.status_code == 401 and "not valid" in wrong.text
+    answer = await sign_in(browser, "tok-admin")
+    assert answer.status_code == 303 and answer.headers["location"] == "/dashboard"
+    cookie = next(
+        h for h in answer.headers.get_list("set-cookie") if h.startswith("async_jobs_session=")
+    )
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/dashboard" in cookie
+    assert "Secure" not in cookie  # plain HTTP here
+    page = await browser.get("/dashboard")
+    assert page.status_code == 200 and "admin" in page.text and "open to anyone" not in page.text
+    # Behind a proxy that terminated HTTPS, the cookie is Secure.
+    form = await browser.get("/dashboard/signin")
+    behind = await browser.post(
+        "/dashboard/signin",
+        data={"token": "tok-admin", "csrf": csrf_of(form.text)},
+        headers={"x-forwarded-proto": "https"},
+    )
+    assert "Secure" in behind.headers["set-cookie"]
+
+
+async def test_a_state_changing_request_without_the_csrf_token_changes_nothing(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    await sign_in(browser, "tok-admin")
+    job = await jobs.enqueue("echo", {}, delay=3600)
+    for data in ({}, {"csrf": "forged"}):
+        refused = await browser.post(f"/dashboard/jobs/{job.id}/cancel", data=data)
+        assert refused.status_code == 403
+    assert (await jobs.get_job(job.id)).status is JobState.PENDING
+    page = await browser.get(f"/dashboard/jobs/{job.id}")
+    done = await browser.post(f"/dashboard/jobs/{job.id}/cancel", data={"csrf": csrf_of(page.text)})
+    assert done.status_code == 303
+    assert (await jobs.get_job(job.id)).status is JobState.CANCELLED
+
+
+async def test_a_read_only_token_sees_no_buttons_and_its_posts_are_403(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    job = await jobs.enqueue("echo", {}, delay=3600)
+    await sign_in(browser, "tok-read")
+    page = await browser.get(f"/dashboard/jobs/{job.id}")
+    assert page.status_code == 200 and "read-only" in page.text
+    assert "/cancel" not in page.text and ">Pause<" not in (await browser.get("/dashboard")).text
+    listing = await browser.get("/dashboard/jobs")
+    assert 'name="ids"' not in listing.text and "Cancel all" not in listing.text
+    csrf = csrf_of(page.text)
+    for path in (f"/dashboard/jobs/{job.id}/cancel", "/dashboard/use-cases/default/pause"):
+        assert (await browser.post(path, data={"csrf": csrf})).status_code == 403
+    bulk = await browser.post("/dashboard/jobs/bulk", data={"csrf": csrf, "action": "cancel-all"})
+    assert bulk.status_code == 403
+    assert (await jobs.get_job(job.id)).status is JobState.PENDING
+    assert not any(u.paused for u in await jobs.use_cases())
+
+
+async def test_a_tenant_sees_only_its_own_jobs_counts_and_use_cases(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    mine = await jobs.enqueue("echo", {}, tenant_id="tenant-a", use_case="mail", delay=3600)
+    theirs = await jobs.enqueue("echo", {}, tenant_id="tenant-b", use_case="secret-uc", delay=60)
+    await sign_in(browser, "tok-a")
+    assert (await browser.get(f"/dashboard/jobs/{theirs.id}")).status_code == 404
+    listing = (await browser.get("/dashboard/jobs")).text
+    assert str(mine.id) in listing and str(theirs.id) not in listing
+    # Naming the other tenant in the filter changes nothing: the token's tenant applies.
+    forced = (await browser.get("/dashboard/jobs?tenant=tenant-b")).text
+    assert str(theirs.id) not in forced
+    searched = (await browser.get(f"/dashboard/jobs?q={theirs.id}")).text
+    assert f'data-job-id="{theirs.id}"' not in searched and "No job matches" in searched
+    overview = (await browser.get("/dashboard")).text
+    assert "mail" in overview and "secret-uc" not in overview
+    page = await browser.get(f"/dashboard/jobs/{mine.id}")
+    csrf = csrf_of(page.text)
+    refused = await browser.post(f"/dashboard/jobs/{theirs.id}/cancel", data={"csrf": csrf})
+    assert refused.status_code == 404
+    assert (await jobs.get_job(theirs.id)).status is JobState.PENDING
+    assert (await browser.get("/dashboard/workers")).status_code == 403
+
+
+async def test_whatever_a_job_carries_is_shown_as_text(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    job = await jobs.enqueue(
+        HOSTILE[1], {"a": HOSTILE[0], "b": HOSTILE[1]}, idempotency_key=HOSTILE[0], delay=60
+    )
+    await sign_in(browser, "tok-admin")
+    for path in (f"/dashboard/jobs/{job.id}", "/dashboard/jobs", f"/dashboard/live/jobs/{job.id}"):
+        html = (await browser.get(path)).text
+        assert "<script>alert" not in html and "<img src=x" not in html
+        if "live" not in path:  # the live part shows the state, progress and outcome only
+            assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+async def test_bulk_retry_of_every_failed_job_matching_the_filter(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    failed = [await jobs.enqueue("fail", {}, max_attempts=1, use_case="bulk") for _ in range(3)]
+    other = await jobs.enqueue("fail", {}, max_attempts=1, use_case="elsewhere")
+    worker = jobs.worker()
+    task = asyncio.create_task(worker.run())
+    try:
+
+        async def all_failed() -> bool:
+            done = [await jobs.get_job(j.id) for j in (*failed, other)]
+            return all(j.status is JobState.FAILED for j in done)
+
+        await wait_until(all_failed, timeout=15)
+    finally:
+        worker.stop()
+        worker.stop()
+        await task
+    await sign_in(browser, "tok-admin")
+    page = await browser.get("/dashboard/jobs?use_case=bulk&state=failed")
+    assert page.text.count('name="ids"') == 3
+    answer = await browser.post(
+        "/dashboard/jobs/bulk",
+        data={
+            "csrf": csrf_of(page.text),
+            "action": "retry-all",
+            "filter_use_case": "bulk",
+            "filter_state": "failed",
+        },
+    )
+    assert answer.status_code == 303 and "done=bulk&n=3&skipped=0" in answer.headers["location"]
+    assert {(await jobs.get_job(j.id)).status for j in failed} == {JobState.PENDING}
+    assert (await jobs.get_job(other.id)).status is JobState.FAILED
+
+
+async def test_every_page_answers_and_assets_come_from_the_package(
+    jobs: JobApp,
+) -> None:
+    open_jobs = JobApp(settings=Settings(), store=jobs.store, handler_modules=["async_jobs.demo"])
+    async for client in client_for(open_jobs):
+        job = await open_jobs.enqueue("echo", {"x": 1})
+        for path in (
+            "/dashboard",
+            "/dashboard/jobs",
+            f"/dashboard/jobs/{job.id}",
+            "/dashboard/workers",
+            "/dashboard/periodic",
+            "/dashboard/tenants",
+            "/dashboard/live/overview",
+            "/dashboard/live/workers",
+        ):
+            answer = await client.get(path)
+            assert answer.status_code == 200, (path, answer.text)
+            if "/live/" not in path:  # said on every page when open
+                assert "open to anyone" in answer.text
+            assert answer.headers["x-frame-options"] == "DENY"
+        htmx = await client.get("/dashboard/static/htmx.min.js")
+        assert htmx.status_code == 200 and htmx.text.startswith("var htmx=")
+        assert (await client.get("/dashboard/static/../router.py")).status_code == 404
