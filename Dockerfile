@@ -23,14 +23,15 @@ ARG EXTRAS=sqs
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/async-jobs/bin:$PATH
+RUN groupadd --system --gid 10001 async-jobs \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --create-home async-jobs
 COPY --from=build /dist /dist
 COPY requirements.lock /dist/requirements.lock
 RUN python3 -m venv /opt/async-jobs \
     && wheel="$(ls /dist/*.whl)" \
     && /opt/async-jobs/bin/pip install --constraint /dist/requirements.lock \
         "async-job-server${EXTRAS:+[$EXTRAS]} @ file://${wheel}" \
-    && rm -rf /dist \
-    && useradd --system --uid 10001 --user-group --home-dir /app --create-home async-jobs
+    && rm -rf /dist
 COPY deploy/docker/healthcheck.py /usr/local/bin/async-jobs-healthcheck
 USER 10001:10001
 WORKDIR /app
