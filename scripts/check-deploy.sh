@@ -17,6 +17,8 @@
 # 5. say hello: a job posted to the api container is printed by a worker container;
 # 6. SIGTERM mid-job: the worker running a `sleep` job is stopped and the job still
 #    succeeds on its first attempt, and the worker exits 0.
+# TRANSPORT=sqs runs the same with the file's sqs profile: moto's server built from the same
+# Dockerfile (EXTRAS=sqs-local), queues created by its one-shot service, dispatch through SQS.
 # Everything it started is removed at the end (KEEP=1 leaves the stack running).
 set -euo pipefail
 
@@ -27,6 +29,7 @@ PGPORT=${PGPORT:-5432}
 BASE_IMAGE=${BASE_IMAGE:-async-jobs-base:bookworm}
 IMAGE=${IMAGE:-async-job-server:check}
 EXTRAS=${EXTRAS:-sqs}
+TRANSPORT=${TRANSPORT:-direct}   # or sqs: the compose file's sqs profile (moto's server)
 PROJECT=ajcheck$$
 DB=aj_deploy_$$
 WORK=$(mktemp -d /tmp/check-deploy.XXXXXX)
@@ -112,13 +115,21 @@ say "4. the compose stack on database $DB"
 pg_isready -h "$PGHOST" -p "$PGPORT" -q || fail "no PostgreSQL at $PGHOST:$PGPORT (./scripts/ensure-services.sh)"
 psql_admin "CREATE DATABASE \"$DB\""
 API_PORT=$(free_port)
+SQS_PORT=$(free_port)
+PROFILE=()
+if [[ $TRANSPORT == sqs ]]; then
+    PROFILE=(--profile sqs)
+    DOCKER_BUILDKIT=0 nice -n 10 docker build --network host --quiet \
+        --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg EXTRAS=sqs-local -t async-job-server:sqs-local "$ROOT" \
+        >"$WORK/build-sqs.log" 2>&1 || { tail -n 30 "$WORK/build-sqs.log"; fail "docker build (sqs-local)"; }
+fi
 cp "$ROOT/.env.example" "$WORK/stack.env"
 STACK_ENV_FILE="$WORK/stack.env" IMAGE_NAME="$IMAGE" \
-    ASYNC_JOBS_DB_DSN="postgresql://postgres@$PGHOST:$PGPORT/$DB" \
-    docker-compose -f "$ROOT/docker-compose.yml" config >"$WORK/resolved.yml"
+    ASYNC_JOBS_DB_DSN="postgresql://postgres@$PGHOST:$PGPORT/$DB" ASYNC_JOBS_TRANSPORT="$TRANSPORT" \
+    docker-compose -f "$ROOT/docker-compose.yml" "${PROFILE[@]}" config >"$WORK/resolved.yml"
 # The resolved file, moved onto the host's network: no postgres service (ours is the
 # machine's), no published ports, a free port for the API and for each health port.
-API_PORT=$API_PORT "$PY" - "$WORK/resolved.yml" "$WORK/stack.yml" <<'EOF'
+API_PORT=$API_PORT SQS_PORT=$SQS_PORT "$PY" - "$WORK/resolved.yml" "$WORK/stack.yml" <<'EOF'
 import os, socket, sys
 import yaml
 
@@ -143,6 +154,16 @@ for name, service in services.items():
     env = service.setdefault("environment", {})
     if "ASYNC_JOBS_METRICS_PORT" in env:
         env["ASYNC_JOBS_METRICS_PORT"] = free_port()
+if "sqs" in services:  # moto on a free port; queues named per run
+    port = os.environ["SQS_PORT"]
+    services["sqs"]["command"] = ["-H", "127.0.0.1", "-p", port]
+    endpoint = f"http://127.0.0.1:{port}"
+    for name, service in services.items():
+        if "ASYNC_JOBS_DB_DSN" in service.get("environment", {}):
+            service["environment"]["ASYNC_JOBS_SQS_ENDPOINT_URL"] = endpoint
+            service["environment"]["ASYNC_JOBS_SQS_QUEUE_DEFAULT"] = (
+                f"{endpoint}/000000000000/async-jobs-default-{port}"
+            )
 api = services["api"]
 api["environment"]["ASYNC_JOBS_API_HOST"] = "127.0.0.1"
 api["environment"]["ASYNC_JOBS_API_PORT"] = os.environ["API_PORT"]
@@ -152,6 +173,11 @@ api["command"] = ["api", "--host", "127.0.0.1", "--port", os.environ["API_PORT"]
 yaml.safe_dump(stack, open(sys.argv[2], "w"), sort_keys=False)
 EOF
 "${COMPOSE[@]}" run --rm migrate 2>&1 | tail -n 3
+if [[ $TRANSPORT == sqs ]]; then
+    "${COMPOSE[@]}" up -d --no-build sqs 2>&1 | tail -n 1
+    for _ in $(seq 1 60); do curl -sS -o /dev/null "http://127.0.0.1:$SQS_PORT/" 2>/dev/null && break; sleep 0.5; done  # wait-ok
+    "${COMPOSE[@]}" run --rm sqs-create-queues 2>&1 | grep -m1 '"queue_url"'
+fi
 "${COMPOSE[@]}" up -d --no-build api scheduler-1 scheduler-2 worker-1 worker-2 2>&1 | tail -n 5
 API=http://127.0.0.1:$API_PORT
 for _ in $(seq 1 120); do curl -fsS "$API/health" >/dev/null 2>&1 && break; sleep 0.5; done  # wait-ok: start-up
@@ -206,4 +232,4 @@ echo "job: status=$(json '["status"]' <<<"$final") attempts=$(json '["attempts"]
 [[ $(json '["status"]' <<<"$final") == succeeded ]] || fail "the job did not finish: $final"
 [[ $(json '["attempts"]' <<<"$final") == 1 ]] || fail "the job was run again"
 
-say "OK: image built, stack up, say hello printed by a worker, a SIGTERM'd worker finished its job"
+say "OK (transport $TRANSPORT): image built, stack up, say hello printed by a worker, a SIGTERM'd worker finished its job"
