@@ -33,7 +33,7 @@ TRANSPORT=${TRANSPORT:-direct}   # or sqs: the compose file's sqs profile (moto'
 PROJECT=ajcheck$$
 DB=aj_deploy_$$
 WORK=$(mktemp -d /tmp/check-deploy.XXXXXX)
-SLEEP_SECONDS=${SLEEP_SECONDS:-8}
+SLEEP_SECONDS=${SLEEP_SECONDS:-15}
 COMPOSE=(docker-compose -p "$PROJECT" -f "$WORK/stack.yml")
 
 say() { printf '\n== %s\n' "$*"; }
@@ -176,7 +176,9 @@ EOF
 if [[ $TRANSPORT == sqs ]]; then
     "${COMPOSE[@]}" up -d --no-build sqs 2>&1 | tail -n 1
     for _ in $(seq 1 60); do curl -sS -o /dev/null "http://127.0.0.1:$SQS_PORT/" 2>/dev/null && break; sleep 0.5; done  # wait-ok
-    "${COMPOSE[@]}" run --rm sqs-create-queues 2>&1 | grep -m1 '"queue_url"'
+    "${COMPOSE[@]}" run --rm sqs-create-queues >"$WORK/queues.json" 2>&1 \
+        || { cat "$WORK/queues.json"; fail "sqs-create-queues"; }
+    grep -m1 '"queue_url"' "$WORK/queues.json"
 fi
 "${COMPOSE[@]}" up -d --no-build api scheduler-1 scheduler-2 worker-1 worker-2 2>&1 | tail -n 5
 API=http://127.0.0.1:$API_PORT
@@ -184,8 +186,13 @@ for _ in $(seq 1 120); do curl -fsS "$API/health" >/dev/null 2>&1 && break; slee
 curl -fsS "$API/health" >/dev/null || { "${COMPOSE[@]}" logs api | tail -n 20; fail "api did not answer on $API"; }
 echo "api answers on $API"
 for s in worker-1 worker-2 scheduler-1 scheduler-2; do
-    for _ in $(seq 1 60); do "${COMPOSE[@]}" logs "$s" 2>/dev/null | grep -q ' ready: ' && break; sleep 0.5; done  # wait-ok
-    "${COMPOSE[@]}" logs --no-color "$s" | grep -m1 ' ready: ' || fail "$s never said ready"
+    for _ in $(seq 1 60); do
+        "${COMPOSE[@]}" logs --no-color "$s" >"$WORK/log-$s" 2>&1 || true
+        grep -q ' ready: ' "$WORK/log-$s" && break
+        sleep 0.5  # wait-ok: start-up
+    done
+    grep -m1 ' ready: ' "$WORK/log-$s" >"$WORK/ready-$s" || fail "$s never said ready"
+    cat "$WORK/ready-$s"
 done
 docker ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}  {{.Status}}'
 
@@ -215,11 +222,14 @@ done
 [[ $worker_id != None ]] || fail "the sleep job never started: $now"
 victim=
 for s in worker-1 worker-2; do
-    "${COMPOSE[@]}" logs --no-color "$s" | grep -q "id=$worker_id " && victim=$s
+    grep -q "id=$worker_id " "$WORK/ready-$s" && victim=$s
 done
 [[ -n $victim ]] || fail "no worker container says it is $worker_id"
 echo "job $id running on $victim ($worker_id); docker-compose stop $victim (SIGTERM)"
 container=$("${COMPOSE[@]}" ps -q "$victim")
+before=$(curl -fsS "$API/jobs/$id")
+[[ $(json '["status"]' <<<"$before") == running ]] || fail "the job was no longer running at SIGTERM: $before"
+echo "still running at SIGTERM (started $(json '["started_at"]' <<<"$before"), now $(date -u +%H:%M:%S))"
 start=$(date +%s.%N)
 "${COMPOSE[@]}" stop "$victim" 2>&1 | tail -n 1
 took=$("$PY" -c "print(round($(date +%s.%N) - $start, 1))")
