@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for row in axes:
         for a in row:
             a.set_ylim(bottom=0)
-    fig.suptitle(report["title"])
+    fig.suptitle(textwrap.fill(report["title"], 120), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
