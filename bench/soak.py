@@ -8,8 +8,9 @@ and a plot ``soak-<rate>.png``.
 One worker process (``async-jobs worker``) and one scheduler process (reaper, retention)
 run against a database of their own; this process enqueues in batches ten times a second.
 Retention keeps succeeded jobs ``--retain-minutes`` (the scheduler applies it once a
-minute), so a flat table is what a steady state looks like. The figures of the first five
-minutes are the baseline: each later sample is reported as a ratio to their mean.
+minute), so a flat table is what a steady state looks like once it has filled up. The five
+minutes after the fill-up are the baseline: each later sample is reported as a ratio to
+their mean.
 """
 
 from __future__ import annotations
@@ -146,9 +147,12 @@ SERIES = ("table_mb", "indexes_mb", "n_dead_tup", "drain_jobs_per_s", "p99_ms")
 
 
 def flatness(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """Each series' later samples against the mean of the first five minutes."""
-    first = [s for s in samples if s["minute"] * 60 <= BASELINE_SECONDS + args.sample_seconds / 2]
-    later = samples[len(first) :]
+    """Each series' later samples against their mean over the five minutes after the fill-up
+    (the table grows until retention starts deleting: the retention time plus its minute)."""
+    start = (args.retain_minutes + 1) * 60
+    end = start + BASELINE_SECONDS + args.sample_seconds / 2
+    first = [s for s in samples if start < s["minute"] * 60 <= end]
+    later = [s for s in samples if s["minute"] * 60 > end]
     out: dict[str, Any] = {}
     for key in SERIES:
         base = statistics.mean(float(s[key] or 0) for s in first) if first else 0.0
