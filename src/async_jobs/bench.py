@@ -56,8 +56,6 @@ STOP_TIMEOUT_SECONDS = 30.0
 MIN_POLL_SECONDS = 0.002
 MAX_POLL_SECONDS = 0.05
 
-UNFINISHED_SQL = "SELECT count(*) FROM async_jobs WHERE status IN ('pending', 'queued', 'running')"
-
 
 class BenchError(Exception):
     """The benchmark could not run (exit code 1)."""
@@ -104,7 +102,10 @@ REDIS_METRICS = (
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """The options of ``async-jobs bench`` (also used by ``bench/pgqueuer_peer.py``)."""
+    from async_jobs.bench_scale import add_shape_options
+
     add_common_options(parser, default_dsn=os.environ.get("ASYNC_JOBS_DB_DSN") or DEFAULT_DSN)
+    add_shape_options(parser)
     parser.add_argument(
         "--transport",
         default="direct",
@@ -198,6 +199,9 @@ class BenchOptions:
     rounds: int = 1
     window: int = 0  # --transport sqs; 0: twice the concurrency
     redis_url: str | None = None  # --transport redis; None: a redis-server of its own
+    history: int = 0  # the table's shape: see bench_scale
+    backlog: int = 0
+    tenants: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BenchOptions:
@@ -217,6 +221,9 @@ class BenchOptions:
             rounds=getattr(args, "rounds", 1),
             window=_window(getattr(args, "window", None), args.concurrency),
             redis_url=getattr(args, "redis_url", None),
+            history=getattr(args, "history", 0),
+            backlog=getattr(args, "backlog", 0),
+            tenants=getattr(args, "tenants", 1),
         )
         options.check()
         return options
@@ -234,6 +241,11 @@ class BenchOptions:
         for name in names:
             if getattr(self, name) < 1:
                 raise BenchUsageError(f"--{name.replace('_', '-')} must be at least 1")
+        from async_jobs.bench_scale import Shape, check_shape
+
+        complaint = check_shape(Shape(self.history, self.backlog, self.tenants))
+        if complaint is not None:
+            raise BenchUsageError(complaint)
         if self.latency_interval_ms < 0:
             raise BenchUsageError("--latency-interval-ms must not be negative")
         if urlsplit(self.dsn).scheme not in ("postgresql", "postgres"):
@@ -275,6 +287,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"async-jobs bench: error: {exc}", file=sys.stderr)
         return 1
     print(render_table(f"async-jobs {_version()}", result), flush=True)
+    if "sizes_after" in result.details:
+        from async_jobs.bench_scale import render_sizes
+
+        print("\n".join(render_sizes(result.details["sizes_after"])), flush=True)
     if options.json_path:
         write_json(options.json_path, result)
     return 0
@@ -312,8 +328,10 @@ async def _bench(o: BenchOptions) -> BenchResult:
     import asyncpg
 
     from async_jobs.app import JobApp
+    from async_jobs.bench_scale import Shape, shape_table, table_sizes
     from async_jobs.core.settings import Settings
 
+    shape = Shape(o.history, o.backlog, o.tenants)
     created = await prepare_database(o.dsn, recreate=o.recreate)
     progress(f"database {redact_dsn(o.dsn)}{' (created)' if created else ''}")
     conn = await asyncpg.connect(o.dsn)
@@ -324,25 +342,27 @@ async def _bench(o: BenchOptions) -> BenchResult:
             await app.migrate()
             pg_version = str(await conn.fetchval("SHOW server_version"))
             metrics: dict[str, float] = {}
-            details: dict[str, Any] = {}
+            details: dict[str, Any] = {"seed_seconds": await shape_table(conn, shape, progress)}
+            details["sizes_before"] = await table_sizes(conn)
 
-            await _truncate(conn)
             metrics["enqueue_single_jobs_per_s"] = await _enqueue_single(app, o.jobs)
-            await _truncate(conn)
+            await _clear(conn, shape)
             metrics["enqueue_batch_jobs_per_s"] = await _enqueue_batch(app, o.jobs, o.batch_size)
             rate, rss, seconds = await _drain(conn, o)
             metrics["drain_jobs_per_s"] = rate
             details["drain_seconds"] = seconds
-            await _truncate(conn)
+            await _clear(conn, shape)
             latencies = await _latency(app, conn, o)
             metrics.update(latency_metrics(latencies))
             metrics["worker_peak_rss_mb"] = rss
             details["latency_samples"] = len(latencies)
             details["latency_max_ms"] = max(latencies)
-            await _truncate(conn)
+            details["sizes_after"] = await table_sizes(conn)
+            await _clear(conn, shape)
     finally:
         await conn.close()
     settings = base_settings(o, postgres_version=pg_version, system=f"async-jobs {_version()}")
+    settings.update(history=o.history, backlog=o.backlog, tenants=o.tenants)
     return BenchResult(metrics, settings, details)
 
 
@@ -350,8 +370,18 @@ async def _truncate(conn: asyncpg.Connection) -> None:
     await conn.execute("TRUNCATE async_jobs CASCADE")  # and its webhook deliveries
 
 
+async def _clear(conn: asyncpg.Connection, shape: Any) -> None:
+    """Remove the jobs of the last scenario, keeping the table's shape."""
+    from async_jobs.bench_scale import clear_measured
+
+    await clear_measured(conn, shape)
+
+
 async def _unfinished(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval(UNFINISHED_SQL))
+    """The measured jobs not ended yet (seeded rows are in other tenants)."""
+    from async_jobs.bench_scale import unfinished
+
+    return await unfinished(conn)
 
 
 async def _enqueue_single(app: JobApp, n: int) -> float:
@@ -413,7 +443,7 @@ async def _drain(conn: asyncpg.Connection, o: BenchOptions) -> tuple[float, floa
         finished = await wait_drained(conn, o, started, worker)
         rss = worker.peak_rss_mb()
     seconds = finished - started
-    await check_all_succeeded(conn, o.jobs)
+    await _check_measured_succeeded(conn, o.jobs)
     return o.jobs / seconds, rss, seconds
 
 
@@ -428,6 +458,14 @@ async def wait_drained(
         timeout=drain_timeout(o.jobs),
         worker=worker,
     )
+
+
+async def _check_measured_succeeded(conn: asyncpg.Connection, jobs: int) -> None:
+    from async_jobs.bench_scale import measured_counts
+
+    counts = await measured_counts(conn)
+    if counts.get("succeeded", 0) != jobs:
+        raise BenchError(f"the drain did not succeed on every job: {counts}")
 
 
 async def check_all_succeeded(conn: asyncpg.Connection, jobs: int) -> None:
@@ -488,7 +526,8 @@ async def _latency(
         )
     rows = await conn.fetch(
         "SELECT (result->>'started')::float8 - (payload->>'t0')::float8 "
-        "FROM async_jobs WHERE type = 'noop_timed' AND status = 'succeeded'"
+        "FROM async_jobs WHERE tenant_id = 'default' AND type = 'noop_timed' "
+        "AND status = 'succeeded'"
     )
     latencies = [float(r[0]) * 1000 for r in rows]
     if len(latencies) != o.latency_jobs:

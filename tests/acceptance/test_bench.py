@@ -30,6 +30,49 @@ def test_the_direct_benchmark_measures_every_scenario(
     assert "drain, one worker process" in done.stdout
 
 
+@pytest.mark.timeout(180)  # three scenarios, two worker processes, a seeded table
+def test_the_benchmark_runs_on_a_table_of_the_given_shape(
+    cli: Cli, pg_database: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "shaped.json"
+    done = cli.run(
+        "bench", "--dsn", pg_database, "--jobs", "100", "--concurrency", "10",
+        "--latency-jobs", "10", "--latency-interval-ms", "5", "--json", str(out),
+        "--history", "3000", "--backlog", "500", "--tenants", "7",
+        timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["drain_jobs_per_s"] > 0
+    assert (result["settings"]["history"], result["settings"]["tenants"]) == (3000, 7)
+    after = result["details"]["sizes_after"]
+    assert after["relations_mb"]["async_jobs"] > 0 and "n_tup_hot_upd" in after
+    assert "async_jobs_claimable" in done.stdout
+    # The seeded rows stay; the measured jobs are cleared after each scenario.
+    counts = _counts(pg_database)
+    assert counts == {("bench_history", "succeeded"): 3000, ("bench_backlog", "pending"): 500}
+
+
+def _counts(dsn: str) -> dict[tuple[str, str], int]:
+    import asyncio
+
+    import asyncpg
+
+    async def fetch() -> dict[tuple[str, str], int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT type, status::text, count(*), count(DISTINCT tenant_id) AS tenants "
+                "FROM async_jobs GROUP BY 1, 2"
+            )
+        finally:
+            await conn.close()
+        assert all(r["tenants"] == 7 for r in rows)
+        return {(r["type"], r["status"]): r["count"] for r in rows}
+
+    return asyncio.run(fetch())
+
+
 def test_the_sqs_benchmark_sets_the_drain_against_the_server_alone(
     cli: Cli, pg_database: str, tmp_path: Path
 ) -> None:
@@ -77,6 +120,9 @@ def test_bad_benchmark_options_are_usage_errors(cli: Cli) -> None:
     done = cli.run("bench", "--transport", "sqs", "--window", "0")
     assert done.returncode == 2
     assert "--window must be at least 1" in done.stderr
+    done = cli.run("bench", "--tenants", "0")
+    assert done.returncode == 2
+    assert "--tenants must be at least 1" in done.stderr
     done = cli.run("bench", "--transport", "carrier-pigeon")
     assert done.returncode == 2
     assert "not supported" in done.stderr

@@ -436,12 +436,29 @@ GROUP BY use_case, tenant_id, status
 ORDER BY use_case, tenant_id, status;
 
 -- name: stats_recent
--- Throughput, run time, queue wait and deadline misses of the last hour.
+-- Throughput, run time, queue wait and deadline misses of the last hour. The jobs that
+-- finished in it are read from async_jobs_finished, the ones that started in it and have not
+-- ended from async_jobs_active and async_jobs_retrying (pending: waiting for a retry); a
+-- terminal job that started in the hour also finished in it. No part reads the history.
 WITH recent AS (
     SELECT status, run_at, deadline_at, started_at, finished_at
     FROM async_jobs
-    WHERE ($1::text IS NULL OR tenant_id = $1)
-      AND (finished_at > now() - interval '1 hour' OR started_at > now() - interval '1 hour')
+    WHERE status IN ('succeeded', 'failed', 'cancelled')
+      AND finished_at > now() - interval '1 hour'
+      AND ($1::text IS NULL OR tenant_id = $1)
+    UNION ALL
+    SELECT status, run_at, deadline_at, started_at, finished_at
+    FROM async_jobs
+    WHERE status IN ('queued', 'running')
+      AND started_at > now() - interval '1 hour'
+      AND ($1::text IS NULL OR tenant_id = $1)
+    UNION ALL
+    SELECT status, run_at, deadline_at, started_at, finished_at
+    FROM async_jobs
+    WHERE status = 'pending'
+      AND started_at IS NOT NULL
+      AND started_at > now() - interval '1 hour'
+      AND ($1::text IS NULL OR tenant_id = $1)
 )
 SELECT
     now() AS generated_at,
