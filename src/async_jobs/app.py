@@ -59,7 +59,7 @@ from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Leader, RetentionPolicy, Stats, UseCaseState
 from async_jobs.domain.validation import build_like, build_new_job, check_name
 from async_jobs.domain.webhooks import WebhookState, check_webhook_target
-from async_jobs.domain.workers import Leadership, LiveProcess
+from async_jobs.domain.workers import LiveProcess
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
 from async_jobs.transports import registry as transports
@@ -448,9 +448,9 @@ class JobApp:
     async def use_cases(self) -> list[UseCaseState]:
         return await self.store.list_use_cases()
 
-    async def processes(self) -> tuple[list[LiveProcess], list[Leadership]]:
-        """The live workers and schedulers (``domain.workers``), and who leads each role."""
-        return await self.store.list_processes(), await self.store.list_leaders()
+    async def processes(self) -> tuple[list[LiveProcess], Leader | None]:
+        """The live workers and schedulers (``domain.workers``), and who leads the chores."""
+        return await self.store.list_processes(), await self.leader()
 
     async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         """See ``JobStore.stats``; ``with_counts=False`` skips the count of every job."""

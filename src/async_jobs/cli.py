@@ -25,7 +25,6 @@ import uvicorn
 
 from async_jobs import runner
 from async_jobs.app import EnqueueRequest, JobApp
-from async_jobs.core.scheduler import ROLE as SCHEDULER_ROLE
 from async_jobs.core.settings import Settings, split_modules
 from async_jobs.domain.errors import (
     AsyncJobsError,
@@ -582,16 +581,16 @@ async def _stats(jobs: JobApp, args: argparse.Namespace) -> int:
 
 async def _workers(jobs: JobApp, args: argparse.Namespace) -> int:
     async with jobs:
-        processes, leaders = await jobs.processes()
-    leader = next((lead.holder for lead in leaders if lead.role == SCHEDULER_ROLE), None)
+        processes, leader = await jobs.processes()
     rows = [p.to_json(leader) for p in processes]
     if args.json:
-        print(json.dumps({"processes": rows, "leader": leader}, indent=2), flush=True)
+        lead = leader.to_json() if leader is not None else None
+        print(json.dumps({"processes": rows, "leader": lead}, indent=2), flush=True)
         return 0
     header = ("KIND", "ID", "HOST", "PID", "CONC", "HELD", "HEARTBEAT", "VERSION", "USE CASES")
     table = [header] + [
         (
-            f"scheduler ({r['role']})" if r["kind"] == "scheduler" else "worker",
+            f"{r['kind']} (leads)" if r["leads"] else r["kind"],
             r["id"],
             r["host"],
             str(r["pid"]),
@@ -608,6 +607,10 @@ async def _workers(jobs: JobApp, args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     if not rows:
         print("no live worker or scheduler", flush=True)
+    if leader is not None:
+        print(f"chores led by {leader.process_role} {leader.process_id}", flush=True)
+    else:
+        print("nobody leads the chores now", flush=True)
     return 0
 
 

@@ -27,7 +27,7 @@ from async_jobs.domain.jobs import (
 )
 from async_jobs.domain.scheduling import ActiveCounts, FinishedBucket, Leader, Stats, UseCaseState
 from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
-from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
+from async_jobs.domain.workers import LiveProcess, ProcessInfo
 
 
 class JobStore(Protocol):
@@ -201,9 +201,6 @@ class JobStore(Protocol):
 
     async def list_processes(self) -> list[LiveProcess]:
         """The records that have not lapsed, by kind then id."""
-
-    async def list_leaders(self) -> list[Leadership]:
-        """Every role's current holder whose lease has not run out."""
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         """The last tick of the periodic job ``name`` that was enqueued (None: never)."""

@@ -14,10 +14,10 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine, Iterable
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from async_jobs.app import JobApp
+from async_jobs.core.presence import package_version
 from async_jobs.core.scheduler import Scheduler
 from async_jobs.core.settings import PREFIX, Settings, mask_url
 from async_jobs.core.worker import Worker, WorkerConfig
@@ -37,13 +37,6 @@ STORE_RETRY = Backoff.exponential(0.2, cap_seconds=5.0, jitter=0.5)
 # The roles that run a fleet: on the embedded SQLite store each such process would have a
 # database of its own (right for ``serve`` and tests, rarely for anything else).
 FLEET_ROLES = ("worker", "scheduler", "api")
-
-
-def package_version() -> str:
-    try:
-        return version("async-job-server")
-    except PackageNotFoundError:  # pragma: no cover - run from a source tree
-        return "unknown"
 
 
 # -- fail fast ----------------------------------------------------------------------------

@@ -96,10 +96,13 @@ class Scheduler:
         # The registry record is renewed about once a leader lease, not every round.
         self._beat_every = config.leader_lease_seconds
         self._last_beat = float("-inf")
+        process_role, _, process_id = config.holder.partition("/")
+        # A worker standing for the chores is listed by its worker's own record.
         self.presence = Presence(
             store,
-            process_info(config.holder, ProcessKind.SCHEDULER),
+            process_info(process_id or process_role, ProcessKind.SCHEDULER),
             ttl_seconds=3 * config.leader_lease_seconds,
+            enabled=process_role != "worker",
         )
 
     @property

@@ -63,7 +63,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
-from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
+from async_jobs.domain.workers import LiveProcess, ProcessInfo
 from async_jobs.stores.limits import (
     HOUR,
     RecentJob,
@@ -594,15 +594,6 @@ class MemoryStore:
         now = self._clock()
         live = [p for p in self._processes.values() if p.expires_at >= now]
         return sorted(live, key=lambda p: (p.info.kind.value, p.info.id))
-
-    async def list_leaders(self) -> list[Leadership]:
-        self._check_open()
-        now = self._clock()
-        return [
-            Leadership(role, leader.holder, leader.since, leader.expires_at)
-            for role, leader in sorted(self._leaders.items())
-            if leader.expires_at >= now
-        ]
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         self._check_open()

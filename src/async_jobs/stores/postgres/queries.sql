@@ -588,11 +588,6 @@ FROM async_jobs_processes
 WHERE expires_at >= now()
 ORDER BY kind, id;
 
--- name: list_leaders
-SELECT role, holder, since, expires_at FROM async_jobs_leaders
-WHERE expires_at >= now()
-ORDER BY role;
-
 -- name: count_jobs
 -- How many jobs match list_jobs' filters, counting no further than $7: the dashboard shows
 -- "10,000+" rather than walk every row. The filters use list_jobs' indexes (and, with a use

@@ -64,7 +64,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
-from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo, ProcessKind
+from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
 from async_jobs.stores.grouping import Grouped
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 from async_jobs.stores.watchers import tell
@@ -552,11 +552,6 @@ class PostgresStore:
             )
             for r in rows
         ]
-
-    async def list_leaders(self) -> list[Leadership]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(QUERIES["list_leaders"])
-        return [Leadership(r["role"], r["holder"], r["since"], r["expires_at"]) for r in rows]
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         async with self._connection() as conn:

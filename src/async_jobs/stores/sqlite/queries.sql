@@ -795,11 +795,6 @@ FROM async_jobs_processes
 WHERE expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
 ORDER BY kind, id;
 
--- name: list_leaders
-SELECT role, holder, since, expires_at FROM async_jobs_leaders
-WHERE expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
-ORDER BY role;
-
 -- name: count_jobs
 -- How many jobs match list_jobs' filters, counting no further than :cap (the dashboard
 -- shows "10,000+" rather than walk every row).

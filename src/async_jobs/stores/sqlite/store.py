@@ -77,7 +77,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
-from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo, ProcessKind
+from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
 from async_jobs.stores.limits import (
     HOUR,
     ClaimBudget,
@@ -479,13 +479,6 @@ class SqliteStore:
                 expires_at=_time(r["expires_at"]),
                 jobs_held=r["jobs_held"],
             )
-            for r in rows
-        ]
-
-    async def list_leaders(self) -> list[Leadership]:
-        rows = await self._run(lambda c: _fetch(c, "list_leaders"), write=False)
-        return [
-            Leadership(r["role"], r["holder"], _time(r["since"]), _time(r["expires_at"]))
             for r in rows
         ]
 
