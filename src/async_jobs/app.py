@@ -24,7 +24,9 @@ from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
 from async_jobs.core.executor import AttemptLimits
+from async_jobs.core.health import NotReadyError, Readiness, check_ready
 from async_jobs.core.maintenance import PeriodicJob, PeriodicRunner, Retention
+from async_jobs.core.metrics import Metrics, StoreGauges, metrics_config_from_env
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Handler, HandlerOptions, Registry, periodic_marks
 from async_jobs.core.scheduler import Scheduler, SchedulerConfig
@@ -57,7 +59,7 @@ from async_jobs.domain.webhooks import WebhookState, check_webhook_target
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
 from async_jobs.transports.direct import DirectTransport
-from async_jobs.transports.sqs import SqsConfig, SqsDispatcher, SqsTransport
+from async_jobs.transports.sqs import SqsClient, SqsConfig, SqsDispatcher, SqsTransport
 
 T = TypeVar("T")
 
@@ -101,9 +103,12 @@ class JobApp:
         store: JobStore | None = None,
         handler_modules: Iterable[str | ModuleType] = (),
         strict_types: bool | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """``strict_types``: refuse to enqueue types with no registered handler. By default
-        it is on as soon as any handler is registered, and off for a pure producer."""
+        it is on as soon as any handler is registered, and off for a pure producer.
+        ``metrics``: this app's Prometheus metrics (default: counting, per
+        ``ASYNC_JOBS_METRICS_*``; ``Metrics.off()`` counts nothing)."""
         self.settings = settings or Settings.from_env()
         if dsn is not None:
             self.settings = dataclasses.replace(self.settings, db_dsn=dsn)
@@ -118,6 +123,15 @@ class JobApp:
         self._declared_periodic = False
         for module in (*self.settings.handlers, *handler_modules):
             self.registry.add_module(module)
+        self.metrics = metrics or Metrics(metrics_config_from_env())
+        self.metrics.known_types(self.registry)
+
+    def serve_store_gauges(self) -> StoreGauges:
+        """Make this process's ``/metrics`` report the store gauges (the API's and the
+        scheduler's do; workers' do not, so that N workers do not query N times)."""
+        if self.metrics.gauges is None:
+            self.metrics.gauges = StoreGauges(self.store, on_error=self.metrics.store_error)
+        return self.metrics.gauges
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -235,6 +249,40 @@ class JobApp:
     async def migrate(self) -> list[str]:
         return await self.store.migrate()
 
+    async def readiness(self) -> Readiness:
+        """Store (a query, timed), schema (no migration pending) and transport (its broker
+        answers), each reported apart; see ``core.health``."""
+        return await check_ready(
+            {
+                "store": self._check_store,
+                "migrations": self._check_migrations,
+                "transport": self._check_transport,
+            }
+        )
+
+    async def _check_store(self) -> str | None:
+        await self.store.ping()
+        return None
+
+    async def _check_migrations(self) -> str | None:
+        pending = await self.store.pending_migrations()
+        if pending:
+            raise NotReadyError(f"not applied: {', '.join(pending)} (run async-jobs migrate)")
+        return None
+
+    async def _check_transport(self) -> str | None:
+        transport = self.settings.transport
+        if transport != "sqs":
+            return f"{transport}: jobs are claimed from the store"
+        client = SqsClient(self.sqs_config())
+        await client.open()
+        try:
+            for url in sorted(set(self.sqs_config().queues.values())):
+                await client.depth(url)
+        finally:
+            await client.close()
+        return f"sqs: {len(self.sqs_config().queues)} queues answer"
+
     # -- enqueue ----------------------------------------------------------------------------
 
     async def enqueue(
@@ -294,6 +342,8 @@ class JobApp:
         else:
             job, created = await self.store.insert_job(new)
         _check_same_request(new, job, created)
+        if created:
+            self.metrics.jobs_enqueued((job,))
         return job, created
 
     async def enqueue_many(
@@ -321,6 +371,7 @@ class JobApp:
             stored = await self.store.insert_jobs(self._built(requests, news))
         for new, (job, created) in zip(news, stored, strict=True):
             _check_same_request(new, job, created)
+        self.metrics.jobs_enqueued(job for job, created in stored if created)
         return stored
 
     def _built(self, requests: Iterable[EnqueueRequest], into: list[NewJob]) -> Iterator[NewJob]:
@@ -421,6 +472,8 @@ class JobApp:
         if answer is None:
             raise JobNotFoundError(f"no job {parsed}")
         job, changed = answer
+        if changed and job.status.is_terminal:  # never started (a running one ends later)
+            self.metrics.job_cancelled(job)
         if not changed and job.status.is_terminal:
             raise InvalidTransitionError(
                 f"job {parsed} has already ended ({job.status.value}); only pending, queued "
@@ -505,13 +558,16 @@ class JobApp:
         self._add_declared_periodic()
         dispatcher = None
         if self.settings.transport == "sqs":
-            dispatcher = SqsDispatcher(self.store, self.sqs_config(), self.limits, config.holder)
+            dispatcher = SqsDispatcher(
+                self.store, self.sqs_config(), self.limits, config.holder, metrics=self.metrics
+            )
         return Scheduler(
             self.store,
             config,
             self.periodic_runner() if self.periodic_jobs else None,
             webhooks=self.webhook_sender(),
             dispatcher=dispatcher,
+            metrics=self.metrics,
         )
 
     def sqs_config(self) -> SqsConfig:
@@ -535,7 +591,11 @@ class JobApp:
     def webhook_sender(self, config: WebhookConfig | None = None) -> WebhookSender:
         """What sends this app's webhooks (the leading scheduler runs it every round);
         ``config`` defaults to the settings' (secrets, allowed hosts, attempts, timeout)."""
-        return WebhookSender(self.store, config or WebhookConfig.from_settings(self.settings))
+        return WebhookSender(
+            self.store,
+            config or WebhookConfig.from_settings(self.settings),
+            metrics=self.metrics,
+        )
 
     def periodic_runner(self, clock: Callable[[], datetime] | None = None) -> PeriodicRunner:
         """What enqueues this app's periodic jobs (the leading scheduler runs it every
@@ -617,6 +677,7 @@ class JobApp:
                 config.lease_seconds,
                 config.use_cases,
                 self.max_attempts_ceiling(),
+                metrics=self.metrics,
             )
         elif transport is None and self.settings.transport == "redis":
             raise ConfigurationError(
@@ -632,7 +693,9 @@ class JobApp:
                 limits=self.limits,
             )
             transport = DirectTransport(self.store, claim)
-        return Worker(self.registry, self.store, transport, config, on_ready=on_ready)
+        return Worker(
+            self.registry, self.store, transport, config, on_ready=on_ready, metrics=self.metrics
+        )
 
     def attempt_limits(self) -> AttemptLimits:
         return AttemptLimits(self.settings.max_result_bytes, self.settings.max_error_chars)

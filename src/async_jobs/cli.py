@@ -16,13 +16,20 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from async_jobs.app import EnqueueRequest, JobApp
+from async_jobs.core.logs import (
+    LOG_FORMATS,
+    JsonFormatter,
+    configure_logging,
+    logging_options,
+    uvicorn_log_config,
+)
 from async_jobs.core.settings import Settings, split_modules
 from async_jobs.core.worker import WorkerConfig
 from async_jobs.domain.errors import (
@@ -39,7 +46,7 @@ log = logging.getLogger("async_jobs.cli")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="async-jobs", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    _add_logging(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="API, dashboard and worker in one process")
@@ -140,7 +147,36 @@ def build_parser() -> argparse.ArgumentParser:
     from async_jobs import bench as bench_module
 
     bench_module.configure_parser(bench)
+    commands.add_parser("health", help="readiness of store, schema and transport (exit 0 or 1)")
+    for name in ("worker", "scheduler"):
+        _add_metrics_port(commands.choices[name])
+    for command in commands.choices.values():
+        _add_logging(command, argparse.SUPPRESS)  # after the command too; the global stays
     return parser
+
+
+def _add_logging(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        help="DEBUG, INFO, WARNING or ERROR (default: ASYNC_JOBS_LOG_LEVEL or INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default,
+        help="text or json: one JSON object per line (default: ASYNC_JOBS_LOG_FORMAT or text)",
+    )
+
+
+def _add_metrics_port(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics, /health and /health/ready on this port (default: "
+        "ASYNC_JOBS_METRICS_PORT; off when neither is set)",
+    )
 
 
 def _add_http(parser: argparse.ArgumentParser) -> None:
@@ -155,23 +191,45 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        log_format, level = logging_options(args.log_format, args.log_level)
+    except ConfigurationError as exc:
+        print(f"async-jobs: error: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(log_format, level)
+    global _JSON_LINES
+    _JSON_LINES = log_format == "json"
     # asyncpg logs every failed reconnect of its pool with a traceback; ours say it in a line.
     logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     try:
         return _dispatch(args)
     except (ConfigurationError, InvalidJobError, HandlerRegistrationError) as exc:
-        print(f"async-jobs: error: {exc.message}", file=sys.stderr)
+        _error(exc.message)
         return 2
     except AsyncJobsError as exc:
-        print(f"async-jobs: error: {exc.message}", file=sys.stderr)
+        _error(exc.message)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+_JSON_LINES = False  # set once by main(): start-up and error lines as JSON objects too
+
+
+def announce(text: str) -> None:
+    """A start-up line on stdout: as it reads, or one JSON object in JSON mode."""
+    if _JSON_LINES:
+        log_line = logging.LogRecord("async_jobs.cli", logging.INFO, "", 0, text, None, None)
+        print(JsonFormatter().format(log_line), flush=True)
+    else:
+        print(text, flush=True)
+
+
+def _error(message: str) -> None:
+    if _JSON_LINES:
+        log.error("async-jobs: error: %s", message)
+    else:
+        print(f"async-jobs: error: {message}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -199,6 +257,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "cleanup": _cleanup,
         "use-cases": _use_cases,
         "sqs": _sqs,
+        "health": _health,
     }[args.command]
     return run_async(runner(jobs, args))
 
@@ -222,9 +281,15 @@ def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
         asyncio.run(_check_store(jobs))
     app = create_api(jobs, worker=worker, scheduler=scheduler, migrate=args.command == "serve")
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="info", lifespan="on", access_log=False
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=logging.getLogger().level,
+        lifespan="on",
+        access_log=False,
+        log_config=uvicorn_log_config(),
     )
-    print(f"async-jobs {args.command}: http://{args.host}:{args.port}", flush=True)
+    announce(f"async-jobs {args.command}: http://{args.host}:{args.port}")
     _GracefulServer(config, on_second_signal=lambda: _stop_worker_now(app)).run()
     return 0
 
@@ -301,17 +366,17 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
         gc.freeze()  # start-up's objects live on: full collections need not walk them
 
         def ready() -> None:
-            print(
+            announce(
                 f"async-jobs worker ready: id={config.worker_id} "
-                f"concurrency={config.concurrency} types={','.join(jobs.registry.types)}",
-                flush=True,
+                f"concurrency={config.concurrency} types={','.join(jobs.registry.types)}"
             )
 
         worker = jobs.worker(config, on_ready=ready)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.stop)
-        await worker.run()
+        async with _ops_server(jobs, args, store_gauges=False):
+            await worker.run()
     log.info("worker stopped after %d jobs", worker.processed)
     if worker.abandoned_threads:
         # Threads cannot be stopped, and the interpreter would wait for them at exit.
@@ -358,9 +423,51 @@ async def _scheduler(jobs: JobApp, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, scheduler.stop)
-        print(f"async-jobs scheduler ready: id={scheduler.config.holder}", flush=True)
-        await scheduler.run()
+        async with _ops_server(jobs, args, store_gauges=True):
+            announce(f"async-jobs scheduler ready: id={scheduler.config.holder}")
+            await scheduler.run()
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _ops_server(
+    jobs: JobApp, args: argparse.Namespace, *, store_gauges: bool
+) -> AsyncIterator[None]:
+    """``/metrics`` and the health probes on ``--metrics-port`` (or
+    ``ASYNC_JOBS_METRICS_PORT``), while the block runs; nothing without either."""
+    port = args.metrics_port
+    if port is None and os.environ.get("ASYNC_JOBS_METRICS_PORT"):
+        try:
+            port = int(os.environ["ASYNC_JOBS_METRICS_PORT"])
+        except ValueError:
+            port = -1
+    if port is None:
+        yield
+        return
+    if not 0 <= port <= 65535:
+        raise ConfigurationError("the metrics port must be a number from 0 to 65535")
+    from async_jobs.api.ops import OpsServer
+
+    if store_gauges:
+        jobs.serve_store_gauges()
+    host = os.environ.get("ASYNC_JOBS_METRICS_HOST") or "0.0.0.0"
+    server = OpsServer(jobs, host, port)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    announce(f"async-jobs {args.command} metrics: http://{host}:{server.port}/metrics")
+    try:
+        yield
+    finally:
+        await server.close()
+
+
+async def _health(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        readiness = await jobs.readiness()
+    print(json.dumps(readiness.to_json(), indent=2), flush=True)
+    return 0 if readiness.ok else 1
 
 
 async def _stats(jobs: JobApp, args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
-from async_jobs.domain.scheduling import Stats, UseCaseState
+from async_jobs.domain.scheduling import JobGauges, Stats, UseCaseState
 from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
 
 
@@ -42,6 +42,9 @@ class JobStore(Protocol):
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the store answers now."""
+
+    async def pending_migrations(self) -> list[str]:
+        """The migrations ``migrate`` would apply now (none: the schema is current)."""
 
     async def warm(self) -> None:
         """Get ready now for a worker's first jobs (open connections, prepare statements),
@@ -175,6 +178,11 @@ class JobStore(Protocol):
     async def stats(self, tenant_id: str | None = None) -> Stats:
         """Counts, throughput and latencies (see ``Stats``); with ``tenant_id``, of that
         tenant's jobs only."""
+
+    async def job_gauges(self, cap: int) -> JobGauges:
+        """Jobs pending, queued and running per use case, each count stopping at ``cap``
+        (an index walk of at most ``cap`` entries per state and use case, never a count of
+        the table), and the oldest due pending job's age per use case among those walked."""
 
     async def create_webhook_deliveries(
         self, limit: int, max_attempts: int, within_seconds: float | None = None

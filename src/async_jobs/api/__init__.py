@@ -3,6 +3,14 @@
 from async_jobs.api.app import create_api
 from async_jobs.api.auth import TokenAuth
 from async_jobs.api.errors import install_error_handlers
+from async_jobs.api.ops import OpsServer, create_ops_router
 from async_jobs.api.router import create_jobs_router
 
-__all__ = ["TokenAuth", "create_api", "create_jobs_router", "install_error_handlers"]
+__all__ = [
+    "OpsServer",
+    "TokenAuth",
+    "create_api",
+    "create_jobs_router",
+    "create_ops_router",
+    "install_error_handlers",
+]

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from async_jobs.core.metrics import Metrics
 from async_jobs.core.settings import Settings
 from async_jobs.domain.errors import StoreError
 from async_jobs.domain.jobs import JobId
@@ -165,8 +166,10 @@ class WebhookSender:
         client: httpx.AsyncClient | None = None,
         resolve: Resolver | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics or Metrics.off()
         self.config = config or WebhookConfig()
         self._client = client
         self._own_client = client is None
@@ -235,6 +238,7 @@ class WebhookSender:
             outcome = await self.send(delivery)
             if await self._store.record_webhook_attempt(outcome):
                 self.sent += 1
+                self._metrics.webhook_delivery(_metric_outcome(delivery, outcome))
             else:
                 self.lost += 1
                 log.warning(
@@ -345,3 +349,12 @@ async def _resolve(host: str, port: int) -> list[str]:
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
     return sorted({str(info[4][0]) for info in infos})
+
+
+def _metric_outcome(delivery: WebhookDelivery, outcome: DeliveryOutcome) -> str:
+    """``delivered``, ``retried``, or ``failed`` (refused, or the last attempt spent)."""
+    if outcome.result is AttemptResult.DELIVERED:
+        return "delivered"
+    if outcome.result is AttemptResult.RETRY and delivery.attempts < delivery.max_attempts:
+        return "retried"
+    return "failed"

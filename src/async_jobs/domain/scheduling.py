@@ -306,3 +306,18 @@ def bucket_tokens(quota: TenantQuota, tokens: float | None, refilled_seconds_ago
     if tokens is None:
         return quota.burst
     return min(quota.burst, tokens + quota.max_per_second * max(refilled_seconds_ago, 0.0))
+
+
+# The states the store gauges count: the work to do, not the history (terminal jobs are
+# counted by the counters as they end).
+GAUGE_STATES = ("pending", "queued", "running")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobGauges:
+    """What ``async_jobs_jobs`` and ``async_jobs_oldest_due_job_age_seconds`` report: jobs
+    per (state, use case), each count capped (see ``JobStore.job_gauges``), and per use case
+    the age in seconds of the oldest due pending job among those counted."""
+
+    counts: Mapping[tuple[str, str], int]
+    oldest_due_seconds: Mapping[str, float]

@@ -20,6 +20,9 @@ CREATE TABLE IF NOT EXISTS async_jobs_migrations (
 -- name: migrations_applied
 SELECT name FROM async_jobs_migrations ORDER BY name;
 
+-- name: migrations_table_exists
+SELECT to_regclass('async_jobs_migrations') IS NOT NULL;
+
 -- name: migration_record
 INSERT INTO async_jobs_migrations (name) VALUES ($1);
 
@@ -469,6 +472,38 @@ SELECT count(*) FILTER (WHERE deadline_at < now()) AS overdue,
            AS oldest_due_seconds
 FROM async_jobs
 WHERE status = 'pending' AND ($1::text IS NULL OR tenant_id = $1);
+
+-- name: job_gauges
+-- The store gauges, never a count of the table: use cases found by skip scans, then per
+-- (state, use case) a walk of at most $1 index entries (pending: async_jobs_claimable, which
+-- holds run_at, so an index-only scan; queued and running: async_jobs_active).
+WITH RECURSIVE active_use_cases(use_case) AS (
+    (SELECT use_case FROM async_jobs WHERE status IN ('queued', 'running')
+     ORDER BY use_case LIMIT 1)
+    UNION ALL
+    SELECT (SELECT a.use_case FROM async_jobs a
+            WHERE a.status IN ('queued', 'running') AND a.use_case > w.use_case
+            ORDER BY a.use_case LIMIT 1)
+    FROM active_use_cases w WHERE w.use_case IS NOT NULL
+)
+SELECT 'pending' AS state, u AS use_case, c.n,
+       extract(epoch FROM now() - c.oldest)::float8 AS oldest_due_seconds
+FROM async_jobs_pending_use_cases() AS u
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, min(s.run_at) FILTER (WHERE s.run_at <= now()) AS oldest
+    FROM (SELECT j.run_at FROM async_jobs j
+          WHERE j.status = 'pending' AND j.use_case = u LIMIT $1) AS s
+) AS c
+UNION ALL
+SELECT st.state, a.use_case, c.n, NULL::float8
+FROM active_use_cases a
+CROSS JOIN (VALUES ('queued'::async_jobs_state), ('running'::async_jobs_state)) AS st(state)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n
+    FROM (SELECT 1 FROM async_jobs j
+          WHERE j.status = st.state AND j.use_case = a.use_case LIMIT $1) AS s
+) AS c
+WHERE a.use_case IS NOT NULL AND c.n > 0;
 
 -- name: create_webhook_deliveries
 -- The outbox sweep: a delivery for every ended job with a webhook_url that has none for its

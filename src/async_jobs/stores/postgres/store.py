@@ -46,7 +46,7 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import Stats, StatsCount, UseCaseState
+from async_jobs.domain.scheduling import JobGauges, Stats, StatsCount, UseCaseState
 from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.domain.webhooks import (
     DeliveryAttempt,
@@ -189,6 +189,14 @@ class PostgresStore:
                 await conn.execute(QUERIES["migration_record"], name)
                 applied_now.append(name)
         return applied_now
+
+    async def pending_migrations(self) -> list[str]:
+        async with self._connection() as conn:
+            done = set()
+            if await conn.fetchval(QUERIES["migrations_table_exists"]):
+                done = {r["name"] for r in await conn.fetch(QUERIES["migrations_applied"])}
+        names = [name for name, _ in load_migrations("async_jobs.stores.postgres.migrations")]
+        return [name for name in names if name not in done]
 
     async def ping(self) -> None:
         async with self._connection() as conn:
@@ -493,6 +501,18 @@ class PostgresStore:
         async with self._connection() as conn:
             rows = await conn.fetch(QUERIES["get_webhook_deliveries"], job_id)
         return [delivery_from_record(r) for r in rows]
+
+    async def job_gauges(self, cap: int) -> JobGauges:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["job_gauges"], cap)
+        return JobGauges(
+            counts={(str(r["state"]), r["use_case"]): r["n"] for r in rows},
+            oldest_due_seconds={
+                r["use_case"]: max(r["oldest_due_seconds"] or 0.0, 0.0)
+                for r in rows
+                if r["state"] == "pending"
+            },
+        )
 
     async def stats(self, tenant_id: str | None = None) -> Stats:
         async with self._connection() as conn:

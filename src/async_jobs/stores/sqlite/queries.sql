@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS async_jobs_migrations (
 -- name: migrations_applied
 SELECT name FROM async_jobs_migrations ORDER BY name;
 
+-- name: migrations_table_exists
+SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'async_jobs_migrations';
+
 -- name: migration_record
 INSERT INTO async_jobs_migrations (name, applied_at)
 VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0);
@@ -672,6 +675,25 @@ SELECT count(*) FILTER (WHERE deadline_at < :now) AS overdue,
        min(run_at) FILTER (WHERE run_at <= :now) AS oldest_due_run_at
 FROM async_jobs
 WHERE status = 'pending' AND (:tenant_id IS NULL OR tenant_id = :tenant_id);
+
+-- name: job_gauges
+-- The store gauges: per (state, use case) of the work to do, at most :cap index entries
+-- walked (async_jobs_claimable, async_jobs_active); the use cases are read from the same
+-- partial indexes.
+WITH groups(state, use_case) AS (
+    SELECT DISTINCT 'pending', use_case FROM async_jobs WHERE status = 'pending'
+    UNION ALL
+    SELECT DISTINCT status, use_case FROM async_jobs WHERE status IN ('queued', 'running')
+)
+SELECT g.state, g.use_case,
+       (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+                              WHERE j.status = g.state AND j.use_case = g.use_case
+                              LIMIT :cap)) AS n,
+       (SELECT min(s.run_at) FROM (SELECT j.run_at FROM async_jobs j
+                                   WHERE j.status = g.state AND j.use_case = g.use_case
+                                   LIMIT :cap) AS s
+        WHERE g.state = 'pending' AND s.run_at <= :now) AS oldest_due_run_at
+FROM groups g;
 
 -- name: create_webhook_deliveries
 -- The outbox sweep (see the PostgreSQL query of the same name): a delivery for every ended

@@ -57,7 +57,14 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import Candidate, Stats, StatsCount, UseCaseState, plan_claim
+from async_jobs.domain.scheduling import (
+    Candidate,
+    JobGauges,
+    Stats,
+    StatsCount,
+    UseCaseState,
+    plan_claim,
+)
 from async_jobs.domain.validation import json_dumps, result_json
 from async_jobs.domain.webhooks import (
     DeliveryAttempt,
@@ -172,6 +179,9 @@ class SqliteStore:
 
     async def migrate(self) -> list[str]:
         return await self._run(_apply_migrations, write=True)
+
+    async def pending_migrations(self) -> list[str]:
+        return await self._run(_pending_migrations, write=False)
 
     async def ping(self) -> None:
         await self._run(lambda c: _fetch(c, "ping"), write=False)
@@ -424,6 +434,9 @@ class SqliteStore:
         rows = await self._run(lambda c: _fetch(c, "get_webhook_deliveries", params), write=False)
         return [_delivery_from_row(r) for r in rows]
 
+    async def job_gauges(self, cap: int) -> JobGauges:
+        return await self._run(lambda c: _job_gauges(c, cap), write=False)
+
     async def stats(self, tenant_id: str | None = None) -> Stats:
         return await self._run(lambda c: _stats(c, tenant_id), write=False)
 
@@ -529,6 +542,14 @@ def _error_code(exc: sqlite3.Error) -> int:
 
 
 # -- migrations -----------------------------------------------------------------------------
+
+
+async def _pending_migrations(conn: aiosqlite.Connection) -> list[str]:
+    done: set[str] = set()
+    (exists,) = await _fetch(conn, "migrations_table_exists")
+    if exists["n"]:
+        done = {str(r["name"]) for r in await _fetch(conn, "migrations_applied")}
+    return [name for name, _ in load_migrations(MIGRATIONS_PACKAGE) if name not in done]
 
 
 async def _apply_migrations(conn: aiosqlite.Connection) -> list[str]:
@@ -767,6 +788,19 @@ def _check_terminal(status: str) -> None:
 
 def _use_case_from_row(r: sqlite3.Row) -> UseCaseState:
     return UseCaseState(r["name"], bool(r["paused"]), _time_or_none(r["updated_at"]))
+
+
+async def _job_gauges(conn: aiosqlite.Connection, cap: int) -> JobGauges:
+    now = await _now(conn)
+    rows = await _fetch(conn, "job_gauges", {"cap": cap, "now": now})
+    return JobGauges(
+        counts={(r["state"], r["use_case"]): int(r["n"]) for r in rows},
+        oldest_due_seconds={
+            r["use_case"]: max(now - (r["oldest_due_run_at"] or now), 0.0)
+            for r in rows
+            if r["state"] == "pending"
+        },
+    )
 
 
 async def _stats(conn: aiosqlite.Connection, tenant_id: str | None) -> Stats:
