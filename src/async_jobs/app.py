@@ -31,6 +31,7 @@ from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Handler, HandlerOptions, Registry, periodic_marks
 from async_jobs.core.scheduler import Scheduler, SchedulerConfig
 from async_jobs.core.settings import Settings
+from async_jobs.core.tracing import Tracing
 from async_jobs.core.webhooks import WebhookConfig, WebhookSender
 from async_jobs.core.worker import Worker, WorkerConfig
 from async_jobs.domain.errors import (
@@ -104,11 +105,13 @@ class JobApp:
         handler_modules: Iterable[str | ModuleType] = (),
         strict_types: bool | None = None,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """``strict_types``: refuse to enqueue types with no registered handler. By default
         it is on as soon as any handler is registered, and off for a pure producer.
         ``metrics``: this app's Prometheus metrics (default: counting, per
-        ``ASYNC_JOBS_METRICS_*``; ``Metrics.off()`` counts nothing)."""
+        ``ASYNC_JOBS_METRICS_*``; ``Metrics.off()`` counts nothing). ``tracing``:
+        OpenTelemetry spans (default: on when ``opentelemetry-api`` is installed)."""
         self.settings = settings or Settings.from_env()
         if dsn is not None:
             self.settings = dataclasses.replace(self.settings, db_dsn=dsn)
@@ -125,6 +128,7 @@ class JobApp:
             self.registry.add_module(module)
         self.metrics = metrics or Metrics(metrics_config_from_env())
         self.metrics.known_types(self.registry)
+        self.tracing = tracing or Tracing()
 
     def serve_store_gauges(self) -> StoreGauges:
         """Make this process's ``/metrics`` report the store gauges (the API's and the
@@ -337,14 +341,21 @@ class JobApp:
         """Like ``enqueue``, also saying whether the job was created (False: an existing job
         with the same idempotency key)."""
         new = self.build(request)
-        if connection is not None:
-            [(job, created)] = await self.store.insert_jobs_in(connection, [new])
+        if self.tracing.enabled:
+            with self.tracing.send((new,)):
+                job, created = await self._insert_one(new, connection)
         else:
-            job, created = await self.store.insert_job(new)
+            job, created = await self._insert_one(new, connection)
         _check_same_request(new, job, created)
         if created:
             self.metrics.jobs_enqueued((job,))
         return job, created
+
+    async def _insert_one(self, new: NewJob, connection: object | None) -> tuple[Job, bool]:
+        if connection is not None:
+            [(job, created)] = await self.store.insert_jobs_in(connection, [new])
+            return job, created
+        return await self.store.insert_job(new)
 
     async def enqueue_many(
         self, requests: Sequence[EnqueueRequest], *, connection: object | None = None
@@ -362,7 +373,15 @@ class JobApp:
                 f"a batch holds at most {MAX_BATCH_SIZE} jobs, not {len(requests)}", field="jobs"
             )
         news: list[NewJob] = []
-        if connection is not None:
+        if self.tracing.enabled:  # one span for the batch, its context in every job
+            news.extend(self._built(requests, []))
+            with self.tracing.send(news):
+                stored = await (
+                    self.store.insert_jobs(news)
+                    if connection is None
+                    else self.store.insert_jobs_in(connection, news)
+                )
+        elif connection is not None:
             news.extend(self._built(requests, []))
             stored = await self.store.insert_jobs_in(connection, news)
         else:
@@ -595,6 +614,7 @@ class JobApp:
             self.store,
             config or WebhookConfig.from_settings(self.settings),
             metrics=self.metrics,
+            tracing=self.tracing,
         )
 
     def periodic_runner(self, clock: Callable[[], datetime] | None = None) -> PeriodicRunner:
@@ -694,7 +714,13 @@ class JobApp:
             )
             transport = DirectTransport(self.store, claim)
         return Worker(
-            self.registry, self.store, transport, config, on_ready=on_ready, metrics=self.metrics
+            self.registry,
+            self.store,
+            transport,
+            config,
+            on_ready=on_ready,
+            metrics=self.metrics,
+            tracing=self.tracing,
         )
 
     def attempt_limits(self) -> AttemptLimits:

@@ -82,3 +82,13 @@ def _healthy(base: str) -> bool:
         return httpx.get(f"{base}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_observability_example_runs(tmp_path: Path) -> None:
+    output = run_example("observability_example.py", tmp_path)
+    assert (
+        'async_jobs_jobs_finished_total{outcome="succeeded",type="resize",use_case="images"} 2.0'
+        in output
+    )
+    assert "ready: ok" in output
+    assert output.count("span process resize (CONSUMER)") == 2

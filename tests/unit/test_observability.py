@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -169,3 +171,32 @@ def test_a_json_line_carries_the_job_fields_of_its_context() -> None:
     assert "job_id" not in outside
     assert inside["message"] == "inside a job"
     assert (inside["job_id"], inside["attempt"], inside["worker_id"]) == ("j-1", 2, "w-1")
+
+
+def test_without_opentelemetry_nothing_imports_it_and_jobs_still_run() -> None:
+    """The [otel] extra is optional: with opentelemetry unimportable, jobs enqueue and run,
+    tracing is off, and no opentelemetry module was loaded."""
+    script = """
+import asyncio, sys
+sys.modules["opentelemetry"] = None  # as if not installed: importing it raises ImportError
+from async_jobs import JobApp
+from async_jobs.core.worker import WorkerConfig
+
+async def main():
+    app = JobApp("memory://", handler_modules=["async_jobs.demo"])
+    async with app:
+        job = await app.enqueue("echo", {"a": 1})
+        await app.run_worker(WorkerConfig(burst=True))
+        assert (await app.get_job(job.id)).status.value == "succeeded"
+    assert not app.tracing.enabled
+    loaded = [m for m in sys.modules if m.startswith("opentelemetry") and sys.modules[m]]
+    assert not loaded, loaded
+    print("ok")
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from async_jobs.api.auth import TokenAuth, TokenAuthMiddleware
 from async_jobs.api.errors import install_error_handlers
 from async_jobs.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
-from async_jobs.api.ops import create_ops_router
+from async_jobs.api.ops import TraceContextMiddleware, create_ops_router
 from async_jobs.api.router import create_jobs_router
 from async_jobs.app import JobApp
 from async_jobs.core.scheduler import SchedulerConfig
@@ -62,6 +62,8 @@ def create_api(
     app.include_router(create_jobs_router(jobs, auth))
     app.include_router(create_ops_router(jobs))
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if jobs.tracing.enabled:
+        app.add_middleware(TraceContextMiddleware)
     if auth is not None:  # outermost: a request without a token is refused unread
         app.add_middleware(TokenAuthMiddleware, auth=auth)
     if auth is None:

@@ -16,10 +16,12 @@ from typing import Literal
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from async_jobs.api.schemas import ErrorResponse
 from async_jobs.app import JobApp
 from async_jobs.core.metrics import CONTENT_TYPE
+from async_jobs.core.tracing import request_context
 
 log = logging.getLogger("async_jobs.ops")
 _UNEXPECTED = "Any other error, e.g. 500 internal_error (a bug: never on purpose)."
@@ -84,6 +86,29 @@ def create_ops_router(jobs: JobApp, *, store_gauges: bool = True) -> APIRouter:
         return JSONResponse(readiness.to_json(), readiness.http_status, headers)
 
     return router
+
+
+class TraceContextMiddleware:
+    """ASGI: a request's ``traceparent`` becomes the current trace context, so that the
+    jobs it enqueues continue the caller's trace (added by ``create_api`` when tracing)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope.get("headers", ())
+            if k in (b"traceparent", b"tracestate")
+        }
+        if not headers:
+            await self.app(scope, receive, send)
+            return
+        with request_context(headers):
+            await self.app(scope, receive, send)
 
 
 class OpsServer:

@@ -46,6 +46,7 @@ import httpx
 
 from async_jobs.core.metrics import Metrics
 from async_jobs.core.settings import Settings
+from async_jobs.core.tracing import Tracing
 from async_jobs.domain.errors import StoreError
 from async_jobs.domain.jobs import JobId
 from async_jobs.domain.retry import Backoff
@@ -167,8 +168,10 @@ class WebhookSender:
         resolve: Resolver | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
+        self._tracing = tracing or Tracing.off()
         self._metrics = metrics or Metrics.off()
         self.config = config or WebhookConfig()
         self._client = client
@@ -282,13 +285,20 @@ class WebhookSender:
             return outcome(refused[0], error=refused[1])
         body = json_dumps(job.to_json()).encode()
         headers = self.headers(delivery, body)
-        try:
-            response = await self._http().post(delivery.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return outcome(AttemptResult.RETRY, error=f"{type(exc).__name__}: {exc}".strip())
-        if 200 <= response.status_code < 300:
-            return outcome(AttemptResult.DELIVERED, response.status_code)
-        return outcome(AttemptResult.RETRY, response.status_code, f"HTTP {response.status_code}")
+        host = urlsplit(delivery.url).hostname or ""
+        with self._tracing.webhook(job, host, delivery.attempts) as span:
+            headers.update(self._tracing.headers())
+            try:
+                response = await self._http().post(delivery.url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}".strip()
+                span.delivered(False, None, type(exc).__name__)
+                return outcome(AttemptResult.RETRY, error=error)
+            status = response.status_code
+            span.delivered(200 <= status < 300, status, f"HTTP {status}")
+        if 200 <= status < 300:
+            return outcome(AttemptResult.DELIVERED, status)
+        return outcome(AttemptResult.RETRY, status, f"HTTP {status}")
 
     def headers(self, delivery: WebhookDelivery, body: bytes) -> dict[str, str]:
         timestamp = int(self._clock())

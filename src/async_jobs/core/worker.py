@@ -43,6 +43,7 @@ from async_jobs.core.logs import fields_of_job, job_fields
 from async_jobs.core.metrics import Metrics
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Registry
+from async_jobs.core.tracing import TracedSpan, Tracing
 from async_jobs.domain.errors import StoreError
 from async_jobs.domain.jobs import (
     AttemptOutcome,
@@ -191,8 +192,10 @@ class Worker:
         config: WorkerConfig,
         on_ready: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.registry = registry
+        self.tracing = tracing or Tracing.off()
         self.metrics = metrics or Metrics.off()
         self.config = config
         self._store = store
@@ -335,14 +338,22 @@ class Worker:
             self._running[job.id] = (task, ctx)
 
     async def _execute(self, job: Job, ctx: JobContext) -> None:
+        if not self.tracing.enabled:
+            await self._attempt(job, ctx, None)
+            return
+        with self.tracing.process(job) as span:
+            await self._attempt(job, ctx, span)
+
+    async def _attempt(self, job: Job, ctx: JobContext, span: TracedSpan | None) -> None:
         assert self._threads is not None
         handler = self.registry.get(job.type)
         # This task's own context: the handler's log lines carry the job's fields.
-        job_fields.set(
-            fields_of_job(
-                str(job.id), job.attempts, job.type, job.use_case, job.tenant_id, self.worker_id
-            )
+        fields = fields_of_job(
+            str(job.id), job.attempts, job.type, job.use_case, job.tenant_id, self.worker_id
         )
+        if span is not None:
+            fields.update(span.ids())
+        job_fields.set(fields)
         began = time.perf_counter()
         try:
             outcome = await run_attempt(handler, job, ctx, self._threads, self.config.limits)
@@ -363,6 +374,8 @@ class Worker:
             self._slot_freed.set()
         if ctx.cancel_requested and outcome.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASED):
             outcome = cancelled(job)
+        if span is not None:
+            span.outcome(outcome)
         self.processed += 1
         self._completer.add(outcome)
         self._fill_slots()

@@ -33,13 +33,13 @@ INSERT INTO async_jobs_migrations (name) VALUES ($1);
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at
+    backoff, expires_at, trace_context
 )
 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::async_jobs_priority, $7,
         COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)), $10,
         COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8))
             + make_interval(secs => $10),
-        $11, $12::text, $13, $14::text::jsonb, $15)
+        $11, $12::text, $13, $14::text::jsonb, $15, $16::text)
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 
 -- name: insert_jobs
@@ -49,11 +49,12 @@ RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 -- one value per job ($3-$15) or, when all jobs of the batch share one value (the usual
 -- case: one type, one tenant, no key), as that single value ($16-$28) with its array NULL,
 -- which unnest reads as NULL in every row. One of the two is always NULL, so COALESCE
--- picks the one that was sent.
+-- picks the one that was sent. $29: the trace context of the whole statement (one enqueue
+-- call, one context).
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at
+    backoff, expires_at, trace_context
 )
 SELECT
     u.id, COALESCE(u.tenant_id, $16), COALESCE(u.use_case, $17), COALESCE(u.type, $18),
@@ -61,7 +62,7 @@ SELECT
     COALESCE(u.max_attempts, $20), t.run_at, t.tolerance,
     t.run_at + make_interval(secs => t.tolerance), COALESCE(u.timeout_seconds, $24),
     COALESCE(u.idempotency_key, $25), COALESCE(u.webhook_url, $26),
-    COALESCE(u.backoff, $27)::jsonb, COALESCE(u.expires_at, $28)
+    COALESCE(u.backoff, $27)::jsonb, COALESCE(u.expires_at, $28), $29::text
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
     $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], $12::text[], $13::text[],
@@ -495,13 +496,22 @@ CROSS JOIN LATERAL (
           WHERE j.status = 'pending' AND j.use_case = u LIMIT $1) AS s
 ) AS c
 UNION ALL
-SELECT st.state, a.use_case, c.n, NULL::float8
+-- Each state as a constant, so that the planner matches the partial index's predicate.
+SELECT 'queued', a.use_case, c.n, NULL::float8
 FROM active_use_cases a
-CROSS JOIN (VALUES ('queued'::async_jobs_state), ('running'::async_jobs_state)) AS st(state)
 CROSS JOIN LATERAL (
     SELECT count(*) AS n
     FROM (SELECT 1 FROM async_jobs j
-          WHERE j.status = st.state AND j.use_case = a.use_case LIMIT $1) AS s
+          WHERE j.status = 'queued' AND j.use_case = a.use_case LIMIT $1) AS s
+) AS c
+WHERE a.use_case IS NOT NULL AND c.n > 0
+UNION ALL
+SELECT 'running', a.use_case, c.n, NULL::float8
+FROM active_use_cases a
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n
+    FROM (SELECT 1 FROM async_jobs j
+          WHERE j.status = 'running' AND j.use_case = a.use_case LIMIT $1) AS s
 ) AS c
 WHERE a.use_case IS NOT NULL AND c.n > 0;
 

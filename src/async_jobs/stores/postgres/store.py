@@ -801,11 +801,11 @@ async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, boo
 
 async def _insert_one(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
     if job.idempotency_key is None:
-        row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job))
+        row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job), job.trace_context)
         assert row is not None  # nothing to conflict with: an error or a row
         return _job_from_insert(job, row), True
     for _ in range(3):  # insert_jobs: the one statement that knows ON CONFLICT
-        rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns([job]))
+        rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns([job]), job.trace_context)
         if rows:
             return _job_from_insert(job, rows[0]), True
         existing = await conn.fetch(
@@ -864,7 +864,7 @@ async def _insert_chunks_on(
         await check_pending_quotas(conn, chunk)
         batch.extend(chunk)
         statement = asyncio.ensure_future(
-            conn.fetch(QUERIES["insert_jobs"], *_insert_columns(chunk))
+            conn.fetch(QUERIES["insert_jobs"], *_insert_columns(chunk), chunk[0].trace_context)
         )
         try:
             await asyncio.sleep(0)  # the statement is sent
@@ -1004,7 +1004,7 @@ def job_from_record(r: asyncpg.Record, text_json: bool = False) -> Job:
     percent = r["progress_percent"]
     history = _json(r["history"])
     backoff = r["backoff"] and _json(r["backoff"])
-    return Job(  # positional, in the order of Job's fields: this runs for every job claimed
+    job = Job(  # positional, in the order of Job's fields: this runs for every job claimed
         JobId(_uuid(r["id"])),
         r["tenant_id"],
         r["use_case"],
@@ -1038,6 +1038,8 @@ def job_from_record(r: asyncpg.Record, text_json: bool = False) -> Job:
         r.get("dispatch_id") and _uuid(r["dispatch_id"]),
         r.get("dispatch_expires_at"),
     )
+    job.trace_context = r.get("trace_context")
+    return job
 
 
 def delivery_from_record(r: asyncpg.Record) -> WebhookDelivery:

@@ -52,18 +52,18 @@ VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0);
 -- :jobs is a JSON array of [id, tenant_id, use_case, type, payload_json, priority,
 -- max_attempts, delay_seconds, run_at (epoch or null), delay_tolerance_seconds,
 -- timeout_seconds, idempotency_key, webhook_url, backoff_json (or null), expires_at (epoch
--- or null)]. A repeated
+-- or null)]; :trace_context is the whole batch's (one enqueue call, one context). A repeated
 -- idempotency key inserts nothing (the first of a batch wins); the caller then reads the
 -- existing job. run_at is absolute when given, else now + delay.
 INSERT INTO async_jobs (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at, created_at, updated_at
+    backoff, expires_at, created_at, updated_at, trace_context
 )
 SELECT
     u.id, u.tenant_id, u.use_case, u.type, u.payload, u.priority, u.max_attempts, u.run_at,
     u.tolerance, u.run_at + u.tolerance, u.timeout_seconds, u.idempotency_key,
-    u.webhook_url, u.backoff, u.expires_at, u.now, u.now
+    u.webhook_url, u.backoff, u.expires_at, u.now, u.now, :trace_context
 FROM (
     SELECT
         e.key AS seq,

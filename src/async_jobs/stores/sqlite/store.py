@@ -592,7 +592,8 @@ async def _insert_jobs(
     conn: aiosqlite.Connection, jobs: Sequence[NewJob]
 ) -> list[tuple[Job, bool]]:
     await _check_pending_quotas(conn, jobs)
-    rows = await _fetch(conn, "insert_jobs", {"jobs": _jobs_json(jobs)})
+    params = {"jobs": _jobs_json(jobs), "trace_context": jobs[0].trace_context if jobs else None}
+    rows = await _fetch(conn, "insert_jobs", params)
     inserted = {r["id"]: r for r in rows}
     missing = [j for j in jobs if str(j.id) not in inserted]
     existing: dict[tuple[str, str | None], Job] = {}
@@ -915,6 +916,7 @@ def _job_from_row(r: sqlite3.Row) -> Job:
         expires_at=_time_or_none(r["expires_at"]),
         dispatch_id=None if dispatch_id is None else uuid.UUID(dispatch_id),
         dispatch_expires_at=_time_or_none(r["dispatch_expires_at"]),
+        trace_context=r["trace_context"],
     )
 
 
