@@ -25,7 +25,14 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
-from async_jobs.domain.scheduling import ActiveCounts, FinishedBucket, Leader, Stats, UseCaseState
+from async_jobs.domain.scheduling import (
+    ActiveCounts,
+    FinishedBucket,
+    JobGauges,
+    Leader,
+    Stats,
+    UseCaseState,
+)
 from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
 from async_jobs.domain.workers import LiveProcess, ProcessInfo
 
@@ -43,6 +50,9 @@ class JobStore(Protocol):
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the store answers now."""
+
+    async def pending_migrations(self) -> list[str]:
+        """The migrations ``migrate`` would apply now (none: the schema is current)."""
 
     async def warm(self) -> None:
         """Get ready now for a worker's first jobs (open connections, prepare statements),
@@ -220,6 +230,11 @@ class JobStore(Protocol):
         """Counts, throughput and latencies (see ``Stats``); with ``tenant_id``, of that
         tenant's jobs only. Without ``with_counts``, ``counts`` is empty and no statement
         counts every job (the dashboard counts with a cap instead)."""
+
+    async def job_gauges(self, cap: int) -> JobGauges:
+        """Jobs pending, queued and running per use case, each count stopping at ``cap``
+        (an index walk of at most ``cap`` entries per state and use case, never a count of
+        the table), and the oldest due pending job's age per use case among those walked."""
 
     async def create_webhook_deliveries(
         self, limit: int, max_attempts: int, within_seconds: float | None = None

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from async_jobs.core.maintenance import PeriodicRunner, Retention, expire_jobs
+from async_jobs.core.metrics import Metrics
 from async_jobs.core.presence import Presence, process_info
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.webhooks import WebhookSender
@@ -80,10 +81,13 @@ class Scheduler:
         periodic: PeriodicRunner | None = None,
         webhooks: WebhookSender | None = None,
         dispatcher: Dispatcher | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self.config = config
-        self._reaper = Reaper(store)
+        self.metrics = metrics or Metrics.off()
+        self.metrics.watch_leader(lambda: self.leading)
+        self._reaper = Reaper(store, metrics=self.metrics)
         self._retention = Retention(store, config.retention)
         self._periodic = periodic
         self.dispatcher = dispatcher
@@ -145,6 +149,7 @@ class Scheduler:
                 ROLE, self.config.holder, self.config.leader_lease_seconds
             )
         except StoreError as exc:
+            self.metrics.store_error("try_lead")
             log.warning("scheduler cannot reach the store: %s", exc)
             leading = False
         if leading != self.leading:

@@ -35,9 +35,11 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.scheduling import (
+    GAUGE_STATES,
     ActiveCounts,
     Candidate,
     FinishedBucket,
+    JobGauges,
     Leader,
     Stats,
     StatsCount,
@@ -107,6 +109,9 @@ class MemoryStore:
         self._open = False
 
     async def migrate(self) -> list[str]:
+        return []
+
+    async def pending_migrations(self) -> list[str]:
         return []
 
     async def ping(self) -> None:
@@ -717,6 +722,21 @@ class MemoryStore:
             (d for d in self._deliveries.values() if d.job_id == job_id),
             key=lambda d: (d.job_finished_at, d.created_at),
         )
+
+    async def job_gauges(self, cap: int) -> JobGauges:
+        self._check_open()
+        now = self._clock()
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[str, float] = {}
+        for job in self._jobs.values():
+            key = (job.status.value, job.use_case)
+            if job.status.value not in GAUGE_STATES or counts.get(key, 0) >= cap:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            if job.status is JobState.PENDING:
+                age = max((now - job.run_at).total_seconds(), 0.0)
+                oldest[job.use_case] = max(oldest.get(job.use_case, 0.0), age)
+        return JobGauges(counts, oldest)
 
     async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         self._check_open()

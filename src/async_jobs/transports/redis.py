@@ -45,6 +45,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from async_jobs.core.metrics import Metrics, TransportCounts
 from async_jobs.core.settings import Settings
 from async_jobs.domain.dispatch import DispatchTicket, MalformedMessageError, truncated
 from async_jobs.domain.errors import AsyncJobsError, ConfigurationError, StoreError
@@ -238,6 +239,7 @@ class RedisDispatcher:
         limits: Limits,
         holder: str = "scheduler",
         batch: int = 100,
+        metrics: Metrics | None = None,
     ) -> None:
         require_redis()
         self._store = store
@@ -249,7 +251,7 @@ class RedisDispatcher:
         self._failures = 0
         self._resume_at = 0.0
         self._lapsed_checked_at = -math.inf
-        self.counts: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = TransportCounts("redis", metrics)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -356,6 +358,7 @@ class RedisTransport:
         worker_id: str,
         lease_seconds: float,
         use_cases: Sequence[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         require_redis()
         self._store = store
@@ -374,7 +377,7 @@ class RedisTransport:
         self._tasks: list[asyncio.Task[None]] = []
         self._acks: set[asyncio.Task[None]] = set()
         self._stop_begun = False
-        self.counts: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = TransportCounts("redis", metrics)
 
     async def start(self) -> None:
         """Connect and make sure every stream has its group; while Redis does not answer,

@@ -35,6 +35,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from async_jobs.core.metrics import Metrics, TransportCounts
 from async_jobs.core.settings import Settings
 from async_jobs.domain.dispatch import DispatchTicket, MalformedMessageError, truncated
 from async_jobs.domain.errors import AsyncJobsError, ConfigurationError, StoreError
@@ -348,6 +349,7 @@ class SqsDispatcher:
         limits: Limits,
         holder: str = "scheduler",
         batch: int = 100,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self.config = config
@@ -366,7 +368,7 @@ class SqsDispatcher:
         self._failures = 0
         self._resume_at = 0.0
         self._lapsed_checked_at = -math.inf
-        self.counts: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = TransportCounts("sqs", metrics)
 
     async def close(self) -> None:
         await self._client.close()
@@ -461,6 +463,7 @@ class SqsTransport:
         lease_seconds: float,
         use_cases: Sequence[str] = (),
         max_attempts: int = 1,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self.config = config
@@ -480,7 +483,7 @@ class SqsTransport:
         self._deletes: set[asyncio.Task[None]] = set()
         self._visibility = 30
         self._stop_begun = False
-        self.counts: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = TransportCounts("sqs", metrics)
 
     async def start(self) -> None:
         """Open the client and check every queue (its redrive policy, its visibility
@@ -610,6 +613,8 @@ class SqsTransport:
             if job_id is not None and job_id in started and job_id not in self._held:
                 self._held[job_id] = received
             else:
+                if job_id is not None and job_id in self._held:
+                    self.counts["duplicate"] += 1  # also stale: a second copy of a held job
                 stale.append(received)
         self.counts["claimed"] += len(jobs)
         if stale:
