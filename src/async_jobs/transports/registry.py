@@ -83,7 +83,9 @@ def _sqs_dispatcher(side: SchedulerSide) -> Dispatcher:
     from async_jobs.transports.sqs import SqsConfig, SqsDispatcher
 
     config = SqsConfig.from_settings(side.settings)
-    return SqsDispatcher(side.store, config, side.limits, side.holder)
+    return SqsDispatcher(
+        side.store, config, side.limits, side.holder, window=side.settings.dispatch_window
+    )
 
 
 def _redis_worker(side: WorkerSide) -> Transport:
@@ -102,7 +104,9 @@ def _redis_dispatcher(side: SchedulerSide) -> Dispatcher:
     from async_jobs.transports.redis import RedisConfig, RedisDispatcher
 
     config = RedisConfig.from_settings(side.settings)
-    return RedisDispatcher(side.store, config, side.limits, side.holder)
+    return RedisDispatcher(
+        side.store, config, side.limits, side.holder, window=side.settings.dispatch_window
+    )
 
 
 async def _redis_ping(settings: Settings) -> None:
