@@ -398,6 +398,8 @@ async def drain_through_the_window(
 async def test_a_backlog_is_sent_through_the_dispatch_window(
     pg_database: str, sqs_server: SqsServer
 ) -> None:
+    # About 10 s: 500 jobs through moto's server, 10 messages per receive, one poll at a
+    # time; fewer jobs would not show the window refilling many times over.
     jobs = JobApp(settings=sqs_settings(pg_database, sqs_server, dispatch_window=50))
     async with jobs:
         await create_queues(jobs.sqs_config(), 3)
