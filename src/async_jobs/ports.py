@@ -99,6 +99,11 @@ class JobStore(Protocol):
         counts, each stopping at ``cap``, and whether it is paused; by name. Reads the
         partial indexes of waiting and running jobs only."""
 
+    async def count_queued(self, use_cases: Sequence[str], cap: int) -> dict[str, int]:
+        """Jobs ``queued`` (dispatched to a broker, not yet claimed) per named use case, each
+        count stopping at ``cap``; every named use case is in the answer (0: none). Reads
+        the partial index of queued jobs only (the broker dispatchers' window)."""
+
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
     ) -> list[FinishedBucket]:

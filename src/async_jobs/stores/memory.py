@@ -248,6 +248,16 @@ class MemoryStore:
             for name, of in sorted(counts.items())
         ]
 
+    async def count_queued(self, use_cases: Sequence[str], cap: int) -> dict[str, int]:
+        self._check_open()
+        counts = dict.fromkeys(use_cases, 0)
+        if cap <= 0:
+            return counts
+        for job in self._jobs.values():
+            if job.status is JobState.QUEUED and job.use_case in counts:
+                counts[job.use_case] = min(cap, counts[job.use_case] + 1)
+        return counts
+
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
     ) -> list[FinishedBucket]:

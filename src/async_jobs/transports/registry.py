@@ -87,7 +87,14 @@ def _sqs_dispatcher(side: SchedulerSide) -> Dispatcher:
     from async_jobs.transports.sqs import SqsConfig, SqsDispatcher
 
     config = SqsConfig.from_settings(side.settings)
-    return SqsDispatcher(side.store, config, side.limits, side.holder, metrics=side.metrics)
+    return SqsDispatcher(
+        side.store,
+        config,
+        side.limits,
+        side.holder,
+        window=side.settings.dispatch_window,
+        metrics=side.metrics,
+    )
 
 
 def _redis_worker(side: WorkerSide) -> Transport:
@@ -107,7 +114,14 @@ def _redis_dispatcher(side: SchedulerSide) -> Dispatcher:
     from async_jobs.transports.redis import RedisConfig, RedisDispatcher
 
     config = RedisConfig.from_settings(side.settings)
-    return RedisDispatcher(side.store, config, side.limits, side.holder, metrics=side.metrics)
+    return RedisDispatcher(
+        side.store,
+        config,
+        side.limits,
+        side.holder,
+        window=side.settings.dispatch_window,
+        metrics=side.metrics,
+    )
 
 
 async def _sqs_ping(settings: Settings) -> None:

@@ -672,3 +672,17 @@ SELECT name FROM async_jobs_periodic_paused ORDER BY name;
 -- jobs, each count stopping at $2 (the function async_jobs_active_counts, migration 0006:
 -- use cases from skip scans of the partial indexes, each count on its state's index).
 SELECT * FROM async_jobs_active_counts($1, $2);
+
+-- name: count_queued
+-- Queued jobs (dispatched to a broker, not yet claimed) per use case of $1, each count
+-- stopping at $2: the broker dispatchers' window. Each count reads a partial index that
+-- holds queued jobs only (async_jobs_dispatched) or queued and running ones
+-- (async_jobs_active, by use case), as the planner prefers: never the whole table.
+SELECT u.use_case, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM async_jobs j
+        WHERE j.status = 'queued' AND j.use_case = u.use_case
+        LIMIT $2
+    ) AS capped
+) AS n
+FROM unnest($1::text[]) AS u(use_case);

@@ -322,6 +322,15 @@ class PostgresStore:
             for r in rows
         ]
 
+    async def count_queued(self, use_cases: Sequence[str], cap: int) -> dict[str, int]:
+        counts = dict.fromkeys(use_cases, 0)
+        if not counts or cap <= 0:
+            return counts
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["count_queued"], list(counts), cap)
+        counts.update((r["use_case"], r["n"]) for r in rows)
+        return counts
+
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
     ) -> list[FinishedBucket]:

@@ -879,3 +879,12 @@ SELECT n.name, coalesce(u.paused, 0) AS paused,
           AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id) LIMIT :cap)) AS running
 FROM names n LEFT JOIN async_jobs_use_cases u ON u.name = n.name
 ORDER BY n.name;
+
+-- name: count_queued
+-- Queued jobs (dispatched to a broker, not yet claimed) per use case of :use_cases, each
+-- count stopping at :cap: the broker dispatchers' window, on the partial index
+-- async_jobs_active (queued and running jobs by use case).
+SELECT u.value AS use_case,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'queued' AND j.use_case = u.value LIMIT :cap)) AS n
+FROM json_each(:use_cases) AS u;

@@ -254,6 +254,15 @@ class SqliteStore:
             for r in rows
         ]
 
+    async def count_queued(self, use_cases: Sequence[str], cap: int) -> dict[str, int]:
+        counts = dict.fromkeys(use_cases, 0)
+        if not counts or cap <= 0:
+            return counts
+        params = {"use_cases": json_dumps(list(counts)), "cap": cap}
+        rows = await self._run(lambda c: _fetch(c, "count_queued", params), write=False)
+        counts.update((r["use_case"], int(r["n"])) for r in rows)
+        return counts
+
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
     ) -> list[FinishedBucket]:
