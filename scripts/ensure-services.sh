@@ -27,3 +27,10 @@ if ! redis_up; then
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no || true
 fi
 wait_for Redis redis_up
+
+# The browser tests drive Debian's chromium (Playwright's own download cannot work here).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+    echo "chromium is missing (browser tests); installing it"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null \
+        || echo "could not install chromium; the browser tests will try again" >&2
+fi

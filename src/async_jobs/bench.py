@@ -426,6 +426,15 @@ def _worker_env(o: BenchOptions) -> dict[str, str]:
     env["ASYNC_JOBS_TRANSPORT"] = o.transport
     # The bench's jobs are of the use case "default", uncapped unless the user's environment
     # sets ASYNC_JOBS_DEFAULT_MAX_CONCURRENT: the worker runs as the user's would.
+    if o.history:
+        # The worker leads the chores too; its retention would delete the seeded history
+        # (finished over the last 7 days) and measure a smaller table than asked for.
+        for name in (
+            "ASYNC_JOBS_RETAIN_SUCCEEDED_HOURS",
+            "ASYNC_JOBS_RETAIN_CANCELLED_HOURS",
+            "ASYNC_JOBS_RETAIN_FAILED_HOURS",
+        ):
+            env[name] = "off"
     return env
 
 

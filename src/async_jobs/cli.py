@@ -62,17 +62,18 @@ STORE_VARIABLES = "ASYNC_JOBS_DB_DSN, ASYNC_JOBS_STORE_WAIT_SECONDS"
 COMMAND_DOCS: dict[str, tuple[str, str, str]] = {
     # command: (what it does, the variables it reads, an example)
     "serve": (
-        "Run the HTTP API, a worker and a scheduler in one process: the quick start and small "
-        "deployments. With no configuration it uses the embedded SQLite store "
-        "./async_jobs.db and the demo handlers (echo, sleep, say_hello, fail), and creates "
-        "the schema.",
+        "Run the HTTP API (with the dashboard at /dashboard), a worker and a scheduler in one "
+        "process: the quick start and small deployments. With no configuration it uses the "
+        "embedded SQLite store ./async_jobs.db and the demo handlers (echo, sleep, say_hello, "
+        "fail), and creates the schema.",
         f"{STORE_VARIABLES}, ASYNC_JOBS_HANDLERS, ASYNC_JOBS_TRANSPORT, ASYNC_JOBS_API_HOST, "
         "ASYNC_JOBS_API_PORT, ASYNC_JOBS_API_PREFIX, ASYNC_JOBS_CORS_ORIGINS, "
         "ASYNC_JOBS_WORKER_CONCURRENCY, ASYNC_JOBS_ENQUEUE_AUTH_TOKEN, ASYNC_JOBS_API_TOKENS",
         "async-jobs serve --port 8000 --handlers myapp.jobs",
     ),
     "api": (
-        "Run the HTTP API only (enqueue, read, cancel, retry, stats); workers run elsewhere.",
+        "Run the HTTP API only (enqueue, read, cancel, retry, stats, the dashboard at "
+        "/dashboard, /metrics); workers run elsewhere.",
         f"{STORE_VARIABLES}, ASYNC_JOBS_API_HOST, ASYNC_JOBS_API_PORT, ASYNC_JOBS_API_PREFIX, "
         "ASYNC_JOBS_CORS_ORIGINS, ASYNC_JOBS_ENQUEUE_AUTH_TOKEN, ASYNC_JOBS_API_TOKENS, "
         "ASYNC_JOBS_HANDLERS (to refuse unknown job types)",
@@ -148,6 +149,12 @@ COMMAND_DOCS: dict[str, tuple[str, str, str]] = {
         "heartbeat, version) and who leads the chores.",
         STORE_VARIABLES,
         "async-jobs workers --json",
+    ),
+    "health": (
+        "Check readiness: the store answers (with its latency), the schema is migrated and the "
+        "transport's broker answers; prints JSON and exits 0 when ready, 1 when not.",
+        f"{STORE_VARIABLES}, ASYNC_JOBS_TRANSPORT, ASYNC_JOBS_SQS_*, ASYNC_JOBS_REDIS_URL",
+        "async-jobs health && echo ready",
     ),
     "config": (
         "Print the effective configuration (environment and defaults), secrets masked: "
@@ -317,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     from async_jobs import bench as bench_module
 
     bench_module.configure_parser(bench)
-    commands.add_parser("health", help="readiness of store, schema and transport (exit 0 or 1)")
+    _command(commands, "health")
     for name in ("worker", "scheduler"):
         _add_metrics_port(commands.choices[name])
     for command in commands.choices.values():

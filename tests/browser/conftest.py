@@ -47,6 +47,7 @@ def ensure_chromium() -> None:
     if apt is None:
         pytest.skip("chromium is missing and apt-get is not available to install it")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([apt, "update", "-qq"], env=env, capture_output=True, check=False)
     done = subprocess.run(
         [apt, "install", "-y", "chromium"], env=env, capture_output=True, text=True, check=False
     )
