@@ -32,6 +32,7 @@ services: ## make sure PostgreSQL and Redis answer (starts them if not)
 .PHONY: test
 test: install services ## install, check services, run the whole suite
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:schemathesis $(PYTEST_ARGS) tests/browser
 
 .PHONY: test-fast
 test-fast: install ## unit tests and the memory and SQLite variants (no PostgreSQL needed)

@@ -138,11 +138,11 @@ TIERS = ("unit", "integration", "acceptance", "browser")  # one folder each
 PG_FIXTURES = ("pg_template", "empty_pg_database")  # every PostgreSQL database comes from these
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Each test is marked with its tier, from its folder (``tests/<tier>/``), and with
     ``postgres`` where it needs the PostgreSQL server: the PostgreSQL variant of a test run
     on every store, or a test that uses a PostgreSQL database. ``make test-fast`` selects
-    on these."""
+    on these. Browser tests run only in a session of their own (see below)."""
     for item in items:
         tier = item.path.relative_to(TESTS).parts[0]
         if tier in TIERS:
@@ -152,6 +152,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = getattr(item, "fixturenames", ())
         if on_postgres or any(name in fixtures for name in PG_FIXTURES):
             item.add_marker("postgres")
+    _browser_tests_apart(config, items)
+
+
+def _browser_tests_apart(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Playwright's sync API switches greenlets, which leaves CPython 3.11's recursion
+    counter off: every module compiled afterwards in the same process fails ("AST
+    constructor recursion depth mismatch"), so tests after them and pytest's own end of
+    session break. In a session with other tests they are left out, loudly; ``make test``
+    runs them in a second session (``pytest -p no:schemathesis tests/browser``)."""
+    browser = [item for item in items if item.get_closest_marker("browser")]
+    if browser and len(browser) < len(items):
+        items[:] = [item for item in items if not item.get_closest_marker("browser")]
+        config.hook.pytest_deselected(items=browser)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"{len(browser)} browser tests left for a session of their own: "
+                "pytest -p no:schemathesis tests/browser (make test runs it)",
+                yellow=True,
+            )
 
 
 @pytest.hookimpl(tryfirst=True)
