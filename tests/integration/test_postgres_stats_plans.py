@@ -1,7 +1,8 @@
-"""The last hour of GET /stats and retention are answered from indexes (0009), never by a
-scan of the finished jobs, whose number grows without bound (docs/scale.md). Sequential
-scans are disabled so that the plan shows what the indexes allow, whatever the planner
-would prefer on a table this small; the figures on a big table are in docs/scale.md."""
+"""The last hour of GET /stats, retention and listings by state are answered from indexes
+(0009), never by a scan of the finished jobs, whose number grows without bound
+(docs/scale.md). Sequential scans are disabled so that the plan shows what the indexes
+allow, whatever the planner would prefer on a table this small; the figures on a big table
+are in docs/scale.md."""
 
 from __future__ import annotations
 
@@ -49,3 +50,14 @@ async def test_retention_reads_one_state_from_its_index(pg_database: str) -> Non
     plan = await _plan(pg_database, QUERIES["delete_finished"], "succeeded", 86400.0, 1000)
     assert "Seq Scan on async_jobs" not in plan, plan
     assert "async_jobs_finished" in plan, plan
+
+
+async def test_a_listing_by_a_state_other_than_succeeded_skips_the_succeeded_rows(
+    pg_database: str,
+) -> None:
+    plan = await _plan(
+        pg_database,
+        QUERIES["list_jobs"],
+        None, "failed", None, None, None, None, None, None, 50,
+    )  # fmt: skip
+    assert "async_jobs_unsucceeded_created" in plan, plan
