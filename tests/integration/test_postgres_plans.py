@@ -125,3 +125,49 @@ async def _explain(conn: asyncpg.Connection, plans: list[str], query: str, *args
         await transaction.rollback()
     assert plans, "auto_explain logged no plan"
     return _scans(plans)
+
+
+# A backlog of jobs that are not due, over many tenants, and a few due jobs in one tenant.
+BACKLOG, BACKLOG_TENANTS, DUE = 20_000, 200, 50 * (RUNS + 1)  # every run finds due jobs
+BACKLOG_FILL = f"""
+INSERT INTO async_jobs (id, tenant_id, use_case, type, status, attempts, max_attempts,
+                        run_at, delay_tolerance_seconds, deadline_at, created_at)
+SELECT gen_random_uuid(), CASE WHEN i <= {DUE} THEN 'due' ELSE 'b' || (i % {BACKLOG_TENANTS}) END,
+       'default', 'echo', 'pending', 0, 3, r, 60, r + interval '60 seconds', now()
+FROM generate_series(1, {DUE + BACKLOG}) AS i,
+     LATERAL (SELECT CASE WHEN i <= {DUE} THEN now() - interval '1 minute'
+                          ELSE now() + interval '1 day' + make_interval(secs => i) END) AS t(r)
+"""
+
+
+async def test_the_claim_reads_no_job_that_is_not_due(pg_database: str) -> None:
+    """Tenants whose jobs are all in the future cost the claim one probe each of
+    async_jobs_pending_run_at: their jobs are never read on async_jobs_claimable."""
+    conn = await asyncpg.connect(pg_database)
+    plans: list[str] = []
+    try:
+        await conn.execute(BACKLOG_FILL)
+        await conn.execute("ANALYZE async_jobs")
+        await conn.execute("LOAD 'auto_explain'")
+        await conn.execute(
+            "SET auto_explain.log_min_duration = 0;"
+            "SET auto_explain.log_analyze = on;"
+            "SET auto_explain.log_timing = off;"
+            "SET auto_explain.log_nested_statements = on;"
+            "SET client_min_messages = log"
+        )
+        conn.add_log_listener(lambda _c, message: plans.append(str(message.message)))
+        scans = await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
+    finally:
+        await conn.close()
+    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    claimable = [s for s in scans if "async_jobs_claimable" in s and "on async_jobs j " in s]
+    assert claimable, scans
+    # One group only (the due tenant's) is read, each run: the lateral runs once per claim
+    # and returns the 50 due jobs it was asked for, never a row of the backlog.
+    for scan in claimable:
+        found = re.search(r"actual rows=(\d+) loops=(\d+)", scan)
+        assert found, scan
+        assert int(found.group(2)) == 1, scan
+    probes = [s for s in scans if "async_jobs_pending_run_at" in s]
+    assert probes, scans
