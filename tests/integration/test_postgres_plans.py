@@ -45,19 +45,25 @@ async def explained(pg_database: str) -> AsyncIterator[tuple[asyncpg.Connection,
     plans: list[str] = []
     try:
         await conn.execute(FILL)
-        await conn.execute("ANALYZE async_jobs")
-        await conn.execute("LOAD 'auto_explain'")
-        await conn.execute(
-            "SET auto_explain.log_min_duration = 0;"
-            "SET auto_explain.log_analyze = on;"
-            "SET auto_explain.log_timing = off;"
-            "SET auto_explain.log_nested_statements = on;"
-            "SET client_min_messages = log"
-        )
-        conn.add_log_listener(lambda _c, message: plans.append(str(message.message)))
+        await _log_plans(conn, plans)
         yield conn, plans
     finally:
         await conn.close()
+
+
+async def _log_plans(conn: asyncpg.Connection, plans: list[str]) -> None:
+    """ANALYZE the table, then have every statement, nested ones too, send its plan, as run,
+    back as a LOG message, collected in plans."""
+    await conn.execute("ANALYZE async_jobs")
+    await conn.execute("LOAD 'auto_explain'")
+    await conn.execute(
+        "SET auto_explain.log_min_duration = 0;"
+        "SET auto_explain.log_analyze = on;"
+        "SET auto_explain.log_timing = off;"
+        "SET auto_explain.log_nested_statements = on;"
+        "SET client_min_messages = log"
+    )
+    conn.add_log_listener(lambda _c, message: plans.append(str(message.message)))
 
 
 def _scans(plans: list[str]) -> list[str]:
@@ -158,16 +164,7 @@ async def test_the_claim_reads_no_job_that_is_not_due(
     plans: list[str] = []
     try:
         await conn.execute(BACKLOG_FILL, due, BACKLOG_TENANTS, BACKLOG)
-        await conn.execute("ANALYZE async_jobs")
-        await conn.execute("LOAD 'auto_explain'")
-        await conn.execute(
-            "SET auto_explain.log_min_duration = 0;"
-            "SET auto_explain.log_analyze = on;"
-            "SET auto_explain.log_timing = off;"
-            "SET auto_explain.log_nested_statements = on;"
-            "SET client_min_messages = log"
-        )
-        conn.add_log_listener(lambda _c, message: plans.append(str(message.message)))
+        await _log_plans(conn, plans)
         scans = await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
     finally:
         await conn.close()
