@@ -64,7 +64,9 @@ async def test_migrate_twice_is_a_no_op(store: SqliteStore, db_path: str) -> Non
         ("0003_scheduler",),
         ("0004_webhooks",),
         ("0005_dispatch",),
+        ("0006_workers",),
         ("0009_scale_indexes",),
+        ("0012_due_claim",),
     ]
 
 
@@ -78,7 +80,9 @@ async def test_first_migrate_names_the_migrations_it_applied(db_path: str) -> No
             "0003_scheduler",
             "0004_webhooks",
             "0005_dispatch",
+            "0006_workers",
             "0009_scale_indexes",
+            "0012_due_claim",
         ]
     finally:
         await store.close()
