@@ -45,4 +45,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["async-jobs-healthcheck"]
 # Exec form: async-jobs is PID 1 and receives SIGTERM itself (graceful stop, exit 0).
 ENTRYPOINT ["async-jobs"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["serve"]

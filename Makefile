@@ -14,7 +14,7 @@ help: ## list the commands
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,bench,sqs,redis]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,bench,sqs,redis,otel]'
 	touch $(STAMP)
 
 .PHONY: install

@@ -167,9 +167,6 @@ if "sqs" in services:  # moto on a free port; queues named per run
 api = services["api"]
 api["environment"]["ASYNC_JOBS_API_HOST"] = "127.0.0.1"
 api["environment"]["ASYNC_JOBS_API_PORT"] = os.environ["API_PORT"]
-# Flags as well as the variables: `api` reads ASYNC_JOBS_API_HOST/PORT only once the config
-# branch of issue 20 is merged; the flags say the same and work before and after.
-api["command"] = ["api", "--host", "127.0.0.1", "--port", os.environ["API_PORT"]]
 yaml.safe_dump(stack, open(sys.argv[2], "w"), sort_keys=False)
 EOF
 "${COMPOSE[@]}" run --rm migrate 2>&1 | tail -n 3

@@ -24,12 +24,15 @@ from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
 from async_jobs.core.executor import AttemptLimits
+from async_jobs.core.health import NotReadyError, Readiness, check_ready
 from async_jobs.core.maintenance import PeriodicJob, PeriodicRunner, Retention
+from async_jobs.core.metrics import Metrics, StoreGauges, metrics_config_from_env
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Handler, HandlerOptions, Registry, periodic_marks
 from async_jobs.core.scheduler import ROLE as CHORES_ROLE
 from async_jobs.core.scheduler import Scheduler, SchedulerConfig, leader_holder
 from async_jobs.core.settings import Settings
+from async_jobs.core.tracing import Tracing
 from async_jobs.core.webhooks import WebhookConfig, WebhookSender
 from async_jobs.core.worker import Worker, WorkerConfig
 from async_jobs.domain.errors import (
@@ -59,7 +62,7 @@ from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Leader, RetentionPolicy, Stats, UseCaseState
 from async_jobs.domain.validation import build_like, build_new_job, check_name
 from async_jobs.domain.webhooks import WebhookState, check_webhook_target
-from async_jobs.domain.workers import Leadership, LiveProcess
+from async_jobs.domain.workers import LiveProcess
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
 from async_jobs.transports import registry as transports
@@ -84,9 +87,14 @@ class JobApp:
         store: JobStore | None = None,
         handler_modules: Iterable[str | ModuleType] = (),
         strict_types: bool | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """``strict_types``: refuse to enqueue types with no registered handler. By default
-        it is on as soon as any handler is registered, and off for a pure producer."""
+        it is on as soon as any handler is registered, and off for a pure producer.
+        ``metrics``: this app's Prometheus metrics (default: counting, per
+        ``ASYNC_JOBS_METRICS_*``; ``Metrics.off()`` counts nothing). ``tracing``:
+        OpenTelemetry spans (default: on when ``opentelemetry-api`` is installed)."""
         self.settings = settings or Settings.from_env()
         if dsn is not None:
             self.settings = dataclasses.replace(self.settings, db_dsn=dsn)
@@ -101,6 +109,16 @@ class JobApp:
         self._declared_periodic = False
         for module in (*self.settings.handlers, *handler_modules):
             self.registry.add_module(module)
+        self.metrics = metrics or Metrics(metrics_config_from_env())
+        self.metrics.known_types(self.registry)
+        self.tracing = tracing or Tracing()
+
+    def serve_store_gauges(self) -> StoreGauges:
+        """Make this process's ``/metrics`` report the store gauges (the API's and the
+        scheduler's do; workers' do not, so that N workers do not query N times)."""
+        if self.metrics.gauges is None:
+            self.metrics.gauges = StoreGauges(self.store, on_error=self.metrics.store_error)
+        return self.metrics.gauges
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -218,6 +236,33 @@ class JobApp:
     async def migrate(self) -> list[str]:
         return await self.store.migrate()
 
+    async def readiness(self) -> Readiness:
+        """Store (a query, timed), schema (no migration pending) and transport (its broker
+        answers), each reported apart; see ``core.health``."""
+        return await check_ready(
+            {
+                "store": self._check_store,
+                "migrations": self._check_migrations,
+                "transport": self._check_transport,
+            }
+        )
+
+    async def _check_store(self) -> str | None:
+        await self.store.ping()
+        return None
+
+    async def _check_migrations(self) -> str | None:
+        pending = await self.store.pending_migrations()
+        if pending:
+            raise NotReadyError(f"not applied: {', '.join(pending)} (run async-jobs migrate)")
+        return None
+
+    async def _check_transport(self) -> str | None:
+        broker = await self.check_broker()
+        if broker is None:
+            return f"{self.settings.transport}: jobs are claimed from the store"
+        return f"{self.settings.transport}: {broker} answers"
+
     # -- enqueue ----------------------------------------------------------------------------
 
     async def enqueue(
@@ -272,12 +317,21 @@ class JobApp:
         """Like ``enqueue``, also saying whether the job was created (False: an existing job
         with the same idempotency key)."""
         new = self.build(request)
+        if self.tracing.enabled:
+            with self.tracing.send((new,)):
+                job, created = await self._insert_one(new, connection)
+        else:
+            job, created = await self._insert_one(new, connection)
+        _check_same_request(new, job, created)
+        if created:
+            self.metrics.jobs_enqueued((job,))
+        return job, created
+
+    async def _insert_one(self, new: NewJob, connection: object | None) -> tuple[Job, bool]:
         if connection is not None:
             [(job, created)] = await self.store.insert_jobs_in(connection, [new])
-        else:
-            job, created = await self.store.insert_job(new)
-        _check_same_request(new, job, created)
-        return job, created
+            return job, created
+        return await self.store.insert_job(new)
 
     async def enqueue_many(
         self, requests: Sequence[EnqueueRequest], *, connection: object | None = None
@@ -295,7 +349,15 @@ class JobApp:
                 f"a batch holds at most {MAX_BATCH_SIZE} jobs, not {len(requests)}", field="jobs"
             )
         news: list[NewJob] = []
-        if connection is not None:
+        if self.tracing.enabled:  # one span for the batch, its context in every job
+            news.extend(self._built(requests, []))
+            with self.tracing.send(news):
+                stored = await (
+                    self.store.insert_jobs(news)
+                    if connection is None
+                    else self.store.insert_jobs_in(connection, news)
+                )
+        elif connection is not None:
             news.extend(self._built(requests, []))
             stored = await self.store.insert_jobs_in(connection, news)
         else:
@@ -304,6 +366,7 @@ class JobApp:
             stored = await self.store.insert_jobs(self._built(requests, news))
         for new, (job, created) in zip(news, stored, strict=True):
             _check_same_request(new, job, created)
+        self.metrics.jobs_enqueued(job for job, created in stored if created)
         return stored
 
     def _built(self, requests: Iterable[EnqueueRequest], into: list[NewJob]) -> Iterator[NewJob]:
@@ -410,6 +473,8 @@ class JobApp:
         if answer is None:
             raise JobNotFoundError(f"no job {parsed}")
         job, changed = answer
+        if changed and job.status.is_terminal:  # never started (a running one ends later)
+            self.metrics.job_cancelled(job)
         if not changed and job.status.is_terminal:
             raise InvalidTransitionError(
                 f"job {parsed} has already ended ({job.status.value}); only pending, queued "
@@ -448,9 +513,9 @@ class JobApp:
     async def use_cases(self) -> list[UseCaseState]:
         return await self.store.list_use_cases()
 
-    async def processes(self) -> tuple[list[LiveProcess], list[Leadership]]:
-        """The live workers and schedulers (``domain.workers``), and who leads each role."""
-        return await self.store.list_processes(), await self.store.list_leaders()
+    async def processes(self) -> tuple[list[LiveProcess], Leader | None]:
+        """The live workers and schedulers (``domain.workers``), and who leads the chores."""
+        return await self.store.list_processes(), await self.leader()
 
     async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         """See ``JobStore.stats``; ``with_counts=False`` skips the count of every job."""
@@ -514,7 +579,9 @@ class JobApp:
         config = config or self.scheduler_config()
         self._add_declared_periodic()
         dispatcher = transports.dispatcher(
-            transports.SchedulerSide(self.store, self.settings, self.limits, config.holder)
+            transports.SchedulerSide(
+                self.store, self.settings, self.limits, config.holder, metrics=self.metrics
+            )
         )
         return Scheduler(
             self.store,
@@ -522,6 +589,7 @@ class JobApp:
             self.periodic_runner() if self.periodic_jobs else None,
             webhooks=self.webhook_sender(),
             dispatcher=dispatcher,
+            metrics=self.metrics,
         )
 
     def sqs_config(self) -> SqsConfig:
@@ -541,7 +609,12 @@ class JobApp:
     def webhook_sender(self, config: WebhookConfig | None = None) -> WebhookSender:
         """What sends this app's webhooks (the leading scheduler runs it every round);
         ``config`` defaults to the settings' (secrets, allowed hosts, attempts, timeout)."""
-        return WebhookSender(self.store, config or WebhookConfig.from_settings(self.settings))
+        return WebhookSender(
+            self.store,
+            config or WebhookConfig.from_settings(self.settings),
+            metrics=self.metrics,
+            tracing=self.tracing,
+        )
 
     def periodic_runner(self, clock: Callable[[], datetime] | None = None) -> PeriodicRunner:
         """What enqueues this app's periodic jobs (the leading scheduler runs it every
@@ -636,10 +709,18 @@ class JobApp:
                 limits=self.limits,
             )
             side = transports.WorkerSide(
-                self.store, self.settings, claim, self.max_attempts_ceiling()
+                self.store, self.settings, claim, self.max_attempts_ceiling(), self.metrics
             )
             transport = transports.worker_transport(side)
-        return Worker(self.registry, self.store, transport, config, on_ready=on_ready)
+        return Worker(
+            self.registry,
+            self.store,
+            transport,
+            config,
+            on_ready=on_ready,
+            metrics=self.metrics,
+            tracing=self.tracing,
+        )
 
     def attempt_limits(self) -> AttemptLimits:
         return AttemptLimits(self.settings.max_result_bytes, self.settings.max_error_chars)

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import textwrap
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -25,7 +25,14 @@ import uvicorn
 
 from async_jobs import runner
 from async_jobs.app import EnqueueRequest, JobApp
-from async_jobs.core.scheduler import ROLE as SCHEDULER_ROLE
+from async_jobs.core import logs
+from async_jobs.core.logs import (
+    LOG_FORMATS,
+    announce,
+    configure_logging,
+    logging_options,
+    uvicorn_log_config,
+)
 from async_jobs.core.settings import Settings, split_modules
 from async_jobs.domain.errors import (
     AsyncJobsError,
@@ -186,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    _add_logging(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = _command(commands, "serve")
@@ -310,7 +317,36 @@ def build_parser() -> argparse.ArgumentParser:
     from async_jobs import bench as bench_module
 
     bench_module.configure_parser(bench)
+    commands.add_parser("health", help="readiness of store, schema and transport (exit 0 or 1)")
+    for name in ("worker", "scheduler"):
+        _add_metrics_port(commands.choices[name])
+    for command in commands.choices.values():
+        _add_logging(command, argparse.SUPPRESS)  # after the command too; the global stays
     return parser
+
+
+def _add_logging(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        help="DEBUG, INFO, WARNING or ERROR (default: ASYNC_JOBS_LOG_LEVEL or INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default,
+        help="text or json: one JSON object per line (default: ASYNC_JOBS_LOG_FORMAT or text)",
+    )
+
+
+def _add_metrics_port(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics, /health and /health/ready on this port (default: "
+        "ASYNC_JOBS_METRICS_PORT; off when neither is set)",
+    )
 
 
 def _add_http(parser: argparse.ArgumentParser) -> None:
@@ -336,23 +372,31 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        log_format, level = logging_options(args.log_format, args.log_level)
+    except ConfigurationError as exc:
+        print(f"async-jobs: error: {exc.message}", file=sys.stderr)
+        return 2
+    configure_logging(log_format, level)
     # asyncpg logs every failed reconnect of its pool with a traceback; ours say it in a line.
     logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     try:
         return _dispatch(args)
     except (ConfigurationError, InvalidJobError, HandlerRegistrationError) as exc:
-        print(f"async-jobs: error: {exc.message}", file=sys.stderr)
+        _error(exc.message)
         return 2
     except AsyncJobsError as exc:
-        print(f"async-jobs: error: {exc.message}", file=sys.stderr)
+        _error(exc.message)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _error(message: str) -> None:
+    if logs.json_lines():
+        log.error("async-jobs: error: %s", message)
+    else:
+        print(f"async-jobs: error: {message}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -396,6 +440,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "use-cases": _use_cases,
         "sqs": _sqs,
         "redis": _redis,
+        "health": _health,
     }[args.command]
     return run_async(runner(jobs, args))
 
@@ -417,16 +462,22 @@ def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
         worker = runner.worker_config(jobs, concurrency=args.concurrency)
         scheduler = jobs.scheduler_config("serve")
     runner.check_configuration(jobs, args.command, worker)
-    runner.announce(jobs, args.command, worker)
+    runner.warn_at_start(jobs, args.command, worker)
     asyncio.run(_check_store(jobs))
     app = create_api(jobs, worker=worker, scheduler=scheduler, migrate=args.command == "serve")
     s = jobs.settings
     config = uvicorn.Config(
-        app, host=s.api_host, port=s.api_port, log_level="info", lifespan="on", access_log=False
+        app,
+        host=s.api_host,
+        port=s.api_port,
+        log_level=logging.getLogger().level,
+        lifespan="on",
+        access_log=False,
+        log_config=uvicorn_log_config(),
     )
     line = runner.startup_line(jobs, args.command, worker)
     url = f"http://{s.api_host}:{s.api_port}{s.api_prefix}"
-    print(f"async-jobs {args.command}: {url} {line}", flush=True)
+    announce(f"async-jobs {args.command}: {url} {line}")
     _GracefulServer(config, on_second_signal=lambda: _stop_worker_now(app)).run()
     return 0
 
@@ -487,7 +538,8 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
         reap_interval_seconds=args.reap_interval,
     )
     gc.freeze()  # start-up's objects live on: full collections need not walk them
-    worker = await runner.serve_worker(jobs, config)
+    async with _ops_server(jobs, args, store_gauges=False):
+        worker = await runner.serve_worker(jobs, config)
     log.info("worker stopped after %d jobs", worker.processed)
     if worker.abandoned_threads:
         # Threads cannot be stopped, and the interpreter would wait for them at exit.
@@ -509,7 +561,11 @@ def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> 
         reap_interval_seconds=args.reap_interval,
     )
     asyncio.run(_check_store(jobs))
-    command = [sys.executable, "-m", "async_jobs", "--log-level", args.log_level, "worker"]
+    command = [sys.executable, "-m", "async_jobs"]
+    for flag, value in (("--log-level", args.log_level), ("--log-format", args.log_format)):
+        if value:  # else the children read the same environment
+            command += [flag, value]
+    command.append("worker")
     command += ["--processes", "1", "--concurrency", str(worker.concurrency)]
     command += ["--grace", str(worker.grace_seconds)]
     if settings.handlers:
@@ -556,7 +612,8 @@ async def _reap(jobs: JobApp, args: argparse.Namespace) -> int:
 
 
 async def _scheduler(jobs: JobApp, args: argparse.Namespace) -> int:
-    await runner.serve_scheduler(jobs)
+    async with _ops_server(jobs, args, store_gauges=True):
+        await runner.serve_scheduler(jobs)
     return 0
 
 
@@ -573,6 +630,47 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _ops_server(
+    jobs: JobApp, args: argparse.Namespace, *, store_gauges: bool
+) -> AsyncIterator[None]:
+    """``/metrics`` and the health probes on ``--metrics-port`` (or
+    ``ASYNC_JOBS_METRICS_PORT``), while the block runs; nothing without either."""
+    port = args.metrics_port
+    if port is None and os.environ.get("ASYNC_JOBS_METRICS_PORT"):
+        try:
+            port = int(os.environ["ASYNC_JOBS_METRICS_PORT"])
+        except ValueError:
+            port = -1
+    if port is None:
+        yield
+        return
+    if not 0 <= port <= 65535:
+        raise ConfigurationError("the metrics port must be a number from 0 to 65535")
+    from async_jobs.api.ops import OpsServer
+
+    if store_gauges:
+        jobs.serve_store_gauges()
+    host = os.environ.get("ASYNC_JOBS_METRICS_HOST") or "0.0.0.0"
+    server = OpsServer(jobs, host, port)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    announce(f"async-jobs {args.command} metrics: http://{host}:{server.port}/metrics")
+    try:
+        yield
+    finally:
+        await server.close()
+
+
+async def _health(jobs: JobApp, args: argparse.Namespace) -> int:
+    async with jobs:
+        readiness = await jobs.readiness()
+    print(json.dumps(readiness.to_json(), indent=2), flush=True)
+    return 0 if readiness.ok else 1
+
+
 async def _stats(jobs: JobApp, args: argparse.Namespace) -> int:
     async with jobs:
         stats = await jobs.stats(args.tenant_id)
@@ -582,16 +680,16 @@ async def _stats(jobs: JobApp, args: argparse.Namespace) -> int:
 
 async def _workers(jobs: JobApp, args: argparse.Namespace) -> int:
     async with jobs:
-        processes, leaders = await jobs.processes()
-    leader = next((lead.holder for lead in leaders if lead.role == SCHEDULER_ROLE), None)
+        processes, leader = await jobs.processes()
     rows = [p.to_json(leader) for p in processes]
     if args.json:
-        print(json.dumps({"processes": rows, "leader": leader}, indent=2), flush=True)
+        lead = leader.to_json() if leader is not None else None
+        print(json.dumps({"processes": rows, "leader": lead}, indent=2), flush=True)
         return 0
     header = ("KIND", "ID", "HOST", "PID", "CONC", "HELD", "HEARTBEAT", "VERSION", "USE CASES")
     table = [header] + [
         (
-            f"scheduler ({r['role']})" if r["kind"] == "scheduler" else "worker",
+            f"{r['kind']} (leads)" if r["leads"] else r["kind"],
             r["id"],
             r["host"],
             str(r["pid"]),
@@ -608,6 +706,10 @@ async def _workers(jobs: JobApp, args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     if not rows:
         print("no live worker or scheduler", flush=True)
+    if leader is not None:
+        print(f"chores led by {leader.process_role} {leader.process_id}", flush=True)
+    else:
+        print("nobody leads the chores now", flush=True)
     return 0
 
 

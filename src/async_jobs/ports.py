@@ -25,9 +25,16 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
-from async_jobs.domain.scheduling import ActiveCounts, FinishedBucket, Leader, Stats, UseCaseState
+from async_jobs.domain.scheduling import (
+    ActiveCounts,
+    FinishedBucket,
+    JobGauges,
+    Leader,
+    Stats,
+    UseCaseState,
+)
 from async_jobs.domain.webhooks import DeliveryOutcome, WebhookDelivery
-from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
+from async_jobs.domain.workers import LiveProcess, ProcessInfo
 
 
 class JobStore(Protocol):
@@ -43,6 +50,9 @@ class JobStore(Protocol):
 
     async def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the store answers now."""
+
+    async def pending_migrations(self) -> list[str]:
+        """The migrations ``migrate`` would apply now (none: the schema is current)."""
 
     async def warm(self) -> None:
         """Get ready now for a worker's first jobs (open connections, prepare statements),
@@ -88,6 +98,11 @@ class JobStore(Protocol):
         """Per use case that has pending, queued or running jobs (or was ever paused): those
         counts, each stopping at ``cap``, and whether it is paused; by name. Reads the
         partial indexes of waiting and running jobs only."""
+
+    async def count_queued(self, use_cases: Sequence[str], cap: int) -> dict[str, int]:
+        """Jobs ``queued`` (dispatched to a broker, not yet claimed) per named use case, each
+        count stopping at ``cap``; every named use case is in the answer (0: none). Reads
+        the partial index of queued jobs only (the broker dispatchers' window)."""
 
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
@@ -202,9 +217,6 @@ class JobStore(Protocol):
     async def list_processes(self) -> list[LiveProcess]:
         """The records that have not lapsed, by kind then id."""
 
-    async def list_leaders(self) -> list[Leadership]:
-        """Every role's current holder whose lease has not run out."""
-
     async def last_periodic_tick(self, name: str) -> datetime | None:
         """The last tick of the periodic job ``name`` that was enqueued (None: never)."""
 
@@ -223,6 +235,11 @@ class JobStore(Protocol):
         """Counts, throughput and latencies (see ``Stats``); with ``tenant_id``, of that
         tenant's jobs only. Without ``with_counts``, ``counts`` is empty and no statement
         counts every job (the dashboard counts with a cap instead)."""
+
+    async def job_gauges(self, cap: int) -> JobGauges:
+        """Jobs pending, queued and running per use case, each count stopping at ``cap``
+        (an index walk of at most ``cap`` entries per state and use case, never a count of
+        the table), and the oldest due pending job's age per use case among those walked."""
 
     async def create_webhook_deliveries(
         self, limit: int, max_attempts: int, within_seconds: float | None = None

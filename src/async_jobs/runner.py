@@ -14,10 +14,11 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine, Iterable
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from async_jobs.app import JobApp
+from async_jobs.core import logs
+from async_jobs.core.presence import package_version
 from async_jobs.core.scheduler import Scheduler
 from async_jobs.core.settings import PREFIX, Settings, mask_url
 from async_jobs.core.worker import Worker, WorkerConfig
@@ -37,13 +38,6 @@ STORE_RETRY = Backoff.exponential(0.2, cap_seconds=5.0, jitter=0.5)
 # The roles that run a fleet: on the embedded SQLite store each such process would have a
 # database of its own (right for ``serve`` and tests, rarely for anything else).
 FLEET_ROLES = ("worker", "scheduler", "api")
-
-
-def package_version() -> str:
-    try:
-        return version("async-job-server")
-    except PackageNotFoundError:  # pragma: no cover - run from a source tree
-        return "unknown"
 
 
 # -- fail fast ----------------------------------------------------------------------------
@@ -192,7 +186,7 @@ def _concurrency_bound(jobs: JobApp, use_cases: Iterable[str]) -> int | None:
     return sum(cap for cap in caps if cap is not None)
 
 
-def announce(jobs: JobApp, role: str, worker: WorkerConfig | None = None) -> None:
+def warn_at_start(jobs: JobApp, role: str, worker: WorkerConfig | None = None) -> None:
     """Print the start-up warnings on stderr."""
     for warning in startup_warnings(jobs, role, worker):
         print(warning, file=sys.stderr, flush=True)
@@ -241,10 +235,10 @@ async def serve_worker(jobs: JobApp, config: WorkerConfig) -> Worker:
 
     def ready() -> None:
         line = startup_line(jobs, "worker", config, id=config.worker_id)
-        print(f"async-jobs worker ready: {line}", flush=True)
+        logs.announce(f"async-jobs worker ready: {line}")
 
     worker = jobs.worker(config, on_ready=ready)
-    announce(jobs, "worker", config)
+    warn_at_start(jobs, "worker", config)
     await open_store(jobs)
     try:
         chores = None if config.burst else _chores_of(jobs, config)
@@ -260,13 +254,13 @@ async def serve_worker(jobs: JobApp, config: WorkerConfig) -> Worker:
 async def serve_scheduler(jobs: JobApp) -> Scheduler:
     """Run a scheduler until SIGTERM or SIGINT; returns it stopped."""
     check_configuration(jobs, "scheduler")
-    announce(jobs, "scheduler")
+    warn_at_start(jobs, "scheduler")
     await open_store(jobs)
     try:
         scheduler = jobs.scheduler()
         with _stopped_by_signals(scheduler.stop):
             line = startup_line(jobs, "scheduler", id=scheduler.config.holder.partition("/")[2])
-            print(f"async-jobs scheduler ready: {line}", flush=True)
+            logs.announce(f"async-jobs scheduler ready: {line}")
             await scheduler.run()
     finally:
         await jobs.close()

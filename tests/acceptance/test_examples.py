@@ -89,3 +89,13 @@ def test_worker_processes_example_runs(tmp_path: Path) -> None:
     assert "async-jobs worker --processes 2 --burst exited 0" in output
     assert "ready lines: 2" in output
     assert "jobs: {'succeeded': 40}" in output
+
+
+def test_observability_example_runs(tmp_path: Path) -> None:
+    output = run_example("observability_example.py", tmp_path)
+    assert (
+        'async_jobs_jobs_finished_total{outcome="succeeded",type="resize",use_case="images"} 2.0'
+        in output
+    )
+    assert "ready: ok" in output
+    assert output.count("span process resize (CONSUMER)") == 2

@@ -156,13 +156,20 @@ def test_workers_lists_live_workers_and_schedulers_leader_first_standby_next(
         return listing if len(listing["processes"]) == 3 else None
 
     listing = poll(listed, timeout=15)
-    assert listing is not None and listing["leader"] == leader
-    by_kind = {(p["kind"], p.get("role")): p for p in listing["processes"]}  # type: ignore[attr-defined]
-    assert set(by_kind) == {("worker", None), ("scheduler", "leader"), ("scheduler", "standby")}
-    assert by_kind[("worker", None)]["pid"] == worker.pid
-    assert by_kind[("worker", None)]["concurrency"] == 3
+    assert listing is not None
+    role, _, leader_id = leader.partition("/")
+    assert listing["leader"]["role"] == role and listing["leader"]["id"] == leader_id  # type: ignore[index]
+    processes: list[dict[str, object]] = listing["processes"]  # type: ignore[assignment]
+    [leading] = [p for p in processes if p["leads"]]  # a scheduler or the worker: one leads
+    assert leading["id"] == leader_id
+    assert sorted(str(p["kind"]) for p in processes) == ["scheduler", "scheduler", "worker"]
+    standbys = [p for p in processes if p["kind"] == "scheduler" and not p["leads"]]
+    assert all(p["role"] == "standby" for p in standbys) and len(standbys) >= 1
+    [listed_worker] = [p for p in processes if p["kind"] == "worker"]
+    assert listed_worker["pid"] == worker.pid and listed_worker["concurrency"] == 3
     table = cli.run("workers", **env)
-    assert "scheduler (leader)" in table.stdout and "scheduler (standby)" in table.stdout
+    assert f"{leading['kind']} (leads)" in table.stdout
+    assert f"chores led by {role} {leader_id}" in table.stdout
 
     for proc in (*schedulers, worker):
         proc.send_signal(signal.SIGTERM)

@@ -165,6 +165,8 @@ OPEN_STATUSES: dict[tuple[str, str], set[int]] = {
     ("POST", "/maintenance/cleanup"): {200, 400, 413, 415, 422, 503},
     ("GET", "/health"): {200, 503},
 }
+# Probes and scrapes: open with tokens too, answered by their own bodies.
+OPS_STATUSES = {("GET", "/health/ready"): {200, 503}, ("GET", "/metrics"): {200}}
 # With tokens: 401 everywhere but /health, and 403 where a tenant's token may be refused.
 FORBIDDEN = {
     ("POST", "/jobs"),
@@ -196,7 +198,8 @@ def declared_statuses(document: dict[str, Any]) -> set[tuple[str, str, int]]:
 
 
 def expected_statuses(tokens: bool) -> set[tuple[str, str, int]]:
-    expected = {(m, p, s) for (m, p), statuses in OPEN_STATUSES.items() for s in statuses}
+    every = {**OPEN_STATUSES, **OPS_STATUSES}
+    expected = {(m, p, s) for (m, p), statuses in every.items() for s in statuses}
     if tokens:
         expected |= {(m, p, 401) for m, p in OPEN_STATUSES if p != "/health"}
         expected |= {(m, p, 403) for m, p in FORBIDDEN}
@@ -226,7 +229,9 @@ def test_every_error_is_declared_with_the_one_error_body() -> None:
             for status, response in operation["responses"].items():
                 if status == "default" or int(status) >= 400:
                     health = path == "/health" and status == "503"
-                    assert _ref(response) == ("HealthResponse" if health else "ErrorResponse")
+                    ready = path == "/health/ready" and status == "503"
+                    expected = "ReadinessResponse" if ready else "ErrorResponse"
+                    assert _ref(response) == ("HealthResponse" if health else expected)
                 if status in ("429", "503"):
                     assert "Retry-After" in response["headers"]
                 if status == "401":
@@ -253,6 +258,7 @@ def test_success_bodies_are_declared_with_their_models(document: dict[str, Any])
         ("get", "/stats"): "StatsResponse",
         ("post", "/maintenance/cleanup"): "CleanupResponse",
         ("get", "/health"): "HealthResponse",
+        ("get", "/health/ready"): "ReadinessResponse",
     }
     for (method, path), model in models.items():
         responses = document["paths"][path][method]["responses"]
@@ -285,7 +291,7 @@ class Answers:
         self.schema[path][method].validate_response(response)  # raises when it does not match
         self.checked.add((method, path, status))
         body: dict[str, Any] = response.json()
-        if status >= 400 and path != "/health":
+        if status >= 400 and path not in ("/health", "/health/ready"):
             assert set(body) == {"error"} and body["error"]["code"], body
             assert "Traceback" not in response.text
         return body
@@ -354,6 +360,15 @@ async def test_real_answers_of_every_route_match_the_document(open_api: Answers)
     cleanup = await http.post("/maintenance/cleanup", json={"older_than_hours": 1})
     a.check("/maintenance/cleanup", cleanup, 200)
     a.check("/health", await http.get("/health"), 200)
+    ready = a.check("/health/ready", await http.get("/health/ready"), 200)
+    assert set(ready["components"]) == {"store", "migrations", "transport"}
+    metrics = await http.get("/metrics")  # text, not JSON: checked by hand
+    assert metrics.status_code == 200 and "async_jobs_jobs_enqueued_total" in metrics.text
+    assert (
+        metrics.headers["content-type"]
+        in a.document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    )
+    a.checked.add(("GET", "/metrics", 200))
     assert a.checked == {s for s in declared_statuses(a.document) if s[2] < 400}
 
 
@@ -463,4 +478,9 @@ async def test_real_answers_when_the_store_is_down_match_the_document() -> None:
             a.check(path, answer, 503)
         health = a.check("/health", await a.http.get("/health"), 503)
         assert health["status"] == "unavailable"
+        ready = await a.http.get("/health/ready")
+        assert ready.headers["retry-after"]
+        assert (
+            a.check("/health/ready", ready, 503)["components"]["store"]["status"] == "unavailable"
+        )
     assert a.checked == {s for s in declared_statuses(a.document) if s[2] == 503}

@@ -118,6 +118,23 @@ async def test_the_newest_first_listing_walks_its_index(
     assert all(index in s for s in scans), scans
 
 
+async def test_the_dispatch_window_counts_queued_jobs_from_a_partial_index(
+    explained: tuple[asyncpg.Connection, list[str]],
+) -> None:
+    conn, plans = explained
+    # 2,000 of the pending jobs dispatched (in two use cases), as full windows leave them.
+    await conn.execute(
+        """UPDATE async_jobs SET status = 'queued', dispatch_id = gen_random_uuid(),
+               dispatch_expires_at = now() + interval '60 seconds',
+               use_case = CASE WHEN random() < 0.5 THEN 'default' ELSE 'mail' END
+           WHERE id IN (SELECT id FROM async_jobs WHERE status = 'pending' LIMIT 2000)"""
+    )
+    await conn.execute("ANALYZE async_jobs")
+    scans = await _explain(conn, plans, QUERIES["count_queued"], ["default", "mail", "x"], 1000)
+    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert all("async_jobs_dispatched" in s or "async_jobs_active" in s for s in scans), scans
+
+
 async def _explain(conn: asyncpg.Connection, plans: list[str], query: str, *args: Any) -> list[str]:
     """The scans on async_jobs of RUNS runs of the prepared statement, all rolled back."""
     plans.clear()

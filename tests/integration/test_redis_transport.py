@@ -33,7 +33,7 @@ from async_jobs.transports.redis import (
     require_redis,
 )
 from tests.helpers import wait_until
-from tests.integration.test_sqs_transport import all_ended, running
+from tests.integration.test_sqs_transport import all_ended, drain_through_the_window, running
 
 pytestmark = pytest.mark.postgres
 
@@ -397,3 +397,16 @@ async def test_redis_restarted_empty_loses_nothing_and_no_process_stops(
                 assert (done.status, done.attempts) == (JobState.SUCCEEDED, 1)
     finally:
         server.close()
+
+
+async def test_a_backlog_is_sent_through_the_dispatch_window(pg_database: str) -> None:
+    jobs = JobApp(settings=redis_settings(pg_database, dispatch_window=50))
+    async with jobs, redis_client(jobs) as client:
+
+        async def in_stream() -> int:
+            return int(await client.xlen(stream_of(jobs)))
+
+        worker = await drain_through_the_window(jobs, in_stream)
+        await wait_until(lambda: drained(jobs), timeout=10)
+    transport = worker_transport(worker)
+    assert transport.counts["claimed"] == 500 and transport.counts["stale"] == 0

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,7 +20,8 @@ from async_jobs.core.settings import Settings
 from async_jobs.core.worker import Worker
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import ConfigurationError
-from async_jobs.domain.jobs import ClaimRequest, JobId
+from async_jobs.domain.jobs import ClaimRequest, JobFilter, JobId
+from async_jobs.transports import registry
 from async_jobs.transports.sqs import SqsClient, SqsTransport, create_queues
 from tests.helpers import SqsServer, wait_until
 
@@ -338,3 +339,80 @@ def worker_transport(worker: Worker) -> SqsTransport:
     transport = worker._transport
     assert isinstance(transport, SqsTransport)
     return transport
+
+
+async def drain_through_the_window(
+    app: JobApp, in_broker: Callable[[], Awaitable[int]], backlog: int = 500
+) -> Worker:
+    """A backlog of due jobs on a broker transport whose dispatch window
+    (``app.settings.dispatch_window``) is far smaller: the dispatcher queues and sends only
+    the window; then, as workers claim, it sends more, the queued jobs never above the
+    window, until every job has run once. ``in_broker``: the messages the broker holds.
+    Returns the worker."""
+    window = app.settings.dispatch_window
+    assert window < backlog
+
+    @app.job("noop")
+    async def noop(ctx: JobContext, payload: dict[str, Any]) -> None:
+        return None
+
+    await app.enqueue_many([app_request() for _ in range(backlog)])
+    dispatcher = registry.dispatcher(
+        registry.SchedulerSide(app.store, app.settings, app.limits, "test")
+    )
+    assert dispatcher is not None
+    try:
+        assert await dispatcher.run_once() == window
+        assert await dispatcher.run_once() == 0  # the window is full: nothing more is sent
+    finally:
+        await dispatcher.close()
+    assert await app.store.count_queued(["default"], backlog) == {"default": window}
+    assert await in_broker() == window
+    pending = await app.store.count_jobs(JobFilter(status=JobState.PENDING), backlog)
+    assert pending == backlog - window
+
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            queued = await app.store.count_queued(["default"], backlog)
+            most = max(most, queued["default"])
+            await asyncio.sleep(0.01)  # wait-ok: sampling the queued count while jobs drain
+
+    async def all_succeeded() -> bool:
+        done = await app.store.count_jobs(JobFilter(status=JobState.SUCCEEDED), backlog)
+        return done == backlog
+
+    watcher = asyncio.create_task(watch())
+    try:
+        async with running(app, concurrency=20) as worker:
+            await wait_until(all_succeeded, timeout=120)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    assert 0 < most <= window
+    return worker
+
+
+async def test_a_backlog_is_sent_through_the_dispatch_window(
+    pg_database: str, sqs_server: SqsServer
+) -> None:
+    # About 10 s: 500 jobs through moto's server, 10 messages per receive, one poll at a
+    # time; fewer jobs would not show the window refilling many times over.
+    jobs = JobApp(settings=sqs_settings(pg_database, sqs_server, dispatch_window=50))
+    async with jobs:
+        await create_queues(jobs.sqs_config(), 3)
+        sqs = SqsClient(jobs.sqs_config())
+        await sqs.open()
+        try:
+
+            async def in_queue() -> int:
+                return sum(await sqs.depth(queue_of(jobs)))
+
+            worker = await drain_through_the_window(jobs, in_queue)
+            await wait_until(lambda: drained(sqs, queue_of(jobs)), timeout=20)
+        finally:
+            await sqs.close()
+    transport = worker_transport(worker)
+    assert transport.counts["claimed"] == 500 and transport.counts["stale"] == 0

@@ -148,3 +148,22 @@ async def _status_is(store: JobStore, job_id: JobId, state: JobState, *, requeue
         await store.requeue_dispatched(10)
     job = await store.get_job(job_id)
     return job is not None and job.status is state
+
+
+async def test_queued_jobs_are_counted_per_use_case_up_to_the_cap(store: JobStore) -> None:
+    await store.insert_jobs([new_job(use_case="mail") for _ in range(5)])
+    await store.insert_jobs([new_job(use_case="sms") for _ in range(2)])
+    await store.insert_jobs([new_job(use_case="push") for _ in range(3)])
+    assert await store.count_queued(["mail", "sms", "none"], 10) == {"mail": 0, "sms": 0, "none": 0}
+    queued = await store.claim_jobs(dispatch(10, use_cases=("mail", "sms")))
+    assert len(queued) == 7
+    # Running and pending jobs are not counted; a use case not asked for is not answered.
+    mail = next(j for j in queued if j.use_case == "mail")
+    await store.claim_dispatched([DispatchTicket.of(mail)], "w1", 30)
+    assert await store.count_queued(["mail", "sms", "none"], 10) == {"mail": 4, "sms": 2, "none": 0}
+    assert await store.count_queued(["mail", "sms"], 3) == {"mail": 3, "sms": 2}
+    assert await store.count_queued([], 10) == {}
+    # Back to pending (a lapsed or failed send): no longer queued.
+    sms = [DispatchTicket.of(j) for j in queued if j.use_case == "sms"]
+    await store.requeue_dispatched(0, sms)
+    assert await store.count_queued(["sms"], 10) == {"sms": 0}

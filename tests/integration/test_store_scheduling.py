@@ -706,12 +706,13 @@ async def test_a_stale_process_lapses_and_the_next_registration_deletes_it(
     assert not await store.beat_process("dead", 0, ttl_seconds=30)  # deleted, not revived
 
 
-async def test_leaders_are_listed_until_their_lease_runs_out(store: JobStore) -> None:
-    assert await store.try_lead("scheduler", "a", 30)
-    [lead] = await store.list_leaders()
-    assert (lead.role, lead.holder) == ("scheduler", "a") and lead.expires_at > lead.since
-    await store.resign("scheduler", "a")
-    assert await store.list_leaders() == []
+async def test_the_leader_is_read_back_until_it_resigns(store: JobStore) -> None:
+    assert await store.try_lead("scheduler", "worker/w1", 30)
+    lead = await store.current_leader("scheduler")
+    assert lead is not None and (lead.process_role, lead.process_id) == ("worker", "w1")
+    assert lead.expires_at > lead.since
+    await store.resign("scheduler", "worker/w1")
+    assert await store.current_leader("scheduler") is None
 
 
 # -- what the dashboard reads ------------------------------------------------------------------

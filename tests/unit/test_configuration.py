@@ -153,6 +153,7 @@ def test_worker_and_api_settings_come_from_the_environment() -> None:
         ("ASYNC_JOBS_API_PREFIX", "api", "must start with /"),
         ("ASYNC_JOBS_WORKER_GRACE_SECONDS", "soon", "non-negative number"),
         ("ASYNC_JOBS_API_TOKENS", "{not json", "not valid JSON"),
+        ("ASYNC_JOBS_DISPATCH_WINDOW", "0", "positive integer"),
     ],
 )
 def test_a_bad_value_names_its_variable(key: str, value: str, message: str) -> None:

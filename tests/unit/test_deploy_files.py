@@ -31,17 +31,9 @@ VARIABLE = re.compile(r"\bASYNC_JOBS_[A-Z0-9_]*[A-Z0-9]\b")
 # counts as known anyway, so this set can only be emptied, never go stale silently.
 PENDING_CONTRACT = frozenset(
     {
-        "ASYNC_JOBS_WORKER_CONCURRENCY",
-        "ASYNC_JOBS_WORKER_USE_CASES",
-        "ASYNC_JOBS_WORKER_GRACE_SECONDS",
-        "ASYNC_JOBS_API_HOST",
-        "ASYNC_JOBS_API_PORT",
-        "ASYNC_JOBS_API_PREFIX",
-        "ASYNC_JOBS_CORS_ORIGINS",
         "ASYNC_JOBS_METRICS_PORT",
         "ASYNC_JOBS_LOG_FORMAT",
         "ASYNC_JOBS_LOG_LEVEL",
-        "ASYNC_JOBS_REDIS_PREFIX",  # the redis branch
     }
 )
 

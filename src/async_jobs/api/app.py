@@ -17,6 +17,7 @@ from async_jobs.api.auth import TokenAuth, TokenAuthMiddleware
 from async_jobs.api.dashboard import create_dashboard_router
 from async_jobs.api.errors import install_error_handlers
 from async_jobs.api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from async_jobs.api.ops import TraceContextMiddleware, create_ops_router
 from async_jobs.api.router import create_jobs_router
 from async_jobs.app import JobApp
 from async_jobs.core.scheduler import SchedulerConfig
@@ -70,9 +71,12 @@ def create_api(
     )
     install_error_handlers(app)
     app.include_router(create_jobs_router(jobs, auth), prefix=prefix)
+    app.include_router(create_ops_router(jobs), prefix=prefix)
     dashboard_path = f"{prefix}{DASHBOARD_PATH}"
     app.include_router(create_dashboard_router(jobs, auth, path=dashboard_path))
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    if jobs.tracing.enabled:
+        app.add_middleware(TraceContextMiddleware)
     if auth is not None:  # a request without a token is refused unread
         app.add_middleware(TokenAuthMiddleware, auth=auth, own_auth_prefixes=(dashboard_path,))
     if jobs.settings.cors_origins:  # outermost: a preflight carries no token

@@ -177,7 +177,7 @@ class TokenAuthMiddleware:
     """ASGI: 401 JSON with ``WWW-Authenticate: Bearer`` for a request without a valid token,
     before anything reads its body; ``/health`` (and the OpenAPI pages) stay open."""
 
-    OPEN_PATHS = ("/health", "/docs", "/openapi.json", "/redoc")
+    OPEN_PATHS = ("/health", "/health/ready", "/metrics", "/docs", "/openapi.json", "/redoc")
 
     def __init__(
         self, app: ASGIApp, auth: TokenAuth, own_auth_prefixes: tuple[str, ...] = ()

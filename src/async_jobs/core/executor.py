@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
 import functools
 import math
@@ -87,7 +88,9 @@ async def run_attempt(
 async def _call(handler: Handler, ctx: JobContext, threads: concurrent.futures.Executor) -> Any:
     if handler.is_async:
         return await handler.func(ctx, ctx.job.payload)
-    future = threads.submit(functools.partial(handler.func, ctx, ctx.job.payload))
+    # In a copy of this context: the thread's log lines carry the job's fields too.
+    call = functools.partial(handler.func, ctx, ctx.job.payload)
+    future = threads.submit(contextvars.copy_context().run, call)
     ctx.thread = future  # the worker accounts the slot until the thread really ends
     return await asyncio.wrap_future(future)
 

@@ -40,15 +40,21 @@ def process_info(
 
 class Presence:
     """Keeps one process's record alive: ``beat`` renews it (registering again if it lapsed
-    meanwhile), ``leave`` removes it. ``ttl_seconds`` should cover about three beats."""
+    meanwhile), ``leave`` removes it. ``ttl_seconds`` should cover about three beats; a
+    presence that is not ``enabled`` writes nothing."""
 
-    def __init__(self, store: JobStore, info: ProcessInfo, ttl_seconds: float) -> None:
+    def __init__(
+        self, store: JobStore, info: ProcessInfo, ttl_seconds: float, enabled: bool = True
+    ) -> None:
         self._store = store
         self.info = info
         self._ttl = ttl_seconds
         self._registered = False
+        self._enabled = enabled
 
     async def beat(self, jobs_held: int = 0) -> None:
+        if not self._enabled:
+            return
         try:
             if self._registered and await self._store.beat_process(
                 self.info.id, jobs_held, self._ttl

@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from async_jobs.core.metrics import Metrics
 from async_jobs.domain.errors import StoreError
 from async_jobs.domain.jobs import Job
 from async_jobs.ports import JobStore
@@ -25,10 +26,13 @@ DEFAULT_BATCH = 500
 
 
 class Reaper:
-    def __init__(self, store: JobStore, batch_size: int = DEFAULT_BATCH) -> None:
+    def __init__(
+        self, store: JobStore, batch_size: int = DEFAULT_BATCH, metrics: Metrics | None = None
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         self._store = store
+        self._metrics = metrics or Metrics.off()
         self._batch_size = batch_size
         self.reaped = 0
 
@@ -50,6 +54,7 @@ class Reaper:
                 job.status.value,
             )
         self.reaped += len(reaped)
+        self._metrics.leases_reaped(reaped)
         return reaped
 
     async def run(self, interval_seconds: float, when: Callable[[], bool] | None = None) -> None:
@@ -63,4 +68,5 @@ class Reaper:
             try:
                 await self.run_once()
             except StoreError as exc:
+                self._metrics.store_error("reap_expired_leases")
                 log.warning("reaper round failed: %s", exc)

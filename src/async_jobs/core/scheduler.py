@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from async_jobs.core.maintenance import PeriodicRunner, Retention, expire_jobs
+from async_jobs.core.metrics import Metrics
 from async_jobs.core.presence import Presence, process_info
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.webhooks import WebhookSender
@@ -80,10 +81,13 @@ class Scheduler:
         periodic: PeriodicRunner | None = None,
         webhooks: WebhookSender | None = None,
         dispatcher: Dispatcher | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self.config = config
-        self._reaper = Reaper(store)
+        self.metrics = metrics or Metrics.off()
+        self.metrics.watch_leader(lambda: self.leading)
+        self._reaper = Reaper(store, metrics=self.metrics)
         self._retention = Retention(store, config.retention)
         self._periodic = periodic
         self.dispatcher = dispatcher
@@ -96,10 +100,13 @@ class Scheduler:
         # The registry record is renewed about once a leader lease, not every round.
         self._beat_every = config.leader_lease_seconds
         self._last_beat = float("-inf")
+        process_role, _, process_id = config.holder.partition("/")
+        # A worker standing for the chores is listed by its worker's own record.
         self.presence = Presence(
             store,
-            process_info(config.holder, ProcessKind.SCHEDULER),
+            process_info(process_id or process_role, ProcessKind.SCHEDULER),
             ttl_seconds=3 * config.leader_lease_seconds,
+            enabled=process_role != "worker",
         )
 
     @property
@@ -142,6 +149,7 @@ class Scheduler:
                 ROLE, self.config.holder, self.config.leader_lease_seconds
             )
         except StoreError as exc:
+            self.metrics.store_error("try_lead")
             log.warning("scheduler cannot reach the store: %s", exc)
             leading = False
         if leading != self.leading:

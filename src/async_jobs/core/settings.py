@@ -25,6 +25,7 @@ from async_jobs.domain.webhooks import DEFAULT_WEBHOOK_MAX_ATTEMPTS, AllowList
 
 PREFIX = "ASYNC_JOBS_"
 DEFAULT_DSN = "sqlite:///async_jobs.db"
+DEFAULT_DISPATCH_WINDOW = 1000  # see Settings.dispatch_window
 TRANSPORTS = ("direct", "sqs", "redis")
 
 _PER_USE_CASE = re.compile(
@@ -78,6 +79,13 @@ ENVIRONMENT_VARIABLES: tuple[str, ...] = (
     f"{PREFIX}API_PREFIX",
     f"{PREFIX}CORS_ORIGINS",
     f"{PREFIX}STORE_WAIT_SECONDS",
+    f"{PREFIX}LOG_FORMAT",
+    f"{PREFIX}LOG_LEVEL",
+    f"{PREFIX}METRICS_PORT",
+    f"{PREFIX}METRICS_HOST",
+    f"{PREFIX}METRICS_TENANT_LABEL",
+    f"{PREFIX}METRICS_TENANT_CAP",
+    f"{PREFIX}DISPATCH_WINDOW",
 )
 
 
@@ -140,6 +148,12 @@ class Settings:
     redis_prefix: str = "async-jobs"
     redis_use_cases: tuple[str, ...] = ("default",)
     redis_dispatch_timeout_seconds: float = 60.0
+    # Broker transports (sqs, redis): the most jobs of one use case dispatched but not yet
+    # claimed at once (running jobs do not count). 1000 keeps workers fed between dispatch
+    # rounds (a round per second and per batch of finished jobs) up to about 1000 jobs/s per
+    # use case, while workers draining as little as 17 jobs/s still claim the whole window
+    # within the 60 s dispatch timeout: a backlog waits in the store, not in the broker.
+    dispatch_window: int = DEFAULT_DISPATCH_WINDOW
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -156,6 +170,8 @@ class Settings:
             raise ConfigurationError(
                 f"{PREFIX}WEBHOOK_SECRETS must map tenants to non-empty secret strings"
             )
+        if self.dispatch_window < 1:
+            raise ConfigurationError(f"{PREFIX}DISPATCH_WINDOW must be a positive integer")
         if self.webhook_max_attempts < 1 or not self.webhook_timeout_seconds > 0:
             raise ConfigurationError("webhook attempts and timeout must be positive numbers")
         if self.api_prefix and (
@@ -288,6 +304,10 @@ class Settings:
             redis_dispatch_timeout_seconds=_non_negative_float(
                 f"{PREFIX}REDIS_DISPATCH_TIMEOUT_SECONDS",
                 env.get(f"{PREFIX}REDIS_DISPATCH_TIMEOUT_SECONDS", "60"),
+            ),
+            dispatch_window=_positive_int(
+                f"{PREFIX}DISPATCH_WINDOW",
+                env.get(f"{PREFIX}DISPATCH_WINDOW", str(DEFAULT_DISPATCH_WINDOW)),
             ),
         )
 

@@ -44,7 +44,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from async_jobs.core.metrics import Metrics
 from async_jobs.core.settings import Settings
+from async_jobs.core.tracing import Tracing
 from async_jobs.domain.errors import StoreError
 from async_jobs.domain.jobs import JobId
 from async_jobs.domain.retry import Backoff
@@ -165,8 +167,12 @@ class WebhookSender:
         client: httpx.AsyncClient | None = None,
         resolve: Resolver | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
+        self._tracing = tracing or Tracing.off()
+        self._metrics = metrics or Metrics.off()
         self.config = config or WebhookConfig()
         self._client = client
         self._own_client = client is None
@@ -235,6 +241,7 @@ class WebhookSender:
             outcome = await self.send(delivery)
             if await self._store.record_webhook_attempt(outcome):
                 self.sent += 1
+                self._metrics.webhook_delivery(_metric_outcome(delivery, outcome))
             else:
                 self.lost += 1
                 log.warning(
@@ -278,13 +285,20 @@ class WebhookSender:
             return outcome(refused[0], error=refused[1])
         body = json_dumps(job.to_json()).encode()
         headers = self.headers(delivery, body)
-        try:
-            response = await self._http().post(delivery.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return outcome(AttemptResult.RETRY, error=f"{type(exc).__name__}: {exc}".strip())
-        if 200 <= response.status_code < 300:
-            return outcome(AttemptResult.DELIVERED, response.status_code)
-        return outcome(AttemptResult.RETRY, response.status_code, f"HTTP {response.status_code}")
+        host = urlsplit(delivery.url).hostname or ""
+        with self._tracing.webhook(job, host, delivery.attempts) as span:
+            headers.update(self._tracing.headers())
+            try:
+                response = await self._http().post(delivery.url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}".strip()
+                span.delivered(False, None, type(exc).__name__)
+                return outcome(AttemptResult.RETRY, error=error)
+            status = response.status_code
+            span.delivered(200 <= status < 300, status, f"HTTP {status}")
+        if 200 <= status < 300:
+            return outcome(AttemptResult.DELIVERED, status)
+        return outcome(AttemptResult.RETRY, status, f"HTTP {status}")
 
     def headers(self, delivery: WebhookDelivery, body: bytes) -> dict[str, str]:
         timestamp = int(self._clock())
@@ -345,3 +359,12 @@ async def _resolve(host: str, port: int) -> list[str]:
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
     return sorted({str(info[4][0]) for info in infos})
+
+
+def _metric_outcome(delivery: WebhookDelivery, outcome: DeliveryOutcome) -> str:
+    """``delivered``, ``retried``, or ``failed`` (refused, or the last attempt spent)."""
+    if outcome.result is AttemptResult.DELIVERED:
+        return "delivered"
+    if outcome.result is AttemptResult.RETRY and delivery.attempts < delivery.max_attempts:
+        return "retried"
+    return "failed"

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,9 +39,12 @@ from async_jobs.core.executor import (
     released,
     run_attempt,
 )
+from async_jobs.core.logs import fields_of_job, job_fields
+from async_jobs.core.metrics import Metrics
 from async_jobs.core.presence import Presence, process_info
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Registry
+from async_jobs.core.tracing import TracedSpan, Tracing
 from async_jobs.domain.errors import StoreError
 from async_jobs.domain.jobs import (
     AttemptOutcome,
@@ -122,7 +126,9 @@ class Completer:
         on_written: Callable[[Sequence[AttemptOutcome]], None],
         max_batch: int,
         linger_seconds: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics.off()
         self._transport = transport
         self._on_written = on_written
         self._max_batch = max_batch
@@ -164,6 +170,7 @@ class Completer:
                 except StoreError as exc:
                     self._pending[:0] = batch
                     failures += 1
+                    self._metrics.store_error("record_outcomes")
                     log.warning("cannot record %d outcomes yet: %s", len(batch), exc)
                     self._retry_now.clear()
                     with contextlib.suppress(TimeoutError):
@@ -186,8 +193,12 @@ class Worker:
         transport: Transport,
         config: WorkerConfig,
         on_ready: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.registry = registry
+        self.tracing = tracing or Tracing.off()
+        self.metrics = metrics or Metrics.off()
         self.config = config
         self._store = store
         self._transport = transport
@@ -201,8 +212,13 @@ class Worker:
         self._stop_now = asyncio.Event()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._completer = Completer(
-            transport, self._forget, config.max_outcome_batch, config.outcome_linger_seconds
+            transport,
+            self._forget,
+            config.max_outcome_batch,
+            config.outcome_linger_seconds,
+            self.metrics,
         )
+        self.metrics.watch_slots(self._slots)
         self.processed = 0
         info = process_info(
             config.worker_id, ProcessKind.WORKER, config.concurrency, config.use_cases
@@ -218,6 +234,10 @@ class Worker:
     def abandoned_threads(self) -> int:
         """Threads of sync handlers still running although their attempt has ended."""
         return self._abandoned
+
+    def _slots(self) -> tuple[int, int]:
+        busy = len(self._running) + self._abandoned
+        return busy, max(self.config.concurrency - busy, 0)
 
     def stop(self) -> None:
         """First call: stop fetching and let running jobs finish within the grace period.
@@ -247,7 +267,7 @@ class Worker:
         if self.config.reap_every > 0:
             # Not while this worker still holds unwritten outcomes (after an outage): its own
             # finished jobs must be recorded, not reaped and run again.
-            reaper = Reaper(self._store)
+            reaper = Reaper(self._store, metrics=self.metrics)
             reaping = reaper.run(self.config.reap_every, when=lambda: self._completer.idle)
             helpers.append(asyncio.create_task(reaping, name="async-jobs-reaper"))
         try:
@@ -272,6 +292,7 @@ class Worker:
                 jobs = await self._transport.receive(free, self._wait_seconds())
             except StoreError as exc:
                 failures += 1
+                self.metrics.store_error("claim")
                 log.warning("cannot fetch jobs (try %d): %s", failures, exc)
                 await self._pause(RECONNECT_BACKOFF.delay(failures))
                 continue
@@ -319,13 +340,29 @@ class Worker:
             return
         while self._ready and len(self._running) + self._abandoned < self.config.concurrency:
             job = self._ready.popleft()
+            self.metrics.job_started(job)
             ctx = JobContext(job=job, worker_id=self.worker_id, logger=log)
             task = asyncio.create_task(self._execute(job, ctx))
             self._running[job.id] = (task, ctx)
 
     async def _execute(self, job: Job, ctx: JobContext) -> None:
+        if not self.tracing.enabled:
+            await self._attempt(job, ctx, None)
+            return
+        with self.tracing.process(job) as span:
+            await self._attempt(job, ctx, span)
+
+    async def _attempt(self, job: Job, ctx: JobContext, span: TracedSpan | None) -> None:
         assert self._threads is not None
         handler = self.registry.get(job.type)
+        # This task's own context: the handler's log lines carry the job's fields.
+        fields = fields_of_job(
+            str(job.id), job.attempts, job.type, job.use_case, job.tenant_id, self.worker_id
+        )
+        if span is not None:
+            fields.update(span.ids())
+        job_fields.set(fields)
+        began = time.perf_counter()
         try:
             outcome = await run_attempt(handler, job, ctx, self._threads, self.config.limits)
         except asyncio.CancelledError:
@@ -339,11 +376,14 @@ class Worker:
                 else failure_outcome(job, handler, error_of(exc, self.config.limits))
             )
         finally:
+            self.metrics.job_ran(job, time.perf_counter() - began)
             del self._running[job.id]
             self._account_thread(ctx)
             self._slot_freed.set()
         if ctx.cancel_requested and outcome.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASED):
             outcome = cancelled(job)
+        if span is not None:
+            span.outcome(outcome)
         self.processed += 1
         self._completer.add(outcome)
         self._fill_slots()
@@ -365,6 +405,7 @@ class Worker:
         self._fill_slots()
 
     def _forget(self, outcomes: Sequence[AttemptOutcome]) -> None:
+        self.metrics.outcomes_written(outcomes, self._held)
         for outcome in outcomes:
             self._held.pop(outcome.job_id, None)
         self._slot_freed.set()
@@ -393,6 +434,7 @@ class Worker:
                 states = await self._store.extend_leases(claims, self.config.lease_seconds)
             except StoreError as exc:
                 failures += 1
+                self.metrics.store_error("extend_leases")
                 log.warning("cannot renew %d leases: %s", len(claims), exc)
                 if loop.time() - renewed_at >= self.config.lease_seconds:
                     # Another worker may have them now: stop the handlers. The jobs stay
@@ -477,6 +519,7 @@ class Worker:
             try:
                 await self._store.record_progress(updates)
             except StoreError as exc:  # progress is advisory: the next report replaces it
+                self.metrics.store_error("record_progress")
                 log.warning("cannot store the progress of %d jobs: %s", len(updates), exc)
 
     # -- stopping ---------------------------------------------------------------------------

@@ -199,6 +199,8 @@ class Job:
     # Its webhook deliveries: read by ``JobApp.get_job`` only (None in lists, and for a job
     # without a webhook_url).
     webhook: WebhookState | None = None
+    # W3C trace context (JSON: traceparent, tracestate) captured at enqueue, when tracing.
+    trace_context: str | None = None
 
     @property
     def deadline_missed(self) -> bool:
@@ -315,12 +317,13 @@ class NewJob:
     expires_at: datetime | None = None
     # Not stored: the tenant's max_pending in this use case, checked atomically at insert.
     max_pending: int | None = None
+    trace_context: str | None = None  # see Job; set by the enqueuing app when tracing
 
     def stored(self, run_at: datetime, deadline_at: datetime, created_at: datetime) -> Job:
         """The job as a store has just written it, with the times its clock chose."""
         # Positional, in the order of Job's fields: this runs for every job enqueued, and
         # binding thirty keywords costs three times the call.
-        return Job(
+        job = Job(
             self.id,
             self.tenant_id,
             self.use_case,
@@ -352,6 +355,9 @@ class NewJob:
             self.backoff,
             self.expires_at,
         )
+        if self.trace_context is not None:
+            job.trace_context = self.trace_context
+        return job
 
 
 _PENDING = JobState.PENDING

@@ -369,3 +369,18 @@ class ActiveCounts:
     pending: int
     queued: int
     running: int
+
+
+# The states the store gauges count: the work to do, not the history (terminal jobs are
+# counted by the counters as they end).
+GAUGE_STATES = ("pending", "queued", "running")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobGauges:
+    """What ``async_jobs_jobs`` and ``async_jobs_oldest_due_job_age_seconds`` report: jobs
+    per (state, use case), each count capped (see ``JobStore.job_gauges``), and per use case
+    the age in seconds of the oldest due pending job among those counted."""
+
+    counts: Mapping[tuple[str, str], int]
+    oldest_due_seconds: Mapping[str, float]

@@ -13,6 +13,8 @@ import enum
 from datetime import datetime
 from typing import Any
 
+from async_jobs.domain.scheduling import Leader
+
 
 class ProcessKind(enum.StrEnum):
     WORKER = "worker"
@@ -43,9 +45,9 @@ class LiveProcess:
     expires_at: datetime
     jobs_held: int
 
-    def to_json(self, leader: str | None = None) -> dict[str, Any]:
-        """``leader``: the holder of the scheduler role, to mark a scheduler leader or
-        standby."""
+    def to_json(self, leader: Leader | None = None) -> dict[str, Any]:
+        """``leader``: who leads the chores now, to mark this process as leading (a
+        scheduler that does not lead is a standby)."""
         info = self.info
         out: dict[str, Any] = {
             "id": info.id,
@@ -60,16 +62,10 @@ class LiveProcess:
             "expires_at": self.expires_at.isoformat(),
             "jobs_held": self.jobs_held,
         }
+        out["leads"] = self.leads(leader)
         if info.kind is ProcessKind.SCHEDULER:
-            out["role"] = "leader" if info.id == leader else "standby"
+            out["role"] = "leader" if out["leads"] else "standby"
         return out
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Leadership:
-    """Who leads a role (``JobStore.try_lead``) and until when."""
-
-    role: str
-    holder: str
-    since: datetime
-    expires_at: datetime
+    def leads(self, leader: Leader | None) -> bool:
+        return leader is not None and leader.process_id == self.info.id

@@ -35,9 +35,11 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.scheduling import (
+    GAUGE_STATES,
     ActiveCounts,
     Candidate,
     FinishedBucket,
+    JobGauges,
     Leader,
     Stats,
     StatsCount,
@@ -63,7 +65,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
-from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo
+from async_jobs.domain.workers import LiveProcess, ProcessInfo
 from async_jobs.stores.limits import (
     HOUR,
     RecentJob,
@@ -107,6 +109,9 @@ class MemoryStore:
         self._open = False
 
     async def migrate(self) -> list[str]:
+        return []
+
+    async def pending_migrations(self) -> list[str]:
         return []
 
     async def ping(self) -> None:
@@ -242,6 +247,16 @@ class MemoryStore:
             )
             for name, of in sorted(counts.items())
         ]
+
+    async def count_queued(self, use_cases: Sequence[str], cap: int) -> dict[str, int]:
+        self._check_open()
+        counts = dict.fromkeys(use_cases, 0)
+        if cap <= 0:
+            return counts
+        for job in self._jobs.values():
+            if job.status is JobState.QUEUED and job.use_case in counts:
+                counts[job.use_case] = min(cap, counts[job.use_case] + 1)
+        return counts
 
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
@@ -595,15 +610,6 @@ class MemoryStore:
         live = [p for p in self._processes.values() if p.expires_at >= now]
         return sorted(live, key=lambda p: (p.info.kind.value, p.info.id))
 
-    async def list_leaders(self) -> list[Leadership]:
-        self._check_open()
-        now = self._clock()
-        return [
-            Leadership(role, leader.holder, leader.since, leader.expires_at)
-            for role, leader in sorted(self._leaders.items())
-            if leader.expires_at >= now
-        ]
-
     async def last_periodic_tick(self, name: str) -> datetime | None:
         self._check_open()
         return self._ticks.get(name)
@@ -726,6 +732,21 @@ class MemoryStore:
             (d for d in self._deliveries.values() if d.job_id == job_id),
             key=lambda d: (d.job_finished_at, d.created_at),
         )
+
+    async def job_gauges(self, cap: int) -> JobGauges:
+        self._check_open()
+        now = self._clock()
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[str, float] = {}
+        for job in self._jobs.values():
+            key = (job.status.value, job.use_case)
+            if job.status.value not in GAUGE_STATES or counts.get(key, 0) >= cap:
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            if job.status is JobState.PENDING:
+                age = max((now - job.run_at).total_seconds(), 0.0)
+                oldest[job.use_case] = max(oldest.get(job.use_case, 0.0), age)
+        return JobGauges(counts, oldest)
 
     async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         self._check_open()

@@ -10,6 +10,8 @@ under dispatch D"), as an SQS message does for the sqs transport. The flow, each
    stream. A failed add puts its jobs back to ``pending`` at once; an entry lost without an
    error (Redis restarted without persistence, ``FLUSHALL``, trimmed) is caught by the
    deadline: a job nobody claimed by then goes back to ``pending`` and is dispatched again.
+   At most the dispatch window of each use case (``ASYNC_JOBS_DISPATCH_WINDOW``) is queued
+   at once (``transports.dispatch``, shared with the sqs transport).
 2. ``RedisTransport`` (in a worker) reads its streams with ``XREADGROUP`` (blocking, only as
    many entries as it has free slots) and claims the named jobs in one statement (``queued``
    -> ``running``) only while each is still queued under that dispatch and attempt. An entry
@@ -39,19 +41,20 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import math
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from async_jobs.core.settings import Settings
+from async_jobs.core.metrics import Metrics, TransportCounts
+from async_jobs.core.settings import DEFAULT_DISPATCH_WINDOW, Settings
 from async_jobs.domain.dispatch import DispatchTicket, MalformedMessageError, truncated
 from async_jobs.domain.errors import AsyncJobsError, ConfigurationError, StoreError
-from async_jobs.domain.jobs import AttemptOutcome, ClaimRequest, Job, JobId
+from async_jobs.domain.jobs import AttemptOutcome, Job, JobId
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
+from async_jobs.transports.dispatch import BrokerDispatcher
 
 log = logging.getLogger("async_jobs.redis")
 
@@ -59,7 +62,6 @@ BACKOFF = Backoff.exponential(0.2, cap_seconds=10.0, jitter=0.5)
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 FIELD = "t"  # the one field of an entry: the ticket
 GROUP = "async-jobs"
-LAPSED_CHECK_SECONDS = 1.0  # how often the dispatcher looks for lapsed dispatches
 POLL_TASK = "async-jobs-redis-poll:"
 INSTALL_HINT = "the redis transport needs redis-py: pip install 'async-job-server[redis]'"
 
@@ -228,8 +230,14 @@ async def info(config: RedisConfig) -> list[dict[str, Any]]:
 # -- the scheduler's side -------------------------------------------------------------------
 
 
-class RedisDispatcher:
-    """Run by the leading scheduler: adds due jobs to their use case's stream."""
+class RedisDispatcher(BrokerDispatcher):
+    """Run by the leading scheduler: adds due jobs to their use case's stream, at most the
+    dispatch window of each use case unclaimed at once (``transports.dispatch``)."""
+
+    broker = "Redis"
+    error = RedisError
+    backoff = BACKOFF
+    log = log
 
     def __init__(
         self,
@@ -238,64 +246,32 @@ class RedisDispatcher:
         limits: Limits,
         holder: str = "scheduler",
         batch: int = 100,
+        window: int = DEFAULT_DISPATCH_WINDOW,
+        metrics: Metrics | None = None,
     ) -> None:
         require_redis()
-        self._store = store
+        super().__init__(
+            store,
+            config.use_cases,
+            limits,
+            holder=holder,
+            batch=batch,
+            window=window,
+            dispatch_timeout_seconds=config.dispatch_timeout_seconds,
+            transport="redis",
+            metrics=metrics,
+        )
         self.config = config
-        self._limits = limits
-        self._holder = holder
-        self._batch = batch
         self._client: Any = None
-        self._failures = 0
-        self._resume_at = 0.0
-        self._lapsed_checked_at = -math.inf
-        self.counts: collections.Counter[str] = collections.Counter()
+
+    async def _open(self) -> None:
+        if self._client is None:
+            self._client = connect(self.config)
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
-
-    async def run_once(self) -> int:
-        """Send back lapsed dispatches, then dispatch into every free slot. Returns how many
-        jobs were added; after a Redis failure, adds nothing until the backoff has passed."""
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._resume_at:
-            return 0
-        if self._client is None:
-            self._client = connect(self.config)
-        every = min(LAPSED_CHECK_SECONDS, self.config.dispatch_timeout_seconds / 2)
-        if loop.time() - self._lapsed_checked_at >= every:
-            self._lapsed_checked_at = loop.time()
-            lapsed = await self._store.requeue_dispatched(1000)
-            if lapsed:
-                self.counts["lapsed"] += len(lapsed)
-                log.warning("%d dispatches lapsed unclaimed; they are sent again", len(lapsed))
-        sent = 0
-        while True:
-            request = ClaimRequest(
-                worker_id=self._holder,
-                limit=self._batch,
-                lease_seconds=self.config.dispatch_timeout_seconds,
-                use_cases=self.config.use_cases,
-                limits=self._limits,
-                dispatch=True,
-            )
-            jobs = await self._store.claim_jobs(request)
-            if not jobs:
-                break
-            try:
-                sent += await self._send(jobs)
-            except RedisError as exc:
-                self._failures += 1
-                delay = BACKOFF.delay(self._failures)
-                self._resume_at = loop.time() + delay
-                log.warning("cannot dispatch to Redis (retry in %.1fs): %s", delay, exc)
-                break
-            self._failures = 0
-            if len(jobs) < self._batch:
-                break
-        return sent
 
     async def _send(self, jobs: Sequence[Job]) -> int:
         """Add the tickets, one pipeline per stream, all at once; jobs whose add failed go
@@ -311,15 +287,7 @@ class RedisDispatcher:
             if isinstance(answer, BaseException):
                 error = answer
                 unsent.extend(DispatchTicket.of(job) for job in group)
-        if unsent:
-            back = await self._store.requeue_dispatched(0, unsent)
-            self.counts["send_failed"] += len(back)
-        self.counts["sent"] += len(jobs) - len(unsent)
-        if error is not None:
-            if isinstance(error, RedisError):
-                raise error
-            raise RedisError(f"cannot add to Redis: {error}")
-        return len(jobs) - len(unsent)
+        return await self._sent(jobs, unsent, error)
 
     async def _add(self, stream: str, jobs: Sequence[Job]) -> None:
         async with _translated(f"add to {stream}"):
@@ -356,6 +324,7 @@ class RedisTransport:
         worker_id: str,
         lease_seconds: float,
         use_cases: Sequence[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         require_redis()
         self._store = store
@@ -374,7 +343,7 @@ class RedisTransport:
         self._tasks: list[asyncio.Task[None]] = []
         self._acks: set[asyncio.Task[None]] = set()
         self._stop_begun = False
-        self.counts: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = TransportCounts("redis", metrics)
 
     async def start(self) -> None:
         """Connect and make sure every stream has its group; while Redis does not answer,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from async_jobs.core.metrics import Metrics
 from async_jobs.core.settings import Settings
 from async_jobs.domain.errors import ConfigurationError
 from async_jobs.domain.jobs import ClaimRequest
@@ -26,6 +27,7 @@ class WorkerSide:
     settings: Settings
     claim: ClaimRequest  # the direct claim: whose lease, which jobs, how many at most
     max_attempts: int  # the most attempts a registered job type makes by default
+    metrics: Metrics | None = None  # a broker transport counts its messages there
 
     @property
     def worker_id(self) -> str:
@@ -48,6 +50,7 @@ class SchedulerSide:
     settings: Settings
     limits: Limits
     holder: str
+    metrics: Metrics | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ def _sqs_worker(side: WorkerSide) -> Transport:
         side.lease_seconds,
         side.use_cases,
         side.max_attempts,
+        metrics=side.metrics,
     )
 
 
@@ -83,7 +87,14 @@ def _sqs_dispatcher(side: SchedulerSide) -> Dispatcher:
     from async_jobs.transports.sqs import SqsConfig, SqsDispatcher
 
     config = SqsConfig.from_settings(side.settings)
-    return SqsDispatcher(side.store, config, side.limits, side.holder)
+    return SqsDispatcher(
+        side.store,
+        config,
+        side.limits,
+        side.holder,
+        window=side.settings.dispatch_window,
+        metrics=side.metrics,
+    )
 
 
 def _redis_worker(side: WorkerSide) -> Transport:
@@ -95,6 +106,7 @@ def _redis_worker(side: WorkerSide) -> Transport:
         side.worker_id,
         side.lease_seconds,
         side.use_cases,
+        metrics=side.metrics,
     )
 
 
@@ -102,7 +114,28 @@ def _redis_dispatcher(side: SchedulerSide) -> Dispatcher:
     from async_jobs.transports.redis import RedisConfig, RedisDispatcher
 
     config = RedisConfig.from_settings(side.settings)
-    return RedisDispatcher(side.store, config, side.limits, side.holder)
+    return RedisDispatcher(
+        side.store,
+        config,
+        side.limits,
+        side.holder,
+        window=side.settings.dispatch_window,
+        metrics=side.metrics,
+    )
+
+
+async def _sqs_ping(settings: Settings) -> None:
+    """Every configured queue answers (its depth is asked)."""
+    from async_jobs.transports.sqs import SqsClient, SqsConfig
+
+    config = SqsConfig.from_settings(settings)
+    client = SqsClient(config)
+    await client.open()
+    try:
+        for url in sorted(set(config.queues.values())):
+            await client.depth(url)
+    finally:
+        await client.close()
 
 
 async def _redis_ping(settings: Settings) -> None:
@@ -113,7 +146,7 @@ async def _redis_ping(settings: Settings) -> None:
 
 TRANSPORTS: Mapping[str, TransportEntry] = {
     "direct": TransportEntry(_direct_worker),
-    "sqs": TransportEntry(_sqs_worker, _sqs_dispatcher),
+    "sqs": TransportEntry(_sqs_worker, _sqs_dispatcher, "sqs", _sqs_ping),
     "redis": TransportEntry(_redis_worker, _redis_dispatcher, "redis", _redis_ping),
 }
 

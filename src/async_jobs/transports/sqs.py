@@ -18,8 +18,9 @@ under dispatch D"). The flow, each step guarded:
    lease, and it is deleted once the job's outcome is committed. On SIGTERM, messages
    received but not yet claimed are made visible again at once.
 
-Only dispatched jobs are in a queue, and only as many as their use case has free slots, so
-the broker stays shallow whatever the backlog in the store.
+Only dispatched jobs are in a queue, and at most the dispatch window of each use case
+(``ASYNC_JOBS_DISPATCH_WINDOW``, fewer if its cap is lower) at once, so the broker stays
+shallow whatever the backlog in the store (``transports.dispatch``).
 """
 
 from __future__ import annotations
@@ -30,18 +31,19 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from async_jobs.core.settings import Settings
+from async_jobs.core.metrics import Metrics, TransportCounts
+from async_jobs.core.settings import DEFAULT_DISPATCH_WINDOW, Settings
 from async_jobs.domain.dispatch import DispatchTicket, MalformedMessageError, truncated
 from async_jobs.domain.errors import AsyncJobsError, ConfigurationError, StoreError
-from async_jobs.domain.jobs import AttemptOutcome, ClaimRequest, Job, JobId
+from async_jobs.domain.jobs import AttemptOutcome, Job, JobId
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
+from async_jobs.transports.dispatch import BrokerDispatcher
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
@@ -51,8 +53,7 @@ log = logging.getLogger("async_jobs.sqs")
 BATCH = 10  # SQS takes and gives at most 10 messages per call
 BACKOFF = Backoff.exponential(0.5, cap_seconds=20.0, jitter=0.5)
 DEFAULT_REGION = "us-east-1"
-LAPSED_CHECK_SECONDS = 1.0
-POLL_TASK = "async-jobs-sqs-poll:"  # how often the dispatcher looks for lapsed dispatches
+POLL_TASK = "async-jobs-sqs-poll:"
 
 
 class SqsError(AsyncJobsError):
@@ -338,8 +339,14 @@ async def create_queues(config: SqsConfig, max_attempts: int) -> list[dict[str, 
 # -- the scheduler's side -------------------------------------------------------------------
 
 
-class SqsDispatcher:
-    """Run by the leading scheduler: sends due jobs to their use case's queue."""
+class SqsDispatcher(BrokerDispatcher):
+    """Run by the leading scheduler: sends due jobs to their use case's queue, at most the
+    dispatch window of each use case unclaimed at once (``transports.dispatch``)."""
+
+    broker = "SQS"
+    error = SqsError
+    backoff = BACKOFF
+    log = log
 
     def __init__(
         self,
@@ -348,73 +355,32 @@ class SqsDispatcher:
         limits: Limits,
         holder: str = "scheduler",
         batch: int = 100,
+        window: int = DEFAULT_DISPATCH_WINDOW,
+        metrics: Metrics | None = None,
     ) -> None:
-        self._store = store
+        super().__init__(
+            store,
+            tuple(config.queues),
+            limits,
+            holder=holder,
+            batch=batch,
+            window=window,
+            dispatch_timeout_seconds=config.dispatch_timeout_seconds,
+            transport="sqs",
+            metrics=metrics,
+        )
         self.config = config
-        self._limits = limits
-        self._holder = holder
-        self._batch = batch
-        uncapped = sorted(u for u in config.queues if limits.max_concurrent_for(u) is None)
-        if uncapped:
-            log.warning(
-                "SQS use cases without a cap have their whole due backlog dispatched at once: "
-                "set ASYNC_JOBS_<USE_CASE>_MAX_CONCURRENT for %s",
-                ", ".join(uncapped),
-            )
         self._client = SqsClient(config)
-        self._open = False
-        self._failures = 0
-        self._resume_at = 0.0
-        self._lapsed_checked_at = -math.inf
-        self.counts: collections.Counter[str] = collections.Counter()
+        self._opened = False
+
+    async def _open(self) -> None:
+        if not self._opened:
+            await self._client.open()
+            self._opened = True
 
     async def close(self) -> None:
         await self._client.close()
-        self._open = False
-
-    async def run_once(self) -> int:
-        """Send back lapsed dispatches, then dispatch into every free slot. Returns how many
-        jobs were sent; after an SQS failure, sends nothing until the backoff has passed."""
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._resume_at:
-            return 0
-        if not self._open:
-            await self._client.open()
-            self._open = True
-        # Deadlines are seconds apart: looking for lapsed ones on every run (every batch of
-        # finished jobs, under load) would only cost a query each time.
-        every = min(LAPSED_CHECK_SECONDS, self.config.dispatch_timeout_seconds / 2)
-        if loop.time() - self._lapsed_checked_at >= every:
-            self._lapsed_checked_at = loop.time()
-            lapsed = await self._store.requeue_dispatched(1000)
-            if lapsed:
-                self.counts["lapsed"] += len(lapsed)
-                log.warning("%d dispatches lapsed unclaimed; they are sent again", len(lapsed))
-        sent = 0
-        while True:
-            request = ClaimRequest(
-                worker_id=self._holder,
-                limit=self._batch,
-                lease_seconds=self.config.dispatch_timeout_seconds,
-                use_cases=tuple(self.config.queues),
-                limits=self._limits,
-                dispatch=True,
-            )
-            jobs = await self._store.claim_jobs(request)
-            if not jobs:
-                break
-            try:
-                sent += await self._send(jobs)
-            except SqsError as exc:
-                self._failures += 1
-                delay = BACKOFF.delay(self._failures)
-                self._resume_at = loop.time() + delay
-                log.warning("cannot dispatch to SQS (retry in %.1fs): %s", delay, exc)
-                break
-            self._failures = 0
-            if len(jobs) < self._batch:
-                break
-        return sent
+        self._opened = False
 
     async def _send(self, jobs: Sequence[Job]) -> int:
         """Send the tickets, 10 per call, every call at once; jobs whose send failed go back
@@ -436,15 +402,7 @@ class SqsDispatcher:
                 unsent.extend(chunk)
             else:
                 unsent.extend(chunk[i] for i in answer)
-        if unsent:
-            back = await self._store.requeue_dispatched(0, unsent)
-            self.counts["send_failed"] += len(back)
-        self.counts["sent"] += len(jobs) - len(unsent)
-        if error is not None:
-            if isinstance(error, SqsError):
-                raise error
-            raise SqsError(f"cannot send to SQS: {error}")
-        return len(jobs) - len(unsent)
+        return await self._sent(jobs, unsent, error)
 
 
 # -- the worker's side ----------------------------------------------------------------------
@@ -461,6 +419,7 @@ class SqsTransport:
         lease_seconds: float,
         use_cases: Sequence[str] = (),
         max_attempts: int = 1,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self.config = config
@@ -480,7 +439,7 @@ class SqsTransport:
         self._deletes: set[asyncio.Task[None]] = set()
         self._visibility = 30
         self._stop_begun = False
-        self.counts: collections.Counter[str] = collections.Counter()
+        self.counts: collections.Counter[str] = TransportCounts("sqs", metrics)
 
     async def start(self) -> None:
         """Open the client and check every queue (its redrive policy, its visibility
@@ -610,6 +569,8 @@ class SqsTransport:
             if job_id is not None and job_id in started and job_id not in self._held:
                 self._held[job_id] = received
             else:
+                if job_id is not None and job_id in self._held:
+                    self.counts["duplicate"] += 1  # also stale: a second copy of a held job
                 stale.append(received)
         self.counts["claimed"] += len(jobs)
         if stale:

@@ -407,8 +407,7 @@ class _Dashboard:
     async def _workers(self, request: Request, who: Principal, template: str) -> Response:
         if not who.is_admin:
             return self._refused(request, who, 403, "The workers page needs an admin token.")
-        processes, leaders = await self.jobs.processes()
-        lead = next((x for x in leaders if x.role == "scheduler"), None)
+        processes, lead = await self.jobs.processes()
         schedulers = [p for p in processes if p.info.kind is ProcessKind.SCHEDULER]
         return self.render(
             request,
@@ -417,9 +416,7 @@ class _Dashboard:
             page_title="Workers",
             workers=[p for p in processes if p.info.kind is ProcessKind.WORKER],
             schedulers=schedulers,
-            scheduler_ids={p.info.id for p in schedulers},
-            leader=lead.holder if lead else None,
-            lead_since=lead.since if lead else None,
+            leader=lead,
         )
 
     async def periodic(self, request: Request, who: Principal) -> Response:

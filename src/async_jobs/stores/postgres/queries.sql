@@ -20,6 +20,9 @@ CREATE TABLE IF NOT EXISTS async_jobs_migrations (
 -- name: migrations_applied
 SELECT name FROM async_jobs_migrations ORDER BY name;
 
+-- name: migrations_table_exists
+SELECT to_regclass('async_jobs_migrations') IS NOT NULL;
+
 -- name: migration_record
 INSERT INTO async_jobs_migrations (name) VALUES ($1);
 
@@ -30,13 +33,13 @@ INSERT INTO async_jobs_migrations (name) VALUES ($1);
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at
+    backoff, expires_at, trace_context
 )
 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::async_jobs_priority, $7,
         COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)), $10,
         COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8))
             + make_interval(secs => $10),
-        $11, $12::text, $13, $14::text::jsonb, $15)
+        $11, $12::text, $13, $14::text::jsonb, $15, $16::text)
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 
 -- name: insert_jobs
@@ -46,11 +49,12 @@ RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 -- one value per job ($3-$15) or, when all jobs of the batch share one value (the usual
 -- case: one type, one tenant, no key), as that single value ($16-$28) with its array NULL,
 -- which unnest reads as NULL in every row. One of the two is always NULL, so COALESCE
--- picks the one that was sent.
+-- picks the one that was sent. $29: the trace context of the whole statement (one enqueue
+-- call, one context).
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at
+    backoff, expires_at, trace_context
 )
 SELECT
     u.id, COALESCE(u.tenant_id, $16), COALESCE(u.use_case, $17), COALESCE(u.type, $18),
@@ -58,7 +62,7 @@ SELECT
     COALESCE(u.max_attempts, $20), t.run_at, t.tolerance,
     t.run_at + make_interval(secs => t.tolerance), COALESCE(u.timeout_seconds, $24),
     COALESCE(u.idempotency_key, $25), COALESCE(u.webhook_url, $26),
-    COALESCE(u.backoff, $27)::jsonb, COALESCE(u.expires_at, $28)
+    COALESCE(u.backoff, $27)::jsonb, COALESCE(u.expires_at, $28), $29::text
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
     $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], $12::text[], $13::text[],
@@ -493,6 +497,47 @@ SELECT count(*) FILTER (WHERE deadline_at < now()) AS overdue,
 FROM async_jobs
 WHERE status = 'pending' AND ($1::text IS NULL OR tenant_id = $1);
 
+-- name: job_gauges
+-- The store gauges, never a count of the table: use cases found by skip scans, then per
+-- (state, use case) a walk of at most $1 index entries (pending: async_jobs_claimable, which
+-- holds run_at, so an index-only scan; queued and running: async_jobs_active).
+WITH RECURSIVE active_use_cases(use_case) AS (
+    (SELECT use_case FROM async_jobs WHERE status IN ('queued', 'running')
+     ORDER BY use_case LIMIT 1)
+    UNION ALL
+    SELECT (SELECT a.use_case FROM async_jobs a
+            WHERE a.status IN ('queued', 'running') AND a.use_case > w.use_case
+            ORDER BY a.use_case LIMIT 1)
+    FROM active_use_cases w WHERE w.use_case IS NOT NULL
+)
+SELECT 'pending' AS state, u AS use_case, c.n,
+       extract(epoch FROM now() - c.oldest)::float8 AS oldest_due_seconds
+FROM async_jobs_pending_use_cases() AS u
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, min(s.run_at) FILTER (WHERE s.run_at <= now()) AS oldest
+    FROM (SELECT j.run_at FROM async_jobs j
+          WHERE j.status = 'pending' AND j.use_case = u LIMIT $1) AS s
+) AS c
+UNION ALL
+-- Each state as a constant, so that the planner matches the partial index's predicate.
+SELECT 'queued', a.use_case, c.n, NULL::float8
+FROM active_use_cases a
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n
+    FROM (SELECT 1 FROM async_jobs j
+          WHERE j.status = 'queued' AND j.use_case = a.use_case LIMIT $1) AS s
+) AS c
+WHERE a.use_case IS NOT NULL AND c.n > 0
+UNION ALL
+SELECT 'running', a.use_case, c.n, NULL::float8
+FROM active_use_cases a
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n
+    FROM (SELECT 1 FROM async_jobs j
+          WHERE j.status = 'running' AND j.use_case = a.use_case LIMIT $1) AS s
+) AS c
+WHERE a.use_case IS NOT NULL AND c.n > 0;
+
 -- name: create_webhook_deliveries
 -- The outbox sweep: a delivery for every ended job with a webhook_url that has none for its
 -- latest ending (a job retried by hand and ended again has a new finished_at). Walks
@@ -588,11 +633,6 @@ FROM async_jobs_processes
 WHERE expires_at >= now()
 ORDER BY kind, id;
 
--- name: list_leaders
-SELECT role, holder, since, expires_at FROM async_jobs_leaders
-WHERE expires_at >= now()
-ORDER BY role;
-
 -- name: count_jobs
 -- How many jobs match list_jobs' filters, counting no further than $7: the dashboard shows
 -- "10,000+" rather than walk every row. The filters use list_jobs' indexes (and, with a use
@@ -632,3 +672,17 @@ SELECT name FROM async_jobs_periodic_paused ORDER BY name;
 -- jobs, each count stopping at $2 (the function async_jobs_active_counts, migration 0006:
 -- use cases from skip scans of the partial indexes, each count on its state's index).
 SELECT * FROM async_jobs_active_counts($1, $2);
+
+-- name: count_queued
+-- Queued jobs (dispatched to a broker, not yet claimed) per use case of $1, each count
+-- stopping at $2: the broker dispatchers' window. Each count reads a partial index that
+-- holds queued jobs only (async_jobs_dispatched) or queued and running ones
+-- (async_jobs_active, by use case), as the planner prefers: never the whole table.
+SELECT u.use_case, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM async_jobs j
+        WHERE j.status = 'queued' AND j.use_case = u.use_case
+        LIMIT $2
+    ) AS capped
+) AS n
+FROM unnest($1::text[]) AS u(use_case);

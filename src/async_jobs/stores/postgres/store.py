@@ -51,6 +51,7 @@ from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     FinishedBucket,
+    JobGauges,
     Leader,
     Stats,
     StatsCount,
@@ -64,7 +65,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
-from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo, ProcessKind
+from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
 from async_jobs.stores.grouping import Grouped
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 from async_jobs.stores.watchers import tell
@@ -200,6 +201,14 @@ class PostgresStore:
                 applied_now.append(name)
         return applied_now
 
+    async def pending_migrations(self) -> list[str]:
+        async with self._connection() as conn:
+            done = set()
+            if await conn.fetchval(QUERIES["migrations_table_exists"]):
+                done = {r["name"] for r in await conn.fetch(QUERIES["migrations_applied"])}
+        names = [name for name, _ in load_migrations("async_jobs.stores.postgres.migrations")]
+        return [name for name in names if name not in done]
+
     async def ping(self) -> None:
         async with self._connection() as conn:
             await conn.fetchval(QUERIES["ping"])
@@ -312,6 +321,15 @@ class PostgresStore:
             ActiveCounts(r["name"], r["paused"], r["pending"], r["queued"], r["running"])
             for r in rows
         ]
+
+    async def count_queued(self, use_cases: Sequence[str], cap: int) -> dict[str, int]:
+        counts = dict.fromkeys(use_cases, 0)
+        if not counts or cap <= 0:
+            return counts
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["count_queued"], list(counts), cap)
+        counts.update((r["use_case"], r["n"]) for r in rows)
+        return counts
 
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
@@ -553,11 +571,6 @@ class PostgresStore:
             for r in rows
         ]
 
-    async def list_leaders(self) -> list[Leadership]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(QUERIES["list_leaders"])
-        return [Leadership(r["role"], r["holder"], r["since"], r["expires_at"]) for r in rows]
-
     async def last_periodic_tick(self, name: str) -> datetime | None:
         async with self._connection() as conn:
             tick: datetime | None = await conn.fetchval(QUERIES["last_periodic_tick"], name)
@@ -608,6 +621,18 @@ class PostgresStore:
         async with self._connection() as conn:
             rows = await conn.fetch(QUERIES["get_webhook_deliveries"], job_id)
         return [delivery_from_record(r) for r in rows]
+
+    async def job_gauges(self, cap: int) -> JobGauges:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["job_gauges"], cap)
+        return JobGauges(
+            counts={(str(r["state"]), r["use_case"]): r["n"] for r in rows},
+            oldest_due_seconds={
+                r["use_case"]: max(r["oldest_due_seconds"] or 0.0, 0.0)
+                for r in rows
+                if r["state"] == "pending"
+            },
+        )
 
     async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         async with self._connection() as conn:
@@ -896,11 +921,11 @@ async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, boo
 
 async def _insert_one(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
     if job.idempotency_key is None:
-        row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job))
+        row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job), job.trace_context)
         assert row is not None  # nothing to conflict with: an error or a row
         return _job_from_insert(job, row), True
     for _ in range(3):  # insert_jobs: the one statement that knows ON CONFLICT
-        rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns([job]))
+        rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns([job]), job.trace_context)
         if rows:
             return _job_from_insert(job, rows[0]), True
         existing = await conn.fetch(
@@ -959,7 +984,7 @@ async def _insert_chunks_on(
         await check_pending_quotas(conn, chunk)
         batch.extend(chunk)
         statement = asyncio.ensure_future(
-            conn.fetch(QUERIES["insert_jobs"], *_insert_columns(chunk))
+            conn.fetch(QUERIES["insert_jobs"], *_insert_columns(chunk), chunk[0].trace_context)
         )
         try:
             await asyncio.sleep(0)  # the statement is sent
@@ -1099,7 +1124,7 @@ def job_from_record(r: asyncpg.Record, text_json: bool = False) -> Job:
     percent = r["progress_percent"]
     history = _json(r["history"])
     backoff = r["backoff"] and _json(r["backoff"])
-    return Job(  # positional, in the order of Job's fields: this runs for every job claimed
+    job = Job(  # positional, in the order of Job's fields: this runs for every job claimed
         JobId(_uuid(r["id"])),
         r["tenant_id"],
         r["use_case"],
@@ -1133,6 +1158,8 @@ def job_from_record(r: asyncpg.Record, text_json: bool = False) -> Job:
         r.get("dispatch_id") and _uuid(r["dispatch_id"]),
         r.get("dispatch_expires_at"),
     )
+    job.trace_context = r.get("trace_context")
+    return job
 
 
 def delivery_from_record(r: asyncpg.Record) -> WebhookDelivery:

@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS async_jobs_migrations (
 -- name: migrations_applied
 SELECT name FROM async_jobs_migrations ORDER BY name;
 
+-- name: migrations_table_exists
+SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'async_jobs_migrations';
+
 -- name: migration_record
 INSERT INTO async_jobs_migrations (name, applied_at)
 VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0);
@@ -49,18 +52,18 @@ VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0);
 -- :jobs is a JSON array of [id, tenant_id, use_case, type, payload_json, priority,
 -- max_attempts, delay_seconds, run_at (epoch or null), delay_tolerance_seconds,
 -- timeout_seconds, idempotency_key, webhook_url, backoff_json (or null), expires_at (epoch
--- or null)]. A repeated
+-- or null)]; :trace_context is the whole batch's (one enqueue call, one context). A repeated
 -- idempotency key inserts nothing (the first of a batch wins); the caller then reads the
 -- existing job. run_at is absolute when given, else now + delay.
 INSERT INTO async_jobs (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at, created_at, updated_at
+    backoff, expires_at, created_at, updated_at, trace_context
 )
 SELECT
     u.id, u.tenant_id, u.use_case, u.type, u.payload, u.priority, u.max_attempts, u.run_at,
     u.tolerance, u.run_at + u.tolerance, u.timeout_seconds, u.idempotency_key,
-    u.webhook_url, u.backoff, u.expires_at, u.now, u.now
+    u.webhook_url, u.backoff, u.expires_at, u.now, u.now, :trace_context
 FROM (
     SELECT
         e.key AS seq,
@@ -690,6 +693,25 @@ SELECT count(*) FILTER (WHERE deadline_at < :now) AS overdue,
 FROM async_jobs
 WHERE status = 'pending' AND (:tenant_id IS NULL OR tenant_id = :tenant_id);
 
+-- name: job_gauges
+-- The store gauges: per (state, use case) of the work to do, at most :cap index entries
+-- walked (async_jobs_claimable, async_jobs_active); the use cases are read from the same
+-- partial indexes.
+WITH groups(state, use_case) AS (
+    SELECT DISTINCT 'pending', use_case FROM async_jobs WHERE status = 'pending'
+    UNION ALL
+    SELECT DISTINCT status, use_case FROM async_jobs WHERE status IN ('queued', 'running')
+)
+SELECT g.state, g.use_case,
+       (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+                              WHERE j.status = g.state AND j.use_case = g.use_case
+                              LIMIT :cap)) AS n,
+       (SELECT min(s.run_at) FROM (SELECT j.run_at FROM async_jobs j
+                                   WHERE j.status = g.state AND j.use_case = g.use_case
+                                   LIMIT :cap) AS s
+        WHERE g.state = 'pending' AND s.run_at <= :now) AS oldest_due_run_at
+FROM groups g;
+
 -- name: create_webhook_deliveries
 -- The outbox sweep (see the PostgreSQL query of the same name): a delivery for every ended
 -- job with a webhook_url that has none for its latest ending, on async_jobs_webhook_outbox,
@@ -800,11 +822,6 @@ FROM async_jobs_processes
 WHERE expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
 ORDER BY kind, id;
 
--- name: list_leaders
-SELECT role, holder, since, expires_at FROM async_jobs_leaders
-WHERE expires_at >= round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0
-ORDER BY role;
-
 -- name: count_jobs
 -- How many jobs match list_jobs' filters, counting no further than :cap (the dashboard
 -- shows "10,000+" rather than walk every row).
@@ -867,3 +884,12 @@ SELECT n.name, coalesce(u.paused, 0) AS paused,
           AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id) LIMIT :cap)) AS running
 FROM names n LEFT JOIN async_jobs_use_cases u ON u.name = n.name
 ORDER BY n.name;
+
+-- name: count_queued
+-- Queued jobs (dispatched to a broker, not yet claimed) per use case of :use_cases, each
+-- count stopping at :cap: the broker dispatchers' window, on the partial index
+-- async_jobs_active (queued and running jobs by use case).
+SELECT u.value AS use_case,
+    (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
+        WHERE j.status = 'queued' AND j.use_case = u.value LIMIT :cap)) AS n
+FROM json_each(:use_cases) AS u;

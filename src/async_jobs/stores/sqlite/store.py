@@ -63,6 +63,7 @@ from async_jobs.domain.scheduling import (
     ActiveCounts,
     Candidate,
     FinishedBucket,
+    JobGauges,
     Leader,
     Stats,
     StatsCount,
@@ -77,7 +78,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
-from async_jobs.domain.workers import Leadership, LiveProcess, ProcessInfo, ProcessKind
+from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
 from async_jobs.stores.limits import (
     HOUR,
     ClaimBudget,
@@ -185,6 +186,9 @@ class SqliteStore:
     async def migrate(self) -> list[str]:
         return await self._run(_apply_migrations, write=True)
 
+    async def pending_migrations(self) -> list[str]:
+        return await self._run(_pending_migrations, write=False)
+
     async def ping(self) -> None:
         await self._run(lambda c: _fetch(c, "ping"), write=False)
 
@@ -249,6 +253,15 @@ class SqliteStore:
             ActiveCounts(r["name"], bool(r["paused"]), r["pending"], r["queued"], r["running"])
             for r in rows
         ]
+
+    async def count_queued(self, use_cases: Sequence[str], cap: int) -> dict[str, int]:
+        counts = dict.fromkeys(use_cases, 0)
+        if not counts or cap <= 0:
+            return counts
+        params = {"use_cases": json_dumps(list(counts)), "cap": cap}
+        rows = await self._run(lambda c: _fetch(c, "count_queued", params), write=False)
+        counts.update((r["use_case"], int(r["n"])) for r in rows)
+        return counts
 
     async def finished_per_bucket(
         self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
@@ -482,13 +495,6 @@ class SqliteStore:
             for r in rows
         ]
 
-    async def list_leaders(self) -> list[Leadership]:
-        rows = await self._run(lambda c: _fetch(c, "list_leaders"), write=False)
-        return [
-            Leadership(r["role"], r["holder"], _time(r["since"]), _time(r["expires_at"]))
-            for r in rows
-        ]
-
     async def last_periodic_tick(self, name: str) -> datetime | None:
         rows = await self._run(
             lambda c: _fetch(c, "last_periodic_tick", {"name": name}), write=False
@@ -537,6 +543,9 @@ class SqliteStore:
         params = {"job_id": str(job_id)}
         rows = await self._run(lambda c: _fetch(c, "get_webhook_deliveries", params), write=False)
         return [_delivery_from_row(r) for r in rows]
+
+    async def job_gauges(self, cap: int) -> JobGauges:
+        return await self._run(lambda c: _job_gauges(c, cap), write=False)
 
     async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         return await self._run(lambda c: _stats(c, tenant_id, with_counts), write=False)
@@ -645,6 +654,14 @@ def _error_code(exc: sqlite3.Error) -> int:
 # -- migrations -----------------------------------------------------------------------------
 
 
+async def _pending_migrations(conn: aiosqlite.Connection) -> list[str]:
+    done: set[str] = set()
+    (exists,) = await _fetch(conn, "migrations_table_exists")
+    if exists["n"]:
+        done = {str(r["name"]) for r in await _fetch(conn, "migrations_applied")}
+    return [name for name, _ in load_migrations(MIGRATIONS_PACKAGE) if name not in done]
+
+
 async def _apply_migrations(conn: aiosqlite.Connection) -> list[str]:
     """Apply the migrations not yet recorded, inside the caller's write transaction (which
     also keeps a concurrent ``migrate`` in another process out until it commits)."""
@@ -685,7 +702,8 @@ async def _insert_jobs(
     conn: aiosqlite.Connection, jobs: Sequence[NewJob]
 ) -> list[tuple[Job, bool]]:
     await _check_pending_quotas(conn, jobs)
-    rows = await _fetch(conn, "insert_jobs", {"jobs": _jobs_json(jobs)})
+    params = {"jobs": _jobs_json(jobs), "trace_context": jobs[0].trace_context if jobs else None}
+    rows = await _fetch(conn, "insert_jobs", params)
     inserted = {r["id"]: r for r in rows}
     missing = [j for j in jobs if str(j.id) not in inserted]
     existing: dict[tuple[str, str | None], Job] = {}
@@ -887,6 +905,19 @@ def _use_case_from_row(r: sqlite3.Row) -> UseCaseState:
     return UseCaseState(r["name"], bool(r["paused"]), _time_or_none(r["updated_at"]))
 
 
+async def _job_gauges(conn: aiosqlite.Connection, cap: int) -> JobGauges:
+    now = await _now(conn)
+    rows = await _fetch(conn, "job_gauges", {"cap": cap, "now": now})
+    return JobGauges(
+        counts={(r["state"], r["use_case"]): int(r["n"]) for r in rows},
+        oldest_due_seconds={
+            r["use_case"]: max(now - (r["oldest_due_run_at"] or now), 0.0)
+            for r in rows
+            if r["state"] == "pending"
+        },
+    )
+
+
 async def _stats(conn: aiosqlite.Connection, tenant_id: str | None, with_counts: bool) -> Stats:
     """Counts, throughput and latencies of the last hour; the statements run one after the
     other on the one connection, as of one ``now``."""
@@ -1000,6 +1031,7 @@ def _job_from_row(r: sqlite3.Row) -> Job:
         expires_at=_time_or_none(r["expires_at"]),
         dispatch_id=None if dispatch_id is None else uuid.UUID(dispatch_id),
         dispatch_expires_at=_time_or_none(r["dispatch_expires_at"]),
+        trace_context=r["trace_context"],
     )
 
 

@@ -23,9 +23,9 @@ CREATE TABLE async_jobs_periodic_paused (
     paused_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Jobs by the time they ended, for the dashboard's chart and per-use-case counts of the last
--- hour (and retention's sweeps): a range of this index instead of a walk of the table.
-CREATE INDEX async_jobs_finished_at ON async_jobs (finished_at) WHERE finished_at IS NOT NULL;
+-- The dashboard's chart and last-hour counts read the ended jobs of a window through
+-- async_jobs_finished (status, finished_at), made by 0009: its functions below name the
+-- terminal states, so each state is one range of that index.
 
 -- The dashboard's two reads of many rows, as functions planned with jit = off: their cost
 -- estimates (a skip scan's 1000 rows, the ended jobs of an hour) otherwise start JIT

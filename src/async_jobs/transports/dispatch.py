@@ -1,0 +1,158 @@
+"""The leading scheduler's side of the broker transports (sqs, redis): one dispatch loop, with
+each transport providing only how it opens its client and sends tickets.
+
+A round (``run_once``):
+
+1. every second or so, dispatches that lapsed unclaimed go back to ``pending``;
+2. one cheap read counts the jobs ``queued`` per use case (dispatched, not yet claimed),
+   each count stopping at the window ``W`` (``ASYNC_JOBS_DISPATCH_WINDOW``);
+3. for each use case in turn, due jobs move ``pending`` -> ``queued`` in batches, within
+   every limit of the claim (caps, quotas, pauses) and never more than ``W - queued``, and
+   their tickets are sent. A use case's backlog can therefore fill only its own window, and
+   every other use case gets its turn in the same round.
+
+The window bounds what waits in the broker, not what runs: running jobs do not count, so an
+uncapped use case with a backlog of 100,000 due jobs keeps ``W`` messages out and sends more
+as workers claim them, instead of sending all 100,000 (most of which would lapse and be sent
+again). A capped use case is bounded by whichever of its cap and the window is smaller.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import logging
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+from async_jobs.core.metrics import Metrics, TransportCounts
+from async_jobs.domain.dispatch import DispatchTicket
+from async_jobs.domain.errors import AsyncJobsError
+from async_jobs.domain.jobs import ClaimRequest, Job
+from async_jobs.domain.retry import Backoff
+from async_jobs.domain.scheduling import Limits
+from async_jobs.ports import JobStore
+
+LAPSED_CHECK_SECONDS = 1.0  # how often a dispatcher looks for lapsed dispatches
+LAPSED_PER_ROUND = 1000
+
+
+class BrokerDispatcher(abc.ABC):
+    """Run by the leading scheduler: dispatches due jobs of ``use_cases`` to a broker,
+    keeping at most ``window`` of each use case queued (see the module's docstring)."""
+
+    broker: ClassVar[str]  # its name in log lines ("SQS", "Redis")
+    error: ClassVar[type[AsyncJobsError]]  # what a failed send raises
+    backoff: ClassVar[Backoff]  # the wait after failed sends before the next round sends
+    log: ClassVar[logging.Logger]
+
+    def __init__(
+        self,
+        store: JobStore,
+        use_cases: Sequence[str],
+        limits: Limits,
+        *,
+        holder: str,
+        batch: int,
+        window: int,
+        dispatch_timeout_seconds: float,
+        transport: str,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._store = store
+        self._use_cases = tuple(use_cases)
+        self._limits = limits
+        self._holder = holder
+        self._batch = batch
+        self._window = window
+        self._dispatch_timeout = dispatch_timeout_seconds
+        self._failures = 0
+        self._resume_at = 0.0
+        self._lapsed_checked_at = -math.inf
+        # sent, send_failed, lapsed: jobs, by event (also async_jobs_transport_messages).
+        self.counts: collections.Counter[str] = TransportCounts(transport, metrics)
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    @abc.abstractmethod
+    async def _open(self) -> None:
+        """Make the broker's client ready (called every round: cheap once open)."""
+
+    @abc.abstractmethod
+    async def _send(self, jobs: Sequence[Job]) -> int:
+        """Send the tickets of ``jobs`` (all of one use case); pass what was not sent to
+        ``_sent``, and return what it returns."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def run_once(self) -> int:
+        """Send back lapsed dispatches, then fill every use case's window. Returns how many
+        jobs were sent; after a failed send, sends nothing until the backoff has passed."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._resume_at:
+            return 0
+        await self._open()
+        # Deadlines are seconds apart: looking for lapsed ones on every round (every batch
+        # of finished jobs, under load) would only cost a query each time.
+        every = min(LAPSED_CHECK_SECONDS, self._dispatch_timeout / 2)
+        if loop.time() - self._lapsed_checked_at >= every:
+            self._lapsed_checked_at = loop.time()
+            lapsed = await self._store.requeue_dispatched(LAPSED_PER_ROUND)
+            if lapsed:
+                self.counts["lapsed"] += len(lapsed)
+                self.log.warning("%d dispatches lapsed unclaimed; they are sent again", len(lapsed))
+        queued = await self._store.count_queued(self._use_cases, self._window)
+        sent = 0
+        for use_case in self._use_cases:
+            room = self._window - queued.get(use_case, 0)
+            while room > 0:
+                limit = min(self._batch, room)
+                jobs = await self._store.claim_jobs(self._request(use_case, limit))
+                if not jobs:
+                    break
+                try:
+                    sent += await self._send(jobs)
+                except self.error as exc:
+                    self._failures += 1
+                    delay = self.backoff.delay(self._failures)
+                    self._resume_at = loop.time() + delay
+                    self.log.warning(
+                        "cannot dispatch to %s (retry in %.1fs): %s", self.broker, delay, exc
+                    )
+                    return sent
+                self._failures = 0
+                room -= len(jobs)  # refused sends went back to pending: next round's
+                if len(jobs) < limit:
+                    break
+        return sent
+
+    def _request(self, use_case: str, limit: int) -> ClaimRequest:
+        return ClaimRequest(
+            worker_id=self._holder,
+            limit=limit,
+            lease_seconds=self._dispatch_timeout,
+            use_cases=(use_case,),
+            limits=self._limits,
+            dispatch=True,
+        )
+
+    async def _sent(
+        self, jobs: Sequence[Job], unsent: Sequence[DispatchTicket], error: BaseException | None
+    ) -> int:
+        """After a send: jobs whose tickets did not go out go back to pending at once; then
+        raise ``error`` (as the broker's error) if a call failed outright. Returns how many
+        were sent."""
+        if unsent:
+            back = await self._store.requeue_dispatched(0, unsent)
+            self.counts["send_failed"] += len(back)
+        self.counts["sent"] += len(jobs) - len(unsent)
+        if error is not None:
+            if isinstance(error, self.error):
+                raise error
+            raise self.error(f"cannot send to {self.broker}: {error}")
+        return len(jobs) - len(unsent)
