@@ -45,19 +45,25 @@ async def explained(pg_database: str) -> AsyncIterator[tuple[asyncpg.Connection,
     plans: list[str] = []
     try:
         await conn.execute(FILL)
-        await conn.execute("ANALYZE async_jobs")
-        await conn.execute("LOAD 'auto_explain'")
-        await conn.execute(
-            "SET auto_explain.log_min_duration = 0;"
-            "SET auto_explain.log_analyze = on;"
-            "SET auto_explain.log_timing = off;"
-            "SET auto_explain.log_nested_statements = on;"
-            "SET client_min_messages = log"
-        )
-        conn.add_log_listener(lambda _c, message: plans.append(str(message.message)))
+        await _log_plans(conn, plans)
         yield conn, plans
     finally:
         await conn.close()
+
+
+async def _log_plans(conn: asyncpg.Connection, plans: list[str]) -> None:
+    """ANALYZE the table, then have every statement, nested ones too, send its plan, as run,
+    back as a LOG message, collected in plans."""
+    await conn.execute("ANALYZE async_jobs")
+    await conn.execute("LOAD 'auto_explain'")
+    await conn.execute(
+        "SET auto_explain.log_min_duration = 0;"
+        "SET auto_explain.log_analyze = on;"
+        "SET auto_explain.log_timing = off;"
+        "SET auto_explain.log_nested_statements = on;"
+        "SET client_min_messages = log"
+    )
+    conn.add_log_listener(lambda _c, message: plans.append(str(message.message)))
 
 
 def _scans(plans: list[str]) -> list[str]:
@@ -142,3 +148,52 @@ async def _explain(conn: asyncpg.Connection, plans: list[str], query: str, *args
         await transaction.rollback()
     assert plans, "auto_explain logged no plan"
     return _scans(plans)
+
+
+# A backlog of jobs that are not due, over many tenants, and due jobs in one tenant.
+BACKLOG, BACKLOG_TENANTS = 20_000, 200
+BACKLOG_FILL = """
+INSERT INTO async_jobs (id, tenant_id, use_case, type, status, attempts, max_attempts,
+                        run_at, delay_tolerance_seconds, deadline_at, created_at)
+SELECT gen_random_uuid(), CASE WHEN i <= $1::int THEN 'due' ELSE 'b' || (i % $2::int) END,
+       'default', 'echo', 'pending', 0, 3, r, 60, r + interval '60 seconds', now()
+FROM generate_series(1, $1::int + $3::int) AS i,
+     LATERAL (SELECT CASE WHEN i <= $1::int THEN now() - interval '1 minute'
+                          ELSE now() + interval '1 day' + make_interval(secs => i) END) AS t(r)
+"""
+
+
+@pytest.mark.parametrize(
+    ("due", "groups_from"),
+    [
+        (30, "async_jobs_pending_due"),  # no more than a claim takes: their tenants
+        (50 * (RUNS + 1), "async_jobs_pending_run_at"),  # more: a walk of the groups
+    ],
+)
+async def test_the_claim_reads_no_job_that_is_not_due(
+    pg_database: str, due: int, groups_from: str
+) -> None:
+    """The jobs of tenants whose jobs are all in the future are never read on
+    async_jobs_claimable: with few due jobs, the groups are the tenants of the due jobs (a
+    range of async_jobs_pending_due) and the other tenants are never visited; with many, a
+    walk of async_jobs_pending_run_at costs each tenant one probe."""
+    conn = await asyncpg.connect(pg_database)
+    plans: list[str] = []
+    try:
+        await conn.execute(BACKLOG_FILL, due, BACKLOG_TENANTS, BACKLOG)
+        await _log_plans(conn, plans)
+        scans = await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
+    finally:
+        await conn.close()
+    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    executed = [s for s in scans if "never executed" not in s]
+    claimable = [s for s in executed if "async_jobs_claimable" in s and "on async_jobs j " in s]
+    assert claimable, scans
+    # One group only (the due tenant's) is read, once per claim: never a row of the backlog.
+    for scan in claimable:
+        found = re.search(r"actual rows=(\d+) loops=(\d+)", scan)
+        assert found, scan
+        assert int(found.group(2)) == 1, scan
+    assert any(groups_from in s for s in executed), scans
+    if groups_from == "async_jobs_pending_due":  # the tenants with no due job: never visited
+        assert not [s for s in executed if "async_jobs_pending_run_at" in s], scans

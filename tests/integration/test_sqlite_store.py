@@ -67,6 +67,7 @@ async def test_migrate_twice_is_a_no_op(store: SqliteStore, db_path: str) -> Non
         ("0006_workers",),
         ("0007_trace_context",),
         ("0009_scale_indexes",),
+        ("0012_due_claim",),
     ]
 
 
@@ -83,6 +84,7 @@ async def test_first_migrate_names_the_migrations_it_applied(db_path: str) -> No
             "0006_workers",
             "0007_trace_context",
             "0009_scale_indexes",
+            "0012_due_claim",
         ]
     finally:
         await store.close()

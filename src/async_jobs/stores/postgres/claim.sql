@@ -15,6 +15,11 @@
 -- its claimers run side by side, each skipping the rows another has locked (FOR UPDATE
 -- SKIP LOCKED, which every use case's candidates take, harmless under the lock).
 --
+-- Which tenants: those with a due job (async_jobs_due_tenants, 0012): the tenants of the
+-- due jobs when there are at most p_limit of them (one claim could take them all), else one
+-- index probe per tenant with pending jobs. A tenant whose jobs are all in the future is
+-- never read.
+--
 -- The choice: within a use case, each tenant offers its first jobs in its own order
 -- (priority, deadline, run_at), as many as its slots, max_running and rate bucket allow;
 -- the offers are taken in priority, then turn (a tenant's first job, then every tenant's
@@ -106,7 +111,7 @@ BEGIN
                least(s.free, p_limit, q.max_running - coalesce(a.n, 0),
                      floor(tok.tokens)::integer) AS take
         FROM slots s
-        CROSS JOIN LATERAL async_jobs_pending_tenants(s.use_case) AS t(tenant_id)
+        CROSS JOIN LATERAL async_jobs_due_tenants(s.use_case, p_limit) AS t(tenant_id)
         LEFT JOIN active a ON a.use_case = s.use_case AND a.tenant_id = t.tenant_id
         LEFT JOIN LATERAL (
             SELECT q.max_running, q.rate

@@ -132,9 +132,10 @@ LIMIT :limit;
 SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now;
 
 -- name: claim_groups
--- The claim, step 1: the (use case, tenant) pairs that have pending jobs, found by skip
+-- The claim, step 1: the (use case, tenant) pairs that have due pending jobs, found by skip
 -- scans of async_jobs_claimable (one index probe per use case and per pair, never a walk of
--- every pending row). Paused use cases, and those the claim does not ask for (:use_cases,
+-- every pending row) and, per pair, one probe of async_jobs_pending_run_at (its earliest
+-- run_at; 0012): a pair whose jobs are all in the future is never walked. Paused use cases, and those the claim does not ask for (:use_cases,
 -- a JSON array; empty means any), are left out. The caller holds the write lock (BEGIN
 -- IMMEDIATE) for every step, so no other claimer counts or takes anything meanwhile.
 WITH RECURSIVE
@@ -159,7 +160,11 @@ pairs(use_case, tenant_id) AS (
                           AND a.tenant_id > p.tenant_id)
     FROM pairs AS p WHERE p.tenant_id IS NOT NULL
 )
-SELECT use_case, tenant_id FROM pairs WHERE tenant_id IS NOT NULL;
+SELECT p.use_case, p.tenant_id FROM pairs AS p
+WHERE p.tenant_id IS NOT NULL
+  AND (SELECT min(a.run_at) FROM async_jobs AS a
+       WHERE a.status = 'pending' AND a.use_case = p.use_case
+         AND a.tenant_id = p.tenant_id) <= :now;
 
 -- name: claim_active
 -- Step 2, for use cases with a cap or a quota only (:use_cases, a JSON array): the jobs
