@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from async_jobs.core.executor import AttemptLimits
 from async_jobs.core.health import NotReadyError, Readiness, check_ready
 from async_jobs.core.maintenance import PeriodicJob, PeriodicRunner, Retention
-from async_jobs.core.metrics import Metrics, StoreGauges, metrics_config_from_env
+from async_jobs.core.metrics import Metrics, MetricsConfig, StoreGauges
 from async_jobs.core.reaper import Reaper
 from async_jobs.core.registry import Handler, HandlerOptions, Registry, periodic_marks
 from async_jobs.core.scheduler import ROLE as CHORES_ROLE
@@ -109,7 +109,12 @@ class JobApp:
         self._declared_periodic = False
         for module in (*self.settings.handlers, *handler_modules):
             self.registry.add_module(module)
-        self.metrics = metrics or Metrics(metrics_config_from_env())
+        self.metrics = metrics or Metrics(
+            MetricsConfig(
+                tenant_label=self.settings.metrics_tenant_label,
+                tenant_cap=self.settings.metrics_tenant_cap,
+            )
+        )
         self.metrics.known_types(self.registry)
         self.tracing = tracing or Tracing()
 

@@ -643,12 +643,7 @@ async def _ops_server(
 ) -> AsyncIterator[None]:
     """``/metrics`` and the health probes on ``--metrics-port`` (or
     ``ASYNC_JOBS_METRICS_PORT``), while the block runs; nothing without either."""
-    port = args.metrics_port
-    if port is None and os.environ.get("ASYNC_JOBS_METRICS_PORT"):
-        try:
-            port = int(os.environ["ASYNC_JOBS_METRICS_PORT"])
-        except ValueError:
-            port = -1
+    port = jobs.settings.metrics_port if args.metrics_port is None else args.metrics_port
     if port is None:
         yield
         return
@@ -658,7 +653,7 @@ async def _ops_server(
 
     if store_gauges:
         jobs.serve_store_gauges()
-    host = os.environ.get("ASYNC_JOBS_METRICS_HOST") or "0.0.0.0"
+    host = jobs.settings.metrics_host
     server = OpsServer(jobs, host, port)
     try:
         await server.start()

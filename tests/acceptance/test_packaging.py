@@ -40,7 +40,13 @@ def install(python: Path, wheel: Path, cwd: Path) -> None:
     if subprocess.run([*offline, str(wheel)], cwd=cwd, capture_output=True, check=False).returncode:
         WHEELHOUSE.mkdir(parents=True, exist_ok=True)
         lock = ["--constraint", str(ROOT / "requirements.lock")]
+        # The wheelhouse keeps dependencies only: a copy of our own wheel left there is taken,
+        # with its older dependencies, by pip wheel instead of the new one.
+        for own in WHEELHOUSE.glob("async_job_server-*.whl"):
+            own.unlink()
         run([*pip, "wheel", "--quiet", *lock, "--wheel-dir", str(WHEELHOUSE), str(wheel)], cwd)
+        for own in WHEELHOUSE.glob("async_job_server-*.whl"):
+            own.unlink()
         run([*offline, str(wheel)], cwd)
 
 

@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from async_jobs import JobApp
 from async_jobs.api import OpsServer, create_api
 from async_jobs.core.logs import JsonFormatter, fields_of_job, job_fields, logging_options
-from async_jobs.core.metrics import Metrics, MetricsConfig, TransportCounts, metrics_config_from_env
+from async_jobs.core.metrics import Metrics, MetricsConfig, TransportCounts
+from async_jobs.core.settings import Settings
 from async_jobs.domain.errors import ConfigurationError
 
 
@@ -69,12 +70,14 @@ async def test_tenants_are_labels_only_when_asked_and_fold_past_the_cap() -> Non
 
 
 def test_the_metrics_settings_are_checked() -> None:
-    assert metrics_config_from_env({"ASYNC_JOBS_METRICS_TENANT_LABEL": "true"}).tenant_label
-    assert not metrics_config_from_env({}).tenant_label
+    assert Settings.from_env({"ASYNC_JOBS_METRICS_TENANT_LABEL": "true"}).metrics_tenant_label
+    assert not Settings.from_env({}).metrics_tenant_label
     with pytest.raises(ConfigurationError, match="TENANT_LABEL"):
-        metrics_config_from_env({"ASYNC_JOBS_METRICS_TENANT_LABEL": "maybe"})
+        Settings.from_env({"ASYNC_JOBS_METRICS_TENANT_LABEL": "maybe"})
     with pytest.raises(ConfigurationError, match="TENANT_CAP"):
-        metrics_config_from_env({"ASYNC_JOBS_METRICS_TENANT_CAP": "0"})
+        Settings.from_env({"ASYNC_JOBS_METRICS_TENANT_CAP": "0"})
+    with pytest.raises(ConfigurationError, match="METRICS_PORT"):
+        Settings.from_env({"ASYNC_JOBS_METRICS_PORT": "99999"})
 
 
 async def test_a_transport_counts_its_events_through_the_shared_helper() -> None:

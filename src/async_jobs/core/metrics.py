@@ -17,7 +17,6 @@ import asyncio
 import collections
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 
@@ -25,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from async_jobs.domain.errors import ConfigurationError, StoreError
+from async_jobs.domain.errors import StoreError
 from async_jobs.domain.jobs import AttemptOutcome, Job, JobId, OutcomeKind
 from async_jobs.domain.scheduling import JobGauges
 from async_jobs.ports import JobStore
@@ -334,23 +333,3 @@ class TransportCounts(collections.Counter[str]):
         if event is not None:
             self._metrics.transport_event(self._transport, event, value - self[key])
         super().__setitem__(key, value)
-
-
-def metrics_config_from_env(environ: Mapping[str, str] | None = None) -> MetricsConfig:
-    """``ASYNC_JOBS_METRICS_TENANT_LABEL`` (true/false), ``ASYNC_JOBS_METRICS_TENANT_CAP``."""
-    env = os.environ if environ is None else environ
-    raw = env.get("ASYNC_JOBS_METRICS_TENANT_LABEL", "false").strip().lower()
-    if raw not in ("true", "false", "1", "0", "yes", "no", ""):
-        raise ConfigurationError(
-            f"ASYNC_JOBS_METRICS_TENANT_LABEL must be true or false, not {raw!r}"
-        )
-    cap_text = env.get("ASYNC_JOBS_METRICS_TENANT_CAP", str(DEFAULT_TENANT_CAP))
-    try:
-        cap = int(cap_text)
-    except ValueError:
-        cap = -1
-    if cap < 1:
-        raise ConfigurationError(
-            f"ASYNC_JOBS_METRICS_TENANT_CAP must be a whole number >= 1, not {cap_text!r}"
-        )
-    return MetricsConfig(tenant_label=raw in ("true", "1", "yes"), tenant_cap=cap)

@@ -13,6 +13,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from async_jobs.core.logs import logging_options
 from async_jobs.domain.errors import ConfigurationError
 from async_jobs.domain.jobs import DEFAULT_DELAY_TOLERANCE_SECONDS
 from async_jobs.domain.scheduling import (
@@ -154,6 +155,14 @@ class Settings:
     # use case, while workers draining as little as 17 jobs/s still claim the whole window
     # within the 60 s dispatch timeout: a backlog waits in the store, not in the broker.
     dispatch_window: int = DEFAULT_DISPATCH_WINDOW
+    # Logs of every command (flags override), and a worker's or scheduler's own port for
+    # /metrics and the health probes (None: off), with the metrics' tenant label.
+    log_format: str = "text"
+    log_level: str = "INFO"
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    metrics_tenant_label: bool = False
+    metrics_tenant_cap: int = 100
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -211,6 +220,7 @@ class Settings:
                     max_concurrent[use_case] = _positive_int(key, value)
                 else:
                     tolerance[use_case] = _non_negative_float(key, value)
+        log_format, log_level = logging_options(None, None, env)
         return cls(
             db_dsn=env.get(f"{PREFIX}DB_DSN") or DEFAULT_DSN,
             transport=(env.get(f"{PREFIX}TRANSPORT") or "direct").lower(),
@@ -308,6 +318,16 @@ class Settings:
             dispatch_window=_positive_int(
                 f"{PREFIX}DISPATCH_WINDOW",
                 env.get(f"{PREFIX}DISPATCH_WINDOW", str(DEFAULT_DISPATCH_WINDOW)),
+            ),
+            log_format=log_format,
+            log_level=log_level,
+            metrics_port=_metrics_port(env.get(f"{PREFIX}METRICS_PORT", "")),
+            metrics_host=env.get(f"{PREFIX}METRICS_HOST") or "0.0.0.0",
+            metrics_tenant_label=_flag(
+                f"{PREFIX}METRICS_TENANT_LABEL", env.get(f"{PREFIX}METRICS_TENANT_LABEL", "")
+            ),
+            metrics_tenant_cap=_positive_int(
+                f"{PREFIX}METRICS_TENANT_CAP", env.get(f"{PREFIX}METRICS_TENANT_CAP", "100")
             ),
         )
 
@@ -431,3 +451,18 @@ def _json_object(env: Mapping[str, str], key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigurationError(f"{key} must be a JSON object")
     return value
+
+
+def _metrics_port(text: str) -> int | None:
+    if not text.strip():
+        return None
+    return _int_within(f"{PREFIX}METRICS_PORT", text, 0, 65535)
+
+
+def _flag(key: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("", "false", "0", "no"):
+        return False
+    raise ConfigurationError(f"{key} must be true or false, not {value!r}")
