@@ -194,12 +194,16 @@ class BrokerTransport(abc.ABC, Generic[H]):
                 return await attempt()
             except self.error as exc:
                 failures += 1
-                delay = self.backoff.delay(failures)
-                self.log.warning("%s does not answer (retry in %.1fs): %s", self.broker, delay, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), delay)
+                await self._back_off(failures, f"{self.broker} does not answer", exc)
                 if self._woken.is_set():
                     return None
+
+    async def _back_off(self, failures: int, failed: str, exc: AsyncJobsError) -> None:
+        """Log a failed call, then wait its backoff (cut short when the worker stops)."""
+        delay = self.backoff.delay(failures)
+        self.log.warning("%s (retry in %.1fs): %s", failed, delay, exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), delay)
 
     def _start_polls(
         self, sources: Iterable[str], keep: Coroutine[Any, Any, None], keep_name: str
@@ -253,10 +257,7 @@ class BrokerTransport(abc.ABC, Generic[H]):
                 messages = await self._read(source, count)
             except self.error as exc:
                 failures += 1
-                delay = self.backoff.delay(failures)
-                self.log.warning("%s (retry in %.1fs): %s", self.read_failed, delay, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), delay)
+                await self._back_off(failures, self.read_failed, exc)
                 continue
             finally:
                 self._asking -= count
