@@ -17,6 +17,8 @@ under dispatch D"), as an SQS message does for the sqs transport. The flow, each
    -> ``running``) only while each is still queued under that dispatch and attempt. An entry
    for anything else (a duplicate, a late or forged entry, a cancelled job) is acknowledged,
    deleted and counted; a malformed one is logged (truncated), acknowledged, deleted, counted.
+   This side is ``transports.broker``'s (``BrokerTransport``, shared with the sqs transport);
+   this module gives it the reads, the keeping, the hand-back and the acknowledgement.
 3. While a job runs, its entry stays pending under this worker's consumer; it is kept fresh
    (``XCLAIM ... JUSTID`` resets its idle time) alongside the lease, and acknowledged and
    deleted (``XACK`` + ``XDEL``) once the job's outcome is committed. Entries of a consumer

@@ -13,7 +13,9 @@ under dispatch D"). The flow, each step guarded:
    free slots, and claims the named jobs in one statement (``queued`` -> ``running``) only
    while each is still queued under that dispatch and attempt. A message for anything else
    (a duplicate delivery, a late or forged message, a cancelled job) is deleted and counted;
-   a malformed one is logged (truncated), deleted and counted.
+   a malformed one is logged (truncated), deleted and counted. This side is
+   ``transports.broker``'s (``BrokerTransport``, shared with the redis transport); this module
+   gives it the polls, the visibility, the release and the deletes.
 3. While a job runs, its message stays in flight: its visibility is extended alongside the
    lease, and it is deleted once the job's outcome is committed. On SIGTERM, messages
    received but not yet claimed are made visible again at once.
