@@ -38,6 +38,7 @@ class Recording(BrokerDispatcher):
             batch=20,
             window=window,
             dispatch_timeout_seconds=60.0,
+            transport="recording",
         )
         self.sent: list[Job] = []
         self.down = False

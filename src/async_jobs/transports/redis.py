@@ -17,6 +17,8 @@ under dispatch D"), as an SQS message does for the sqs transport. The flow, each
    -> ``running``) only while each is still queued under that dispatch and attempt. An entry
    for anything else (a duplicate, a late or forged entry, a cancelled job) is acknowledged,
    deleted and counted; a malformed one is logged (truncated), acknowledged, deleted, counted.
+   This side is ``transports.broker``'s (``BrokerTransport``, shared with the sqs transport);
+   this module gives it the reads, the keeping, the hand-back and the acknowledgement.
 3. While a job runs, its entry stays pending under this worker's consumer; it is kept fresh
    (``XCLAIM ... JUSTID`` resets its idle time) alongside the lease, and acknowledged and
    deleted (``XACK`` + ``XDEL``) once the job's outcome is committed. Entries of a consumer
@@ -37,23 +39,23 @@ Counting points (``counts`` of the dispatcher and of the transport, by event): `
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from async_jobs.core.metrics import Metrics, TransportCounts
+from async_jobs.core.metrics import Metrics
 from async_jobs.core.settings import DEFAULT_DISPATCH_WINDOW, Settings
-from async_jobs.domain.dispatch import DispatchTicket, MalformedMessageError, truncated
-from async_jobs.domain.errors import AsyncJobsError, ConfigurationError, StoreError
-from async_jobs.domain.jobs import AttemptOutcome, Job, JobId
+from async_jobs.domain.dispatch import DispatchTicket
+from async_jobs.domain.errors import AsyncJobsError, ConfigurationError
+from async_jobs.domain.jobs import Job
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
+from async_jobs.transports.broker import BrokerTransport, by
 from async_jobs.transports.dispatch import BrokerDispatcher
 
 log = logging.getLogger("async_jobs.redis")
@@ -276,7 +278,7 @@ class RedisDispatcher(BrokerDispatcher):
     async def _send(self, jobs: Sequence[Job]) -> int:
         """Add the tickets, one pipeline per stream, all at once; jobs whose add failed go
         back to pending at once. Raises ``RedisError`` (after that) if an add failed."""
-        groups = _by(jobs, lambda j: j.use_case)
+        groups = by(jobs, lambda j: j.use_case)
         answers = await asyncio.gather(
             *(self._add(self.config.stream_of(u), group) for u, group in groups.items()),
             return_exceptions=True,
@@ -314,8 +316,18 @@ class Received:
     ticket: DispatchTicket | None  # None: a malformed entry, held only to be deleted
 
 
-class RedisTransport:
-    """A worker's ``Transport`` over Redis Streams (see the module's docstring)."""
+class RedisTransport(BrokerTransport[Received]):
+    """A worker's ``Transport`` over Redis Streams (see the module's docstring; the buffer,
+    the claim and the stop are ``transports.broker``'s)."""
+
+    broker = "Redis"
+    error = RedisError
+    backoff = BACKOFF
+    log = log
+    poll_task = POLL_TASK
+    read_failed = "cannot read from Redis"
+    stale_line = "%d entries named no job queued for them; acknowledged"
+    malformed_line = "dropping a malformed entry (%s): %s"
 
     def __init__(
         self,
@@ -327,215 +339,65 @@ class RedisTransport:
         metrics: Metrics | None = None,
     ) -> None:
         require_redis()
-        self._store = store
+        super().__init__(store, worker_id, lease_seconds, transport="redis", metrics=metrics)
         self.config = config
-        self._worker_id = worker_id
-        self._lease_seconds = lease_seconds
         self._streams = sorted({config.stream_of(u) for u in use_cases or config.use_cases})
         self._client: Any = None
-        self._buffer: collections.deque[Received] = collections.deque()
-        self._held: dict[JobId, Received] = {}
-        self._wanted = 0
-        self._asking = 0
-        self._demand = asyncio.Event()
-        self._arrived = asyncio.Event()
-        self._woken = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._acks: set[asyncio.Task[None]] = set()
-        self._stop_begun = False
-        self.counts: collections.Counter[str] = TransportCounts("redis", metrics)
 
     async def start(self) -> None:
         """Connect and make sure every stream has its group; while Redis does not answer,
         retry with backoff until it does or the worker is stopped."""
         self._client = connect(self.config)
-        failures = 0
-        while not self._woken.is_set():
-            try:
-                async with _translated("create the consumer groups"):
-                    for stream in self._streams:
-                        if await ensure_group(self._client, stream):
-                            self.counts["group_created"] += 1
-                break
-            except RedisError as exc:
-                failures += 1
-                delay = BACKOFF.delay(failures)
-                log.warning("Redis does not answer (retry in %.1fs): %s", delay, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), delay)
-        if self._woken.is_set():
+        if self._woken.is_set() or not await self._until_answered(self._ensure_groups):
             return
-        self._tasks = [
-            asyncio.create_task(self._poll(s), name=f"{POLL_TASK}{s}") for s in self._streams
-        ]
-        self._tasks.append(asyncio.create_task(self._keep(), name="async-jobs-redis-keep"))
+        self._start_polls(self._streams, self._keep(), "async-jobs-redis-keep")
 
-    async def stop(self) -> None:
-        # A read cut short on our side may still be answered by Redis, its entries then
-        # pending under our consumer: let the reads under way end (they stopped asking when
-        # the worker began stopping), then hand back what they got.
-        self._stop_begun = True
-        self._woken.set()
-        self._demand.set()
-        polls = [t for t in self._tasks if t.get_name().startswith(POLL_TASK)]
-        for task in self._tasks:
-            if task not in polls:
-                task.cancel()
-        if polls:
-            _, late = await asyncio.wait(polls, timeout=self.config.block_seconds + 5)
-            for task in late:
-                task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        unclaimed = list(self._buffer)
-        self._buffer.clear()
-        if unclaimed:  # received, never started: readable by other workers at once
-            await self._release(unclaimed)
-        if self._acks:
-            await asyncio.wait(self._acks, timeout=10)
+    async def _ensure_groups(self) -> bool:
+        async with _translated("create the consumer groups"):
+            for stream in self._streams:
+                if await ensure_group(self._client, stream):
+                    self.counts["group_created"] += 1
+        return True
+
+    @property
+    def _poll_grace(self) -> float:
+        return self.config.block_seconds
+
+    async def _close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
-    def wake(self) -> None:
-        self._woken.set()  # the worker is stopping: no new reads
-        self._arrived.set()
-        self._demand.set()
-
-    def nudge(self) -> None:
-        return None  # slots are filled by the scheduler's dispatch, not by this worker
-
-    @property
-    def asking(self) -> int:
-        """Entries asked for by the reads under way."""
-        return self._asking
-
-    @property
-    def stopping(self) -> bool:
-        """``stop`` has begun."""
-        return self._stop_begun
-
-    def forget(self, job_id: JobId) -> None:
-        received = self._held.pop(job_id, None)
-        if received is not None:
-            self._ack_later([received])
-
-    async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
-        self._wanted = capacity
-        self._demand.set()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
-        while True:
-            if self._buffer:
-                taken = [self._buffer.popleft() for _ in range(min(capacity, len(self._buffer)))]
-                jobs = await self._claim(taken)
-                if jobs:
-                    self._wanted = max(0, capacity - len(jobs))
-                    return jobs
-                continue
-            remaining = deadline - loop.time()
-            if self._woken.is_set() or remaining <= 0:
-                return []
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-
-    async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
-        written = await self._store.record_outcomes(outcomes)
-        done = [r for o in outcomes if (r := self._held.pop(o.job_id, None)) is not None]
-        self._ack_later(done)
-        return written
-
-    # -- inside ---------------------------------------------------------------------------
-
-    async def _claim(self, taken: list[Received]) -> list[Job]:
-        """Start the jobs the entries name; acknowledge the entries that start nothing."""
-        try:
-            jobs = await self._store.claim_dispatched(
-                [r.ticket for r in taken if r.ticket is not None],
-                self._worker_id,
-                self._lease_seconds,
-            )
-        except StoreError:
-            self._buffer.extendleft(reversed(taken))  # still pending under us; next time
-            raise
-        started = {job.id for job in jobs}
-        stale = []
-        for received in taken:
-            job_id = received.ticket.job_id if received.ticket is not None else None
-            if job_id is not None and job_id in started and job_id not in self._held:
-                self._held[job_id] = received
-            else:
-                stale.append(received)
-        self.counts["claimed"] += len(jobs)
-        if stale:
-            self.counts["stale"] += len(stale)
-            log.info("%d entries named no job queued for them; acknowledged", len(stale))
-            self._ack_later(stale)
-        return jobs
-
-    async def _poll(self, stream: str) -> None:
-        failures = 0
-        block_ms = max(1, int(self.config.block_seconds * 1000))
-        while not self._woken.is_set():
-            count = self._wanted - len(self._buffer) - self._asking
-            if count <= 0:
-                self._demand.clear()
-                await self._demand.wait()
-                continue
-            self._asking += count
-            try:
-                async with _translated(f"read {stream}"):
-                    answer = await self._read(stream, count, block_ms)
-            except RedisError as exc:
-                failures += 1
-                delay = BACKOFF.delay(failures)
-                log.warning("cannot read from Redis (retry in %.1fs): %s", delay, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), delay)
-                continue
-            finally:
-                self._asking -= count
-            failures = 0
-            self._accept(stream, answer)
-
-    async def _read(self, stream: str, count: int, block_ms: int) -> list[tuple[str, Any]]:
+    async def _read(self, source: str, count: int) -> list[tuple[str, Any]]:
         from redis.exceptions import ResponseError
 
-        try:
-            answer = await self._client.xreadgroup(
-                GROUP, self._worker_id, {stream: ">"}, count=count, block=block_ms
-            )
-        except ResponseError as exc:
-            if not _no_group(exc):
-                raise
-            # Redis lost the group (emptied, restarted without persistence): make it again,
-            # from the stream's start; the store's deadlines resend what was lost.
-            log.warning("the group of %s is gone; creating it again", stream)
-            if await ensure_group(self._client, stream):
-                self.counts["group_created"] += 1
-            return []
+        block_ms = max(1, int(self.config.block_seconds * 1000))
+        async with _translated(f"read {source}"):
+            try:
+                answer = await self._client.xreadgroup(
+                    GROUP, self._worker_id, {source: ">"}, count=count, block=block_ms
+                )
+            except ResponseError as exc:
+                if not _no_group(exc):
+                    raise
+                # Redis lost the group (emptied, restarted without persistence): make it
+                # again, from the stream's start; the store's deadlines resend what was lost.
+                log.warning("the group of %s is gone; creating it again", source)
+                if await ensure_group(self._client, source):
+                    self.counts["group_created"] += 1
+                return []
         entries: list[tuple[str, Any]] = []
         for _, items in _streams_of(answer):
             entries.extend(items)
         return entries
 
-    def _accept(self, stream: str, entries: Iterable[tuple[str, Any]]) -> None:
-        malformed = []
-        for entry_id, fields in entries:
-            self.counts["received"] += 1
-            body = fields.get(FIELD, "") if isinstance(fields, Mapping) else ""
-            try:
-                ticket = DispatchTicket.from_message(body if isinstance(body, str) else "")
-            except MalformedMessageError as exc:
-                log.warning("dropping a malformed entry (%s): %s", exc, truncated(str(fields)))
-                self.counts["malformed"] += 1
-                malformed.append(Received(stream, entry_id, None))
-                continue
-            self._buffer.append(Received(stream, entry_id, ticket))
-        if malformed:
-            self._ack_later(malformed)
-        self._arrived.set()
+    def _decode(self, message: Any) -> tuple[str, str]:
+        fields = message[1]
+        body = fields.get(FIELD, "") if isinstance(fields, Mapping) else ""
+        return (body if isinstance(body, str) else ""), str(fields)
+
+    def _holding(self, source: str, message: Any, ticket: DispatchTicket | None) -> Received:
+        return Received(source, message[0], ticket)
 
     async def _keep(self) -> None:
         """Every third of a lease: reset the idle time of the entries held (buffered or
@@ -546,7 +408,7 @@ class RedisTransport:
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.0))  # wait-ok: a period
             held = list(self._buffer) + list(self._held.values())
-            for stream, group in _by(held, lambda r: r.stream).items():
+            for stream, group in by(held, lambda r: r.stream).items():
                 try:
                     async with _translated(f"keep entries of {stream}"):
                         await self._client.xclaim(
@@ -575,7 +437,7 @@ class RedisTransport:
                 claimed = [e for e in answer[1] if e and e[1] is not None]
                 gone = list(answer[2]) if len(answer) > 2 else []
                 if gone:  # in the group's list but deleted from the stream: let them go
-                    self._ack_later([Received(stream, entry_id, None) for entry_id in gone])
+                    self._finish_later([Received(stream, entry_id, None) for entry_id in gone])
                 if claimed:
                     self.counts["autoclaimed"] += len(claimed)
                     log.info("took over %d entries idle in %s", len(claimed), stream)
@@ -583,7 +445,7 @@ class RedisTransport:
 
     async def _release(self, entries: Sequence[Received]) -> None:
         """Hand entries back: add their tickets again, acknowledge and delete the old ones."""
-        for stream, group in _by(entries, lambda r: r.stream).items():
+        for stream, group in by(entries, lambda r: r.stream).items():
             try:
                 async with _translated(f"hand back entries of {stream}"):
                     pipe = self._client.pipeline(transaction=False)
@@ -603,15 +465,9 @@ class RedisTransport:
             except RedisError as exc:  # taken over after a lease's idle time, or lapsed
                 log.warning("cannot hand back %d entries: %s", len(group), exc)
 
-    def _ack_later(self, entries: Sequence[Received]) -> None:
-        if not entries:
-            return
-        task = asyncio.create_task(self._ack(entries))
-        self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
-
-    async def _ack(self, entries: Sequence[Received]) -> None:
-        for stream, group in _by(entries, lambda r: r.stream).items():
+    async def _finish(self, entries: Sequence[Received]) -> None:
+        """Acknowledge and delete entries (``XACK`` + ``XDEL``)."""
+        for stream, group in by(entries, lambda r: r.stream).items():
             ids = [r.entry_id for r in group]
             try:
                 async with _translated(f"acknowledge entries of {stream}"):
@@ -628,10 +484,3 @@ class RedisTransport:
 def _streams_of(answer: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
     """``XREADGROUP``'s answer (RESP2, redis-py's default) as (stream, entries) pairs."""
     return [(str(stream), list(items)) for stream, items in answer or ()]
-
-
-def _by(items: Iterable[Any], key: Any) -> dict[Any, list[Any]]:
-    groups: dict[Any, list[Any]] = {}
-    for item in items:
-        groups.setdefault(key(item), []).append(item)
-    return groups

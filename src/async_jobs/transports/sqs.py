@@ -13,7 +13,9 @@ under dispatch D"). The flow, each step guarded:
    free slots, and claims the named jobs in one statement (``queued`` -> ``running``) only
    while each is still queued under that dispatch and attempt. A message for anything else
    (a duplicate delivery, a late or forged message, a cancelled job) is deleted and counted;
-   a malformed one is logged (truncated), deleted and counted.
+   a malformed one is logged (truncated), deleted and counted. This side is
+   ``transports.broker``'s (``BrokerTransport``, shared with the redis transport); this module
+   gives it the polls, the visibility, the release and the deletes.
 3. While a job runs, its message stays in flight: its visibility is extended alongside the
    lease, and it is deleted once the job's outcome is committed. On SIGTERM, messages
    received but not yet claimed are made visible again at once.
@@ -32,17 +34,18 @@ import dataclasses
 import json
 import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from async_jobs.core.metrics import Metrics, TransportCounts
+from async_jobs.core.metrics import Metrics
 from async_jobs.core.settings import DEFAULT_DISPATCH_WINDOW, Settings
-from async_jobs.domain.dispatch import DispatchTicket, MalformedMessageError, truncated
-from async_jobs.domain.errors import AsyncJobsError, ConfigurationError, StoreError
-from async_jobs.domain.jobs import AttemptOutcome, Job, JobId
+from async_jobs.domain.dispatch import DispatchTicket
+from async_jobs.domain.errors import AsyncJobsError, ConfigurationError
+from async_jobs.domain.jobs import Job
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
+from async_jobs.transports.broker import BrokerTransport, by
 from async_jobs.transports.dispatch import BrokerDispatcher
 
 if TYPE_CHECKING:
@@ -386,7 +389,7 @@ class SqsDispatcher(BrokerDispatcher):
         """Send the tickets, 10 per call, every call at once; jobs whose send failed go back
         to pending at once. Raises ``SqsError`` (after that) if a call failed outright."""
         calls: list[tuple[str, list[DispatchTicket]]] = []
-        for use_case, group in _by(jobs, lambda j: j.use_case).items():
+        for use_case, group in by(jobs, lambda j: j.use_case).items():
             url = self.config.queues[use_case]
             tickets = [DispatchTicket.of(job) for job in group]
             calls.extend((url, tickets[i : i + BATCH]) for i in range(0, len(tickets), BATCH))
@@ -408,8 +411,20 @@ class SqsDispatcher(BrokerDispatcher):
 # -- the worker's side ----------------------------------------------------------------------
 
 
-class SqsTransport:
-    """A worker's ``Transport`` over SQS (see the module's docstring)."""
+class SqsTransport(BrokerTransport[Received]):
+    """A worker's ``Transport`` over SQS (see the module's docstring; the buffer, the claim
+    and the stop are ``transports.broker``'s)."""
+
+    broker = "SQS"
+    error = SqsError
+    backoff = BACKOFF
+    log = log
+    poll_task = POLL_TASK
+    read_failed = "cannot receive from SQS"
+    stale_line = "%d messages named no job queued for them; deleted"
+    malformed_line = "deleting a malformed message (%s): %s"
+    max_read = BATCH
+    count_duplicates = True
 
     def __init__(
         self,
@@ -421,25 +436,12 @@ class SqsTransport:
         max_attempts: int = 1,
         metrics: Metrics | None = None,
     ) -> None:
-        self._store = store
+        super().__init__(store, worker_id, lease_seconds, transport="sqs", metrics=metrics)
         self.config = config
-        self._worker_id = worker_id
-        self._lease_seconds = lease_seconds
         self._urls = sorted({config.queue_of(u) for u in use_cases or config.queues})
         self._max_attempts = max_attempts
         self._client = SqsClient(config)
-        self._buffer: collections.deque[Received] = collections.deque()
-        self._held: dict[JobId, Received] = {}
-        self._wanted = 0
-        self._asking = 0
-        self._demand = asyncio.Event()
-        self._arrived = asyncio.Event()
-        self._woken = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._deletes: set[asyncio.Task[None]] = set()
         self._visibility = 30
-        self._stop_begun = False
-        self.counts: collections.Counter[str] = TransportCounts("sqs", metrics)
 
     async def start(self) -> None:
         """Open the client and check every queue (its redrive policy, its visibility
@@ -454,170 +456,30 @@ class SqsTransport:
         if not timeouts:
             return  # stopped before SQS answered
         self._visibility = self.config.visibility_timeout_seconds or max(2, min(timeouts))
-        self._tasks = [
-            asyncio.create_task(self._poll(url), name=f"{POLL_TASK}{url}") for url in self._urls
-        ]
-        self._tasks.append(asyncio.create_task(self._keep_invisible(), name="async-jobs-sqs-keep"))
+        self._start_polls(self._urls, self._keep_invisible(), "async-jobs-sqs-keep")
 
     async def _check_queues(self) -> list[int]:
-        failures = 0
-        while True:
-            try:
-                return [
-                    await check_redrive(self._client, url, self._max_attempts) for url in self._urls
-                ]
-            except SqsError as exc:
-                failures += 1
-                delay = BACKOFF.delay(failures)
-                log.warning("SQS does not answer (retry in %.1fs): %s", delay, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), delay)
-                if self._woken.is_set():
-                    return []
+        async def check() -> list[int]:
+            return [await check_redrive(self._client, u, self._max_attempts) for u in self._urls]
 
-    async def stop(self) -> None:
-        # A long poll cut short on our side may still be answered by SQS, with messages
-        # then invisible to everyone for their visibility timeout: let the polls under way
-        # end (they stopped asking when the worker began stopping), release what they got.
-        self._stop_begun = True
-        self._woken.set()
-        self._demand.set()
-        polls = [t for t in self._tasks if t.get_name().startswith(POLL_TASK)]
-        for task in self._tasks:
-            if task not in polls:
-                task.cancel()
-        if polls:
-            _, late = await asyncio.wait(polls, timeout=self.config.long_poll_seconds + 5)
-            for task in late:
-                task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        unclaimed = list(self._buffer)
-        self._buffer.clear()
-        if unclaimed:  # received, never started: visible to other workers at once
-            await self._release(unclaimed)
-        if self._deletes:
-            await asyncio.wait(self._deletes, timeout=10)
+        return await self._until_answered(check) or []
+
+    @property
+    def _poll_grace(self) -> float:
+        return self.config.long_poll_seconds
+
+    async def _close(self) -> None:
         await self._client.close()
 
-    def wake(self) -> None:
-        self._woken.set()  # the worker is stopping: no new polls
-        self._arrived.set()
-        self._demand.set()
+    async def _read(self, source: str, count: int) -> list[Any]:
+        return await self._client.receive(source, count, self.config.long_poll_seconds)
 
-    def nudge(self) -> None:
-        return None  # slots are filled by the scheduler's dispatch, not by this worker
+    def _decode(self, message: Any) -> tuple[str, str]:
+        body = message.get("Body", "")
+        return body, body
 
-    @property
-    def asking(self) -> int:
-        """Messages asked for by the long polls under way."""
-        return self._asking
-
-    @property
-    def stopping(self) -> bool:
-        """``stop`` has begun."""
-        return self._stop_begun
-
-    def forget(self, job_id: JobId) -> None:
-        received = self._held.pop(job_id, None)
-        if received is not None:
-            self._delete_later([received])
-
-    async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
-        self._wanted = capacity
-        self._demand.set()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
-        while True:
-            if self._buffer:
-                taken = [self._buffer.popleft() for _ in range(min(capacity, len(self._buffer)))]
-                jobs = await self._claim(taken)
-                if jobs:
-                    self._wanted = max(0, capacity - len(jobs))
-                    return jobs
-                continue
-            remaining = deadline - loop.time()
-            if self._woken.is_set() or remaining <= 0:
-                return []
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-
-    async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
-        written = await self._store.record_outcomes(outcomes)
-        done = [r for o in outcomes if (r := self._held.pop(o.job_id, None)) is not None]
-        self._delete_later(done)
-        return written
-
-    # -- inside ---------------------------------------------------------------------------
-
-    async def _claim(self, taken: list[Received]) -> list[Job]:
-        """Start the jobs the messages name; delete the messages that start nothing."""
-        try:
-            jobs = await self._store.claim_dispatched(
-                [r.ticket for r in taken if r.ticket is not None],
-                self._worker_id,
-                self._lease_seconds,
-            )
-        except StoreError:
-            self._buffer.extendleft(reversed(taken))  # kept invisible; claimed next time
-            raise
-        started = {job.id for job in jobs}
-        stale = []
-        for received in taken:
-            job_id = received.ticket.job_id if received.ticket is not None else None
-            if job_id is not None and job_id in started and job_id not in self._held:
-                self._held[job_id] = received
-            else:
-                if job_id is not None and job_id in self._held:
-                    self.counts["duplicate"] += 1  # also stale: a second copy of a held job
-                stale.append(received)
-        self.counts["claimed"] += len(jobs)
-        if stale:
-            self.counts["stale"] += len(stale)
-            log.info("%d messages named no job queued for them; deleted", len(stale))
-            self._delete_later(stale)
-        return jobs
-
-    async def _poll(self, url: str) -> None:
-        failures = 0
-        while not self._woken.is_set():
-            count = min(BATCH, self._wanted - len(self._buffer) - self._asking)
-            if count <= 0:
-                self._demand.clear()
-                await self._demand.wait()
-                continue
-            self._asking += count
-            try:
-                messages = await self._client.receive(url, count, self.config.long_poll_seconds)
-            except SqsError as exc:
-                failures += 1
-                delay = BACKOFF.delay(failures)
-                log.warning("cannot receive from SQS (retry in %.1fs): %s", delay, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), delay)
-                continue
-            finally:
-                self._asking -= count
-            failures = 0
-            self._accept(url, messages)
-
-    def _accept(self, url: str, messages: Iterable[Any]) -> None:
-        malformed = []
-        for message in messages:
-            body = message.get("Body", "")
-            self.counts["received"] += 1
-            try:
-                ticket = DispatchTicket.from_message(body)
-            except MalformedMessageError as exc:
-                log.warning("deleting a malformed message (%s): %s", exc, truncated(body))
-                self.counts["malformed"] += 1
-                malformed.append(Received(url, message["ReceiptHandle"], None))
-                continue
-            self._buffer.append(Received(url, message["ReceiptHandle"], ticket))
-        if malformed:
-            self._delete_later(malformed)
-        self._arrived.set()
+    def _holding(self, source: str, message: Any, ticket: DispatchTicket | None) -> Received:
+        return Received(source, message["ReceiptHandle"], ticket)
 
     async def _keep_invisible(self) -> None:
         """Extend the visibility of every message held (buffered or running) well before it
@@ -626,7 +488,7 @@ class SqsTransport:
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.0))
             held = list(self._buffer) + list(self._held.values())
-            for url, group in _by(held, lambda r: r.queue_url).items():
+            for url, group in by(held, lambda r: r.queue_url).items():
                 for chunk in _chunks(group):
                     try:
                         failed = await self._client.set_visibility(
@@ -653,7 +515,7 @@ class SqsTransport:
                 del self._held[job_id]
 
     async def _release(self, messages: Sequence[Received]) -> None:
-        for url, group in _by(messages, lambda r: r.queue_url).items():
+        for url, group in by(messages, lambda r: r.queue_url).items():
             for chunk in _chunks(group):
                 try:
                     await self._client.set_visibility(url, [r.receipt_handle for r in chunk], 0)
@@ -661,15 +523,9 @@ class SqsTransport:
                 except SqsError as exc:
                     log.warning("cannot release %d messages: %s", len(chunk), exc)
 
-    def _delete_later(self, messages: Sequence[Received]) -> None:
-        if not messages:
-            return
-        task = asyncio.create_task(self._delete(messages))
-        self._deletes.add(task)
-        task.add_done_callback(self._deletes.discard)
-
-    async def _delete(self, messages: Sequence[Received]) -> None:
-        for url, group in _by(messages, lambda r: r.queue_url).items():
+    async def _finish(self, messages: Sequence[Received]) -> None:
+        """Delete messages, 10 per call."""
+        for url, group in by(messages, lambda r: r.queue_url).items():
             for chunk in _chunks(group):
                 try:
                     codes = await self._client.delete(url, [r.receipt_handle for r in chunk])
@@ -680,13 +536,6 @@ class SqsTransport:
                 for code in codes:
                     self.counts["invalid_receipt"] += 1
                     log.warning("SQS did not delete a message: %s", code)
-
-
-def _by(items: Iterable[Any], key: Any) -> dict[Any, list[Any]]:
-    groups: dict[Any, list[Any]] = {}
-    for item in items:
-        groups.setdefault(key(item), []).append(item)
-    return groups
 
 
 def _chunks(items: Sequence[Received]) -> list[Sequence[Received]]:
