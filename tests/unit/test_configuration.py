@@ -98,6 +98,10 @@ def test_every_known_variable_is_read_by_the_settings() -> None:
         "ASYNC_JOBS_SQS_LONG_POLL_SECONDS": "3",
         "ASYNC_JOBS_SQS_VISIBILITY_TIMEOUT_SECONDS": "31",
         "ASYNC_JOBS_API_PORT": "8123",
+        "ASYNC_JOBS_LOG_FORMAT": "json",
+        "ASYNC_JOBS_LOG_LEVEL": "DEBUG",
+        "ASYNC_JOBS_METRICS_HOST": "127.0.0.1",
+        "ASYNC_JOBS_METRICS_TENANT_LABEL": "true",
     }
     default = Settings.from_env({})
     for variable in ENVIRONMENT_VARIABLES:

@@ -24,18 +24,6 @@ from async_jobs.core import settings as settings_module
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("api", "scheduler", "worker")
 VARIABLE = re.compile(r"\bASYNC_JOBS_[A-Z0-9_]*[A-Z0-9]\b")
-# Names of the contract (/work/shared/DESIGN.md section 4) that other branches of issue 20
-# teach the code to read (config: worker and API settings; observe: logs, metrics port;
-# redis: its key prefix).
-# Until they are merged the deployment files may name them; once the code reads a name it
-# counts as known anyway, so this set can only be emptied, never go stale silently.
-PENDING_CONTRACT = frozenset(
-    {
-        "ASYNC_JOBS_METRICS_PORT",
-        "ASYNC_JOBS_LOG_FORMAT",
-        "ASYNC_JOBS_LOG_LEVEL",
-    }
-)
 
 
 def variables_read_by_code() -> set[str]:
@@ -57,11 +45,7 @@ KNOWN_VARIABLES = variables_read_by_code()
 
 def is_known(name: str) -> bool:
     patterns = (settings_module._PER_USE_CASE, settings_module._SQS_QUEUE)
-    return (
-        name in KNOWN_VARIABLES
-        or name in PENDING_CONTRACT
-        or any(pattern.match(name) for pattern in patterns)
-    )
+    return name in KNOWN_VARIABLES or any(pattern.match(name) for pattern in patterns)
 
 
 def assert_command_known(command: list[str], where: str) -> None:
