@@ -248,6 +248,17 @@ def test_the_sqs_transport_needs_a_queue_for_each_use_case_it_serves() -> None:
     check_configuration(other, "api")  # the API sends nothing to SQS
 
 
+def test_the_redis_transport_needs_a_url_and_a_stream_for_each_use_case_it_serves() -> None:
+    redis = {"ASYNC_JOBS_TRANSPORT": "redis"}
+    with pytest.raises(ConfigurationError, match="needs ASYNC_JOBS_REDIS_URL"):
+        check_configuration(_demo_app(**redis), "worker")
+    jobs = _demo_app(**redis, ASYNC_JOBS_REDIS_URL="redis://127.0.0.1:6379/0")
+    check_configuration(jobs, "worker", worker_config(jobs))  # "default" has its stream
+    with pytest.raises(ConfigurationError, match="add it to ASYNC_JOBS_REDIS_USE_CASES"):
+        check_configuration(jobs, "worker", worker_config(jobs, use_cases=["mail"]))
+    check_configuration(jobs, "api")  # the API sends nothing to Redis
+
+
 async def test_create_jobs_router_refuses_what_is_not_an_app_and_an_auth() -> None:
     jobs = JobApp(store=MemoryStore())
     with pytest.raises(ConfigurationError, match="takes a JobApp as jobs"):
