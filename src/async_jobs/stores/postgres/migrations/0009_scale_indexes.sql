@@ -14,7 +14,7 @@ CREATE INDEX IF NOT EXISTS async_jobs_finished
 -- Newest-first listings filtered by a state other than succeeded (failed jobs, the pending
 -- ones, ...), which async_jobs_created answered by walking past every succeeded row.
 CREATE INDEX IF NOT EXISTS async_jobs_unsucceeded_created
-    ON async_jobs (status, created_at DESC, id DESC) WHERE status <> 'succeeded';
+    ON async_jobs (created_at DESC, id DESC) WHERE status <> 'succeeded';
 
 -- Jobs waiting for a retry (pending, started before): the last hour of GET /stats reads
 -- them here instead of every pending job. Rows enter it only when an attempt fails.
