@@ -30,6 +30,7 @@ from async_jobs.core.logs import (
     LOG_FORMATS,
     announce,
     configure_logging,
+    json_lines,
     logging_options,
     uvicorn_log_config,
 )
@@ -607,8 +608,15 @@ async def _jobs(jobs: JobApp, args: argparse.Namespace) -> int:
                 "retry": jobs.retry,
             }[args.action]
             answer = (await act(args.job_id)).to_json()
-    print(json.dumps(answer, indent=2), flush=True)
+    _print_result(answer)
     return 0
+
+
+def _print_result(answer: Any) -> None:
+    """A command's result on stdout: indented for people, or one line when the logs are JSON
+    lines (``--log-format json``), so that a log collector reads each result as one record."""
+    text = json.dumps(answer) if json_lines() else json.dumps(answer, indent=2)
+    print(text, flush=True)
 
 
 async def _reap(jobs: JobApp, args: argparse.Namespace) -> int:
@@ -669,14 +677,14 @@ async def _ops_server(
 async def _health(jobs: JobApp, args: argparse.Namespace) -> int:
     async with jobs:
         readiness = await jobs.readiness()
-    print(json.dumps(readiness.to_json(), indent=2), flush=True)
+    _print_result(readiness.to_json())
     return 0 if readiness.ok else 1
 
 
 async def _stats(jobs: JobApp, args: argparse.Namespace) -> int:
     async with jobs:
         stats = await jobs.stats(args.tenant_id)
-    print(json.dumps(stats.to_json(), indent=2), flush=True)
+    _print_result(stats.to_json())
     return 0
 
 
@@ -686,7 +694,7 @@ async def _workers(jobs: JobApp, args: argparse.Namespace) -> int:
     rows = [p.to_json(leader) for p in processes]
     if args.json:
         lead = leader.to_json() if leader is not None else None
-        print(json.dumps({"processes": rows, "leader": lead}, indent=2), flush=True)
+        _print_result({"processes": rows, "leader": lead})
         return 0
     header = ("KIND", "ID", "HOST", "PID", "CONC", "HELD", "HEARTBEAT", "VERSION", "USE CASES")
     table = [header] + [
@@ -730,7 +738,7 @@ async def _use_cases(jobs: JobApp, args: argparse.Namespace) -> int:
         else:
             change = jobs.pause if args.action == "pause" else jobs.resume
             answer = (await change(args.name)).to_json()
-    print(json.dumps(answer, indent=2), flush=True)
+    _print_result(answer)
     return 0
 
 
@@ -750,7 +758,7 @@ async def _sqs(jobs: JobApp, args: argparse.Namespace) -> int:
                 answer[use_case] = {"queue_url": url, "visible": visible, "in_flight": in_flight}
         finally:
             await client.close()
-    print(json.dumps(answer, indent=2), flush=True)
+    _print_result(answer)
     return 0
 
 
@@ -758,7 +766,7 @@ async def _redis(jobs: JobApp, args: argparse.Namespace) -> int:
     from async_jobs.transports.redis import RedisConfig, info
 
     answer = await info(RedisConfig.from_settings(jobs.settings))
-    print(json.dumps(answer, indent=2), flush=True)
+    _print_result(answer)
     return 0
 
 
@@ -798,7 +806,7 @@ async def _enqueue(jobs: JobApp, args: argparse.Namespace) -> int:
         job, _ = await jobs.enqueue_checked(request)
         if args.wait is not None:
             job = await jobs.wait_for(job.id, args.wait)
-    print(json.dumps(job.to_json(), indent=2), flush=True)
+    _print_result(job.to_json())
     if args.wait is None or job.status is JobState.SUCCEEDED:
         return 0
     return 3 if not job.status.is_terminal else 1

@@ -171,3 +171,23 @@ def test_bad_input_gives_a_message_and_an_exit_code(
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_with_json_logs_every_result_is_one_json_line(cli: Cli, tmp_path: Path) -> None:
+    env = {
+        "ASYNC_JOBS_DB_DSN": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "ASYNC_JOBS_LOG_FORMAT": "json",
+    }
+    assert cli.run("migrate", **env).returncode == 0
+    enqueued = cli.run("enqueue", "echo", "--payload", '{"n": 1}', **env)
+    listed = cli.run("jobs", "list", **env)
+    stats = cli.run("stats", **env)
+    indented = cli.run("stats", ASYNC_JOBS_DB_DSN=env["ASYNC_JOBS_DB_DSN"])
+    for result in (enqueued, listed, stats):
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines and all(isinstance(json.loads(line), (dict, list)) for line in lines)
+    (job,) = json.loads(listed.stdout.splitlines()[-1])
+    assert job["id"] == json.loads(enqueued.stdout.splitlines()[-1])["id"]
+    assert len(indented.stdout.splitlines()) > 1  # text logs: indented for people
+    assert json.loads(indented.stdout).keys() == json.loads(stats.stdout.splitlines()[-1]).keys()
