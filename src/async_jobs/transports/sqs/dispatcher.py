@@ -6,18 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from async_jobs.core.metrics import Metrics
-from async_jobs.core.settings import DEFAULT_DISPATCH_WINDOW
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.jobs import Job
-from async_jobs.domain.scheduling import Limits
-from async_jobs.ports import JobStore
 from async_jobs.transports.broker import by
-from async_jobs.transports.dispatch import BrokerDispatcher
+from async_jobs.transports.dispatch import ConfiguredDispatcher
 from async_jobs.transports.sqs.client import BACKOFF, BATCH, SqsClient, SqsConfig, SqsError, log
 
 
-class SqsDispatcher(BrokerDispatcher):
+class SqsDispatcher(ConfiguredDispatcher[SqsConfig]):
     """Run by the leading scheduler: sends due jobs to their use case's queue, at most the
     dispatch window of each use case unclaimed at once (``transports.dispatch``)."""
 
@@ -25,30 +21,13 @@ class SqsDispatcher(BrokerDispatcher):
     error = SqsError
     backoff = BACKOFF
     log = log
+    transport = "sqs"
 
-    def __init__(
-        self,
-        store: JobStore,
-        config: SqsConfig,
-        limits: Limits,
-        holder: str = "scheduler",
-        batch: int = 100,
-        window: int = DEFAULT_DISPATCH_WINDOW,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(
-            store,
-            tuple(config.queues),
-            limits,
-            holder=holder,
-            batch=batch,
-            window=window,
-            dispatch_timeout_seconds=config.dispatch_timeout_seconds,
-            transport="sqs",
-            metrics=metrics,
-        )
-        self.config = config
-        self._client = SqsClient(config)
+    def _use_cases_of(self, config: SqsConfig) -> Sequence[str]:
+        return tuple(config.queues)
+
+    def _configured(self) -> None:
+        self._client = SqsClient(self.config)
         self._opened = False
 
     async def _open(self) -> None:
