@@ -27,13 +27,13 @@ from async_jobs.app import EnqueueRequest, JobApp
 from async_jobs.bench import (
     HANDLERS_MODULE,
     READY_PREFIX,
-    UNFINISHED_SQL,
     check_all_succeeded,
     drain_timeout,
     prepare_database,
     wait_until_zero,
     worker_process,
 )
+from async_jobs.bench.scale import unfinished
 from async_jobs.core.settings import Settings
 
 DSN = "postgresql://postgres@127.0.0.1:5432/async_jobs_processes_bench"
@@ -62,11 +62,11 @@ async def drain_once(dsn: str, processes: int, jobs: int, concurrency: int) -> t
             await worker.wait_lines(processes - 1, timeout=60)  # the other ready lines
             children = psutil.Process(worker.pid).children() or [psutil.Process(worker.pid)]
 
-            async def unfinished() -> int:
-                return int(await conn.fetchval(UNFINISHED_SQL))
+            async def remaining() -> int:
+                return await unfinished(conn)
 
             finished = await wait_until_zero(
-                unfinished, total=jobs, since=started, timeout=drain_timeout(jobs), worker=worker
+                remaining, total=jobs, since=started, timeout=drain_timeout(jobs), worker=worker
             )
             rss = max(_peak_rss_mb(p.pid) for p in children)
         await check_all_succeeded(conn, jobs)

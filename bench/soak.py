@@ -30,7 +30,7 @@ import asyncpg
 
 from async_jobs import bench
 from async_jobs.app import EnqueueRequest, JobApp
-from async_jobs.bench_scale import table_sizes
+from async_jobs.bench.scale import table_sizes
 from async_jobs.core.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"

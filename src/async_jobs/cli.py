@@ -35,6 +35,7 @@ from async_jobs.core.logs import (
     uvicorn_log_config,
 )
 from async_jobs.core.settings import Settings, split_modules
+from async_jobs.core.worker import WorkerConfig
 from async_jobs.domain.errors import (
     AsyncJobsError,
     ConfigurationError,
@@ -536,8 +537,9 @@ async def _migrate(jobs: JobApp, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
-    config = runner.worker_config(
+def _worker_config(jobs: JobApp, args: argparse.Namespace) -> WorkerConfig:
+    """The options of ``async-jobs worker`` (one process, or each of ``--processes N``)."""
+    return runner.worker_config(
         jobs,
         concurrency=args.concurrency,
         use_cases=args.use_cases,
@@ -545,6 +547,10 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
         burst=args.burst,
         reap_interval_seconds=args.reap_interval,
     )
+
+
+async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
+    config = _worker_config(jobs, args)
     gc.freeze()  # start-up's objects live on: full collections need not walk them
     async with _ops_server(jobs, args, store_gauges=False):
         worker = await runner.serve_worker(jobs, config)
@@ -560,14 +566,7 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
 def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> int:
     """``worker --processes N``: N single workers with the same options (see supervisor)."""
     jobs = JobApp(settings=settings)
-    worker = runner.worker_config(  # bad options: stop here
-        jobs,
-        concurrency=args.concurrency,
-        use_cases=args.use_cases,
-        grace_seconds=args.grace,
-        burst=args.burst,
-        reap_interval_seconds=args.reap_interval,
-    )
+    worker = _worker_config(jobs, args)  # bad options: stop here
     asyncio.run(_check_store(jobs))
     command = [sys.executable, "-m", "async_jobs"]
     for flag, value in (("--log-level", args.log_level), ("--log-format", args.log_format)):

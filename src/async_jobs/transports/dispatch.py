@@ -25,9 +25,10 @@ import collections
 import logging
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from async_jobs.core.metrics import Metrics, TransportCounts
+from async_jobs.core.settings import DEFAULT_DISPATCH_WINDOW
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import AsyncJobsError
 from async_jobs.domain.jobs import ClaimRequest, Job
@@ -156,3 +157,51 @@ class BrokerDispatcher(abc.ABC):
                 raise error
             raise self.error(f"cannot send to {self.broker}: {error}")
         return len(jobs) - len(unsent)
+
+
+class DispatchConfig(Protocol):
+    """What a broker transport's configuration tells its dispatcher."""
+
+    @property
+    def dispatch_timeout_seconds(self) -> float: ...
+
+
+C = TypeVar("C", bound=DispatchConfig)
+
+
+class ConfiguredDispatcher(BrokerDispatcher, Generic[C]):
+    """A broker transport's dispatcher, built from that transport's configuration ``C``: its
+    use cases (``_use_cases_of``) and dispatch timeout; ``_configured`` completes it."""
+
+    transport: ClassVar[str]  # the transport's name in the metrics ("sqs", "redis")
+
+    def __init__(
+        self,
+        store: JobStore,
+        config: C,
+        limits: Limits,
+        holder: str = "scheduler",
+        batch: int = 100,
+        window: int = DEFAULT_DISPATCH_WINDOW,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(
+            store,
+            self._use_cases_of(config),
+            limits,
+            holder=holder,
+            batch=batch,
+            window=window,
+            dispatch_timeout_seconds=config.dispatch_timeout_seconds,
+            transport=self.transport,
+            metrics=metrics,
+        )
+        self.config = config
+        self._configured()
+
+    @abc.abstractmethod
+    def _use_cases_of(self, config: C) -> Sequence[str]:
+        """The use cases the configuration gives a queue or stream."""
+
+    def _configured(self) -> None:
+        """The transport's own set-up, once ``self.config`` is set (its client, unopened)."""

@@ -48,15 +48,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from async_jobs.core.metrics import Metrics
-from async_jobs.core.settings import DEFAULT_DISPATCH_WINDOW, Settings
+from async_jobs.core.settings import Settings
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import AsyncJobsError, ConfigurationError
 from async_jobs.domain.jobs import Job
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
 from async_jobs.transports.broker import BrokerTransport, by
-from async_jobs.transports.dispatch import BrokerDispatcher
+from async_jobs.transports.dispatch import ConfiguredDispatcher
 
 log = logging.getLogger("async_jobs.redis")
 
@@ -232,7 +231,7 @@ async def info(config: RedisConfig) -> list[dict[str, Any]]:
 # -- the scheduler's side -------------------------------------------------------------------
 
 
-class RedisDispatcher(BrokerDispatcher):
+class RedisDispatcher(ConfiguredDispatcher[RedisConfig]):
     """Run by the leading scheduler: adds due jobs to their use case's stream, at most the
     dispatch window of each use case unclaimed at once (``transports.dispatch``)."""
 
@@ -240,30 +239,13 @@ class RedisDispatcher(BrokerDispatcher):
     error = RedisError
     backoff = BACKOFF
     log = log
+    transport = "redis"
 
-    def __init__(
-        self,
-        store: JobStore,
-        config: RedisConfig,
-        limits: Limits,
-        holder: str = "scheduler",
-        batch: int = 100,
-        window: int = DEFAULT_DISPATCH_WINDOW,
-        metrics: Metrics | None = None,
-    ) -> None:
+    def _use_cases_of(self, config: RedisConfig) -> Sequence[str]:
+        return config.use_cases
+
+    def _configured(self) -> None:
         require_redis()
-        super().__init__(
-            store,
-            config.use_cases,
-            limits,
-            holder=holder,
-            batch=batch,
-            window=window,
-            dispatch_timeout_seconds=config.dispatch_timeout_seconds,
-            transport="redis",
-            metrics=metrics,
-        )
-        self.config = config
         self._client: Any = None
 
     async def _open(self) -> None:

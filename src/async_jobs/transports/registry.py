@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from async_jobs.core.metrics import Metrics
 from async_jobs.core.settings import Settings
@@ -72,56 +73,38 @@ def _direct_worker(side: WorkerSide) -> Transport:
 def _sqs_worker(side: WorkerSide) -> Transport:
     from async_jobs.transports.sqs import SqsConfig, SqsTransport
 
-    return SqsTransport(
-        side.store,
-        SqsConfig.from_settings(side.settings),
-        side.worker_id,
-        side.lease_seconds,
-        side.use_cases,
-        side.max_attempts,
-        metrics=side.metrics,
-    )
-
-
-def _sqs_dispatcher(side: SchedulerSide) -> Dispatcher:
-    from async_jobs.transports.sqs import SqsConfig, SqsDispatcher
-
     config = SqsConfig.from_settings(side.settings)
-    return SqsDispatcher(
-        side.store,
-        config,
-        side.limits,
-        side.holder,
-        window=side.settings.dispatch_window,
-        metrics=side.metrics,
-    )
+    shared = (side.store, config, side.worker_id, side.lease_seconds, side.use_cases)
+    return SqsTransport(*shared, side.max_attempts, metrics=side.metrics)
 
 
 def _redis_worker(side: WorkerSide) -> Transport:
     from async_jobs.transports.redis import RedisConfig, RedisTransport
 
+    config = RedisConfig.from_settings(side.settings)
     return RedisTransport(
-        side.store,
-        RedisConfig.from_settings(side.settings),
-        side.worker_id,
-        side.lease_seconds,
-        side.use_cases,
-        metrics=side.metrics,
+        side.store, config, side.worker_id, side.lease_seconds, side.use_cases, metrics=side.metrics
     )
+
+
+def _broker_dispatcher(
+    side: SchedulerSide, kind: Callable[..., Dispatcher], config: Any
+) -> Dispatcher:
+    """A broker transport's dispatcher (``transports.dispatch.ConfiguredDispatcher``)."""
+    window = side.settings.dispatch_window
+    return kind(side.store, config, side.limits, side.holder, window=window, metrics=side.metrics)
+
+
+def _sqs_dispatcher(side: SchedulerSide) -> Dispatcher:
+    from async_jobs.transports.sqs import SqsConfig, SqsDispatcher
+
+    return _broker_dispatcher(side, SqsDispatcher, SqsConfig.from_settings(side.settings))
 
 
 def _redis_dispatcher(side: SchedulerSide) -> Dispatcher:
     from async_jobs.transports.redis import RedisConfig, RedisDispatcher
 
-    config = RedisConfig.from_settings(side.settings)
-    return RedisDispatcher(
-        side.store,
-        config,
-        side.limits,
-        side.holder,
-        window=side.settings.dispatch_window,
-        metrics=side.metrics,
-    )
+    return _broker_dispatcher(side, RedisDispatcher, RedisConfig.from_settings(side.settings))
 
 
 async def _sqs_ping(settings: Settings) -> None:

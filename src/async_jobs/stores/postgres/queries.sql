@@ -686,3 +686,93 @@ SELECT u.use_case, (
     ) AS capped
 ) AS n
 FROM unnest($1::text[]) AS u(use_case);
+
+-- The statements of `async-jobs bench` (async_jobs.bench): the benchmark shapes and reads
+-- the table of its own database around the measurements. Its measured jobs are in tenant
+-- and use case 'default' (literals, so that the planner sees them); seeded rows are in
+-- tenants 'bench-t<n>'.
+
+-- name: bench_seed_history
+-- Finished jobs created over the last week, each finished a few seconds after it was
+-- created: rows $1 to $2 of $4, over $3 tenants.
+INSERT INTO async_jobs (
+    id, tenant_id, use_case, type, payload, priority, status, attempts, max_attempts,
+    run_at, delay_tolerance_seconds, deadline_at, result, worker_id,
+    created_at, updated_at, started_at, finished_at)
+SELECT gen_random_uuid(),
+       'bench-t' || (i % $3),
+       CASE WHEN i % 5 = 0 THEN 'default' ELSE 'bench-other-' || (i % 5) END,
+       'bench_history', '{}'::jsonb, 'medium', 'succeeded', 1, 3,
+       c, 60, c + interval '60 seconds', '{"ok": true}'::jsonb, 'bench-seed',
+       c, c + interval '2 seconds', c + interval '1 second', c + interval '2 seconds'
+FROM generate_series($1::bigint, $2::bigint) AS i,
+     LATERAL (SELECT now() - interval '7 days' * (i::float8 / $4)) AS t(c);
+
+-- name: bench_seed_backlog
+-- Pending jobs due in one to two days: claimable rows the claim must walk past (rows $1 to
+-- $2 of $4, over $3 tenants).
+INSERT INTO async_jobs (
+    id, tenant_id, use_case, type, payload, priority, status, attempts, max_attempts,
+    run_at, delay_tolerance_seconds, deadline_at, created_at, updated_at)
+SELECT gen_random_uuid(),
+       'bench-t' || (i % $3),
+       CASE WHEN i % 5 = 0 THEN 'default' ELSE 'bench-other-' || (i % 5) END,
+       'bench_backlog', '{}'::jsonb, 'medium', 'pending', 0, 3,
+       r, 60, r + interval '60 seconds', now(), now()
+FROM generate_series($1::bigint, $2::bigint) AS i,
+     LATERAL (SELECT now() + interval '1 day' + interval '1 day' * (i::float8 / $4)) AS t(r);
+
+-- name: bench_unfinished
+-- The measured jobs not ended yet: polled during a drain, through the claim's indexes.
+SELECT count(*) FROM async_jobs WHERE status IN ('pending', 'queued', 'running')
+AND use_case = 'default' AND tenant_id = 'default';
+
+-- name: bench_measured_counts
+SELECT status::text, count(*) FROM async_jobs
+WHERE tenant_id = 'default' AND type IN ('noop', 'noop_timed') GROUP BY 1;
+
+-- name: bench_status_counts
+SELECT status::text, count(*) FROM async_jobs GROUP BY 1;
+
+-- name: bench_clear_measured
+DELETE FROM async_jobs WHERE tenant_id = 'default' AND type IN ('noop', 'noop_timed');
+
+-- name: bench_latencies
+-- Seconds from the enqueue (the payload's t0) to the handler's start (its result).
+SELECT (result->>'started')::float8 - (payload->>'t0')::float8
+FROM async_jobs WHERE tenant_id = 'default' AND type = 'noop_timed' AND status = 'succeeded';
+
+-- name: bench_truncate
+-- Every job, and its webhook deliveries.
+TRUNCATE async_jobs CASCADE;
+
+-- name: bench_analyze
+ANALYZE async_jobs;
+
+-- name: bench_vacuum
+VACUUM (ANALYZE) async_jobs;
+
+-- name: bench_shape
+-- The shape a seeded table holds (the comment `async-jobs bench` wrote on it).
+SELECT obj_description('async_jobs'::regclass, 'pg_class');
+
+-- name: bench_server_version
+SHOW server_version;
+
+-- name: bench_other_connections
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid();
+
+-- name: bench_sizes
+-- The table and each of its indexes, in bytes.
+SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes, c.relkind::text AS kind
+FROM pg_class c
+WHERE c.oid = 'async_jobs'::regclass
+   OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'async_jobs'::regclass)
+ORDER BY c.relkind DESC, c.relname;
+
+-- name: bench_tuple_stats
+SELECT n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, n_tup_del,
+       pg_total_relation_size('async_jobs') AS total_bytes,
+       autovacuum_count, autoanalyze_count
+FROM pg_stat_user_tables WHERE relid = 'async_jobs'::regclass;

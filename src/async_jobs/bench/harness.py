@@ -1,19 +1,10 @@
-"""``async-jobs bench``: enqueue rate, drain rate, enqueue-to-start latency and worker memory
-of this queue on PostgreSQL, measured on no-op jobs (``async_jobs.bench_handlers``).
+"""The harness of ``async-jobs bench``: its options, the command, and what every scenario
+uses (the database set-up, the worker process, polling, percentiles, the table). The
+scenarios are in one module per transport (``direct``, ``sqs``, ``redis``; the broker
+benches share ``broker``), the table's shape and every statement on it in ``scale``.
 
-Scenarios, each from an empty jobs table in a database the benchmark prepares itself:
-
-1. enqueue, one ``await app.enqueue(...)`` per job, N jobs one after the other;
-2. enqueue, ``app.enqueue_many`` in batches (1,000 by default);
-3. drain: the N jobs of (2) run by ONE worker process (``async-jobs worker``); the clock
-   starts when the process prints its ready line and stops when the table shows all N
-   terminal; the process's peak RSS (VmHWM) is read before it is stopped;
-4. latency: an idle worker process of concurrency 10; jobs enqueued one at a time 20 ms
-   apart; latency is from just before the enqueue call to the first line of the handler.
-
-The helpers in the second half (database set-up, the worker process, polling, percentiles,
-the table) are also used by ``bench/pgqueuer_peer.py``, so both queues are measured by the
-same code. The method is written up in ``bench/README.md``.
+The helpers in the second half are also used by ``bench/pgqueuer_peer.py``, so both queues
+are measured by the same code. The method is written up in ``bench/README.md``.
 
 Module-level imports stay within the standard library: the CLI imports this module to build
 its parser, so whatever it imported would count in every worker's memory.
@@ -41,6 +32,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from async_jobs.app import JobApp
+    from async_jobs.core.settings import Settings
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/async_jobs_bench"
 HANDLERS_MODULE = "async_jobs.bench_handlers"
@@ -102,7 +94,7 @@ REDIS_METRICS = (
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """The options of ``async-jobs bench`` (also used by ``bench/pgqueuer_peer.py``)."""
-    from async_jobs.bench_scale import add_shape_options
+    from async_jobs.bench.scale import add_shape_options
 
     add_common_options(parser, default_dsn=os.environ.get("ASYNC_JOBS_DB_DSN") or DEFAULT_DSN)
     add_shape_options(parser)
@@ -241,7 +233,7 @@ class BenchOptions:
         for name in names:
             if getattr(self, name) < 1:
                 raise BenchUsageError(f"--{name.replace('_', '-')} must be at least 1")
-        from async_jobs.bench_scale import Shape, check_shape
+        from async_jobs.bench.scale import Shape, check_shape
 
         complaint = check_shape(Shape(self.history, self.backlog, self.tenants))
         if complaint is not None:
@@ -271,24 +263,26 @@ def run(args: argparse.Namespace) -> int:
                 f"use one of: {', '.join(SUPPORTED_TRANSPORTS)}"
             )
         if options.transport == "sqs":
-            from async_jobs.bench_sqs import bench_sqs
+            from async_jobs.bench.sqs import bench_sqs
 
             result = run_async(bench_sqs(options))
         elif options.transport == "redis":
-            from async_jobs.bench_redis import bench_redis
+            from async_jobs.bench.redis import bench_redis
 
             result = run_async(bench_redis(options))
         else:
-            result = run_async(_bench(options))
+            from async_jobs.bench.direct import bench_direct
+
+            result = run_async(bench_direct(options))
     except BenchUsageError as exc:
         print(f"async-jobs bench: error: {exc}", file=sys.stderr)
         return 2
     except (BenchError, AsyncJobsError, OSError) as exc:
         print(f"async-jobs bench: error: {exc}", file=sys.stderr)
         return 1
-    print(render_table(f"async-jobs {_version()}", result), flush=True)
+    print(render_table(f"async-jobs {version()}", result), flush=True)
     if "sizes_after" in result.details:
-        from async_jobs.bench_scale import render_sizes
+        from async_jobs.bench.scale import render_sizes
 
         print("\n".join(render_sizes(result.details["sizes_after"])), flush=True)
     if options.json_path:
@@ -311,9 +305,6 @@ def run_async(coro: Awaitable[BenchResult]) -> BenchResult:
     return asyncio.run(guarded())
 
 
-# -- our scenarios -----------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(slots=True)
 class BenchResult:
     metrics: dict[str, float]
@@ -324,75 +315,19 @@ class BenchResult:
         return {**self.metrics, "settings": self.settings, "details": self.details}
 
 
-async def _bench(o: BenchOptions) -> BenchResult:
-    import asyncpg
+def version() -> str:
+    from importlib import metadata
 
-    from async_jobs.app import JobApp
-    from async_jobs.bench_scale import Shape, shape_table, table_sizes
-    from async_jobs.core.settings import Settings
-
-    shape = Shape(o.history, o.backlog, o.tenants)
-    created = await prepare_database(o.dsn, recreate=o.recreate)
-    progress(f"database {redact_dsn(o.dsn)}{' (created)' if created else ''}")
-    conn = await asyncpg.connect(o.dsn)
     try:
-        await ensure_alone(conn)
-        app = JobApp(settings=Settings(db_dsn=o.dsn), handler_modules=[HANDLERS_MODULE])
-        async with app:
-            await app.migrate()
-            pg_version = str(await conn.fetchval("SHOW server_version"))
-            metrics: dict[str, float] = {}
-            details: dict[str, Any] = {"seed_seconds": await shape_table(conn, shape, progress)}
-            details["sizes_before"] = await table_sizes(conn)
-
-            metrics["enqueue_single_jobs_per_s"] = await _enqueue_single(app, o.jobs)
-            await _clear(conn, shape)
-            metrics["enqueue_batch_jobs_per_s"] = await _enqueue_batch(app, o.jobs, o.batch_size)
-            rate, rss, seconds = await _drain(conn, o)
-            metrics["drain_jobs_per_s"] = rate
-            details["drain_seconds"] = seconds
-            await _clear(conn, shape)
-            latencies = await _latency(app, conn, o)
-            metrics.update(latency_metrics(latencies))
-            metrics["worker_peak_rss_mb"] = rss
-            details["latency_samples"] = len(latencies)
-            details["latency_max_ms"] = max(latencies)
-            details["sizes_after"] = await table_sizes(conn)
-            await _clear(conn, shape)
-    finally:
-        await conn.close()
-    settings = base_settings(o, postgres_version=pg_version, system=f"async-jobs {_version()}")
-    settings.update(history=o.history, backlog=o.backlog, tenants=o.tenants)
-    return BenchResult(metrics, settings, details)
+        return metadata.version("async-job-server")
+    except metadata.PackageNotFoundError:
+        return "dev"
 
 
-async def _truncate(conn: asyncpg.Connection) -> None:
-    await conn.execute("TRUNCATE async_jobs CASCADE")  # and its webhook deliveries
+# -- the pieces of every transport's scenarios -------------------------------------------------
 
 
-async def _clear(conn: asyncpg.Connection, shape: Any) -> None:
-    """Remove the jobs of the last scenario, keeping the table's shape."""
-    from async_jobs.bench_scale import clear_measured
-
-    await clear_measured(conn, shape)
-
-
-async def _unfinished(conn: asyncpg.Connection) -> int:
-    """The measured jobs not ended yet (seeded rows are in other tenants)."""
-    from async_jobs.bench_scale import unfinished
-
-    return await unfinished(conn)
-
-
-async def _enqueue_single(app: JobApp, n: int) -> float:
-    progress(f"enqueue: {n} jobs, one call each")
-    start = time.perf_counter()
-    for i in range(n):
-        await app.enqueue("noop", {"i": i})
-    return n / (time.perf_counter() - start)
-
-
-async def _enqueue_batch(app: JobApp, n: int, batch_size: int) -> float:
+async def enqueue_batch(app: JobApp, n: int, batch_size: int) -> float:
     from async_jobs.app import EnqueueRequest
 
     progress(f"enqueue: {n} jobs in batches of {batch_size}")
@@ -403,24 +338,21 @@ async def _enqueue_batch(app: JobApp, n: int, batch_size: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _worker_argv(concurrency: int) -> list[str]:
+def _command(*args: str) -> list[str]:
     # ``python -m async_jobs`` is the ``async-jobs`` command (``python -m async_jobs.cli``
     # imports the CLI without running it).
-    return [
-        sys.executable,
-        "-m",
-        "async_jobs",
-        "--log-level",
-        "WARNING",
-        "worker",
-        "--handlers",
-        HANDLERS_MODULE,
-        "--concurrency",
-        str(concurrency),
-    ]
+    return [sys.executable, "-m", "async_jobs", "--log-level", "WARNING", *args]
 
 
-def _worker_env(o: BenchOptions) -> dict[str, str]:
+def worker_argv(concurrency: int) -> list[str]:
+    return _command("worker", "--handlers", HANDLERS_MODULE, "--concurrency", str(concurrency))
+
+
+def scheduler_argv() -> list[str]:
+    return _command("scheduler", "--handlers", HANDLERS_MODULE)
+
+
+def worker_env(o: BenchOptions) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "ASYNC_JOBS_HANDLERS"}
     env["ASYNC_JOBS_DB_DSN"] = o.dsn
     env["ASYNC_JOBS_TRANSPORT"] = o.transport
@@ -438,30 +370,25 @@ def _worker_env(o: BenchOptions) -> dict[str, str]:
     return env
 
 
-async def _drain(conn: asyncpg.Connection, o: BenchOptions) -> tuple[float, float, float]:
-    """The jobs of the batch enqueue, run by one worker process: (jobs/s, peak RSS MB, s)."""
-    queued = await _unfinished(conn)
-    if queued != o.jobs:
-        raise BenchError(f"expected {o.jobs} queued jobs before the drain, found {queued}")
-    await conn.execute("ANALYZE async_jobs")  # same for both queues: fresh planner statistics
-    progress(f"drain: {o.jobs} jobs, one worker process, concurrency {o.concurrency}")
-    async with worker_process(
-        "async-jobs worker", _worker_argv(o.concurrency), env=_worker_env(o), ready=READY_PREFIX
-    ) as worker:
-        started = await worker.wait_ready()
-        finished = await wait_drained(conn, o, started, worker)
-        rss = worker.peak_rss_mb()
-    seconds = finished - started
-    await _check_measured_succeeded(conn, o.jobs)
-    return o.jobs / seconds, rss, seconds
+async def check_queued(conn: asyncpg.Connection, jobs: int) -> None:
+    """Before a drain: the N jobs are waiting; then fresh planner statistics (the same for
+    both queues of the peers)."""
+    from async_jobs.bench.scale import analyze, unfinished
+
+    queued = await unfinished(conn)
+    if queued != jobs:
+        raise BenchError(f"expected {jobs} queued jobs before the drain, found {queued}")
+    await analyze(conn)
 
 
 async def wait_drained(
     conn: asyncpg.Connection, o: BenchOptions, since: float, worker: WorkerProcess
 ) -> float:
     """The ``perf_counter`` time at which the table showed every job ended."""
+    from async_jobs.bench.scale import unfinished
+
     return await wait_until_zero(
-        lambda: _unfinished(conn),
+        lambda: unfinished(conn),
         total=o.jobs,
         since=since,
         timeout=drain_timeout(o.jobs),
@@ -469,88 +396,12 @@ async def wait_drained(
     )
 
 
-async def _check_measured_succeeded(conn: asyncpg.Connection, jobs: int) -> None:
-    from async_jobs.bench_scale import measured_counts
-
-    counts = await measured_counts(conn)
-    if counts.get("succeeded", 0) != jobs:
-        raise BenchError(f"the drain did not succeed on every job: {counts}")
-
-
 async def check_all_succeeded(conn: asyncpg.Connection, jobs: int) -> None:
-    rows = await conn.fetch("SELECT status::text, count(*) FROM async_jobs GROUP BY 1")
-    counts = {r[0]: r[1] for r in rows}
+    from async_jobs.bench.scale import status_counts
+
+    counts = await status_counts(conn)
     if counts.get("succeeded", 0) != jobs:
         raise BenchError(f"the drain did not succeed on every job: {counts}")
-
-
-async def _latency(
-    app: JobApp,
-    conn: asyncpg.Connection,
-    o: BenchOptions,
-    env: dict[str, str] | None = None,
-    scheduler_argv: list[str] | None = None,
-) -> list[float]:
-    """Enqueue-to-start latencies (ms) of jobs enqueued one at a time to an idle worker (and,
-    for a broker transport, an idle scheduler to dispatch them)."""
-    progress(
-        f"latency: {o.latency_jobs} jobs {o.latency_interval_ms:g} ms apart, idle worker "
-        f"of concurrency {o.latency_concurrency}{' and a scheduler' if scheduler_argv else ''}"
-    )
-
-    async def enqueue_one(_: int) -> None:
-        t0 = time.time()
-        await app.enqueue("noop_timed", {"t0": t0})
-
-    env = env or _worker_env(o)
-    async with contextlib.AsyncExitStack() as stack:
-        worker = await stack.enter_async_context(
-            worker_process(
-                "async-jobs worker",
-                _worker_argv(o.latency_concurrency),
-                env=env,
-                ready=READY_PREFIX,
-            )
-        )
-        await worker.wait_ready()
-        if scheduler_argv is not None:
-            scheduler = await stack.enter_async_context(
-                worker_process(
-                    "async-jobs scheduler",
-                    scheduler_argv,
-                    env=env,
-                    ready="async-jobs scheduler ready",
-                )
-            )
-            await scheduler.wait_ready()
-        await idle(worker)
-        started = time.perf_counter()
-        await paced(o.latency_jobs, o.latency_interval_ms / 1000, enqueue_one)
-        await wait_until_zero(
-            lambda: _unfinished(conn),
-            total=o.latency_jobs,
-            since=started,
-            timeout=60.0,
-            worker=worker,
-        )
-    rows = await conn.fetch(
-        "SELECT (result->>'started')::float8 - (payload->>'t0')::float8 "
-        "FROM async_jobs WHERE tenant_id = 'default' AND type = 'noop_timed' "
-        "AND status = 'succeeded'"
-    )
-    latencies = [float(r[0]) * 1000 for r in rows]
-    if len(latencies) != o.latency_jobs:
-        raise BenchError(f"{len(latencies)} of {o.latency_jobs} latency jobs succeeded")
-    return latencies
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("async-job-server")
-    except metadata.PackageNotFoundError:
-        return "dev"
 
 
 # -- shared with bench/pgqueuer_peer.py ------------------------------------------------------
@@ -654,17 +505,42 @@ async def _admin(dsn: str, statement: str) -> None:
 async def ensure_alone(conn: asyncpg.Connection) -> None:
     """Refuse to measure while another client is connected to the benchmark's database: a
     stray worker would take jobs and make every figure wrong."""
-    others = int(
-        await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-    )
+    from async_jobs.bench.scale import other_connections
+
+    others = await other_connections(conn)
     if others:
         raise BenchError(
             f"{others} other connection(s) to the benchmark database (a worker left running?); "
             "stop them or give another --dsn"
         )
+
+
+async def prepared(o: BenchOptions) -> None:
+    """The benchmark's database exists (created when missing, or with ``--recreate``)."""
+    created = await prepare_database(o.dsn, recreate=o.recreate)
+    progress(f"database {redact_dsn(o.dsn)}{' (created)' if created else ''}")
+
+
+@contextlib.asynccontextmanager
+async def opened(
+    o: BenchOptions, settings: Settings
+) -> AsyncIterator[tuple[asyncpg.Connection, JobApp, str]]:
+    """A connection of the benchmark's own (alone in its database), the app of ``settings``
+    with the bench's handlers on the migrated schema, and PostgreSQL's version."""
+    import asyncpg
+
+    from async_jobs.app import JobApp
+    from async_jobs.bench.scale import server_version
+
+    conn = await asyncpg.connect(o.dsn)
+    try:
+        await ensure_alone(conn)
+        pg_version = await server_version(conn)
+        async with JobApp(settings=settings, handler_modules=[HANDLERS_MODULE]) as app:
+            await app.migrate()
+            yield conn, app, pg_version
+    finally:
+        await conn.close()
 
 
 def drain_timeout(jobs: int) -> float:

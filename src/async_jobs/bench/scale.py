@@ -3,11 +3,14 @@
 tenants, and the sizes of the table and its indexes around the measurements.
 
 The rows are written by PostgreSQL itself (``generate_series``, one statement per million
-rows), so ten million take minutes, not hours. The measured jobs stay in the tenant and use
-case ``default``; the seeded rows are in tenants ``bench-t<n>`` and use cases ``default`` and
-``bench-other-<n>``, so the measurements count and clear their own jobs through the indexes
-of the claim (never by a scan of the history). A database already holding the asked shape
-(recorded in the table's comment) is reused, so runs after the first start at once.
+rows), so ten million take minutes, not hours. Every statement the benchmark runs on the
+table is a named query ``bench_*`` of the PostgreSQL store's one SQL file
+(``stores/postgres/queries.sql``), loaded by ``queries()``. The measured jobs stay in the
+tenant and use case ``default``; the seeded rows are in tenants ``bench-t<n>`` and use
+cases ``default`` and ``bench-other-<n>``, so the measurements count and clear their own jobs
+through the indexes of the claim (never by a scan of the history). A database already
+holding the asked shape (recorded in the table's comment) is reused, so runs after the
+first start at once.
 
 Standard library only at module level (the CLI imports it to build its parser).
 """
@@ -16,74 +19,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import asyncpg
 
-MEASURED_TENANT = "default"
-MEASURED_USE_CASE = "default"
 OTHER_USE_CASES = 4  # the backlog is spread over 'default' and this many other use cases
 SEED_CHUNK = 1_000_000
 SHAPE_COMMENT_PREFIX = "async-jobs bench shape: "
 
-# Finished jobs created over the last week, each finished a few seconds after it was created.
-SEED_HISTORY_SQL = """
-INSERT INTO async_jobs (
-    id, tenant_id, use_case, type, payload, priority, status, attempts, max_attempts,
-    run_at, delay_tolerance_seconds, deadline_at, result, worker_id,
-    created_at, updated_at, started_at, finished_at)
-SELECT gen_random_uuid(),
-       'bench-t' || (i % $3),
-       CASE WHEN i % 5 = 0 THEN 'default' ELSE 'bench-other-' || (i % 5) END,
-       'bench_history', '{}'::jsonb, 'medium', 'succeeded', 1, 3,
-       c, 60, c + interval '60 seconds', '{"ok": true}'::jsonb, 'bench-seed',
-       c, c + interval '2 seconds', c + interval '1 second', c + interval '2 seconds'
-FROM generate_series($1::bigint, $2::bigint) AS i,
-     LATERAL (SELECT now() - interval '7 days' * (i::float8 / $4)) AS t(c)
-"""
 
-# Pending jobs due in one to two days: claimable rows the claim must walk past.
-SEED_BACKLOG_SQL = """
-INSERT INTO async_jobs (
-    id, tenant_id, use_case, type, payload, priority, status, attempts, max_attempts,
-    run_at, delay_tolerance_seconds, deadline_at, created_at, updated_at)
-SELECT gen_random_uuid(),
-       'bench-t' || (i % $3),
-       CASE WHEN i % 5 = 0 THEN 'default' ELSE 'bench-other-' || (i % 5) END,
-       'bench_backlog', '{}'::jsonb, 'medium', 'pending', 0, 3,
-       r, 60, r + interval '60 seconds', now(), now()
-FROM generate_series($1::bigint, $2::bigint) AS i,
-     LATERAL (SELECT now() + interval '1 day' + interval '1 day' * (i::float8 / $4)) AS t(r)
-"""
+@functools.cache
+def queries() -> dict[str, str]:
+    """The benchmark's named queries, from the PostgreSQL store's SQL file."""
+    from async_jobs.stores.sqlfile import load_queries
 
-UNFINISHED_SQL = (
-    "SELECT count(*) FROM async_jobs WHERE status IN ('pending', 'queued', 'running') "
-    f"AND use_case = '{MEASURED_USE_CASE}' AND tenant_id = '{MEASURED_TENANT}'"
-)
-MEASURED_COUNTS_SQL = (
-    "SELECT status::text, count(*) FROM async_jobs "
-    f"WHERE tenant_id = '{MEASURED_TENANT}' AND type IN ('noop', 'noop_timed') GROUP BY 1"
-)
-CLEAR_MEASURED_SQL = (
-    f"DELETE FROM async_jobs WHERE tenant_id = '{MEASURED_TENANT}' "
-    "AND type IN ('noop', 'noop_timed')"
-)
-
-SIZES_SQL = """
-SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes, c.relkind::text AS kind
-FROM pg_class c
-WHERE c.oid = 'async_jobs'::regclass
-   OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'async_jobs'::regclass)
-ORDER BY c.relkind DESC, c.relname
-"""
-TUPLE_STATS_SQL = """
-SELECT n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, n_tup_del,
-       pg_total_relation_size('async_jobs') AS total_bytes,
-       autovacuum_count, autoanalyze_count
-FROM pg_stat_user_tables WHERE relid = 'async_jobs'::regclass
-"""
+    return load_queries("async_jobs.stores.postgres")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,16 +82,17 @@ def check_shape(shape: Shape) -> str | None:
 
 async def shape_table(conn: asyncpg.Connection, shape: Shape, log: Any) -> float:
     """Give the (migrated) table the shape; seconds spent writing rows (0 when reused)."""
-    current = await conn.fetchval("SELECT obj_description('async_jobs'::regclass, 'pg_class')")
+    q = queries()
+    current = await conn.fetchval(q["bench_shape"])
     if current == shape.comment():
         await clear_measured(conn, shape)
         log(f"table already holds {shape.comment().removeprefix(SHAPE_COMMENT_PREFIX)}")
         return 0.0
-    await conn.execute("TRUNCATE async_jobs CASCADE")
+    await conn.execute(q["bench_truncate"])
     started = time.perf_counter()
     for label, sql, total in (
-        ("history", SEED_HISTORY_SQL, shape.history),
-        ("backlog", SEED_BACKLOG_SQL, shape.backlog),
+        ("history", q["bench_seed_history"], shape.history),
+        ("backlog", q["bench_seed_backlog"], shape.backlog),
     ):
         for first in range(0, total, SEED_CHUNK):
             last = min(first + SEED_CHUNK, total) - 1
@@ -146,7 +100,8 @@ async def shape_table(conn: asyncpg.Connection, shape: Shape, log: Any) -> float
             log(f"seeded {label}: {last + 1:,} of {total:,} rows")
     if not shape.empty:
         log("VACUUM (ANALYZE) async_jobs")
-        await conn.execute("VACUUM (ANALYZE) async_jobs")
+        await conn.execute(q["bench_vacuum"])
+    # DDL takes no parameters: the comment (digits and a fixed prefix) is written in.
     await conn.execute(f"COMMENT ON TABLE async_jobs IS '{shape.comment()}'")
     return time.perf_counter() - started
 
@@ -154,25 +109,56 @@ async def shape_table(conn: asyncpg.Connection, shape: Shape, log: Any) -> float
 async def clear_measured(conn: asyncpg.Connection, shape: Shape) -> None:
     """Remove the jobs of the last scenario: TRUNCATE on an empty shape; on a seeded one,
     delete them and vacuum, which leaves the table as seeded (few dead tuples)."""
+    q = queries()
     if shape.empty:
-        await conn.execute("TRUNCATE async_jobs CASCADE")  # and its webhook deliveries
+        await conn.execute(q["bench_truncate"])  # and its webhook deliveries
         return
-    await conn.execute(CLEAR_MEASURED_SQL)
-    await conn.execute("VACUUM (ANALYZE) async_jobs")
+    await conn.execute(q["bench_clear_measured"])
+    await conn.execute(q["bench_vacuum"])
 
 
 async def unfinished(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval(UNFINISHED_SQL))
+    """The measured jobs not ended yet (seeded rows are in other tenants)."""
+    return int(await conn.fetchval(queries()["bench_unfinished"]))
 
 
 async def measured_counts(conn: asyncpg.Connection) -> dict[str, int]:
-    return {r[0]: int(r[1]) for r in await conn.fetch(MEASURED_COUNTS_SQL)}
+    return {r[0]: int(r[1]) for r in await conn.fetch(queries()["bench_measured_counts"])}
+
+
+async def truncate(conn: asyncpg.Connection) -> None:
+    """Every job, and its webhook deliveries."""
+    await conn.execute(queries()["bench_truncate"])
+
+
+async def analyze(conn: asyncpg.Connection) -> None:
+    """Fresh planner statistics before a drain (the same for both queues of the peers)."""
+    await conn.execute(queries()["bench_analyze"])
+
+
+async def status_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    """Jobs per status, the whole table."""
+    return {r[0]: int(r[1]) for r in await conn.fetch(queries()["bench_status_counts"])}
+
+
+async def latencies_ms(conn: asyncpg.Connection) -> list[float]:
+    """Enqueue-to-start latency of every succeeded ``noop_timed`` job, in ms."""
+    return [float(r[0]) * 1000 for r in await conn.fetch(queries()["bench_latencies"])]
+
+
+async def server_version(conn: asyncpg.Connection) -> str:
+    return str(await conn.fetchval(queries()["bench_server_version"]))
+
+
+async def other_connections(conn: asyncpg.Connection) -> int:
+    """Clients connected to this database besides ``conn``."""
+    return int(await conn.fetchval(queries()["bench_other_connections"]))
 
 
 async def table_sizes(conn: asyncpg.Connection) -> dict[str, Any]:
     """Sizes (MiB) of the table and of each of its indexes, and its tuple counters."""
-    rows = await conn.fetch(SIZES_SQL)
-    stats = await conn.fetchrow(TUPLE_STATS_SQL)
+    rows = await conn.fetch(queries()["bench_sizes"])
+    stats = await conn.fetchrow(queries()["bench_tuple_stats"])
     return {
         "relations_mb": {r["name"]: round(r["bytes"] / 2**20, 2) for r in rows},
         **(dict(stats.items()) if stats is not None else {}),

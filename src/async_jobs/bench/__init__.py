@@ -1,0 +1,82 @@
+"""``async-jobs bench``: enqueue rate, drain rate, enqueue-to-start latency and worker memory
+of this queue on PostgreSQL, measured on no-op jobs (``async_jobs.bench_handlers``), through
+the direct transport or a broker (SQS, Redis).
+
+The harness (options, the command, the helpers ``bench/pgqueuer_peer.py`` shares) is
+``harness``, re-exported here; the scenarios are one module per transport (``direct``,
+``sqs``, ``redis``, the broker benches sharing ``broker``); the table's shape and the
+statements on it are ``scale``. Standard library only at import: the CLI imports this
+package to build its parser.
+"""
+
+from async_jobs.bench.harness import (
+    DEFAULT_DSN,
+    HANDLERS_MODULE,
+    METRICS,
+    READY_PREFIX,
+    REDIS_METRICS,
+    SQS_METRICS,
+    SUPPORTED_TRANSPORTS,
+    BenchError,
+    BenchOptions,
+    BenchResult,
+    BenchUsageError,
+    Metric,
+    WorkerProcess,
+    add_common_options,
+    base_settings,
+    check_all_succeeded,
+    configure_parser,
+    drain_timeout,
+    ensure_alone,
+    idle,
+    latency_metrics,
+    paced,
+    percentile,
+    prepare_database,
+    progress,
+    read_vm_hwm_kb,
+    redact_dsn,
+    render_table,
+    run,
+    run_async,
+    wait_until_zero,
+    worker_process,
+    write_json,
+)
+
+__all__ = [
+    "DEFAULT_DSN",
+    "HANDLERS_MODULE",
+    "METRICS",
+    "READY_PREFIX",
+    "REDIS_METRICS",
+    "SQS_METRICS",
+    "SUPPORTED_TRANSPORTS",
+    "BenchError",
+    "BenchOptions",
+    "BenchResult",
+    "BenchUsageError",
+    "Metric",
+    "WorkerProcess",
+    "add_common_options",
+    "base_settings",
+    "check_all_succeeded",
+    "configure_parser",
+    "drain_timeout",
+    "ensure_alone",
+    "idle",
+    "latency_metrics",
+    "paced",
+    "percentile",
+    "prepare_database",
+    "progress",
+    "read_vm_hwm_kb",
+    "redact_dsn",
+    "render_table",
+    "run",
+    "run_async",
+    "wait_until_zero",
+    "worker_process",
+    "write_json",
+]

@@ -1,0 +1,156 @@
+"""``async-jobs bench --transport redis``: the drain through Redis Streams next to the direct
+transport's drain measured in the same run, the start latency on redis, and where the time
+goes.
+
+1. direct: N jobs enqueued in batches, ONE worker process (``transport=direct``) drains them;
+2. redis: the same N jobs, ONE scheduler process (it dispatches) and ONE worker process (it
+   reads, claims, runs, records, acknowledges) with ``transport=redis``; the clock starts
+   when both printed their ready line and stops when the table shows all N terminal; every
+   stream must then be empty. The use case's ``max_concurrent`` is ``window``: the scheduler
+   dispatches only into free slots.
+3. latency (redis): jobs enqueued one at a time to an idle worker and scheduler; the time
+   from enqueue to the handler's start.
+
+``--rounds`` rounds (default 3) alternate which drain goes first; medians are reported, with
+their ratio. During each redis drain the CPU time of the worker, the scheduler, Redis (when
+the benchmark started it) and PostgreSQL is read from ``/proc`` and given per job.
+
+Without ``--redis-url`` the benchmark starts a ``redis-server`` of its own (no persistence)
+on a free port and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import statistics
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from async_jobs.bench.broker import bottleneck, broker_drain, local_server, until_empty
+from async_jobs.bench.direct import drain, latency
+from async_jobs.bench.harness import (
+    BenchOptions,
+    BenchResult,
+    base_settings,
+    enqueue_batch,
+    latency_metrics,
+    opened,
+    prepared,
+    progress,
+    scheduler_argv,
+    worker_env,
+)
+from async_jobs.bench.scale import truncate
+
+
+async def bench_redis(o: BenchOptions) -> BenchResult:
+    from async_jobs.core.settings import Settings
+
+    await prepared(o)
+    with _redis_server(o.redis_url) as (url, server_pid):
+        progress(f"Redis {url}{' (started here)' if server_pid else ''}")
+        settings = Settings(db_dsn=o.dsn, transport="redis", redis_url=url)
+        async with opened(o, settings) as (conn, app, pg_version):
+            directs: list[float] = []
+            redis: list[tuple[float, dict[str, float]]] = []
+            for round_no in range(o.rounds):  # alternating: the machine's speed drifts
+                if round_no % 2 == 0:
+                    directs.append(await _direct_round(app, conn, o))
+                redis.append(await _redis_round(app, conn, o, url, server_pid))
+                if round_no % 2 == 1:
+                    directs.append(await _direct_round(app, conn, o))
+            await truncate(conn)
+            env = _env(o, url, f"bench-{uuid.uuid4().hex[:8]}", 100_000)
+            latencies = await latency(app, conn, o, env, scheduler_argv())
+            await truncate(conn)
+    direct = statistics.median(directs)
+    drain_rate, cpu = sorted(redis)[(len(redis) - 1) // 2]  # the median round (lower middle)
+    metrics = {
+        "drain_jobs_per_s": drain_rate,
+        "direct_drain_jobs_per_s": direct,
+        "redis_vs_direct": drain_rate / direct,
+        **latency_metrics(latencies),
+    }
+    per_job_ms = {k: v / drain_rate * 1000 for k, v in cpu.items() if k != "machine"}
+    details: dict[str, Any] = {
+        "cpu_share": cpu,
+        "cpu_ms_per_job": per_job_ms,
+        "bottleneck": bottleneck(cpu),
+        "redis": "redis-server started by the benchmark" if server_pid else "given",
+        "rounds": o.rounds,
+        "drain_samples": [rate for rate, _ in redis],
+        "direct_drain_samples": directs,
+        "window": o.window,
+        "latency_samples": len(latencies),
+    }
+    settings_out = base_settings(o, postgres_version=pg_version, system="async-jobs redis")
+    return BenchResult(metrics, settings_out, details)
+
+
+async def _direct_round(app: Any, conn: Any, o: BenchOptions) -> float:
+    await truncate(conn)
+    await enqueue_batch(app, o.jobs, o.batch_size)
+    rate, _, _ = await drain(conn, dataclasses.replace(o, transport="direct"))
+    await truncate(conn)
+    return rate
+
+
+def _env(o: BenchOptions, url: str, prefix: str, cap: int) -> dict[str, str]:
+    env = worker_env(o)
+    env.update(
+        ASYNC_JOBS_TRANSPORT="redis",
+        ASYNC_JOBS_REDIS_URL=url,
+        ASYNC_JOBS_REDIS_PREFIX=prefix,
+        ASYNC_JOBS_DEFAULT_MAX_CONCURRENT=str(cap),
+    )
+    return env
+
+
+async def _redis_round(
+    app: Any, conn: Any, o: BenchOptions, url: str, server_pid: int | None
+) -> tuple[float, dict[str, float]]:
+    from async_jobs.transports.redis import RedisConfig, info
+
+    await truncate(conn)
+    await enqueue_batch(app, o.jobs, o.batch_size)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    config = RedisConfig(url=url, prefix=prefix)
+
+    async def emptied() -> None:
+        await until_empty(lambda: info(config), _empty, "the stream still holds entries: ")
+
+    result = await broker_drain(
+        conn,
+        o,
+        label="redis drain",
+        env=_env(o, url, prefix, o.window),
+        server=("redis", server_pid),
+        emptied=emptied,
+    )
+    await truncate(conn)
+    return result
+
+
+def _empty(rows: list[dict[str, Any]]) -> bool:
+    return not any(r["length"] or r["pending"] for r in rows)
+
+
+@contextlib.contextmanager
+def _redis_server(url: str | None) -> Iterator[tuple[str, int | None]]:
+    """The given URL, or a ``redis-server`` started here on a free port: (url, its pid)."""
+    if url:
+        yield url, None
+        return
+    workdir = tempfile.mkdtemp(prefix="aj-bench-redis-")
+
+    def command(port: int) -> tuple[list[str], dict[str, str]]:
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        return [*argv, "--appendonly", "no", "--dir", workdir], {}
+
+    with local_server(
+        "redis-server", command, missing="redis-server is not installed; or give --redis-url"
+    ) as (port, pid):
+        yield f"redis://127.0.0.1:{port}/0", pid
