@@ -418,6 +418,17 @@ async def test_list_pages_newest_first_and_filters(store: JobStore) -> None:
     assert len(window.items) == 7
 
 
+async def test_list_and_count_filter_by_priority(store: JobStore) -> None:
+    high, _ = await store.insert_job(new_job(priority=Priority.HIGH))
+    await store.insert_job(new_job(priority=Priority.LOW))
+    await store.insert_job(new_job())
+    page = await store.list_jobs(JobFilter(priority=Priority.HIGH), 10)
+    assert [j.id for j in page.items] == [high.id]
+    assert await store.count_jobs(JobFilter(priority=Priority.LOW), 10) == 1
+    assert await store.count_jobs(JobFilter(priority=Priority.CRITICAL), 10) == 0
+    assert await store.count_jobs(JobFilter(), 10) == 3
+
+
 async def test_wait_for_jobs_wakes_on_insert(store: JobStore) -> None:
     await store.wait_for_jobs(0.01)  # consume an earlier wake-up, and start listening
     wakeup = WatchedEvent()

@@ -867,6 +867,7 @@ def _matches(job: Job, where: JobFilter, after: PageCursor | None) -> bool:
         where.type is None or job.type == where.type,
         where.created_after is None or job.created_at > where.created_after,
         where.created_before is None or job.created_at < where.created_before,
+        where.priority is None or job.priority is where.priority,
         after is None or (job.created_at, job.id) < (after.created_at, after.id),
     )
     return all(checks)

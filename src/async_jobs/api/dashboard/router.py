@@ -25,7 +25,7 @@ from async_jobs.domain.errors import (
     InvalidTransitionError,
     JobNotFoundError,
 )
-from async_jobs.domain.jobs import Job, JobFilter, JobState
+from async_jobs.domain.jobs import Job, JobFilter, JobState, Priority
 from async_jobs.domain.workers import ProcessKind
 
 PAGE_SIZE = 50
@@ -69,6 +69,7 @@ class JobQuery:
     use_case: str = ""
     type: str = ""
     tenant: str = ""
+    priority: str = ""
     created_after: str = ""
     created_before: str = ""
     q: str = ""
@@ -90,6 +91,8 @@ class JobQuery:
         """``InvalidJobError`` for a value that cannot be a filter."""
         if self.state and self.state not in views.STATES:
             raise InvalidJobError(f"unknown state {self.state!r}", field="state")
+        if self.priority and self.priority not in views.PRIORITIES:
+            raise InvalidJobError(f"unknown priority {self.priority!r}", field="priority")
         return JobFilter(
             tenant_id=who.tenant_id if who.tenant_id is not None else (self.tenant or None),
             status=JobState(self.state) if self.state else None,
@@ -97,6 +100,7 @@ class JobQuery:
             type=self.type or None,
             created_after=_time(self.created_after, "created_after"),
             created_before=_time(self.created_before, "created_before"),
+            priority=Priority(self.priority) if self.priority else None,
         )
 
 
@@ -178,6 +182,7 @@ class _Dashboard:
             "can_admin": who.can_act and who.is_admin,
             "notice": notice,
             "states": views.STATES,
+            "priorities": views.PRIORITIES,
             "cap": views.COUNT_CAP,
             "page_title": "",
             **values,

@@ -15,11 +15,12 @@ from markupsafe import Markup, escape
 
 from async_jobs.api.auth import Principal
 from async_jobs.app import EnqueueRequest, JobApp
-from async_jobs.domain.jobs import JobFilter, JobState
+from async_jobs.domain.jobs import JobFilter, JobState, Priority
 from async_jobs.domain.scheduling import ANY_USE_CASE, FinishedBucket
 
 COUNT_CAP = 10_000
 STATES = [state.value for state in JobState]
+PRIORITIES = [priority.value for priority in Priority]
 TERMINAL = ("succeeded", "failed", "cancelled")
 CHART_WINDOW_SECONDS = 3600
 CHART_BUCKET_SECONDS = 300

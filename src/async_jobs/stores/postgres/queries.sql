@@ -111,6 +111,7 @@ WHERE ($1::text IS NULL OR tenant_id = $1)
   AND ($5::timestamptz IS NULL OR created_at > $5)
   AND ($6::timestamptz IS NULL OR created_at < $6)
   AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8::uuid))
+  AND ($10::async_jobs_priority IS NULL OR priority = $10)
 ORDER BY created_at DESC, id DESC
 LIMIT $9;
 
@@ -645,6 +646,7 @@ SELECT count(*) AS n FROM (
       AND ($4::text IS NULL OR type = $4)
       AND ($5::timestamptz IS NULL OR created_at > $5)
       AND ($6::timestamptz IS NULL OR created_at < $6)
+      AND ($8::async_jobs_priority IS NULL OR priority = $8)
     LIMIT $7
 ) AS capped;
 

@@ -294,6 +294,7 @@ class PostgresStore:
                 after.created_at if after else None,
                 after.id if after else None,
                 limit + 1,
+                where.priority.value if where.priority else None,
             )
         items = [job_from_record(r) for r in rows[:limit]]
         more = len(rows) > limit
@@ -311,6 +312,7 @@ class PostgresStore:
                 where.created_after,
                 where.created_before,
                 cap,
+                where.priority.value if where.priority else None,
             )
         return n
 

@@ -111,6 +111,7 @@ WHERE (created_at, id) < (:after_created_at, :after_id)
   AND (:type IS NULL OR type = :type)
   AND (:created_after IS NULL OR created_at > :created_after)
   AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:priority IS NULL OR priority = :priority)
 ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
@@ -124,6 +125,7 @@ WHERE tenant_id = :tenant_id
   AND (:type IS NULL OR type = :type)
   AND (:created_after IS NULL OR created_at > :created_after)
   AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:priority IS NULL OR priority = :priority)
 ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
@@ -833,6 +835,7 @@ SELECT count(*) AS n FROM (
       AND (:type IS NULL OR type = :type)
       AND (:created_after IS NULL OR created_at > :created_after)
       AND (:created_before IS NULL OR created_at < :created_before)
+      AND (:priority IS NULL OR priority = :priority)
     LIMIT :cap
 );
 

@@ -947,6 +947,7 @@ def _list_params(where: JobFilter, limit: int, after: PageCursor | None) -> dict
         "type": where.type,
         "created_after": _epoch_or_none(where.created_after),
         "created_before": _epoch_or_none(where.created_before),
+        "priority": where.priority.value if where.priority else None,
         "after_created_at": math.inf if after is None else _epoch(after.created_at),
         "after_id": "" if after is None else str(after.id),
         "limit": limit,
