@@ -258,8 +258,8 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
             {
                 400: "The cursor is not one this API gave out (invalid_cursor).",
                 403: "tenant_id names a tenant the token does not act for.",
-                422: "A filter is invalid: an unknown status or priority, a time without a time zone, "
-                "a limit out of bounds, a NUL character.",
+                422: "A filter is invalid: an unknown status or priority, a time without a "
+                "time zone, a limit out of bounds, a NUL character.",
                 503: None,
             },
         ),
