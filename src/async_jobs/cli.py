@@ -518,6 +518,10 @@ class _GracefulServer(uvicorn.Server):
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.should_exit:
             self._on_second_signal()
+        # The dashboard's event streams end at their next tick (uvicorn waits for them).
+        state = getattr(self.config.app, "state", None)
+        if state is not None:
+            state.async_jobs_stopping = True
         self.handle_exit(signum, frame)
 
 

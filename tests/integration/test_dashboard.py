@@ -271,3 +271,43 @@ async def test_the_jobs_page_filters_by_priority(browser: httpx.AsyncClient, job
     assert (
         await browser.get("/jobs?priority=urgent", headers={"authorization": "Bearer tok-admin"})
     ).status_code == 422
+
+
+def _events(body: str) -> list[tuple[str, str]]:
+    """(event name, data) of a server-sent event stream."""
+    found = []
+    for block in body.split("\n\n"):
+        lines = block.split("\n")
+        name = next((x[len("event: ") :] for x in lines if x.startswith("event: ")), "")
+        data = "\n".join(x[len("data: ") :] for x in lines if x.startswith("data: "))
+        if name:
+            found.append((name, data))
+    return found
+
+
+async def test_live_parts_stream_as_server_sent_events_in_the_principals_scope(
+    browser: httpx.AsyncClient, jobs: JobApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from async_jobs.api.dashboard import router
+
+    # A stream ends after STREAM_SECONDS: short here, so that a whole stream can be read.
+    monkeypatch.setattr(router, "STREAM_SECONDS", 0.3)
+    assert (await browser.get("/dashboard/events/jobs")).status_code == 303  # signed out
+    mine = await jobs.enqueue("echo", {}, tenant_id="tenant-a", use_case="mail", delay=3600)
+    theirs = await jobs.enqueue("echo", {}, tenant_id="tenant-b", use_case="mail", delay=3600)
+    await sign_in(browser, "tok-a")
+    answer = await browser.get("/dashboard/events/jobs?use_case=mail")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert answer.text.startswith("retry: ")
+    events = _events(answer.text)
+    assert [name for name, _ in events] == ["update"]  # sent once: it did not change
+    assert f'data-job-id="{mine.id}"' in events[0][1]
+    assert str(theirs.id) not in events[0][1]
+    # Another tenant's job is not streamed: the stream says it is gone, and ends.
+    gone = await browser.get(f"/dashboard/events/jobs/{theirs.id}")
+    assert _events(gone.text) == [("gone", "")]
+    # Pages that need an admin token end at once too.
+    assert _events((await browser.get("/dashboard/events/workers")).text) == [("gone", "")]
+    overview = _events((await browser.get("/dashboard/events/overview")).text)
+    assert overview[0][0] == "update" and 'data-use-case="mail"' in overview[0][1]
