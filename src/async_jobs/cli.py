@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--use-case")
     listing.add_argument("--type")
     listing.add_argument("--tenant", dest="tenant_id")
+    listing.add_argument("--priority", choices=[p.value for p in Priority])
     listing.add_argument("--limit", type=int, default=20)
 
     _command(commands, "reap")
@@ -600,6 +601,7 @@ async def _jobs(jobs: JobApp, args: argparse.Namespace) -> int:
                 status=JobState(args.status) if args.status else None,
                 use_case=args.use_case,
                 type=args.type,
+                priority=Priority(args.priority) if args.priority else None,
             )
             page = await jobs.list_jobs(where, args.limit)
             answer: Any = [job.to_json() for job in page.items]
