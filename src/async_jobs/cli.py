@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--use-case")
     listing.add_argument("--type")
     listing.add_argument("--tenant", dest="tenant_id")
+    listing.add_argument("--priority", choices=[p.value for p in Priority])
     listing.add_argument("--limit", type=int, default=20)
 
     _command(commands, "reap")
@@ -520,6 +521,10 @@ class _GracefulServer(uvicorn.Server):
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.should_exit:
             self._on_second_signal()
+        # The dashboard's event streams end at their next tick (uvicorn waits for them).
+        state = getattr(self.config.app, "state", None)
+        if state is not None:
+            state.async_jobs_stopping = True
         self.handle_exit(signum, frame)
 
 
@@ -596,6 +601,7 @@ async def _jobs(jobs: JobApp, args: argparse.Namespace) -> int:
                 status=JobState(args.status) if args.status else None,
                 use_case=args.use_case,
                 type=args.type,
+                priority=Priority(args.priority) if args.priority else None,
             )
             page = await jobs.list_jobs(where, args.limit)
             answer: Any = [job.to_json() for job in page.items]

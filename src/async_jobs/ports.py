@@ -25,6 +25,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
+from async_jobs.domain.rollup import RollupWindow
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     FinishedBucket,
@@ -287,6 +288,23 @@ class JobStore(Protocol):
     async def wait_for_jobs(self, timeout: float) -> None:
         """Return when new jobs may be due, or after ``timeout`` seconds. A latency aid
         only: callers still poll."""
+
+    async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
+        """Recompute the rollup (``domain.rollup``) of every minute from the one that holds
+        ``from_seconds`` ago to the one that holds ``to_seconds`` ago (by the store's clock)
+        out of the jobs that ended in them: each (minute, use case, tenant) row, and the
+        ``ALL_TENANTS`` ones, is replaced, and a row whose jobs are gone is deleted. Reads the
+        index of ended jobs over that range only. Safe to run twice or from two processes at
+        once (both write the same rows). Returns how many rows were written."""
+
+    async def delete_rollup(self, older_than_seconds: float) -> int:
+        """Delete the rollup rows of minutes that began more than ``older_than_seconds``
+        ago; returns how many went."""
+
+    async def read_rollup(self, tenant_id: str | None, window_seconds: float) -> RollupWindow:
+        """The rollup rows of the minutes that began within the last ``window_seconds``, of
+        ``tenant_id`` (None: the ``ALL_TENANTS`` rows), with the age of the oldest due
+        pending job per use case (of that tenant): one index probe per use case."""
 
 
 class Transport(Protocol):

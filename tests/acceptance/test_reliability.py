@@ -383,3 +383,9 @@ def test_cli_cancels_and_retries_jobs(cli: Cli, pg_database: str) -> None:
     assert missing.returncode == 1 and "no job" in missing.stderr
     listed = cli.run("jobs", "list", "--status", "pending", **env)
     assert [j["id"] for j in json.loads(listed.stdout)] == [job["id"]]
+    by_priority = cli.run("jobs", "list", "--priority", "medium", **env)
+    assert [j["id"] for j in json.loads(by_priority.stdout)] == [job["id"]]
+    none = cli.run("jobs", "list", "--priority", "critical", **env)
+    assert json.loads(none.stdout) == []
+    bad = cli.run("jobs", "list", "--priority", "urgent", **env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

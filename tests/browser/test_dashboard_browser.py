@@ -4,6 +4,7 @@ tests/browser/artifacts/."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -60,6 +61,43 @@ def test_a_job_enqueued_over_http_appears_on_the_jobs_page_without_a_reload(
     assert page.evaluate("window.__same_page") is True  # no reload happened
 
 
+def test_the_jobs_table_follows_server_sent_events(page: Page, server: Server) -> None:
+    """The live table is an EventSource stream (no polling request): a job that changes
+    state, and one that arrives, show up without a reload."""
+    use_case = unique("sse")
+    waiting = server.enqueue(type="echo", use_case=use_case, delay_seconds=3600)
+    streams: list[str] = []
+    page.on(
+        "request", lambda r: streams.append(r.url) if r.resource_type == "eventsource" else None
+    )
+    sign_in(page, server, "admin-token")
+    page.goto(f"{server.url}/dashboard/jobs?use_case={use_case}")
+    row = page.locator(f'tr[data-job-id="{waiting["id"]}"]')
+    expect(row).to_contain_text("pending")
+    answer = server.http.post(f"/jobs/{waiting['id']}/cancel", headers=server.api())
+    assert answer.status_code == 200, answer.text
+    expect(row).to_contain_text("cancelled", timeout=10_000)
+    new = server.enqueue(type="echo", use_case=use_case, delay_seconds=3600)
+    expect(page.locator(f'tr[data-job-id="{new["id"]}"]')).to_be_visible(timeout=10_000)
+    assert any("/dashboard/events/jobs?use_case=" in url for url in streams), streams
+    assert page.locator("#job-rows").get_attribute("data-updated")
+
+
+def test_filtering_the_jobs_by_priority(page: Page, server: Server) -> None:
+    use_case = unique("prio")
+    high = server.enqueue(type="echo", use_case=use_case, priority="high", delay_seconds=600)
+    low = server.enqueue(type="echo", use_case=use_case, priority="low", delay_seconds=600)
+    sign_in(page, server, "admin-token")
+    page.goto(f"{server.url}/dashboard/jobs?use_case={use_case}")
+    expect(page.locator(f'tr[data-job-id="{low["id"]}"]')).to_be_visible()
+    page.select_option("select[name=priority]", "high")
+    page.click("#filters button[type=submit]")
+    expect(page).to_have_url(re.compile(r"priority=high"))
+    expect(page.locator(f'tr[data-job-id="{high["id"]}"]')).to_be_visible()
+    expect(page.locator(f'tr[data-job-id="{low["id"]}"]')).to_have_count(0)
+    expect(page.locator("select[name=priority]")).to_have_value("high")
+
+
 def test_a_running_job_shows_its_progress_bar_moving(page: Page, server: Server) -> None:
     sign_in(page, server, "admin-token")
     job = server.enqueue(type="steps", payload={"steps": 10, "pause": 0.6})
@@ -107,6 +145,8 @@ def test_pausing_a_use_case_stops_its_jobs_from_starting(page: Page, server: Ser
     wait_for_state(server, first["id"], "succeeded")
     sign_in(page, server, "admin-token")
     row = page.locator(f'tr[data-use-case="{use_case}"]')
+    # Listed once the leader's rollup (every 10 s) has its ended job, streamed within 3 s.
+    expect(row).to_be_visible(timeout=30_000)
     page.once("dialog", lambda dialog: dialog.accept())
     row.locator("button:has-text('Pause')").click()
     expect(page.locator("#notice")).to_contain_text("paused")

@@ -233,3 +233,81 @@ async def test_every_page_answers_and_assets_come_from_the_package(
         htmx = await client.get("/dashboard/static/htmx.min.js")
         assert htmx.status_code == 200 and htmx.text.startswith("var htmx=")
         assert (await client.get("/dashboard/static/../router.py")).status_code == 404
+
+
+def _cell(html: str, use_case: str, state: str) -> str:
+    row = html.split(f'data-use-case="{use_case}"', 1)[1].split("</tr>", 1)[0]
+    found = re.search(rf"state={state}\">([^<]*)<", row)
+    assert found, row
+    return found.group(1)
+
+
+async def test_the_overview_counts_ended_jobs_from_the_rollup_per_tenant(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    for tenant, n in (("tenant-a", 2), ("tenant-b", 3)):
+        for _ in range(n):
+            job = await jobs.enqueue("echo", {}, tenant_id=tenant, use_case="mail", delay=3600)
+            await jobs.cancel(job.id)
+    await sign_in(browser, "tok-admin")
+    # Not rolled up yet: the Overview does not read the jobs that ended.
+    assert 'data-use-case="mail"' not in (await browser.get("/dashboard")).text
+    await jobs.store.roll_up_finished(120)
+    assert _cell((await browser.get("/dashboard")).text, "mail", "cancelled") == "5"
+    await sign_in(browser, "tok-a")
+    assert _cell((await browser.get("/dashboard")).text, "mail", "cancelled") == "2"
+
+
+async def test_the_jobs_page_filters_by_priority(browser: httpx.AsyncClient, jobs: JobApp) -> None:
+    high = await jobs.enqueue("echo", {}, priority="high", delay=3600)
+    low = await jobs.enqueue("echo", {}, priority="low", delay=3600)
+    await sign_in(browser, "tok-admin")
+    page = (await browser.get("/dashboard/jobs?priority=high")).text
+    assert f'data-job-id="{high.id}"' in page and f'data-job-id="{low.id}"' not in page
+    bad = await browser.get("/dashboard/jobs?priority=urgent")
+    assert "unknown priority" in bad.text
+    api = await browser.get("/jobs?priority=low", headers={"authorization": "Bearer tok-admin"})
+    assert [item["id"] for item in api.json()["items"]] == [str(low.id)]
+    assert (
+        await browser.get("/jobs?priority=urgent", headers={"authorization": "Bearer tok-admin"})
+    ).status_code == 422
+
+
+def _events(body: str) -> list[tuple[str, str]]:
+    """(event name, data) of a server-sent event stream."""
+    found = []
+    for block in body.split("\n\n"):
+        lines = block.split("\n")
+        name = next((x[len("event: ") :] for x in lines if x.startswith("event: ")), "")
+        data = "\n".join(x[len("data: ") :] for x in lines if x.startswith("data: "))
+        if name:
+            found.append((name, data))
+    return found
+
+
+async def test_live_parts_stream_as_server_sent_events_in_the_principals_scope(
+    browser: httpx.AsyncClient, jobs: JobApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from async_jobs.api.dashboard import router
+
+    # A stream ends after STREAM_SECONDS: short here, so that a whole stream can be read.
+    monkeypatch.setattr(router, "STREAM_SECONDS", 0.3)
+    assert (await browser.get("/dashboard/events/jobs")).status_code == 303  # signed out
+    mine = await jobs.enqueue("echo", {}, tenant_id="tenant-a", use_case="mail", delay=3600)
+    theirs = await jobs.enqueue("echo", {}, tenant_id="tenant-b", use_case="mail", delay=3600)
+    await sign_in(browser, "tok-a")
+    answer = await browser.get("/dashboard/events/jobs?use_case=mail")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert answer.text.startswith("retry: ")
+    events = _events(answer.text)
+    assert [name for name, _ in events] == ["update"]  # sent once: it did not change
+    assert f'data-job-id="{mine.id}"' in events[0][1]
+    assert str(theirs.id) not in events[0][1]
+    # Another tenant's job is not streamed: the stream says it is gone, and ends.
+    gone = await browser.get(f"/dashboard/events/jobs/{theirs.id}")
+    assert _events(gone.text) == [("gone", "")]
+    # Pages that need an admin token end at once too.
+    assert _events((await browser.get("/dashboard/events/workers")).text) == [("gone", "")]
+    overview = _events((await browser.get("/dashboard/events/overview")).text)
+    assert overview[0][0] == "update" and 'data-use-case="mail"' in overview[0][1]

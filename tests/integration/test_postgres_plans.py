@@ -111,7 +111,21 @@ async def test_the_newest_first_listing_walks_its_index(
     explained: tuple[asyncpg.Connection, list[str]], tenant: str | None
 ) -> None:
     conn, plans = explained
-    args = (tenant, None, None, None, None, None, None, None, 51)
+    args = (tenant, None, None, None, None, None, None, None, 51, None)
+    scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
+    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    index = "async_jobs_created" if tenant is None else "async_jobs_tenant_created"
+    assert all(index in s for s in scans), scans
+
+
+@pytest.mark.parametrize("tenant", [None, "t7"])
+async def test_a_listing_by_priority_walks_the_same_index(
+    explained: tuple[asyncpg.Connection, list[str]], tenant: str | None
+) -> None:
+    """The priority filter is checked on the rows the newest-first walk meets (no index of
+    its own: every enqueue would pay for it)."""
+    conn, plans = explained
+    args = (tenant, None, None, None, None, None, None, None, 51, "medium")
     scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
     assert not [s for s in scans if s.startswith("Seq Scan")], scans
     index = "async_jobs_created" if tenant is None else "async_jobs_tenant_created"

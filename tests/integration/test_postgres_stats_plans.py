@@ -58,6 +58,6 @@ async def test_a_listing_by_a_state_other_than_succeeded_skips_the_succeeded_row
     plan = await _plan(
         pg_database,
         QUERIES["list_jobs"],
-        None, "failed", None, None, None, None, None, None, 50,
+        None, "failed", None, None, None, None, None, None, 50, None,
     )  # fmt: skip
     assert "async_jobs_unsucceeded_created" in plan, plan

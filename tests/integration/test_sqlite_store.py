@@ -68,6 +68,7 @@ async def test_migrate_twice_is_a_no_op(store: SqliteStore, db_path: str) -> Non
         ("0007_trace_context",),
         ("0009_scale_indexes",),
         ("0012_due_claim",),
+        ("0013_rollup",),
     ]
 
 
@@ -85,6 +86,7 @@ async def test_first_migrate_names_the_migrations_it_applied(db_path: str) -> No
             "0007_trace_context",
             "0009_scale_indexes",
             "0012_due_claim",
+            "0013_rollup",
         ]
     finally:
         await store.close()

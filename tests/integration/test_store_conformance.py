@@ -418,6 +418,17 @@ async def test_list_pages_newest_first_and_filters(store: JobStore) -> None:
     assert len(window.items) == 7
 
 
+async def test_list_and_count_filter_by_priority(store: JobStore) -> None:
+    high, _ = await store.insert_job(new_job(priority=Priority.HIGH))
+    await store.insert_job(new_job(priority=Priority.LOW))
+    await store.insert_job(new_job())
+    page = await store.list_jobs(JobFilter(priority=Priority.HIGH), 10)
+    assert [j.id for j in page.items] == [high.id]
+    assert await store.count_jobs(JobFilter(priority=Priority.LOW), 10) == 1
+    assert await store.count_jobs(JobFilter(priority=Priority.CRITICAL), 10) == 0
+    assert await store.count_jobs(JobFilter(), 10) == 3
+
+
 async def test_wait_for_jobs_wakes_on_insert(store: JobStore) -> None:
     await store.wait_for_jobs(0.01)  # consume an earlier wake-up, and start listening
     wakeup = WatchedEvent()
@@ -429,3 +440,49 @@ async def test_wait_for_jobs_wakes_on_insert(store: JobStore) -> None:
     await store.insert_job(new_job())
     await asyncio.wait_for(waiter, 5)
     assert loop.time() - started < 5
+
+
+async def test_the_rollup_counts_ended_jobs_per_minute_tenant_and_all_tenants(
+    store: JobStore,
+) -> None:
+    for tenant in ("t1", "t1", "t2"):
+        await store.insert_job(new_job(use_case="mail", tenant_id=tenant))
+    await store.insert_job(new_job(use_case="sms", tenant_id="t2"))
+    jobs = await store.claim_jobs(claim())
+    assert len(jobs) == 4
+    left, _ = await store.insert_job(new_job(use_case="sms", tenant_id="t1"))
+    await store.record_outcomes(
+        [outcome(j, OutcomeKind.SUCCEEDED) for j in jobs if j.use_case == "mail"]
+        + [outcome(j, OutcomeKind.FAILED) for j in jobs if j.use_case == "sms"]
+    )
+    await store.cancel_job(left.id)
+    assert await store.roll_up_finished(120) > 0
+    # Again: the same rows, replaced, not added to.
+    await store.roll_up_finished(120)
+
+    every = await store.read_rollup(None, 3600)
+    assert sum(r.succeeded for r in every.rows if r.use_case == "mail") == 3
+    assert sum(r.failed for r in every.rows if r.use_case == "sms") == 1
+    assert sum(r.cancelled for r in every.rows if r.use_case == "sms") == 1
+    assert sum(sum(r.run_hist.values()) for r in every.rows) == 4  # the cancelled one never ran
+    assert sum(sum(r.wait_hist.values()) for r in every.rows) == 4
+    assert all(r.minute <= every.generated_at for r in every.rows)
+
+    t2 = await store.read_rollup("t2", 3600)
+    assert sum(r.succeeded for r in t2.rows) == 1 and sum(r.failed for r in t2.rows) == 1
+    assert sum(r.cancelled for r in t2.rows) == 0
+
+    assert await store.delete_rollup(-120) > 0  # every row began before two minutes from now
+    assert (await store.read_rollup(None, 3600)).rows == []
+
+
+async def test_the_rollup_window_gives_the_oldest_due_job_per_use_case(store: JobStore) -> None:
+    past = datetime.now(UTC) - timedelta(seconds=30)
+    await store.insert_job(new_job(use_case="mail", tenant_id="t1", run_at=past))
+    await store.insert_job(new_job(use_case="mail", tenant_id="t2"))
+    await store.insert_job(new_job(use_case="sms", tenant_id="t2", delay=3600))  # not due
+    every = await store.read_rollup(None, 3600)
+    assert set(every.oldest_due_seconds) == {"mail"}
+    assert 25 <= every.oldest_due_seconds["mail"] < 300
+    t2 = await store.read_rollup("t2", 3600)
+    assert t2.oldest_due_seconds["mail"] < 25

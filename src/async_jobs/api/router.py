@@ -41,7 +41,7 @@ from async_jobs.api.schemas import (
 )
 from async_jobs.app import JobApp
 from async_jobs.domain.errors import AsyncJobsError, ConfigurationError
-from async_jobs.domain.jobs import Job, JobFilter, JobState
+from async_jobs.domain.jobs import Job, JobFilter, JobState, Priority
 from async_jobs.domain.requests import MAX_PAGE_SIZE, EnqueueRequest
 from async_jobs.domain.validation import json_dumps
 
@@ -258,8 +258,8 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
             {
                 400: "The cursor is not one this API gave out (invalid_cursor).",
                 403: "tenant_id names a tenant the token does not act for.",
-                422: "A filter is invalid: an unknown status, a time without a time zone, "
-                "a limit out of bounds, a NUL character.",
+                422: "A filter is invalid: an unknown status or priority, a time without a "
+                "time zone, a limit out of bounds, a NUL character.",
                 503: None,
             },
         ),
@@ -273,6 +273,7 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
         created_before: UtcTime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
         cursor: str | None = None,
+        priority: Priority | None = None,
         *,
         caller: Caller,
     ) -> JSONResponse:
@@ -285,6 +286,7 @@ def create_jobs_router(jobs: JobApp, auth: TokenAuth | None = None) -> APIRouter
             type=type,
             created_after=created_after,
             created_before=created_before,
+            priority=priority,
         )
         page = await jobs.list_jobs(where, limit, decode_cursor(cursor))
         body: dict[str, Any] = {

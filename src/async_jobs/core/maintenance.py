@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,6 +53,47 @@ class Retention:
         if any(deleted.values()):
             log.info("retention deleted %s", deleted)
         return deleted
+
+
+class Rollup:
+    """Keeps the dashboard's per-minute rollup of ended jobs (``domain.rollup``) current:
+    each run recomputes the minutes since the last run began (and the minute before it,
+    which was still filling then) from the store's index of ended jobs, and deletes the rows
+    older than ``keep_seconds``. A process that starts leading catches up on the last
+    ``catch_up_seconds``, ``chunk_seconds`` of them a run, so that no run holds up the other
+    chores for long. Safe from two processes at once: a run replaces rows with what the jobs
+    say."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        keep_seconds: float = 48 * 3600.0,
+        catch_up_seconds: float = 3600.0,
+        chunk_seconds: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self.keep_seconds = keep_seconds
+        self._catch_up = catch_up_seconds
+        self._chunk = chunk_seconds
+        self._clock = clock
+        self._done_until: float | None = None  # by ``clock``: rolled up to about then
+
+    def forget(self) -> None:
+        """This process stopped leading: the next run starts with a catch-up."""
+        self._done_until = None
+
+    async def run_once(self) -> int:
+        """Roll up what ended since the last run; returns the rows written."""
+        now = self._clock()
+        back = self._catch_up
+        if self._done_until is not None:
+            back = min(now - self._done_until + 60.0, self._catch_up)
+        to = max(back - self._chunk, 0.0)
+        written = await self._store.roll_up_finished(back, to)
+        self._done_until = now - to
+        await self._store.delete_rollup(self.keep_seconds)
+        return written
 
 
 async def expire_jobs(store: JobStore, batch_size: int = DEFAULT_BATCH) -> list[Job]:

@@ -3,9 +3,9 @@
 Leadership is a lease row in the store (``JobStore.try_lead``): the leader renews it every
 round, and when it dies (``kill -9``, a lost machine) another scheduler takes the role as
 soon as the lease runs out, within ``leader_lease_seconds`` plus a round. The leader runs the
-chores: the reaper, expiry, periodic jobs, retention and webhooks (their sends are leased,
-so they are never made twice either). Every chore is a guarded statement
-or an idempotent enqueue, so even two processes that both believe they lead (a paused
+chores: the reaper, expiry, periodic jobs, retention, the dashboard's rollup and webhooks
+(their sends are leased, so they are never made twice either). Every chore is a guarded
+statement or an idempotent enqueue, so even two processes that both believe they lead (a paused
 leader waking after its lease ran out) never do a piece of work twice.
 
 With the direct transport the claim itself enforces every limit, so there is nothing to
@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from async_jobs.core.maintenance import PeriodicRunner, Retention, expire_jobs
+from async_jobs.core.maintenance import PeriodicRunner, Retention, Rollup, expire_jobs
 from async_jobs.core.metrics import Metrics
 from async_jobs.core.presence import Presence, process_info
 from async_jobs.core.reaper import Reaper
@@ -59,6 +59,9 @@ class SchedulerConfig:
     leader_lease_seconds: float = 5.0
     retention_interval_seconds: float = 60.0
     retention: RetentionPolicy = dataclasses.field(default_factory=RetentionPolicy)
+    # The dashboard's per-minute rollup of ended jobs: rewritten this often, kept this long.
+    rollup_interval_seconds: float = 10.0
+    rollup_keep_seconds: float = 48 * 3600.0
     holder: str = dataclasses.field(default_factory=lambda: leader_holder(ROLE))
     # Whether the leader reaps. A worker that leads leaves it to its own reaper, which waits
     # until the worker's held outcomes are written (after an outage its finished jobs'
@@ -95,6 +98,8 @@ class Scheduler:
         self.webhooks = webhooks
         self._stopping = asyncio.Event()
         self._last_retention = float("-inf")
+        self._rollup = Rollup(store, keep_seconds=config.rollup_keep_seconds)
+        self._last_rollup = float("-inf")
         self.leading = False
         self.rounds_led = 0
         # The registry record is renewed about once a leader lease, not every round.
@@ -157,6 +162,8 @@ class Scheduler:
                 "scheduler %s %s", self.config.holder, "leads" if leading else "no longer leads"
             )
             self.leading = leading
+            if not leading:
+                self._rollup.forget()
         now = asyncio.get_running_loop().time()
         if now - self._last_beat >= self._beat_every:
             self._last_beat = now
@@ -217,6 +224,9 @@ class Scheduler:
         if now - self._last_retention >= self.config.retention_interval_seconds:
             self._last_retention = now
             chores.append(("retention", self._retention.run_once))
+        if now - self._last_rollup >= self.config.rollup_interval_seconds:
+            self._last_rollup = now
+            chores.append(("rollup", self._rollup.run_once))
         for name, chore in chores:
             try:
                 await chore()

@@ -416,6 +416,7 @@ class JobFilter:
     type: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    priority: Priority | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -34,6 +34,14 @@ from async_jobs.domain.jobs import (
     Progress,
     ProgressUpdate,
 )
+from async_jobs.domain.rollup import (
+    ALL_TENANTS,
+    MINUTE,
+    EndedJob,
+    RollupRow,
+    RollupWindow,
+    roll_up,
+)
 from async_jobs.domain.scheduling import (
     GAUGE_STATES,
     ActiveCounts,
@@ -101,6 +109,8 @@ class MemoryStore:
         self._periodic_paused: set[str] = set()
         self._ticks: dict[str, datetime] = {}
         self._deliveries: dict[DeliveryId, WebhookDelivery] = {}
+        # The dashboard's rollup ("migration" 0013): (tenant, minute, use case) -> row.
+        self._rollup: dict[tuple[str, datetime, str], RollupRow] = {}
 
     async def open(self) -> None:
         self._open = True
@@ -790,6 +800,69 @@ class MemoryStore:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
         self._wakeup.clear()
 
+    # -- the dashboard's rollup --------------------------------------------------------------
+
+    async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
+        self._check_open()
+        now = self._clock()
+        lo, hi = (
+            _minute(now - timedelta(seconds=from_seconds)),
+            _minute(now - timedelta(seconds=to_seconds)) + timedelta(seconds=MINUTE),
+        )
+        ended = [
+            EndedJob(
+                minute=_minute(job.finished_at),
+                use_case=job.use_case,
+                tenant_id=job.tenant_id,
+                status=job.status.value,
+                run_seconds=None
+                if job.started_at is None
+                else (job.finished_at - job.started_at).total_seconds(),
+                wait_seconds=None
+                if job.started_at is None
+                else (job.started_at - job.run_at).total_seconds(),
+                missed_deadline=job.started_at is not None and job.started_at > job.deadline_at,
+            )
+            for job in self._jobs.values()
+            if job.status.is_terminal and job.finished_at is not None and lo <= job.finished_at < hi
+        ]
+        for key in [k for k in self._rollup if lo <= k[1] < hi]:
+            del self._rollup[key]
+        rows = roll_up(ended)
+        for row in rows:
+            self._rollup[(row.tenant_id, row.minute, row.use_case)] = row
+        return len(rows)
+
+    async def delete_rollup(self, older_than_seconds: float) -> int:
+        self._check_open()
+        before = self._clock() - timedelta(seconds=older_than_seconds)
+        old = [key for key in self._rollup if key[1] < before]
+        for key in old:
+            del self._rollup[key]
+        return len(old)
+
+    async def read_rollup(self, tenant_id: str | None, window_seconds: float) -> RollupWindow:
+        self._check_open()
+        now = self._clock()
+        since = now - timedelta(seconds=window_seconds)
+        tenant = tenant_id or ALL_TENANTS
+        rows = sorted(
+            (r for (t, minute, _), r in self._rollup.items() if t == tenant and minute >= since),
+            key=lambda r: (r.minute, r.use_case),
+        )
+        oldest: dict[str, float] = {}
+        for job in self._jobs.values():
+            if job.status is not JobState.PENDING or job.run_at > now:
+                continue
+            if tenant_id is None or job.tenant_id == tenant_id:
+                age = (now - job.run_at).total_seconds()
+                oldest[job.use_case] = max(oldest.get(job.use_case, 0.0), age)
+        return RollupWindow(now, rows, oldest)
+
+
+def _minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
 
 def _holds(job: Job, attempt: int, token: LeaseToken) -> bool:
     return job.status is JobState.RUNNING and job.attempts == attempt and job.lease_token == token
@@ -867,6 +940,7 @@ def _matches(job: Job, where: JobFilter, after: PageCursor | None) -> bool:
         where.type is None or job.type == where.type,
         where.created_after is None or job.created_at > where.created_after,
         where.created_before is None or job.created_at < where.created_before,
+        where.priority is None or job.priority is where.priority,
         after is None or (job.created_at, job.id) < (after.created_at, after.id),
     )
     return all(checks)

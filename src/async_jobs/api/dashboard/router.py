@@ -1,18 +1,20 @@
-"""The dashboard's routes: server-rendered pages (Jinja2, every value escaped), htmx polling
-for live parts, plain forms for actions (each with a CSRF token, answered by a redirect)."""
+"""The dashboard's routes: server-rendered pages (Jinja2, every value escaped), server-sent
+events for live parts, plain forms for actions (each with a CSRF token, answered by a
+redirect)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 import jinja2
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from async_jobs.api.auth import Principal, TokenAuth
 from async_jobs.api.dashboard import security, views
@@ -25,7 +27,7 @@ from async_jobs.domain.errors import (
     InvalidTransitionError,
     JobNotFoundError,
 )
-from async_jobs.domain.jobs import Job, JobFilter, JobState
+from async_jobs.domain.jobs import Job, JobFilter, JobState, Priority
 from async_jobs.domain.workers import ProcessKind
 
 PAGE_SIZE = 50
@@ -49,6 +51,15 @@ NOTICES = {
 ADMIN_NAV = [("", "Overview"), ("/jobs", "Jobs"), ("/workers", "Workers"),
              ("/periodic", "Periodic"), ("/tenants", "Tenants")]  # fmt: skip
 TENANT_NAV = [("", "Overview"), ("/jobs", "Jobs"), ("/tenants", "Tenants")]
+# Live parts are server-sent events (``/events/...``): each open stream renders its fragment
+# once per interval (a few small bounded reads) and sends it only when it changed; a comment
+# line keeps a quiet stream open (and finds a client that left). A stream ends after
+# STREAM_SECONDS (the browser's EventSource reconnects, signing in again) or when its client
+# goes; at most STREAM_MAX are open in a process (more are answered 503 and retry).
+STREAM_INTERVALS = {"overview": 3.0, "jobs": 2.0, "job": 1.0, "workers": 3.0}
+STREAM_SECONDS = 300.0
+STREAM_KEEPALIVE_SECONDS = 15.0
+STREAM_MAX = 64
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("async_jobs.api.dashboard", "templates"),
@@ -69,6 +80,7 @@ class JobQuery:
     use_case: str = ""
     type: str = ""
     tenant: str = ""
+    priority: str = ""
     created_after: str = ""
     created_before: str = ""
     q: str = ""
@@ -90,6 +102,8 @@ class JobQuery:
         """``InvalidJobError`` for a value that cannot be a filter."""
         if self.state and self.state not in views.STATES:
             raise InvalidJobError(f"unknown state {self.state!r}", field="state")
+        if self.priority and self.priority not in views.PRIORITIES:
+            raise InvalidJobError(f"unknown priority {self.priority!r}", field="priority")
         return JobFilter(
             tenant_id=who.tenant_id if who.tenant_id is not None else (self.tenant or None),
             status=JobState(self.state) if self.state else None,
@@ -97,6 +111,7 @@ class JobQuery:
             type=self.type or None,
             created_after=_time(self.created_after, "created_after"),
             created_before=_time(self.created_before, "created_before"),
+            priority=Priority(self.priority) if self.priority else None,
         )
 
 
@@ -136,6 +151,13 @@ def create_dashboard_router(
         ("/periodic", d.periodic),
         ("/tenants", d.tenants),
     ]
+    streams: list[tuple[str, Page, float]] = [
+        ("/events/overview", d.overview_live, STREAM_INTERVALS["overview"]),
+        ("/events/jobs", d.job_rows, STREAM_INTERVALS["jobs"]),
+        ("/events/jobs/{job_id}", d.job_live, STREAM_INTERVALS["job"]),
+        ("/events/workers", d.workers_live, STREAM_INTERVALS["workers"]),
+    ]
+    gets += [(route, d.stream(fragment, every)) for route, fragment, every in streams]
     for route, handler in gets:
         add(f"{d.base}{route}", d.page(handler), methods=["GET"])
     posts: list[tuple[str, Page]] = [
@@ -159,6 +181,7 @@ class _Dashboard:
         self.jobs = jobs
         self.auth = auth
         self.base = path.rstrip("/")
+        self.streams_open = 0
 
     def render(self, request: Request, who: Principal, template: str, **values: Any) -> Response:
         done = request.query_params.get("done", "")
@@ -178,6 +201,7 @@ class _Dashboard:
             "can_admin": who.can_act and who.is_admin,
             "notice": notice,
             "states": views.STATES,
+            "priorities": views.PRIORITIES,
             "cap": views.COUNT_CAP,
             "page_title": "",
             **values,
@@ -297,12 +321,13 @@ class _Dashboard:
             else:
                 page = await self.jobs.list_jobs(where, PAGE_SIZE, decode_cursor(cursor_text))
                 items, next_cursor = page.items, encode_cursor(page.next_cursor)
-                # Counted as far as a bulk action reaches: "1,000+" beyond.
-                found = await self.jobs.count_jobs(where, BULK_MAX + 1)
-                matching = f"{BULK_MAX:,}+" if found > BULK_MAX else f"{found:,}"
+                if template == "jobs.html":  # the live rows do not show it
+                    # Counted as far as a bulk action reaches: "1,000+" beyond.
+                    found = await self.jobs.count_jobs(where, BULK_MAX + 1)
+                    matching = f"{BULK_MAX:,}+" if found > BULK_MAX else f"{found:,}"
         except AsyncJobsError as exc:
             error = exc.message
-        live_url = f"{self.base}/live/jobs?{query.query}"
+        live_url = f"{self.base}/events/jobs?{query.query}"
         return self.render(
             request,
             who,
@@ -437,6 +462,69 @@ class _Dashboard:
         body = resources.files("async_jobs.api.dashboard").joinpath("static", name).read_bytes()
         headers = {"cache-control": "public, max-age=3600", "x-content-type-options": "nosniff"}
         return Response(body, media_type=media, headers=headers)
+
+    # -- live updates: server-sent events ---------------------------------------------------
+
+    def stream(self, fragment: Page, interval: float) -> Page:
+        """A page that streams ``fragment`` (rendered for the same request and principal)
+        as an ``update`` event whenever it changes; ``gone`` when it can no longer be shown
+        (the job is not the principal's, or no longer exists), which ends the stream."""
+
+        async def handler(request: Request, who: Principal) -> Response:
+            if self.streams_open >= STREAM_MAX:
+                return Response(status_code=503, headers={"retry-after": "5"})
+            headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
+            response = StreamingResponse(
+                self._events(request, who, fragment, interval),
+                media_type="text/event-stream",
+                headers=headers,
+            )
+            return security.protect(request, response, self.base)
+
+        return handler
+
+    async def _events(
+        self, request: Request, who: Principal, fragment: Page, interval: float
+    ) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        self.streams_open += 1
+        try:
+            yield "retry: 2000\n\n"
+            ends = loop.time() + STREAM_SECONDS
+            last_sent, last_html = loop.time(), ""
+            while loop.time() < ends and not _stopping(request):
+                if await request.is_disconnected():
+                    return
+                try:
+                    answer = await fragment(request, who)
+                except JobNotFoundError:
+                    yield "event: gone\ndata: \n\n"
+                    return
+                except AsyncJobsError:  # the store did not answer: try at the next tick
+                    answer = None
+                if answer is not None and answer.status_code != 200:
+                    yield "event: gone\ndata: \n\n"
+                    return
+                html = bytes(answer.body).decode() if answer is not None else last_html
+                if html != last_html:
+                    last_html, last_sent = html, loop.time()
+                    yield (
+                        "event: update\n"
+                        + "".join(f"data: {line}\n" for line in html.split("\n"))
+                        + "\n"
+                    )
+                elif loop.time() - last_sent >= STREAM_KEEPALIVE_SECONDS:
+                    last_sent = loop.time()
+                    yield ": still here\n\n"
+                await asyncio.sleep(min(interval, max(ends - loop.time(), 0.0)))
+        finally:
+            self.streams_open -= 1
+
+
+def _stopping(request: Request) -> bool:
+    """The server is shutting down (``async-jobs serve`` and ``api`` say so on SIGTERM):
+    streams end, or the server would wait for them."""
+    return bool(getattr(request.app.state, "async_jobs_stopping", False))
 
 
 def _job_values(job: Job) -> dict[str, Any]:

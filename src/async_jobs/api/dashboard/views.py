@@ -15,11 +15,13 @@ from markupsafe import Markup, escape
 
 from async_jobs.api.auth import Principal
 from async_jobs.app import EnqueueRequest, JobApp
-from async_jobs.domain.jobs import JobFilter, JobState
+from async_jobs.domain.jobs import JobFilter, JobState, Priority
+from async_jobs.domain.rollup import RollupRow, merge, percentile
 from async_jobs.domain.scheduling import ANY_USE_CASE, FinishedBucket
 
 COUNT_CAP = 10_000
 STATES = [state.value for state in JobState]
+PRIORITIES = [priority.value for priority in Priority]
 TERMINAL = ("succeeded", "failed", "cancelled")
 CHART_WINDOW_SECONDS = 3600
 CHART_BUCKET_SECONDS = 300
@@ -53,6 +55,11 @@ class UseCaseRow:
     paused: bool
     counts: Mapping[str, str]
     chart: Markup
+    run_p50: str = "-"
+    run_p95: str = "-"
+    wait_p95: str = "-"
+    oldest_due: str = "-"
+    deadline_misses: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,21 +79,29 @@ class Overview:
 
 async def overview(jobs: JobApp, who: Principal) -> Overview:
     """Waiting and running jobs per use case (capped counts on the partial indexes of those
-    states), and what ended in the last hour (a range of the index of ended jobs): never a
-    count of every job."""
+    states), and what ended in the last hour from the per-minute rollup the leading process
+    keeps (``domain.rollup``; of the principal's tenant, or of every tenant): never a count
+    of every job, nor a read of the jobs that ended."""
     tenant = who.tenant_id
-    active, stats, buckets = await asyncio.gather(
+    active, window = await asyncio.gather(
         jobs.store.active_counts(tenant, COUNT_CAP + 1),
-        jobs.stats(tenant, with_counts=False),
-        jobs.store.finished_per_bucket(tenant, CHART_WINDOW_SECONDS, CHART_BUCKET_SECONDS),
+        jobs.store.read_rollup(tenant, CHART_WINDOW_SECONDS),
     )
+    buckets: list[FinishedBucket] = []
     ended: dict[str, dict[str, int]] = {}
-    for b in buckets:
-        of = ended.setdefault(b.use_case, dict.fromkeys(TERMINAL, 0))
-        of[b.status] = of.get(b.status, 0) + b.count
+    of_use_case: dict[str, list[RollupRow]] = {}
+    for r in window.rows:
+        age = (window.generated_at - r.minute).total_seconds()
+        of_use_case.setdefault(r.use_case, []).append(r)
+        of = ended.setdefault(r.use_case, dict.fromkeys(TERMINAL, 0))
+        for status in TERMINAL:
+            of[status] += r.count(status)
+            if r.count(status):
+                bucket = int(max(age, 0.0) // CHART_BUCKET_SECONDS)
+                buckets.append(FinishedBucket(r.use_case, status, bucket, r.count(status)))
     by_name = {a.use_case: a for a in active}
     rows = []
-    for name in sorted(set(by_name) | set(ended)):
+    for name in sorted(set(by_name) | set(ended) | set(window.oldest_due_seconds)):
         now = by_name.get(name)
         counts = {
             "pending": now.pending if now else 0,
@@ -98,19 +113,35 @@ async def overview(jobs: JobApp, who: Principal) -> Overview:
         if who.is_admin or any(counts.values()):
             paused = bool(now and now.paused)
             shown = {s: capped(n) for s, n in counts.items()}
-            rows.append(UseCaseRow(name, paused, shown, chart(buckets, name, 180, 28)))
-    hour = stats.finished_last_hour
+            mine = of_use_case.get(name, [])
+            runs = merge(r.run_hist for r in mine)
+            rows.append(
+                UseCaseRow(
+                    name,
+                    paused,
+                    shown,
+                    chart(buckets, name, 180, 28),
+                    run_p50=seconds_text(percentile(runs, 0.5)),
+                    run_p95=seconds_text(percentile(runs, 0.95)),
+                    wait_p95=seconds_text(percentile(merge(r.wait_hist for r in mine), 0.95)),
+                    oldest_due=seconds_text(window.oldest_due_seconds.get(name)),
+                    deadline_misses=sum(r.deadline_misses for r in mine),
+                )
+            )
+    runs = merge(r.run_hist for r in window.rows)
+    waits = merge(r.wait_hist for r in window.rows)
+    oldest = max(window.oldest_due_seconds.values(), default=None)
     return Overview(
-        generated_at=stats.generated_at,
+        generated_at=window.generated_at,
         rows=rows,
-        finished_hour=sum(hour.values()),
-        failed_hour=hour.get("failed", 0),
-        run_p50=seconds_text(stats.run_seconds.get("p50")),
-        run_p95=seconds_text(stats.run_seconds.get("p95")),
-        wait_p50=seconds_text(stats.queue_wait_seconds.get("p50")),
-        wait_p95=seconds_text(stats.queue_wait_seconds.get("p95")),
-        oldest_due=seconds_text(stats.oldest_due_age_seconds),
-        deadline_misses=stats.deadline_misses_last_hour,
+        finished_hour=sum(sum(of.values()) for of in ended.values()),
+        failed_hour=sum(of["failed"] for of in ended.values()),
+        run_p50=seconds_text(percentile(runs, 0.5)),
+        run_p95=seconds_text(percentile(runs, 0.95)),
+        wait_p50=seconds_text(percentile(waits, 0.5)),
+        wait_p95=seconds_text(percentile(waits, 0.95)),
+        oldest_due=seconds_text(oldest),
+        deadline_misses=sum(r.deadline_misses for r in window.rows),
         chart_all=chart(buckets, None, width=1200, height=120, stretch=True),
     )
 

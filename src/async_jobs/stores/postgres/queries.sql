@@ -111,6 +111,7 @@ WHERE ($1::text IS NULL OR tenant_id = $1)
   AND ($5::timestamptz IS NULL OR created_at > $5)
   AND ($6::timestamptz IS NULL OR created_at < $6)
   AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8::uuid))
+  AND ($10::async_jobs_priority IS NULL OR priority = $10)
 ORDER BY created_at DESC, id DESC
 LIMIT $9;
 
@@ -645,6 +646,7 @@ SELECT count(*) AS n FROM (
       AND ($4::text IS NULL OR type = $4)
       AND ($5::timestamptz IS NULL OR created_at > $5)
       AND ($6::timestamptz IS NULL OR created_at < $6)
+      AND ($8::async_jobs_priority IS NULL OR priority = $8)
     LIMIT $7
 ) AS capped;
 
@@ -776,3 +778,111 @@ SELECT n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, n_tup_del,
        pg_total_relation_size('async_jobs') AS total_bytes,
        autovacuum_count, autoanalyze_count
 FROM pg_stat_user_tables WHERE relid = 'async_jobs'::regclass;
+
+-- name: jit_off
+-- For the rest of the transaction: a statement over many rows would otherwise start JIT
+-- compilation, which costs more than the work (as for the claim, 0003).
+SET LOCAL jit = off;
+
+-- name: roll_up_finished
+-- The rollup (migration 0013) of the minutes from the one $1 seconds ago to the one $2
+-- seconds ago, recomputed from the jobs that ended in them (async_jobs_finished, one range
+-- per terminal state): per (minute, use case, tenant) and per (minute, use case) for every
+-- tenant (''). Rows of the range whose jobs are gone are deleted, the others replaced.
+-- Histogram buckets as domain/rollup.py's bucket_of: 0 under 1 ms, then ten a decade.
+WITH bounds AS (
+    SELECT date_trunc('minute', now() - make_interval(secs => $1)) AS lo,
+           date_trunc('minute', now() - make_interval(secs => $2)) + interval '1 minute' AS hi
+), ended AS (
+    SELECT date_trunc('minute', j.finished_at) AS minute, j.use_case, j.tenant_id,
+           j.status::text AS status,
+           coalesce(j.started_at > j.deadline_at, false) AS missed,
+           CASE WHEN j.started_at IS NULL THEN NULL
+                WHEN extract(epoch FROM j.finished_at - j.started_at)::float8 < 0.001 THEN 0
+                ELSE least(81, 1 + floor(10 * log(
+                    extract(epoch FROM j.finished_at - j.started_at)::float8 / 0.001))::int)
+           END AS run_b,
+           CASE WHEN j.started_at IS NULL THEN NULL
+                WHEN extract(epoch FROM j.started_at - j.run_at)::float8 < 0.001 THEN 0
+                ELSE least(81, 1 + floor(10 * log(
+                    extract(epoch FROM j.started_at - j.run_at)::float8 / 0.001))::int)
+           END AS wait_b
+    FROM async_jobs j, bounds b
+    WHERE j.status IN ('succeeded', 'failed', 'cancelled')
+      AND j.finished_at >= b.lo AND j.finished_at < b.hi
+), counts AS (
+    SELECT minute, use_case, coalesce(tenant_id, '') AS tenant_id,
+           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+           count(*) FILTER (WHERE missed) AS missed
+    FROM ended
+    GROUP BY GROUPING SETS ((minute, use_case, tenant_id), (minute, use_case))
+), runs AS (
+    SELECT minute, use_case, tenant_id, jsonb_object_agg(b, n) AS hist
+    FROM (SELECT minute, use_case, coalesce(tenant_id, '') AS tenant_id, run_b AS b,
+                 count(*) AS n
+          FROM ended WHERE run_b IS NOT NULL
+          GROUP BY GROUPING SETS ((minute, use_case, tenant_id, run_b), (minute, use_case, run_b))
+         ) AS per_bucket
+    GROUP BY minute, use_case, tenant_id
+), waits AS (
+    SELECT minute, use_case, tenant_id, jsonb_object_agg(b, n) AS hist
+    FROM (SELECT minute, use_case, coalesce(tenant_id, '') AS tenant_id, wait_b AS b,
+                 count(*) AS n
+          FROM ended WHERE wait_b IS NOT NULL
+          GROUP BY GROUPING SETS ((minute, use_case, tenant_id, wait_b), (minute, use_case, wait_b))
+         ) AS per_bucket
+    GROUP BY minute, use_case, tenant_id
+), fresh AS (
+    SELECT c.tenant_id, c.minute, c.use_case, c.succeeded, c.failed, c.cancelled, c.missed,
+           coalesce(r.hist, '{}') AS run_hist, coalesce(w.hist, '{}') AS wait_hist
+    FROM counts c
+    LEFT JOIN runs r USING (minute, use_case, tenant_id)
+    LEFT JOIN waits w USING (minute, use_case, tenant_id)
+), gone AS (
+    DELETE FROM async_jobs_rollup o
+    USING bounds b
+    WHERE o.minute >= b.lo AND o.minute < b.hi
+      AND NOT EXISTS (SELECT 1 FROM fresh f
+                      WHERE f.tenant_id = o.tenant_id AND f.minute = o.minute
+                        AND f.use_case = o.use_case)
+)
+INSERT INTO async_jobs_rollup AS o
+    (tenant_id, minute, use_case, succeeded, failed, cancelled, deadline_misses, run_hist,
+     wait_hist)
+SELECT tenant_id, minute, use_case, succeeded, failed, cancelled, missed, run_hist, wait_hist
+FROM fresh
+ON CONFLICT (tenant_id, minute, use_case) DO UPDATE
+SET succeeded = EXCLUDED.succeeded, failed = EXCLUDED.failed, cancelled = EXCLUDED.cancelled,
+    deadline_misses = EXCLUDED.deadline_misses, run_hist = EXCLUDED.run_hist,
+    wait_hist = EXCLUDED.wait_hist;
+
+-- name: delete_rollup
+DELETE FROM async_jobs_rollup WHERE minute < now() - make_interval(secs => $1);
+
+-- name: read_rollup
+-- The rollup rows of one tenant ('' : every tenant) whose minute began in the last $2
+-- seconds, on the primary key.
+SELECT minute, use_case, succeeded, failed, cancelled, deadline_misses, run_hist, wait_hist,
+       now() AS generated_at
+FROM async_jobs_rollup
+WHERE tenant_id = coalesce($1::text, '')
+  AND minute >= now() - make_interval(secs => $2)
+ORDER BY minute, use_case;
+
+-- name: oldest_due
+-- Per use case with pending jobs (skip scan), its oldest due one's wait (of tenant $1, or of
+-- any): one probe of async_jobs_pending_due or async_jobs_pending_run_at each.
+SELECT u AS use_case, extract(epoch FROM now() - o.run_at)::float8 AS seconds
+FROM async_jobs_pending_use_cases() AS u
+CROSS JOIN LATERAL (
+    SELECT j.run_at FROM async_jobs j
+    WHERE j.status = 'pending' AND j.use_case = u AND j.run_at <= now()
+      AND ($1::text IS NULL OR j.tenant_id = $1)
+    ORDER BY j.run_at
+    LIMIT 1
+) AS o;
+
+-- name: now
+SELECT now();

@@ -48,6 +48,7 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
+from async_jobs.domain.rollup import ALL_TENANTS, RollupRow, RollupWindow, merge
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     FinishedBucket,
@@ -294,6 +295,7 @@ class PostgresStore:
                 after.created_at if after else None,
                 after.id if after else None,
                 limit + 1,
+                where.priority.value if where.priority else None,
             )
         items = [job_from_record(r) for r in rows[:limit]]
         more = len(rows) > limit
@@ -311,6 +313,7 @@ class PostgresStore:
                 where.created_after,
                 where.created_before,
                 cap,
+                where.priority.value if where.priority else None,
             )
         return n
 
@@ -742,6 +745,45 @@ class PostgresStore:
         a new one (notifications sent meanwhile are lost; the poll finds their jobs)."""
         self._listener = None
         self._wakeup.set()
+
+    # -- the dashboard's rollup (migration 0013) ---------------------------------------------
+
+    async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(QUERIES["jit_off"])
+            status: str = await conn.execute(
+                QUERIES["roll_up_finished"], float(from_seconds), float(to_seconds)
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def delete_rollup(self, older_than_seconds: float) -> int:
+        async with self._connection() as conn:
+            status: str = await conn.execute(QUERIES["delete_rollup"], float(older_than_seconds))
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def read_rollup(self, tenant_id: str | None, window_seconds: float) -> RollupWindow:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["read_rollup"], tenant_id, float(window_seconds))
+            oldest = await conn.fetch(QUERIES["oldest_due"], tenant_id)
+            now = rows[0]["generated_at"] if rows else await conn.fetchval(QUERIES["now"])
+        return RollupWindow(
+            generated_at=now,
+            rows=[
+                RollupRow(
+                    r["minute"],
+                    r["use_case"],
+                    tenant_id or ALL_TENANTS,
+                    r["succeeded"],
+                    r["failed"],
+                    r["cancelled"],
+                    r["deadline_misses"],
+                    merge([r["run_hist"]]),
+                    merge([r["wait_hist"]]),
+                )
+                for r in rows
+            ],
+            oldest_due_seconds={r["use_case"]: max(r["seconds"], 0.0) for r in oldest},
+        )
 
 
 def _tell(watchers: Sequence[Callable[[JobId], None]], payload: str) -> None:

@@ -111,6 +111,7 @@ WHERE (created_at, id) < (:after_created_at, :after_id)
   AND (:type IS NULL OR type = :type)
   AND (:created_after IS NULL OR created_at > :created_after)
   AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:priority IS NULL OR priority = :priority)
 ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
@@ -124,6 +125,7 @@ WHERE tenant_id = :tenant_id
   AND (:type IS NULL OR type = :type)
   AND (:created_after IS NULL OR created_at > :created_after)
   AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:priority IS NULL OR priority = :priority)
 ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
@@ -833,6 +835,7 @@ SELECT count(*) AS n FROM (
       AND (:type IS NULL OR type = :type)
       AND (:created_after IS NULL OR created_at > :created_after)
       AND (:created_before IS NULL OR created_at < :created_before)
+      AND (:priority IS NULL OR priority = :priority)
     LIMIT :cap
 );
 
@@ -893,3 +896,40 @@ SELECT u.value AS use_case,
     (SELECT count(*) FROM (SELECT 1 FROM async_jobs j
         WHERE j.status = 'queued' AND j.use_case = u.value LIMIT :cap)) AS n
 FROM json_each(:use_cases) AS u;
+
+-- name: rollup_source
+-- The jobs that ended in [:lo, :hi) (async_jobs_finished, one range per terminal state), as
+-- the rollup counts them (domain/rollup.py aggregates them: SQLite may lack log10).
+SELECT use_case, tenant_id, status, run_at, deadline_at, started_at, finished_at
+FROM async_jobs
+WHERE status IN ('succeeded', 'failed', 'cancelled')
+  AND finished_at >= :lo AND finished_at < :hi;
+
+-- name: rollup_clear
+DELETE FROM async_jobs_rollup WHERE minute >= :lo AND minute < :hi;
+
+-- name: rollup_write
+INSERT INTO async_jobs_rollup
+    (tenant_id, minute, use_case, succeeded, failed, cancelled, deadline_misses, run_hist,
+     wait_hist)
+VALUES (:tenant_id, :minute, :use_case, :succeeded, :failed, :cancelled, :deadline_misses,
+        :run_hist, :wait_hist);
+
+-- name: delete_rollup
+DELETE FROM async_jobs_rollup WHERE minute < :before RETURNING 1;
+
+-- name: read_rollup
+-- One tenant's rows ('' : every tenant) whose minute began after :since, on the primary key.
+SELECT minute, use_case, succeeded, failed, cancelled, deadline_misses, run_hist, wait_hist
+FROM async_jobs_rollup
+WHERE tenant_id = coalesce(:tenant_id, '') AND minute >= :since
+ORDER BY minute, use_case;
+
+-- name: oldest_due
+-- Per use case with pending jobs, the run_at of its oldest due one (of :tenant_id, or any),
+-- on async_jobs_pending_due / async_jobs_pending_run_at.
+SELECT use_case, min(run_at) AS run_at
+FROM async_jobs
+WHERE status = 'pending' AND run_at <= :now
+  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
+GROUP BY use_case;

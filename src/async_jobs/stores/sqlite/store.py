@@ -59,6 +59,15 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
+from async_jobs.domain.rollup import (
+    ALL_TENANTS,
+    MINUTE,
+    EndedJob,
+    RollupRow,
+    RollupWindow,
+    merge,
+    roll_up,
+)
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     Candidate,
@@ -595,6 +604,21 @@ class SqliteStore:
             log.debug("SQLite file %r is locked; retry %d in %.3f s", self.path, attempt, pause)
             await asyncio.sleep(pause)
 
+    # -- the dashboard's rollup (migration 0013) ---------------------------------------------
+
+    async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
+        return await self._run(lambda c: _roll_up(c, from_seconds, to_seconds), write=True)
+
+    async def delete_rollup(self, older_than_seconds: float) -> int:
+        async def work(conn: aiosqlite.Connection) -> int:
+            before = await _now(conn) - older_than_seconds
+            return len(await _fetch(conn, "delete_rollup", {"before": before}))
+
+        return await self._run(work, write=True)
+
+    async def read_rollup(self, tenant_id: str | None, window_seconds: float) -> RollupWindow:
+        return await self._run(lambda c: _read_rollup(c, tenant_id, window_seconds), write=False)
+
 
 def _probe(path: str) -> None:
     """Open and close the file (creating it if missing); raises what opening raises."""
@@ -947,6 +971,7 @@ def _list_params(where: JobFilter, limit: int, after: PageCursor | None) -> dict
         "type": where.type,
         "created_after": _epoch_or_none(where.created_after),
         "created_before": _epoch_or_none(where.created_before),
+        "priority": where.priority.value if where.priority else None,
         "after_created_at": math.inf if after is None else _epoch(after.created_at),
         "after_id": "" if after is None else str(after.id),
         "limit": limit,
@@ -1083,3 +1108,73 @@ def _epoch(value: datetime) -> float:
 
 def _epoch_or_none(value: datetime | None) -> float | None:
     return None if value is None else _epoch(value)
+
+
+# -- the dashboard's rollup -----------------------------------------------------------------
+
+
+async def _roll_up(conn: aiosqlite.Connection, from_seconds: float, to_seconds: float) -> int:
+    """Replace the rollup rows of the minutes from ``from_seconds`` ago to ``to_seconds``
+    ago, aggregated here (``domain.rollup.roll_up``) from the jobs that ended in them."""
+    now = await _now(conn)
+    lo = (now - from_seconds) // MINUTE * MINUTE
+    hi = (now - to_seconds) // MINUTE * MINUTE + MINUTE
+    ended = [
+        EndedJob(
+            minute=_time(r["finished_at"] // MINUTE * MINUTE),
+            use_case=r["use_case"],
+            tenant_id=r["tenant_id"],
+            status=r["status"],
+            run_seconds=None if r["started_at"] is None else r["finished_at"] - r["started_at"],
+            wait_seconds=None if r["started_at"] is None else r["started_at"] - r["run_at"],
+            missed_deadline=r["started_at"] is not None and r["started_at"] > r["deadline_at"],
+        )
+        for r in await _fetch(conn, "rollup_source", {"lo": lo, "hi": hi})
+    ]
+    await _fetch(conn, "rollup_clear", {"lo": lo, "hi": hi})
+    rows = roll_up(ended)
+    for row in rows:
+        await _fetch(
+            conn,
+            "rollup_write",
+            {
+                "tenant_id": row.tenant_id,
+                "minute": _epoch(row.minute),
+                "use_case": row.use_case,
+                "succeeded": row.succeeded,
+                "failed": row.failed,
+                "cancelled": row.cancelled,
+                "deadline_misses": row.deadline_misses,
+                "run_hist": json_dumps(row.run_hist),
+                "wait_hist": json_dumps(row.wait_hist),
+            },
+        )
+    return len(rows)
+
+
+async def _read_rollup(
+    conn: aiosqlite.Connection, tenant_id: str | None, window_seconds: float
+) -> RollupWindow:
+    now = await _now(conn)
+    rows = await _fetch(
+        conn, "read_rollup", {"tenant_id": tenant_id, "since": now - window_seconds}
+    )
+    oldest = await _fetch(conn, "oldest_due", {"tenant_id": tenant_id, "now": now})
+    return RollupWindow(
+        generated_at=_time(now),
+        rows=[
+            RollupRow(
+                _time(r["minute"]),
+                r["use_case"],
+                tenant_id or ALL_TENANTS,
+                r["succeeded"],
+                r["failed"],
+                r["cancelled"],
+                r["deadline_misses"],
+                merge([json.loads(r["run_hist"])]),
+                merge([json.loads(r["wait_hist"])]),
+            )
+            for r in rows
+        ],
+        oldest_due_seconds={r["use_case"]: max(now - r["run_at"], 0.0) for r in oldest},
+    )

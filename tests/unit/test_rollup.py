@@ -1,0 +1,88 @@
+"""The dashboard's rollup: histogram buckets, percentiles read from them, and the chore's
+windows (pure logic; the stores' rollups are in the conformance suite)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+from async_jobs.core.maintenance import Rollup
+from async_jobs.domain.rollup import (
+    ALL_TENANTS,
+    HIST_LAST,
+    EndedJob,
+    bucket_bounds,
+    bucket_of,
+    percentile,
+    roll_up,
+)
+from async_jobs.domain.scheduling import percentiles
+
+
+def test_every_duration_falls_in_its_bucket() -> None:
+    assert bucket_of(0.0) == 0 and bucket_of(0.0009) == 0
+    assert bucket_of(1e9) == HIST_LAST
+    for seconds in (0.001, 0.0123, 0.5, 1.0, 7.3, 60.0, 3599.0):
+        low, high = bucket_bounds(bucket_of(seconds))
+        assert low <= seconds * 1.000001 and seconds < high * 1.000001
+
+
+def test_percentiles_from_the_histogram_stay_close_to_the_exact_ones() -> None:
+    rng = random.Random(7)
+    values = [rng.lognormvariate(0, 1.5) for _ in range(5000)]
+    histogram: dict[int, int] = {}
+    for v in values:
+        histogram[bucket_of(v)] = histogram.get(bucket_of(v), 0) + 1
+    exact = percentiles(values)
+    for q, name in ((0.5, "p50"), (0.95, "p95")):
+        got = percentile(histogram, q)
+        want = exact[name]
+        assert got is not None and want is not None
+        assert abs(got - want) / want < 0.26
+    assert percentile({}, 0.5) is None
+
+
+def test_the_rollup_of_ended_jobs_adds_an_every_tenant_row() -> None:
+    minute = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    rows = roll_up(
+        [
+            EndedJob(minute, "mail", "t1", "succeeded", 1.0, 0.1, False),
+            EndedJob(minute, "mail", "t2", "failed", 2.0, 0.2, True),
+            EndedJob(minute, "mail", "t2", "cancelled", None, None, False),
+        ]
+    )
+    by_tenant = {r.tenant_id: r for r in rows}
+    assert set(by_tenant) == {"t1", "t2", ALL_TENANTS}
+    every = by_tenant[ALL_TENANTS]
+    assert (every.succeeded, every.failed, every.cancelled) == (1, 1, 1)
+    assert every.deadline_misses == 1
+    assert sum(every.run_hist.values()) == 2 and sum(every.wait_hist.values()) == 2
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float]] = []
+
+    async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
+        self.calls.append((from_seconds, to_seconds))
+        return 0
+
+    async def delete_rollup(self, older_than_seconds: float) -> int:
+        return 0
+
+
+async def test_the_chore_catches_up_in_chunks_then_rolls_the_latest_minutes() -> None:
+    store = _Recorder()
+    now = [1000.0]
+    chore = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    for _ in range(6):
+        await chore.run_once()
+        now[0] += 10
+    first, second = store.calls[0], store.calls[1]
+    assert first == (3600, 2700)
+    assert second == (2700 + 10 + 60, 2700 + 10 + 60 - 900)
+    # Caught up: each run covers the time since the last one and the minute before.
+    assert store.calls[-1] == (70.0, 0.0)
+    chore.forget()  # no longer leading: the next run catches up again
+    await chore.run_once()
+    assert store.calls[-1] == (3600, 2700)
