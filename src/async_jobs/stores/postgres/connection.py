@@ -24,7 +24,7 @@ from async_jobs.stores.postgres.queries import QUERIES
 if TYPE_CHECKING:
     from async_jobs.stores.postgres.store import PostgresStore
 
-_UNAVAILABLE = (
+UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -34,38 +34,39 @@ _UNAVAILABLE = (
     asyncpg.ConnectionFailureError,
 )
 # A connection in any of these states is not trusted again.
-_BROKEN = (*_UNAVAILABLE, asyncpg.InternalClientError)
+BROKEN = (*UNAVAILABLE, asyncpg.InternalClientError)
 
 
 @contextlib.contextmanager
-def _our_errors() -> Iterator[None]:
+def our_errors() -> Iterator[None]:
     """Driver errors leave this block as our own errors."""
     try:
         yield
     except Exception as exc:
-        _raise_ours(exc)
+        raise_ours(exc)
         raise
 
 
-def _raise_ours(exc: BaseException) -> None:
+def raise_ours(exc: BaseException) -> None:
     """Raise our own error for a driver error (the one place they are mapped); return for
     any other exception, which the caller lets go on as it is."""
     if isinstance(exc, AsyncJobsError):
         return
     if isinstance(exc, asyncpg.UndefinedTableError):
         raise SchemaMissingError("the jobs table does not exist; run `async-jobs migrate`") from exc
-    if isinstance(exc, _BROKEN):
+    if isinstance(exc, BROKEN):
         raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
     if isinstance(exc, asyncpg.PostgresError):
         raise StoreError(f"PostgreSQL error: {exc}") from exc
 
 
-class _Lease:
-    """One ``async with`` block's connection (``PostgresStore._connection``): the store's
-    kept connection when it is free, else one from the pool, which becomes the kept one
-    when there is none. A class rather than a generator-based context manager: every
-    statement of the store goes through it, and the generators' machinery cost 20 us of
-    CPU per block here (this class: 4 us), a tenth of a single enqueue's client work."""
+class Checkout:
+    """A connection checked out for one ``async with`` block (``PostgresStore._connection``;
+    not a job lease): the store's kept connection when it is free, else one from the pool,
+    which becomes the kept one when there is none. A class rather than a generator-based
+    context manager: every statement of the store goes through it, and the generators'
+    machinery cost 20 us of CPU per block here (this class: 4 us), a tenth of a single
+    enqueue's client work."""
 
     __slots__ = ("_conn", "_kept", "_pool", "_store")
     _conn: asyncpg.Connection
@@ -90,7 +91,7 @@ class _Lease:
         try:
             self._conn = await pool.acquire()
         except Exception as exc:
-            _raise_ours(exc)
+            raise_ours(exc)
             raise
         return self._conn
 
@@ -103,10 +104,10 @@ class _Lease:
             else:
                 await self._release(exc)
         except Exception as failed:
-            _raise_ours(failed)
+            raise_ours(failed)
             raise
         if isinstance(exc, Exception):
-            _raise_ours(exc)
+            raise_ours(exc)
 
     async def _put_back_kept(self, exc: BaseException | None) -> None:
         store, conn, pool = self._store, self._conn, self._pool
@@ -119,7 +120,7 @@ class _Lease:
 
     async def _release(self, exc: BaseException | None) -> None:
         store, conn, pool = self._store, self._conn, self._pool
-        if isinstance(exc, _BROKEN):
+        if isinstance(exc, BROKEN):
             conn.terminate()
         if (
             exc is None
@@ -158,16 +159,16 @@ async def driver_connection(connection: object) -> asyncpg.Connection:
     )
 
 
-async def _reset_connection(conn: asyncpg.Connection) -> None:
+async def reset_connection(conn: asyncpg.Connection) -> None:
     """Pool connections keep no session state (no LISTEN, no SET), so the default reset
     (a round trip on every release) is not needed; only an abandoned transaction is undone."""
     if conn.is_closed() or not conn.is_in_transaction():
         return
     try:
         await conn.execute(QUERIES["rollback"])
-    except (*_BROKEN, asyncpg.PostgresError):
+    except (*BROKEN, asyncpg.PostgresError):
         conn.terminate()  # the pool replaces it
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json_dumps, decoder=json.loads, schema="pg_catalog")

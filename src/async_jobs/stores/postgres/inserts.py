@@ -66,14 +66,14 @@ async def insert_jobs_on(
     """Insert on a connection the caller holds, in statements of at most ``statement_jobs``
     jobs (the first, then each next one; the caller owns the transaction that makes several
     of them one); ``text_json`` as for ``job_from_record``."""
-    chunks = _statements(jobs, statement_jobs)
+    chunks = statements(jobs, statement_jobs)
     first = next(chunks, None)
     if first is None:
         return []
-    return await _insert_chunks_on(conn, first, chunks, text_json)
+    return await insert_chunks_on(conn, first, chunks, text_json)
 
 
-def _statements(jobs: Iterable[NewJob], sizes: tuple[int, int]) -> Iterator[list[NewJob]]:
+def statements(jobs: Iterable[NewJob], sizes: tuple[int, int]) -> Iterator[list[NewJob]]:
     """The jobs in lists of ``sizes[0]``, then of ``sizes[1]``, each drawn only when asked
     for. A list holding a job under a max_pending quota takes every job left, so that the
     quota locks of a batch are all taken by one statement, in order (two batches taking them
@@ -87,7 +87,7 @@ def _statements(jobs: Iterable[NewJob], sizes: tuple[int, int]) -> Iterator[list
         yield chunk
 
 
-async def _insert_chunks_on(
+async def insert_chunks_on(
     conn: asyncpg.Connection,
     chunk: list[NewJob],
     more: Iterator[list[NewJob]],

@@ -16,7 +16,7 @@ from async_jobs.domain.jobs import (
     Job,
     JobId,
 )
-from async_jobs.stores.postgres.connection import _BROKEN, _UNAVAILABLE
+from async_jobs.stores.postgres.connection import BROKEN, UNAVAILABLE
 from async_jobs.stores.postgres.queries import QUERIES
 from async_jobs.stores.watchers import tell
 
@@ -62,7 +62,7 @@ class Listener:
         if not self._listening_finished and self.connection is not None:
             try:
                 await self.connection.add_listener(FINISHED_CHANNEL, self._on_finished)
-            except (*_BROKEN, asyncpg.PostgresError) as exc:
+            except (*BROKEN, asyncpg.PostgresError) as exc:
                 log.warning("cannot LISTEN for finished jobs: %s", exc)
                 return False
             self._listening_finished = True
@@ -98,13 +98,13 @@ class Listener:
                 await listener.fetchval(QUERIES["ping"], timeout=self._connect_timeout)
                 self._listener_checked = time.monotonic()
                 return True
-            except (*_BROKEN, asyncpg.PostgresError) as exc:
+            except (*BROKEN, asyncpg.PostgresError) as exc:
                 log.warning("the LISTEN connection stopped answering; making a new one: %s", exc)
                 listener.terminate()
                 self.connection = None
         try:
             conn = await asyncpg.connect(self.dsn, timeout=self._connect_timeout)
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
             log.warning("cannot LISTEN for new jobs, polling only: %s", exc)
             return False
         try:
@@ -113,7 +113,7 @@ class Listener:
             if self._finish_watchers:  # only where someone waits for outcomes
                 await conn.add_listener(FINISHED_CHANNEL, self._on_finished)
             conn.add_termination_listener(self._on_listener_lost)
-        except (*_BROKEN, asyncpg.PostgresError) as exc:
+        except (*BROKEN, asyncpg.PostgresError) as exc:
             conn.terminate()
             log.warning("cannot LISTEN for new jobs, polling only: %s", exc)
             return False
@@ -150,7 +150,7 @@ def _tell(watchers: Sequence[Callable[[JobId], None]], payload: str) -> None:
     tell(watchers, job_ids)
 
 
-async def _announce_finished(conn: asyncpg.Connection, jobs: Sequence[Job]) -> None:
+async def announce_finished(conn: asyncpg.Connection, jobs: Sequence[Job]) -> None:
     """NOTIFY waiters of the jobs that have ended (record_outcomes does it in its statement)."""
     ended = [str(job.id) for job in jobs if job.status.is_terminal]
     for start in range(0, len(ended), 200):

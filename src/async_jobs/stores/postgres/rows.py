@@ -91,7 +91,7 @@ def delivery_from_record(r: asyncpg.Record) -> WebhookDelivery:
     )
 
 
-def _percentiles(values: list[float] | None) -> dict[str, float | None]:
+def percentiles(values: list[float] | None) -> dict[str, float | None]:
     p50, p95, p99 = values or (None, None, None)
     return {"p50": p50, "p95": p95, "p99": p99}
 
@@ -104,5 +104,5 @@ def _parse_uuid(value: str) -> uuid.UUID:
     return uuid.UUID(value)
 
 
-def _dispatch_order(job: Job) -> tuple[int, Any, Any]:
+def dispatch_order(job: Job) -> tuple[int, Any, Any]:
     return (job.priority.rank, job.deadline_at, job.run_at)

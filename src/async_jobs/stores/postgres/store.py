@@ -52,27 +52,27 @@ from async_jobs.domain.webhooks import (
 from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
 from async_jobs.stores.grouping import Grouped
 from async_jobs.stores.postgres.connection import (
-    _UNAVAILABLE,
-    _init_connection,
-    _Lease,
-    _our_errors,
-    _reset_connection,
+    UNAVAILABLE,
+    Checkout,
     driver_connection,
+    init_connection,
+    our_errors,
+    reset_connection,
 )
 from async_jobs.stores.postgres.inserts import (
     STATEMENT_JOBS,
-    _insert_chunks_on,
-    _statements,
+    insert_chunks_on,
     insert_job_on,
     insert_jobs_on,
+    statements,
 )
-from async_jobs.stores.postgres.listener import Listener, _announce_finished
+from async_jobs.stores.postgres.listener import Listener, announce_finished
 from async_jobs.stores.postgres.queries import QUERIES
 from async_jobs.stores.postgres.rows import (
-    _dispatch_order,
-    _percentiles,
     delivery_from_record,
+    dispatch_order,
     job_from_record,
+    percentiles,
 )
 from async_jobs.stores.sqlfile import load_migrations
 
@@ -120,11 +120,11 @@ class PostgresStore:
                 min_size=self._min,
                 max_size=self._max,
                 timeout=self._connect_timeout,
-                init=_init_connection,
-                reset=_reset_connection,
+                init=init_connection,
+                reset=reset_connection,
                 command_timeout=60,
             )
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             raise StoreUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise StoreUnavailableError(f"PostgreSQL refused the connection: {exc}") from exc
@@ -140,14 +140,14 @@ class PostgresStore:
                     await pool.release(kept)
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)
-            except (TimeoutError, *_UNAVAILABLE):
+            except (TimeoutError, *UNAVAILABLE):
                 pool.terminate()
 
-    def _connection(self) -> _Lease:
+    def _connection(self) -> Checkout:
         """``async with self._connection() as conn``: a pooled connection; driver errors
         leave the block as our own errors, and a connection that failed is closed so that
         the pool replaces it."""
-        return _Lease(self)
+        return Checkout(self)
 
     async def _give_back(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
         try:
@@ -192,7 +192,7 @@ class PostgresStore:
         pool = self._pool
         if pool is None:
             raise StoreError("the store is not open; call open() first")
-        with _our_errors():
+        with our_errors():
             held: list[asyncpg.Connection] = []
             try:
                 for _ in range(min(WARM_CONNECTIONS, self._max)):
@@ -220,12 +220,12 @@ class PostgresStore:
             return await insert_jobs_on(conn, jobs, statement_jobs=(len(jobs), len(jobs)))
 
     async def insert_jobs(self, jobs: Iterable[NewJob]) -> list[tuple[Job, bool]]:
-        chunks = _statements(jobs, STATEMENT_JOBS)
+        chunks = statements(jobs, STATEMENT_JOBS)
         first = next(chunks, None)  # an empty batch touches nothing
         if first is None:
             return []
         async with self._connection() as conn, conn.transaction():
-            return await _insert_chunks_on(conn, first, chunks)
+            return await insert_chunks_on(conn, first, chunks)
 
     async def insert_jobs_in(
         self, connection: object, jobs: Sequence[NewJob]
@@ -233,7 +233,7 @@ class PostgresStore:
         conn = await driver_connection(connection)
         if not jobs:
             return []
-        with _our_errors():
+        with our_errors():
             async with conn.transaction():  # a savepoint inside the caller's transaction
                 return await insert_jobs_on(conn, jobs, text_json=True)
 
@@ -333,7 +333,7 @@ class PostgresStore:
                 request.dispatch,
             )
         jobs = [job_from_record(r) for r in rows]
-        jobs.sort(key=_dispatch_order)
+        jobs.sort(key=dispatch_order)
         return jobs
 
     async def claim_dispatched(
@@ -351,7 +351,7 @@ class PostgresStore:
                 lease_seconds,
             )
         jobs = [job_from_record(r) for r in rows]
-        jobs.sort(key=_dispatch_order)
+        jobs.sort(key=dispatch_order)
         return jobs
 
     async def requeue_dispatched(
@@ -420,7 +420,7 @@ class PostgresStore:
         async with self._connection() as conn:
             rows = await conn.fetch(QUERIES[query], limit, *more)
             jobs = [job_from_record(r) for r in rows]
-            await _announce_finished(conn, jobs)
+            await announce_finished(conn, jobs)
         return jobs
 
     async def cancel_job(
@@ -442,7 +442,7 @@ class PostgresStore:
             row = await conn.fetchrow(QUERIES[query], job_id, tenant_id)
             if row is not None:
                 job = job_from_record(row)
-                await _announce_finished(conn, [job])
+                await announce_finished(conn, [job])
                 return job, True
             row = await conn.fetchrow(QUERIES["get_job"], job_id, tenant_id)
         return (job_from_record(row), False) if row is not None else None
@@ -619,8 +619,8 @@ class PostgresStore:
             finished_last_hour={
                 state: recent[f"{state}_hour"] for state in ("succeeded", "failed", "cancelled")
             },
-            run_seconds=_percentiles(recent["run_seconds"]),
-            queue_wait_seconds=_percentiles(recent["wait_seconds"]),
+            run_seconds=percentiles(recent["run_seconds"]),
+            queue_wait_seconds=percentiles(recent["wait_seconds"]),
             deadline_misses_last_hour=recent["deadline_misses"],
             overdue_pending=waiting["overdue"],
             oldest_due_age_seconds=waiting["oldest_due_seconds"],
