@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from async_jobs.domain.dispatch import DispatchTicket
-from async_jobs.domain.errors import ConfigurationError, InvalidJobError, StoreError
+from async_jobs.domain.errors import InvalidJobError, StoreError
 from async_jobs.domain.jobs import (
     AttemptOutcome,
     ClaimRequest,
@@ -66,6 +66,7 @@ from async_jobs.domain.webhooks import (
     WebhookDelivery,
 )
 from async_jobs.domain.workers import LiveProcess, ProcessInfo
+from async_jobs.stores import no_caller_transaction
 from async_jobs.stores.limits import (
     HOUR,
     RecentJob,
@@ -152,10 +153,7 @@ class MemoryStore:
     async def insert_jobs_in(
         self, connection: object, jobs: Sequence[NewJob]
     ) -> list[tuple[Job, bool]]:
-        raise ConfigurationError(
-            "transactional enqueue needs the PostgreSQL store; the memory store cannot "
-            "join a transaction on a connection of the caller's"
-        )
+        raise no_caller_transaction("memory")
 
     def _check_pending(self, jobs: Sequence[NewJob]) -> None:
         """max_pending, before anything of the batch is stored (one event loop: nothing

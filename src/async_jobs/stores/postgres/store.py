@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -49,7 +50,7 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
-from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
+from async_jobs.domain.workers import LiveProcess, ProcessInfo
 from async_jobs.stores.grouping import Grouped
 from async_jobs.stores.postgres.connection import (
     UNAVAILABLE,
@@ -74,6 +75,7 @@ from async_jobs.stores.postgres.rows import (
     job_from_record,
     percentiles,
 )
+from async_jobs.stores.rows import job_gauges, live_process
 from async_jobs.stores.sqlfile import load_migrations
 
 # Statements writing single enqueues at once; more jobs arriving meanwhile wait and go
@@ -255,12 +257,7 @@ class PostgresStore:
         async with self._connection() as conn:
             rows = await conn.fetch(
                 QUERIES["list_jobs"],
-                where.tenant_id,
-                where.status.value if where.status else None,
-                where.use_case,
-                where.type,
-                where.created_after,
-                where.created_before,
+                *_filter_params(where),
                 after.created_at if after else None,
                 after.id if after else None,
                 limit + 1,
@@ -272,16 +269,7 @@ class PostgresStore:
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         async with self._connection() as conn:
-            n: int = await conn.fetchval(
-                QUERIES["count_jobs"],
-                where.tenant_id,
-                where.status.value if where.status else None,
-                where.use_case,
-                where.type,
-                where.created_after,
-                where.created_before,
-                cap,
-            )
+            n: int = await conn.fetchval(QUERIES["count_jobs"], *_filter_params(where), cap)
         return n
 
     async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
@@ -522,24 +510,7 @@ class PostgresStore:
     async def list_processes(self) -> list[LiveProcess]:
         async with self._connection() as conn:
             rows = await conn.fetch(QUERIES["list_processes"])
-        return [
-            LiveProcess(
-                ProcessInfo(
-                    r["id"],
-                    ProcessKind(r["kind"]),
-                    r["host"],
-                    r["pid"],
-                    r["version"],
-                    r["concurrency"],
-                    tuple(r["use_cases"]),
-                ),
-                started_at=r["started_at"],
-                heartbeat_at=r["heartbeat_at"],
-                expires_at=r["expires_at"],
-                jobs_held=r["jobs_held"],
-            )
-            for r in rows
-        ]
+        return [live_process(r, r["use_cases"]) for r in rows]
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         async with self._connection() as conn:
@@ -595,14 +566,7 @@ class PostgresStore:
     async def job_gauges(self, cap: int) -> JobGauges:
         async with self._connection() as conn:
             rows = await conn.fetch(QUERIES["job_gauges"], cap)
-        return JobGauges(
-            counts={(str(r["state"]), r["use_case"]): r["n"] for r in rows},
-            oldest_due_seconds={
-                r["use_case"]: max(r["oldest_due_seconds"] or 0.0, 0.0)
-                for r in rows
-                if r["state"] == "pending"
-            },
-        )
+        return job_gauges(rows, operator.itemgetter("oldest_due_seconds"))
 
     async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         async with self._connection() as conn:
@@ -634,6 +598,19 @@ class PostgresStore:
 
     async def wait_for_jobs(self, timeout: float) -> None:
         await self._listener.wait_for_jobs(timeout)
+
+
+def _filter_params(where: JobFilter) -> tuple[Any, ...]:
+    """The parameters of a ``JobFilter``, in the order of the queries list_jobs and
+    count_jobs."""
+    return (
+        where.tenant_id,
+        where.status.value if where.status else None,
+        where.use_case,
+        where.type,
+        where.created_after,
+        where.created_before,
+    )
 
 
 async def _run_worker_statements(conn: asyncpg.Connection) -> None:

@@ -31,7 +31,6 @@ import aiosqlite
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import (
     AsyncJobsError,
-    ConfigurationError,
     InvalidJobError,
     SchemaMissingError,
     StoreError,
@@ -78,7 +77,8 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
-from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
+from async_jobs.domain.workers import LiveProcess, ProcessInfo
+from async_jobs.stores import no_caller_transaction
 from async_jobs.stores.limits import (
     HOUR,
     ClaimBudget,
@@ -89,6 +89,7 @@ from async_jobs.stores.limits import (
     pending_bounds,
     rated_pairs,
 )
+from async_jobs.stores.rows import job_gauges, live_process
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 from async_jobs.stores.watchers import tell
 
@@ -211,10 +212,7 @@ class SqliteStore:
     async def insert_jobs_in(
         self, connection: object, jobs: Sequence[NewJob]
     ) -> list[tuple[Job, bool]]:
-        raise ConfigurationError(
-            "transactional enqueue needs the PostgreSQL store; the SQLite store cannot "
-            "join a transaction on a connection of the caller's"
-        )
+        raise no_caller_transaction("SQLite")
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -450,12 +448,7 @@ class SqliteStore:
 
     async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
         params = {
-            "id": info.id,
-            "kind": info.kind.value,
-            "host": info.host,
-            "pid": info.pid,
-            "version": info.version,
-            "concurrency": info.concurrency,
+            **info.to_json(),
             "use_cases": json.dumps(list(info.use_cases)),
             "ttl_seconds": ttl_seconds,
         }
@@ -476,24 +469,7 @@ class SqliteStore:
 
     async def list_processes(self) -> list[LiveProcess]:
         rows = await self._run(lambda c: _fetch(c, "list_processes"), write=False)
-        return [
-            LiveProcess(
-                ProcessInfo(
-                    r["id"],
-                    ProcessKind(r["kind"]),
-                    r["host"],
-                    r["pid"],
-                    r["version"],
-                    r["concurrency"],
-                    tuple(json.loads(r["use_cases"])),
-                ),
-                started_at=_time(r["started_at"]),
-                heartbeat_at=_time(r["heartbeat_at"]),
-                expires_at=_time(r["expires_at"]),
-                jobs_held=r["jobs_held"],
-            )
-            for r in rows
-        ]
+        return [live_process(r, json.loads(r["use_cases"]), _time) for r in rows]
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         rows = await self._run(
@@ -908,14 +884,7 @@ def _use_case_from_row(r: sqlite3.Row) -> UseCaseState:
 async def _job_gauges(conn: aiosqlite.Connection, cap: int) -> JobGauges:
     now = await _now(conn)
     rows = await _fetch(conn, "job_gauges", {"cap": cap, "now": now})
-    return JobGauges(
-        counts={(r["state"], r["use_case"]): int(r["n"]) for r in rows},
-        oldest_due_seconds={
-            r["use_case"]: max(now - (r["oldest_due_run_at"] or now), 0.0)
-            for r in rows
-            if r["state"] == "pending"
-        },
-    )
+    return job_gauges(rows, lambda r: r["oldest_due_run_at"] and now - r["oldest_due_run_at"])
 
 
 async def _stats(conn: aiosqlite.Connection, tenant_id: str | None, with_counts: bool) -> Stats:
