@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import ModuleType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from async_jobs.core.builder import JobBuilder, check_same_request
 from async_jobs.core.executor import AttemptLimits
@@ -26,7 +26,13 @@ from async_jobs.core.health import Readiness
 from async_jobs.core.maintenance import PeriodicJob, PeriodicRunner, Retention
 from async_jobs.core.metrics import Metrics, MetricsConfig, StoreGauges
 from async_jobs.core.reaper import Reaper
-from async_jobs.core.registry import Handler, HandlerOptions, Registry, periodic_marks
+from async_jobs.core.registry import (
+    Handler,
+    HandlerOptions,
+    JobOptions,
+    Registry,
+    periodic_marks,
+)
 from async_jobs.core.scheduler import ROLE as CHORES_ROLE
 from async_jobs.core.scheduler import Scheduler, SchedulerConfig
 from async_jobs.core.settings import Settings
@@ -122,33 +128,13 @@ class JobApp:
 
     # -- handlers ---------------------------------------------------------------------------
 
-    def job(
-        self,
-        name: str | None = None,
-        *,
-        use_case: str | None = None,
-        priority: Priority | str | None = None,
-        max_attempts: int | None = None,
-        timeout_seconds: float | None = None,
-        delay_tolerance_seconds: float | None = None,
-        backoff: Backoff | None = None,
-        non_retryable: tuple[type[BaseException], ...] = (),
-    ) -> Callable[[T], T]:
+    def job(self, name: str | None = None, **options: Unpack[JobOptions]) -> Callable[[T], T]:
         """Register a function ``(ctx, payload)`` or a class with ``handle(ctx, payload)``.
         ``non_retryable``: exception types that fail the job at once, without retries."""
-        options = HandlerOptions(
-            name,
-            use_case,
-            priority,
-            max_attempts,
-            timeout_seconds,
-            delay_tolerance_seconds,
-            backoff,
-            non_retryable,
-        )
+        handler_options = HandlerOptions(name, **options)
 
         def register(obj: T) -> T:
-            self.registry.add(obj, options)
+            self.registry.add(obj, handler_options)
             return obj
 
         return register
@@ -570,7 +556,7 @@ class JobApp:
         on_ready: Callable[[], None] | None = None,
     ) -> Worker:
         """A worker for the registered handlers (``run()`` it, ``stop()`` it)."""
-        return self._wiring().worker(config, transport=transport, on_ready=on_ready)
+        return self._wiring().worker(config, transport, on_ready)
 
     def attempt_limits(self) -> AttemptLimits:
         return self._wiring().attempt_limits()

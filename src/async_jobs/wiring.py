@@ -131,12 +131,11 @@ class Wiring:
 
     def worker(
         self,
-        config: WorkerConfig | None = None,
-        *,
-        transport: Transport | None = None,
-        on_ready: Callable[[], None] | None = None,
+        config: WorkerConfig | None,
+        transport: Transport | None,
+        on_ready: Callable[[], None] | None,
     ) -> Worker:
-        """A worker for the registered handlers (``run()`` it, ``stop()`` it)."""
+        """See ``JobApp.worker``."""
         if not len(self.registry):
             raise ConfigurationError(
                 "no job handlers are registered: name their modules with --handlers or "
