@@ -17,7 +17,7 @@ import dataclasses
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any, TypeVar, Unpack
 
 from async_jobs.core.builder import JobBuilder, check_same_request
@@ -211,12 +211,7 @@ class JobApp:
         await self.open()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def migrate(self) -> list[str]:

@@ -34,6 +34,7 @@ from async_jobs.core.logs import (
     uvicorn_log_config,
 )
 from async_jobs.core.settings import Settings, split_modules
+from async_jobs.core.worker import WorkerConfig
 from async_jobs.domain.errors import (
     AsyncJobsError,
     ConfigurationError,
@@ -536,14 +537,7 @@ async def _migrate(jobs: JobApp, args: argparse.Namespace) -> int:
 
 
 async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
-    config = runner.worker_config(
-        jobs,
-        concurrency=args.concurrency,
-        use_cases=args.use_cases,
-        grace_seconds=args.grace,
-        burst=args.burst,
-        reap_interval_seconds=args.reap_interval,
-    )
+    config = _worker_config(jobs, args)
     gc.freeze()  # start-up's objects live on: full collections need not walk them
     async with _ops_server(jobs, args, store_gauges=False):
         worker = await runner.serve_worker(jobs, config)
@@ -556,10 +550,9 @@ async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
     return 0
 
 
-def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> int:
-    """``worker --processes N``: N single workers with the same options (see supervisor)."""
-    jobs = JobApp(settings=settings)
-    worker = runner.worker_config(  # bad options: stop here
+def _worker_config(jobs: JobApp, args: argparse.Namespace) -> WorkerConfig:
+    """The options of ``worker`` (and of each of ``worker --processes N``'s workers)."""
+    return runner.worker_config(
         jobs,
         concurrency=args.concurrency,
         use_cases=args.use_cases,
@@ -567,6 +560,12 @@ def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> 
         burst=args.burst,
         reap_interval_seconds=args.reap_interval,
     )
+
+
+def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> int:
+    """``worker --processes N``: N single workers with the same options (see supervisor)."""
+    jobs = JobApp(settings=settings)
+    worker = _worker_config(jobs, args)  # bad options: stop here
     asyncio.run(_check_store(jobs))
     command = [sys.executable, "-m", "async_jobs"]
     for flag, value in (("--log-level", args.log_level), ("--log-format", args.log_format)):

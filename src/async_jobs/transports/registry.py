@@ -52,6 +52,18 @@ class SchedulerSide:
     holder: str
     metrics: Metrics | None = None
 
+    def broker_dispatcher(self, make: Callable[..., Dispatcher], config: object) -> Dispatcher:
+        """A broker transport's dispatcher, each built as ``make(store, config, limits,
+        holder, window=..., metrics=...)``."""
+        return make(
+            self.store,
+            config,
+            self.limits,
+            self.holder,
+            window=self.settings.dispatch_window,
+            metrics=self.metrics,
+        )
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TransportEntry:
@@ -86,15 +98,7 @@ def _sqs_worker(side: WorkerSide) -> Transport:
 def _sqs_dispatcher(side: SchedulerSide) -> Dispatcher:
     from async_jobs.transports.sqs import SqsConfig, SqsDispatcher
 
-    config = SqsConfig.from_settings(side.settings)
-    return SqsDispatcher(
-        side.store,
-        config,
-        side.limits,
-        side.holder,
-        window=side.settings.dispatch_window,
-        metrics=side.metrics,
-    )
+    return side.broker_dispatcher(SqsDispatcher, SqsConfig.from_settings(side.settings))
 
 
 def _redis_worker(side: WorkerSide) -> Transport:
@@ -113,15 +117,7 @@ def _redis_worker(side: WorkerSide) -> Transport:
 def _redis_dispatcher(side: SchedulerSide) -> Dispatcher:
     from async_jobs.transports.redis import RedisConfig, RedisDispatcher
 
-    config = RedisConfig.from_settings(side.settings)
-    return RedisDispatcher(
-        side.store,
-        config,
-        side.limits,
-        side.holder,
-        window=side.settings.dispatch_window,
-        metrics=side.metrics,
-    )
+    return side.broker_dispatcher(RedisDispatcher, RedisConfig.from_settings(side.settings))
 
 
 async def _sqs_ping(settings: Settings) -> None:
