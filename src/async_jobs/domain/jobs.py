@@ -451,6 +451,12 @@ class ClaimRequest:
     dispatch: bool = False
 
 
+def dispatch_order(job: Job) -> tuple[int, datetime, datetime]:
+    """The order in which a worker starts the jobs it claimed, the claim's own: priority,
+    then deadline, then due time."""
+    return (job.priority.rank, job.deadline_at, job.run_at)
+
+
 def new_job_id() -> JobId:
     """A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits. Ids
     made one after the other sort close together, so the primary key's index grows at its

@@ -33,6 +33,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     Progress,
     ProgressUpdate,
+    dispatch_order,
 )
 from async_jobs.domain.scheduling import (
     GAUGE_STATES,
@@ -298,7 +299,7 @@ class MemoryStore:
         for pair, jobs in due.items():
             take = budget.take(pair, request.limit)
             if take > 0:
-                jobs.sort(key=lambda j: (j.priority.rank, j.deadline_at, j.run_at))
+                jobs.sort(key=dispatch_order)
                 groups[pair] = [_candidate(job, seq[job.id]) for job in jobs[:take]]
         chosen = plan_claim(groups, budget.free, budget.allowance, request.limit)
         claimed = [self._start(self._jobs[c.job_id], request, now) for c in chosen]
@@ -338,7 +339,7 @@ class MemoryStore:
             ):
                 self._jobs[job.id] = _running(job, worker_id, lease_seconds, now)
                 claimed.append(self._jobs[job.id])
-        claimed.sort(key=lambda j: (j.priority.rank, j.deadline_at, j.run_at))
+        claimed.sort(key=dispatch_order)
         return claimed
 
     async def requeue_dispatched(

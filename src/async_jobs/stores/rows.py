@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from async_jobs.domain.jobs import Job, dispatch_order
 from async_jobs.domain.scheduling import JobGauges
 from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
 
@@ -16,6 +17,16 @@ class Row(Protocol):
     """A result row read by column name (``asyncpg.Record``, ``sqlite3.Row``)."""
 
     def __getitem__(self, key: str, /) -> Any: ...
+
+
+R = TypeVar("R")
+
+
+def claimed(rows: Iterable[R], job: Callable[[R], Job]) -> list[Job]:
+    """Claimed rows as jobs, in the order a worker starts them (``dispatch_order``)."""
+    jobs = [job(r) for r in rows]
+    jobs.sort(key=dispatch_order)
+    return jobs
 
 
 def _as_is(value: Any) -> Any:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -18,6 +18,7 @@ from async_jobs.domain.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from async_jobs.domain.jobs import ERROR_MESSAGE_LIMIT, MAX_HISTORY
 from async_jobs.domain.validation import json_dumps
 from async_jobs.stores.postgres.queries import QUERIES
 
@@ -132,6 +133,31 @@ class Checkout:
             store._kept = conn  # the pool keeps at least one other connection
         else:
             await pool.release(conn)
+
+
+async def run_worker_statements(conn: asyncpg.Connection) -> None:
+    """Each statement of a worker's path, with arguments that match no job (see
+    ``PostgresStore.warm``)."""
+    nothing: list[Any] = []
+    await conn.fetch(
+        QUERIES["claim_jobs"],
+        0,
+        nothing,
+        nothing,
+        "",
+        1.0,
+        0,
+        nothing,
+        nothing,
+        nothing,
+        nothing,
+        nothing,
+        nothing,
+        False,
+    )
+    await conn.fetch(QUERIES["claim_dispatched"], nothing, nothing, nothing, "", 1.0)
+    await conn.fetch(QUERIES["record_outcomes"], *([nothing] * 7), MAX_HISTORY, ERROR_MESSAGE_LIMIT)
+    await conn.fetch(QUERIES["extend_leases"], nothing, nothing, nothing, 1.0)
 
 
 async def driver_connection(connection: object) -> asyncpg.Connection:

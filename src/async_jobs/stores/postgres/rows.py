@@ -102,7 +102,3 @@ def _as_is(value: Any) -> Any:
 
 def _parse_uuid(value: str) -> uuid.UUID:
     return uuid.UUID(value)
-
-
-def dispatch_order(job: Job) -> tuple[int, Any, Any]:
-    return (job.priority.rank, job.deadline_at, job.run_at)

@@ -59,6 +59,7 @@ from async_jobs.stores.postgres.connection import (
     init_connection,
     our_errors,
     reset_connection,
+    run_worker_statements,
 )
 from async_jobs.stores.postgres.inserts import (
     STATEMENT_JOBS,
@@ -71,11 +72,10 @@ from async_jobs.stores.postgres.listener import Listener, announce_finished
 from async_jobs.stores.postgres.queries import QUERIES
 from async_jobs.stores.postgres.rows import (
     delivery_from_record,
-    dispatch_order,
     job_from_record,
     percentiles,
 )
-from async_jobs.stores.rows import job_gauges, live_process
+from async_jobs.stores.rows import claimed, job_gauges, live_process
 from async_jobs.stores.sqlfile import load_migrations
 
 # Statements writing single enqueues at once; more jobs arriving meanwhile wait and go
@@ -199,7 +199,7 @@ class PostgresStore:
             try:
                 for _ in range(min(WARM_CONNECTIONS, self._max)):
                     held.append(await pool.acquire())
-                await asyncio.gather(*(_run_worker_statements(conn) for conn in held))
+                await asyncio.gather(*(run_worker_statements(conn) for conn in held))
             finally:
                 for conn in held:
                     await pool.release(conn)
@@ -320,9 +320,7 @@ class PostgresStore:
                 [q[3] for q in quotas],
                 request.dispatch,
             )
-        jobs = [job_from_record(r) for r in rows]
-        jobs.sort(key=dispatch_order)
-        return jobs
+        return claimed(rows, job_from_record)
 
     async def claim_dispatched(
         self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
@@ -338,9 +336,7 @@ class PostgresStore:
                 worker_id,
                 lease_seconds,
             )
-        jobs = [job_from_record(r) for r in rows]
-        jobs.sort(key=dispatch_order)
-        return jobs
+        return claimed(rows, job_from_record)
 
     async def requeue_dispatched(
         self, limit: int, tickets: Sequence[DispatchTicket] = ()
@@ -611,27 +607,3 @@ def _filter_params(where: JobFilter) -> tuple[Any, ...]:
         where.created_after,
         where.created_before,
     )
-
-
-async def _run_worker_statements(conn: asyncpg.Connection) -> None:
-    """Each statement of a worker's path, with arguments that match no job (see ``warm``)."""
-    nothing: list[Any] = []
-    await conn.fetch(
-        QUERIES["claim_jobs"],
-        0,
-        nothing,
-        nothing,
-        "",
-        1.0,
-        0,
-        nothing,
-        nothing,
-        nothing,
-        nothing,
-        nothing,
-        nothing,
-        False,
-    )
-    await conn.fetch(QUERIES["claim_dispatched"], nothing, nothing, nothing, "", 1.0)
-    await conn.fetch(QUERIES["record_outcomes"], *([nothing] * 7), MAX_HISTORY, ERROR_MESSAGE_LIMIT)
-    await conn.fetch(QUERIES["extend_leases"], nothing, nothing, nothing, 1.0)

@@ -89,7 +89,7 @@ from async_jobs.stores.limits import (
     pending_bounds,
     rated_pairs,
 )
-from async_jobs.stores.rows import job_gauges, live_process
+from async_jobs.stores.rows import claimed, job_gauges, live_process
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 from async_jobs.stores.watchers import tell
 
@@ -274,9 +274,7 @@ class SqliteStore:
         if request.limit <= 0:
             return []
         rows = await self._run(lambda c: _claim(c, request), write=True)
-        jobs = [_job_from_row(r) for r in rows]
-        jobs.sort(key=_dispatch_order)
-        return jobs
+        return claimed(rows, _job_from_row)
 
     async def claim_dispatched(
         self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
@@ -291,9 +289,7 @@ class SqliteStore:
             "lease_seconds": lease_seconds,
         }
         rows = await self._run(lambda c: _fetch(c, "claim_dispatched", params), write=True)
-        jobs = [_job_from_row(r) for r in rows]
-        jobs.sort(key=_dispatch_order)
-        return jobs
+        return claimed(rows, _job_from_row)
 
     async def requeue_dispatched(
         self, limit: int, tickets: Sequence[DispatchTicket] = ()
@@ -1025,10 +1021,6 @@ def _delivery_from_row(r: sqlite3.Row) -> WebhookDelivery:
 
 def _json_or_none(text: str | None) -> Any:
     return None if text is None else json.loads(text)
-
-
-def _dispatch_order(job: Job) -> tuple[int, datetime, datetime]:
-    return (job.priority.rank, job.deadline_at, job.run_at)
 
 
 # -- time -----------------------------------------------------------------------------------
