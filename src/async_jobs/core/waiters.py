@@ -27,6 +27,10 @@ class FinishWaiters:
         """Whether someone waits for ``job_id`` now."""
         return job_id in self._finish_waiters
 
+    def __len__(self) -> int:
+        """How many jobs someone waits for now."""
+        return len(self._finish_waiters)
+
     async def wait_for(
         self, job_id: JobId, timeout: float, read: Callable[[], Awaitable[Job]]
     ) -> Job:
