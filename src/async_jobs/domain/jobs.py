@@ -431,6 +431,12 @@ class JobPage:
     items: list[Job]
     next_cursor: PageCursor | None
 
+    @classmethod
+    def of(cls, items: list[Job], more: bool) -> JobPage:
+        """A page of ``items``; ``more``: the listing goes on after its last job."""
+        cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
+        return cls(items=items, next_cursor=cursor)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClaimRequest:

@@ -213,9 +213,7 @@ class MemoryStore:
             reverse=True,
         )
         items = rows[:limit]
-        more = len(rows) > limit
-        cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
-        return JobPage(items=items, next_cursor=cursor)
+        return JobPage.of(items, more=len(rows) > limit)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         self._check_open()

@@ -263,9 +263,7 @@ class PostgresStore:
                 limit + 1,
             )
         items = [job_from_record(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
-        return JobPage(items=items, next_cursor=cursor)
+        return JobPage.of(items, more=len(rows) > limit)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         async with self._connection() as conn:

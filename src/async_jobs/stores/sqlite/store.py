@@ -233,9 +233,7 @@ class SqliteStore:
         params = _list_params(where, max(limit + 1, 0), after)
         rows = await self._run(lambda c: _fetch(c, query, params), write=False)
         items = [_job_from_row(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
-        return JobPage(items=items, next_cursor=cursor)
+        return JobPage.of(items, more=len(rows) > limit)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         params = _list_params(where, 0, None)
