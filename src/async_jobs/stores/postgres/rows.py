@@ -1,4 +1,5 @@
-"""Rows made into domain values."""
+"""PostgreSQL rows made into jobs and webhook deliveries (asyncpg decodes jsonb, uuid and
+timestamps; ``text_json`` rows carry them as text)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """The PostgreSQL store on asyncpg: named queries from ``queries.sql``, a small pool so that
 claim, completion and heartbeats need not wait for each other, and a LISTEN connection that
-wakes idle workers (polling remains the correctness path)."""
+wakes idle workers (polling remains the correctness path).
+
+This module holds the store's operations; beside it, ``connection`` (a connection for each
+block, driver errors mapped), ``listener`` (LISTEN/NOTIFY), ``inserts`` (single, grouped and
+batched inserts, quota locks) and ``rows`` (rows made into jobs and deliveries)."""
 
 from __future__ import annotations
 
