@@ -1,5 +1,5 @@
-"""PostgreSQL rows made into jobs and webhook deliveries (asyncpg decodes jsonb, uuid and
-timestamps; ``text_json`` rows carry them as text)."""
+"""PostgreSQL rows made into jobs and webhook deliveries (``text_json``: rows whose jsonb and
+uuid columns came as text, from a caller's connection)."""
 
 from __future__ import annotations
 
