@@ -99,6 +99,15 @@ class WatchedEvent(asyncio.Event):
         return await super().wait()
 
 
+def watch_wakeup(store: object) -> WatchedEvent:
+    """Put a ``WatchedEvent`` in place of the event a store's ``wait_for_jobs`` waits on (the
+    PostgreSQL store's is its LISTEN connection's)."""
+    wakeup = WatchedEvent()
+    holder = getattr(store, "_listener", store)
+    holder._wakeup = wakeup
+    return wakeup
+
+
 def new_job(job_type: str = "echo", payload: dict[str, Any] | None = None, **kw: Any) -> NewJob:
     return build_new_job(job_type, payload or {}, **kw)
 

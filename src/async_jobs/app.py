@@ -13,40 +13,42 @@ the settings, enqueues, reads jobs and builds workers.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import operator
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from types import ModuleType, TracebackType
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import Any, TypeVar, Unpack
 
+from async_jobs.core.builder import JobBuilder, check_same_request
 from async_jobs.core.executor import AttemptLimits
-from async_jobs.core.health import NotReadyError, Readiness, check_ready
+from async_jobs.core.health import Readiness
 from async_jobs.core.maintenance import PeriodicJob, PeriodicRunner, Retention
 from async_jobs.core.metrics import Metrics, MetricsConfig, StoreGauges
 from async_jobs.core.reaper import Reaper
-from async_jobs.core.registry import Handler, HandlerOptions, Registry, periodic_marks
+from async_jobs.core.registry import (
+    Handler,
+    HandlerOptions,
+    JobOptions,
+    Registry,
+    periodic_marks,
+)
 from async_jobs.core.scheduler import ROLE as CHORES_ROLE
-from async_jobs.core.scheduler import Scheduler, SchedulerConfig, leader_holder
+from async_jobs.core.scheduler import Scheduler, SchedulerConfig
 from async_jobs.core.settings import Settings
 from async_jobs.core.tracing import Tracing
+from async_jobs.core.waiters import FinishWaiters
 from async_jobs.core.webhooks import WebhookConfig, WebhookSender
 from async_jobs.core.worker import Worker, WorkerConfig
 from async_jobs.domain.errors import (
     ConfigurationError,
-    IdempotencyConflictError,
     InvalidJobError,
     InvalidTransitionError,
     JobNotFoundError,
     UnknownJobTypeError,
 )
 from async_jobs.domain.jobs import (
-    DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TENANT,
-    ClaimRequest,
     Job,
     JobFilter,
     JobId,
@@ -60,20 +62,15 @@ from async_jobs.domain.requests import MAX_PAGE_SIZE as MAX_PAGE_SIZE
 from async_jobs.domain.requests import EnqueueRequest as EnqueueRequest
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Leader, RetentionPolicy, Stats, UseCaseState
-from async_jobs.domain.validation import build_like, build_new_job, check_name
-from async_jobs.domain.webhooks import WebhookState, check_webhook_target
+from async_jobs.domain.validation import check_name
+from async_jobs.domain.webhooks import WebhookState
 from async_jobs.domain.workers import LiveProcess
 from async_jobs.ports import JobStore, Transport
 from async_jobs.stores import store_from_dsn
-from async_jobs.transports import registry as transports
 from async_jobs.transports.sqs import SqsConfig
+from async_jobs.wiring import Wiring
 
 T = TypeVar("T")
-
-# A waiter re-reads its job this often even without a wake-up (one may be lost with a
-# connection); sooner where the store only hears its own process's changes (SQLite).
-RECHECK_SECONDS = 5.0
-RECHECK_LOCAL_ONLY_SECONDS = 0.5
 
 
 class JobApp:
@@ -100,11 +97,10 @@ class JobApp:
             self.settings = dataclasses.replace(self.settings, db_dsn=dsn)
         self.registry = Registry()
         self.store: JobStore = store or store_from_dsn(self.settings.db_dsn)
-        self._strict_types = strict_types
         self._opened = 0
         self.limits = self.settings.limits()
-        self._webhook_allow = self.settings.webhook_allow_list()
-        self._finish_waiters: dict[JobId, list[asyncio.Event]] = {}
+        self._builder = JobBuilder(self.registry, self.settings, self.limits, strict_types)
+        self._waiters = FinishWaiters(self.store)
         self.periodic_jobs: list[PeriodicJob] = []
         self._declared_periodic = False
         for module in (*self.settings.handlers, *handler_modules):
@@ -125,35 +121,20 @@ class JobApp:
             self.metrics.gauges = StoreGauges(self.store, on_error=self.metrics.store_error)
         return self.metrics.gauges
 
-    # -- handlers ---------------------------------------------------------------------------
-
-    def job(
-        self,
-        name: str | None = None,
-        *,
-        use_case: str | None = None,
-        priority: Priority | str | None = None,
-        max_attempts: int | None = None,
-        timeout_seconds: float | None = None,
-        delay_tolerance_seconds: float | None = None,
-        backoff: Backoff | None = None,
-        non_retryable: tuple[type[BaseException], ...] = (),
-    ) -> Callable[[T], T]:
-        """Register a function ``(ctx, payload)`` or a class with ``handle(ctx, payload)``.
-        ``non_retryable``: exception types that fail the job at once, without retries."""
-        options = HandlerOptions(
-            name,
-            use_case,
-            priority,
-            max_attempts,
-            timeout_seconds,
-            delay_tolerance_seconds,
-            backoff,
-            non_retryable,
+    def _wiring(self) -> Wiring:
+        return Wiring(
+            self.settings, self.store, self.registry, self.limits, self.metrics, self.tracing
         )
 
+    # -- handlers ---------------------------------------------------------------------------
+
+    def job(self, name: str | None = None, **options: Unpack[JobOptions]) -> Callable[[T], T]:
+        """Register a function ``(ctx, payload)`` or a class with ``handle(ctx, payload)``.
+        ``non_retryable``: exception types that fail the job at once, without retries."""
+        handler_options = HandlerOptions(name, **options)
+
         def register(obj: T) -> T:
-            self.registry.add(obj, options)
+            self.registry.add(obj, handler_options)
             return obj
 
         return register
@@ -230,12 +211,7 @@ class JobApp:
         await self.open()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def migrate(self) -> list[str]:
@@ -244,29 +220,7 @@ class JobApp:
     async def readiness(self) -> Readiness:
         """Store (a query, timed), schema (no migration pending) and transport (its broker
         answers), each reported apart; see ``core.health``."""
-        return await check_ready(
-            {
-                "store": self._check_store,
-                "migrations": self._check_migrations,
-                "transport": self._check_transport,
-            }
-        )
-
-    async def _check_store(self) -> str | None:
-        await self.store.ping()
-        return None
-
-    async def _check_migrations(self) -> str | None:
-        pending = await self.store.pending_migrations()
-        if pending:
-            raise NotReadyError(f"not applied: {', '.join(pending)} (run async-jobs migrate)")
-        return None
-
-    async def _check_transport(self) -> str | None:
-        broker = await self.check_broker()
-        if broker is None:
-            return f"{self.settings.transport}: jobs are claimed from the store"
-        return f"{self.settings.transport}: {broker} answers"
+        return await self._wiring().readiness()
 
     # -- enqueue ----------------------------------------------------------------------------
 
@@ -321,13 +275,13 @@ class JobApp:
     ) -> tuple[Job, bool]:
         """Like ``enqueue``, also saying whether the job was created (False: an existing job
         with the same idempotency key)."""
-        new = self.build(request)
+        new = self._builder.build(request)
         if self.tracing.enabled:
             with self.tracing.send((new,)):
                 job, created = await self._insert_one(new, connection)
         else:
             job, created = await self._insert_one(new, connection)
-        _check_same_request(new, job, created)
+        check_same_request(new, job, created)
         if created:
             self.metrics.jobs_enqueued((job,))
         return job, created
@@ -355,7 +309,7 @@ class JobApp:
             )
         news: list[NewJob] = []
         if self.tracing.enabled:  # one span for the batch, its context in every job
-            news.extend(self._built(requests, []))
+            news.extend(self._builder.built(requests, []))
             with self.tracing.send(news):
                 stored = await (
                     self.store.insert_jobs(news)
@@ -363,73 +317,20 @@ class JobApp:
                     else self.store.insert_jobs_in(connection, news)
                 )
         elif connection is not None:
-            news.extend(self._built(requests, []))
+            news.extend(self._builder.built(requests, []))
             stored = await self.store.insert_jobs_in(connection, news)
         else:
             # Built as the store draws them: it writes the first jobs while it validates the
             # next. A request that does not validate still leaves nothing stored.
-            stored = await self.store.insert_jobs(self._built(requests, news))
+            stored = await self.store.insert_jobs(self._builder.built(requests, news))
         for new, (job, created) in zip(news, stored, strict=True):
-            _check_same_request(new, job, created)
+            check_same_request(new, job, created)
         self.metrics.jobs_enqueued(job for job, created in stored if created)
         return stored
 
-    def _built(self, requests: Iterable[EnqueueRequest], into: list[NewJob]) -> Iterator[NewJob]:
-        """Each request validated, in order (appended to ``into`` too). A request that
-        differs from the one before at most in payload and idempotency key is validated
-        only in those two (``build_like``)."""
-        before: tuple[object, ...] = ()
-        for request in requests:
-            options = _options(request)
-            if before and _same_options(options, before):
-                new = build_like(into[-1], request.payload, request.idempotency_key)
-            else:
-                new = self.build(request)
-            into.append(new)
-            before = options
-            yield new
-
     def build(self, request: EnqueueRequest) -> NewJob:
         """Validate a request and fill in the defaults of its handler and use case."""
-        handler = self.registry.get(request.type)
-        if handler is None and self._requires_known_types():
-            known = ", ".join(sorted(self.registry.types)) or "none"
-            raise UnknownJobTypeError(
-                f"unknown job type {request.type!r}; registered types: {known}", field="type"
-            )
-        default = handler or _NO_HANDLER
-        use_case = _first(request.use_case, default.use_case)
-        tolerance = _first(request.delay_tolerance_seconds, default.delay_tolerance_seconds)
-        if tolerance is None and use_case is not None:
-            tolerance = self.settings.delay_tolerance_for(use_case)
-        new = build_new_job(
-            request.type,
-            request.payload,
-            tenant_id=request.tenant_id,
-            use_case=use_case,
-            priority=_first(request.priority, default.priority),
-            max_attempts=_first(request.max_attempts, default.max_attempts),
-            delay=request.delay,
-            run_at=request.run_at,
-            delay_tolerance_seconds=tolerance,
-            timeout_seconds=_first(request.timeout_seconds, default.timeout_seconds),
-            idempotency_key=request.idempotency_key,
-            webhook_url=request.webhook_url,
-            backoff=request.backoff,
-            expires_at=request.expires_at,
-        )
-        if new.webhook_url is not None:
-            check_webhook_target(new.webhook_url, self._webhook_allow)
-        if self.limits.quotas:
-            quota = self.limits.quota(new.tenant_id, new.use_case)
-            if quota is not None and quota.max_pending is not None:
-                new.max_pending = quota.max_pending
-        return new
-
-    def _requires_known_types(self) -> bool:
-        if self._strict_types is not None:
-            return self._strict_types
-        return len(self.registry) > 0
+        return self._builder.build(request)
 
     def _type_name(self, job_type: str | type | Callable[..., Any]) -> str:
         if isinstance(job_type, str):
@@ -583,62 +484,39 @@ class JobApp:
         webhooks."""
         config = config or self.scheduler_config()
         self._add_declared_periodic()
-        dispatcher = transports.dispatcher(
-            transports.SchedulerSide(
-                self.store, self.settings, self.limits, config.holder, metrics=self.metrics
-            )
-        )
-        return Scheduler(
-            self.store,
-            config,
-            self.periodic_runner() if self.periodic_jobs else None,
-            webhooks=self.webhook_sender(),
-            dispatcher=dispatcher,
-            metrics=self.metrics,
+        return self._wiring().scheduler(
+            config, self.periodic_runner() if self.periodic_jobs else None
         )
 
     def sqs_config(self) -> SqsConfig:
         """The sqs transport's configuration, from the settings."""
-        return SqsConfig.from_settings(self.settings)
+        return self._wiring().sqs_config()
 
     async def check_broker(self) -> str | None:
         """Raise ``AsyncJobsError`` unless the transport's broker (Redis) answers; returns
         its name, or None when the transport has no broker to check."""
-        return await transports.check_broker(self.settings)
+        return await self._wiring().check_broker()
 
     def max_attempts_ceiling(self) -> int:
         """The most attempts a job of a registered type makes by default."""
-        own = [h.max_attempts for h in self.registry if h.max_attempts is not None]
-        return max([DEFAULT_MAX_ATTEMPTS, *own])
+        return self._wiring().max_attempts_ceiling()
 
     def webhook_sender(self, config: WebhookConfig | None = None) -> WebhookSender:
         """What sends this app's webhooks (the leading scheduler runs it every round);
         ``config`` defaults to the settings' (secrets, allowed hosts, attempts, timeout)."""
-        return WebhookSender(
-            self.store,
-            config or WebhookConfig.from_settings(self.settings),
-            metrics=self.metrics,
-            tracing=self.tracing,
-        )
+        return self._wiring().webhook_sender(config)
 
     def periodic_runner(self, clock: Callable[[], datetime] | None = None) -> PeriodicRunner:
         """What enqueues this app's periodic jobs (the leading scheduler runs it every
         round); ``clock`` for tests that move time."""
-        if clock is None:
-            return PeriodicRunner(self.store, self.periodic_jobs, self._enqueue_tick)
-        return PeriodicRunner(self.store, self.periodic_jobs, self._enqueue_tick, clock)
+        return self._wiring().periodic_runner(self.periodic_jobs, self._enqueue_tick, clock)
 
     def scheduler_config(
         self, process_role: str = CHORES_ROLE, process_id: str | None = None
     ) -> SchedulerConfig:
         """``process_role`` and ``process_id`` name this process in the lease row (a worker
         standing for the chores passes ``"worker"`` and its worker id)."""
-        return SchedulerConfig(
-            interval_seconds=self.settings.scheduler_interval_seconds,
-            leader_lease_seconds=self.settings.leader_lease_seconds,
-            retention=self.settings.retention,
-            holder=leader_holder(process_role, process_id),
-        )
+        return self._wiring().scheduler_config(process_role, process_id)
 
     async def leader(self) -> Leader | None:
         """The process that leads the chores now (``process_role``: scheduler, worker or
@@ -659,30 +537,9 @@ class JobApp:
         store when the job may have ended (LISTEN/NOTIFY on PostgreSQL), not by polling; the
         job is re-read now and then regardless, in case a wake-up was lost."""
         parsed = parse_job_id(job_id)
-        event = asyncio.Event()
-        self._finish_waiters.setdefault(parsed, []).append(event)
-        try:
-            everywhere = await self.store.watch_finished(self._on_finished)
-            recheck = RECHECK_SECONDS if everywhere else RECHECK_LOCAL_ONLY_SECONDS
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            while True:
-                event.clear()  # before reading: a wake-up after the read is kept
-                job = await self.get_job(parsed, tenant_id)
-                remaining = deadline - loop.time()
-                if job.status.is_terminal or remaining <= 0:
-                    return job
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, recheck))
-        finally:
-            waiters = self._finish_waiters.get(parsed, [])
-            waiters.remove(event)
-            if not waiters:
-                self._finish_waiters.pop(parsed, None)
-
-    def _on_finished(self, job_id: JobId) -> None:
-        for event in self._finish_waiters.get(job_id, ()):
-            event.set()
+        return await self._waiters.wait_for(
+            parsed, timeout, lambda: self.get_job(parsed, tenant_id)
+        )
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -694,79 +551,16 @@ class JobApp:
         on_ready: Callable[[], None] | None = None,
     ) -> Worker:
         """A worker for the registered handlers (``run()`` it, ``stop()`` it)."""
-        if not len(self.registry):
-            raise ConfigurationError(
-                "no job handlers are registered: name their modules with --handlers or "
-                "ASYNC_JOBS_HANDLERS"
-            )
-        config = config or WorkerConfig(
-            lease_seconds=self.settings.lease_seconds,
-            poll_interval_seconds=self.settings.poll_interval_seconds,
-            limits=self.attempt_limits(),
-        )
-        if transport is None:
-            claim = ClaimRequest(
-                worker_id=config.worker_id,
-                limit=config.concurrency,
-                lease_seconds=config.lease_seconds,
-                use_cases=config.use_cases,
-                types=self.registry.types,
-                limits=self.limits,
-            )
-            side = transports.WorkerSide(
-                self.store, self.settings, claim, self.max_attempts_ceiling(), self.metrics
-            )
-            transport = transports.worker_transport(side)
-        return Worker(
-            self.registry,
-            self.store,
-            transport,
-            config,
-            on_ready=on_ready,
-            metrics=self.metrics,
-            tracing=self.tracing,
-        )
+        return self._wiring().worker(config, transport, on_ready)
 
     def attempt_limits(self) -> AttemptLimits:
-        return AttemptLimits(self.settings.max_result_bytes, self.settings.max_error_chars)
+        return self._wiring().attempt_limits()
 
     async def run_worker(self, config: WorkerConfig | None = None) -> Worker:
         """Run a worker until it stops (burst mode: until nothing is left); returns it."""
         worker = self.worker(config)
         await worker.run()
         return worker
-
-
-_NO_HANDLER = HandlerOptions()
-
-
-# The fields of a request that build() validates and fills in: all but the payload and the
-# idempotency key; the backoff first.
-_options: Callable[[EnqueueRequest], tuple[object, ...]] = operator.attrgetter(
-    "backoff",
-    *(
-        field.name
-        for field in dataclasses.fields(EnqueueRequest)
-        if field.name not in ("payload", "idempotency_key", "backoff")
-    ),
-)
-
-
-def _same_options(mine: tuple[object, ...], theirs: tuple[object, ...]) -> bool:
-    """Whether a request with the options ``mine`` validates as one with ``theirs`` did but
-    for its payload and key: each option is the same object, or an equal value of the same
-    type (1 and True are equal, but only one of them is a valid max_attempts). A backoff
-    must be the same object: equal mappings may still hold values of different types."""
-    if all(map(operator.is_, mine, theirs)):
-        return True
-    return (
-        mine[0] is theirs[0] and mine == theirs and list(map(type, mine)) == list(map(type, theirs))
-    )
-
-
-def _first(own: T | None, default: T | None) -> T | None:
-    """A request's own value when it gave one, else its handler's default."""
-    return own if own is not None else default
 
 
 def parse_job_id(value: JobId | uuid.UUID | str) -> JobId:
@@ -776,13 +570,3 @@ def parse_job_id(value: JobId | uuid.UUID | str) -> JobId:
         return JobId(uuid.UUID(str(value)))
     except ValueError:
         raise JobNotFoundError(f"no job {str(value)[:100]!r}") from None
-
-
-def _check_same_request(new: NewJob, job: Job, created: bool) -> None:
-    if created:
-        return
-    if (new.type, new.payload, new.use_case) != (job.type, job.payload, job.use_case):
-        raise IdempotencyConflictError(
-            f"idempotency key {new.idempotency_key!r} was already used for another request",
-            job_id=str(job.id),
-        )

@@ -596,7 +596,7 @@ async def test_wait_answers_when_the_job_ends_or_202_when_time_is_up(
     pending = (await client.post("/jobs", json={"type": "echo", "delay_seconds": 3600})).json()
     waiter = asyncio.create_task(client.get(f"/jobs/{pending['id']}?wait=30"))
     # The cancel comes once the request waits for the job's end.
-    await wait_until(lambda: uuid.UUID(pending["id"]) in job_app._finish_waiters)
+    await wait_until(lambda: uuid.UUID(pending["id"]) in job_app._waiters)
     await client.post(f"/jobs/{pending['id']}/cancel")
     cancelled = await asyncio.wait_for(waiter, 10)  # woken by the cancel, long before 30 s
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")

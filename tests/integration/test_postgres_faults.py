@@ -72,11 +72,12 @@ async def test_a_lost_listen_connection_is_made_again(pg_database: str) -> None:
         running = asyncio.create_task(worker.run())
         try:
             store = app.store
-            await wait_until(lambda: getattr(store, "_listener", None) is not None)
-            first = store._listener  # type: ignore[attr-defined]
+            listener = store._listener  # type: ignore[attr-defined]
+            await wait_until(lambda: listener.connection is not None)
+            first = listener.connection
             assert await terminate_other_backends(pg_database) >= 1  # the listener among them
             await wait_until(
-                lambda: store._listener not in (None, first),  # type: ignore[attr-defined]
+                lambda: listener.connection not in (None, first),
                 timeout=10,
             )
             job = await app.enqueue("ping")

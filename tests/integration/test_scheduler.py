@@ -327,7 +327,7 @@ async def test_a_waiter_is_woken_by_another_process_finishing_the_job(pg_databas
     async with waiting_side, writing_side:
         job = await waiting_side.enqueue("echo", delay=3600)
         waiter = asyncio.create_task(waiting_side.wait_for(job.id, timeout=30))
-        await wait_until(lambda: waiting_side._finish_waiters)  # it waits now
+        await wait_until(lambda: len(waiting_side._waiters) > 0)  # it waits now
         await writing_side.cancel(job.id)
         ended = await asyncio.wait_for(waiter, 3)  # well inside the 5 s re-read
     assert ended.status is JobState.CANCELLED

@@ -28,7 +28,7 @@ from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
 from async_jobs.stores.postgres import PostgresStore
 from async_jobs.stores.postgres.store import STATEMENT_JOBS
-from tests.helpers import WatchedEvent, new_job
+from tests.helpers import new_job, watch_wakeup
 
 # This suite is not about limits (see test_store_scheduling.py): no use case is capped below
 # what its tests claim.
@@ -431,8 +431,7 @@ async def test_list_and_count_filter_by_priority(store: JobStore) -> None:
 
 async def test_wait_for_jobs_wakes_on_insert(store: JobStore) -> None:
     await store.wait_for_jobs(0.01)  # consume an earlier wake-up, and start listening
-    wakeup = WatchedEvent()
-    store._wakeup = wakeup  # type: ignore[attr-defined]
+    wakeup = watch_wakeup(store)
     loop = asyncio.get_running_loop()
     waiter = asyncio.create_task(store.wait_for_jobs(10))
     await asyncio.wait_for(wakeup.awaited.wait(), 5)  # the waiter waits: insert now

@@ -763,3 +763,16 @@ async def test_active_counts_per_use_case_stop_at_their_cap(store: JobStore) -> 
     assert counts["idle"].paused and counts["sms"].pending == 1
     mine = {c.use_case: c for c in await store.active_counts("t2", cap=100)}
     assert mine["sms"].pending == 1 and mine["mail"].pending == 0
+
+
+async def test_job_gauges_count_each_state_to_its_cap_and_age_the_oldest_due_job(
+    store: JobStore,
+) -> None:
+    due = datetime.now(UTC) - timedelta(seconds=60)
+    await insert(store, 4, use_case="mail", run_at=due)
+    await insert(store, 1, use_case="sms", delay=3600)
+    await store.claim_jobs(claim(1, use_cases=("mail",)))
+    gauges = await store.job_gauges(cap=2)
+    assert gauges.counts == {("pending", "mail"): 2, ("running", "mail"): 1, ("pending", "sms"): 1}
+    assert 59 <= gauges.oldest_due_seconds["mail"] < 600
+    assert gauges.oldest_due_seconds["sms"] == 0.0  # nothing due yet

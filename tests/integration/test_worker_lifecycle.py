@@ -23,7 +23,7 @@ from async_jobs import (
 )
 from async_jobs.core.worker import Worker
 from async_jobs.domain.workers import ProcessKind
-from tests.helpers import WatchedEvent, age_leases, wait_until
+from tests.helpers import age_leases, wait_until, watch_wakeup
 
 
 def config(**kw: Any) -> WorkerConfig:
@@ -433,8 +433,7 @@ async def test_stopping_an_idle_worker_does_not_wait_out_its_poll_interval(app: 
     async def noop(ctx: JobContext, payload: dict[str, Any]) -> None:
         return None
 
-    wakeup = WatchedEvent()
-    app.store._wakeup = wakeup  # type: ignore[attr-defined]
+    wakeup = watch_wakeup(app.store)
     worker = app.worker(config(poll_interval_seconds=600))
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(wakeup.awaited.wait(), 10)  # it claimed nothing and waits

@@ -42,7 +42,7 @@ def _app(**metrics: Any) -> JobApp:
 
 async def test_types_without_a_handler_are_counted_as_other() -> None:
     app = _app()
-    app._strict_types = False
+    app._builder.strict_types = False
     async with app:
         await app.enqueue("known")
         await app.enqueue("made_up_by_a_client", use_case="mail")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from async_jobs.domain.jobs import NewJob
-from async_jobs.stores.postgres.store import _statements
+from async_jobs.stores.postgres.inserts import statements as _statements
 from tests.helpers import new_job
 
 

@@ -14,7 +14,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 from async_jobs.domain.errors import ConfigurationError, HandlerRegistrationError
 from async_jobs.domain.jobs import Priority
@@ -62,33 +62,26 @@ class Handler:
     non_retryable: tuple[builtins.type[BaseException], ...] = ()
 
 
-def job(
-    name: str | None = None,
-    *,
-    use_case: str | None = None,
-    priority: Priority | str | None = None,
-    max_attempts: int | None = None,
-    timeout_seconds: float | None = None,
-    delay_tolerance_seconds: float | None = None,
-    backoff: Backoff | None = None,
-    non_retryable: tuple[type[BaseException], ...] = (),
-) -> Callable[[T], T]:
+class JobOptions(TypedDict, total=False):
+    """The keyword options of ``@job`` and ``app.job``: a ``HandlerOptions`` but its name."""
+
+    use_case: str | None
+    priority: Priority | str | None
+    max_attempts: int | None
+    timeout_seconds: float | None
+    delay_tolerance_seconds: float | None
+    backoff: Backoff | None
+    non_retryable: tuple[type[BaseException], ...]
+
+
+def job(name: str | None = None, **options: Unpack[JobOptions]) -> Callable[[T], T]:
     """Mark a function ``(ctx, payload)`` or a class with ``handle(ctx, payload)`` as a job
     handler. Without a name, a function keeps its own name and ``SendEmailJob`` becomes
     ``send_email``. ``non_retryable``: exception types that fail the job at once."""
-    options = HandlerOptions(
-        name,
-        use_case,
-        priority,
-        max_attempts,
-        timeout_seconds,
-        delay_tolerance_seconds,
-        backoff,
-        non_retryable,
-    )
+    marked = HandlerOptions(name, **options)
 
     def mark(obj: T) -> T:
-        setattr(obj, _MARK, options)
+        setattr(obj, _MARK, marked)
         return obj
 
     return mark

@@ -432,6 +432,12 @@ class JobPage:
     items: list[Job]
     next_cursor: PageCursor | None
 
+    @classmethod
+    def of(cls, items: list[Job], more: bool) -> JobPage:
+        """A page of ``items``; ``more``: the listing goes on after its last job."""
+        cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
+        return cls(items=items, next_cursor=cursor)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClaimRequest:
@@ -450,6 +456,12 @@ class ClaimRequest:
     # Per-use-case concurrency and tenant quotas; the claim takes only what they allow.
     limits: Limits = dataclasses.field(default_factory=Limits)
     dispatch: bool = False
+
+
+def dispatch_order(job: Job) -> tuple[int, datetime, datetime]:
+    """The order in which a worker starts the jobs it claimed, the claim's own: priority,
+    then deadline, then due time."""
+    return (job.priority.rank, job.deadline_at, job.run_at)
 
 
 def new_job_id() -> JobId:

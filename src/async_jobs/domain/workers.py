@@ -34,6 +34,19 @@ class ProcessInfo:
     concurrency: int = 0
     use_cases: tuple[str, ...] = ()
 
+    def to_json(self) -> dict[str, Any]:
+        """Its fields as JSON values (the API's, and the SQLite registry row's but for the
+        use cases, which SQLite keeps as JSON text)."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "host": self.host,
+            "pid": self.pid,
+            "version": self.version,
+            "concurrency": self.concurrency,
+            "use_cases": list(self.use_cases),
+        }
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LiveProcess:
@@ -50,13 +63,7 @@ class LiveProcess:
         scheduler that does not lead is a standby)."""
         info = self.info
         out: dict[str, Any] = {
-            "id": info.id,
-            "kind": info.kind.value,
-            "host": info.host,
-            "pid": info.pid,
-            "version": info.version,
-            "concurrency": info.concurrency,
-            "use_cases": list(info.use_cases),
+            **info.to_json(),
             "started_at": self.started_at.isoformat(),
             "heartbeat_at": self.heartbeat_at.isoformat(),
             "expires_at": self.expires_at.isoformat(),

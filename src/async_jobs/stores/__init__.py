@@ -30,6 +30,14 @@ def store_from_dsn(dsn: str) -> JobStore:
     )
 
 
+def no_caller_transaction(store: str) -> ConfigurationError:
+    """What ``insert_jobs_in`` raises in a store that cannot join a caller's transaction."""
+    return ConfigurationError(
+        f"transactional enqueue needs the PostgreSQL store; the {store} store cannot "
+        "join a transaction on a connection of the caller's"
+    )
+
+
 def sqlite_path(dsn: str) -> str:
     """``sqlite:///a.db`` -> ``a.db``; ``sqlite:////tmp/a.db`` -> ``/tmp/a.db``."""
     if not dsn.lower().startswith("sqlite:///"):

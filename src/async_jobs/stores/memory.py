@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from async_jobs.domain.dispatch import DispatchTicket
-from async_jobs.domain.errors import ConfigurationError, InvalidJobError, StoreError
+from async_jobs.domain.errors import InvalidJobError, StoreError
 from async_jobs.domain.jobs import (
     AttemptOutcome,
     ClaimRequest,
@@ -33,6 +33,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     Progress,
     ProgressUpdate,
+    dispatch_order,
 )
 from async_jobs.domain.rollup import (
     ALL_TENANTS,
@@ -74,6 +75,7 @@ from async_jobs.domain.webhooks import (
     WebhookDelivery,
 )
 from async_jobs.domain.workers import LiveProcess, ProcessInfo
+from async_jobs.stores import no_caller_transaction
 from async_jobs.stores.limits import (
     HOUR,
     RecentJob,
@@ -162,10 +164,7 @@ class MemoryStore:
     async def insert_jobs_in(
         self, connection: object, jobs: Sequence[NewJob]
     ) -> list[tuple[Job, bool]]:
-        raise ConfigurationError(
-            "transactional enqueue needs the PostgreSQL store; the memory store cannot "
-            "join a transaction on a connection of the caller's"
-        )
+        raise no_caller_transaction("memory")
 
     def _check_pending(self, jobs: Sequence[NewJob]) -> None:
         """max_pending, before anything of the batch is stored (one event loop: nothing
@@ -224,9 +223,7 @@ class MemoryStore:
             reverse=True,
         )
         items = rows[:limit]
-        more = len(rows) > limit
-        cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
-        return JobPage(items=items, next_cursor=cursor)
+        return JobPage.of(items, more=len(rows) > limit)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         self._check_open()
@@ -310,7 +307,7 @@ class MemoryStore:
         for pair, jobs in due.items():
             take = budget.take(pair, request.limit)
             if take > 0:
-                jobs.sort(key=lambda j: (j.priority.rank, j.deadline_at, j.run_at))
+                jobs.sort(key=dispatch_order)
                 groups[pair] = [_candidate(job, seq[job.id]) for job in jobs[:take]]
         chosen = plan_claim(groups, budget.free, budget.allowance, request.limit)
         claimed = [self._start(self._jobs[c.job_id], request, now) for c in chosen]
@@ -350,7 +347,7 @@ class MemoryStore:
             ):
                 self._jobs[job.id] = _running(job, worker_id, lease_seconds, now)
                 claimed.append(self._jobs[job.id])
-        claimed.sort(key=lambda j: (j.priority.rank, j.deadline_at, j.run_at))
+        claimed.sort(key=dispatch_order)
         return claimed
 
     async def requeue_dispatched(

@@ -31,7 +31,6 @@ import aiosqlite
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import (
     AsyncJobsError,
-    ConfigurationError,
     InvalidJobError,
     SchemaMissingError,
     StoreError,
@@ -87,7 +86,8 @@ from async_jobs.domain.webhooks import (
     DeliveryStatus,
     WebhookDelivery,
 )
-from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
+from async_jobs.domain.workers import LiveProcess, ProcessInfo
+from async_jobs.stores import no_caller_transaction
 from async_jobs.stores.limits import (
     HOUR,
     ClaimBudget,
@@ -98,6 +98,7 @@ from async_jobs.stores.limits import (
     pending_bounds,
     rated_pairs,
 )
+from async_jobs.stores.rows import claimed, job_gauges, live_process
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 from async_jobs.stores.watchers import tell
 
@@ -220,10 +221,7 @@ class SqliteStore:
     async def insert_jobs_in(
         self, connection: object, jobs: Sequence[NewJob]
     ) -> list[tuple[Job, bool]]:
-        raise ConfigurationError(
-            "transactional enqueue needs the PostgreSQL store; the SQLite store cannot "
-            "join a transaction on a connection of the caller's"
-        )
+        raise no_caller_transaction("SQLite")
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -244,9 +242,7 @@ class SqliteStore:
         params = _list_params(where, max(limit + 1, 0), after)
         rows = await self._run(lambda c: _fetch(c, query, params), write=False)
         items = [_job_from_row(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
-        return JobPage(items=items, next_cursor=cursor)
+        return JobPage.of(items, more=len(rows) > limit)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         params = _list_params(where, 0, None)
@@ -285,9 +281,7 @@ class SqliteStore:
         if request.limit <= 0:
             return []
         rows = await self._run(lambda c: _claim(c, request), write=True)
-        jobs = [_job_from_row(r) for r in rows]
-        jobs.sort(key=_dispatch_order)
-        return jobs
+        return claimed(rows, _job_from_row)
 
     async def claim_dispatched(
         self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
@@ -302,9 +296,7 @@ class SqliteStore:
             "lease_seconds": lease_seconds,
         }
         rows = await self._run(lambda c: _fetch(c, "claim_dispatched", params), write=True)
-        jobs = [_job_from_row(r) for r in rows]
-        jobs.sort(key=_dispatch_order)
-        return jobs
+        return claimed(rows, _job_from_row)
 
     async def requeue_dispatched(
         self, limit: int, tickets: Sequence[DispatchTicket] = ()
@@ -459,12 +451,7 @@ class SqliteStore:
 
     async def register_process(self, info: ProcessInfo, ttl_seconds: float) -> None:
         params = {
-            "id": info.id,
-            "kind": info.kind.value,
-            "host": info.host,
-            "pid": info.pid,
-            "version": info.version,
-            "concurrency": info.concurrency,
+            **info.to_json(),
             "use_cases": json.dumps(list(info.use_cases)),
             "ttl_seconds": ttl_seconds,
         }
@@ -485,24 +472,7 @@ class SqliteStore:
 
     async def list_processes(self) -> list[LiveProcess]:
         rows = await self._run(lambda c: _fetch(c, "list_processes"), write=False)
-        return [
-            LiveProcess(
-                ProcessInfo(
-                    r["id"],
-                    ProcessKind(r["kind"]),
-                    r["host"],
-                    r["pid"],
-                    r["version"],
-                    r["concurrency"],
-                    tuple(json.loads(r["use_cases"])),
-                ),
-                started_at=_time(r["started_at"]),
-                heartbeat_at=_time(r["heartbeat_at"]),
-                expires_at=_time(r["expires_at"]),
-                jobs_held=r["jobs_held"],
-            )
-            for r in rows
-        ]
+        return [live_process(r, json.loads(r["use_cases"]), _time) for r in rows]
 
     async def last_periodic_tick(self, name: str) -> datetime | None:
         rows = await self._run(
@@ -932,14 +902,7 @@ def _use_case_from_row(r: sqlite3.Row) -> UseCaseState:
 async def _job_gauges(conn: aiosqlite.Connection, cap: int) -> JobGauges:
     now = await _now(conn)
     rows = await _fetch(conn, "job_gauges", {"cap": cap, "now": now})
-    return JobGauges(
-        counts={(r["state"], r["use_case"]): int(r["n"]) for r in rows},
-        oldest_due_seconds={
-            r["use_case"]: max(now - (r["oldest_due_run_at"] or now), 0.0)
-            for r in rows
-            if r["state"] == "pending"
-        },
-    )
+    return job_gauges(rows, lambda r: r["oldest_due_run_at"] and now - r["oldest_due_run_at"])
 
 
 async def _stats(conn: aiosqlite.Connection, tenant_id: str | None, with_counts: bool) -> Stats:
@@ -1081,10 +1044,6 @@ def _delivery_from_row(r: sqlite3.Row) -> WebhookDelivery:
 
 def _json_or_none(text: str | None) -> Any:
     return None if text is None else json.loads(text)
-
-
-def _dispatch_order(job: Job) -> tuple[int, datetime, datetime]:
-    return (job.priority.rank, job.deadline_at, job.run_at)
 
 
 # -- time -----------------------------------------------------------------------------------

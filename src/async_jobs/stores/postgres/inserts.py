@@ -1,0 +1,237 @@
+"""Inserting jobs: one at a time, in groups, and in batches of statements written while the
+next is drawn; idempotency keys and the max_pending quota locks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from async_jobs.domain.errors import (
+    QuotaExceededError,
+    StoreError,
+)
+from async_jobs.domain.jobs import (
+    Job,
+    NewJob,
+)
+from async_jobs.domain.validation import json_dumps
+from async_jobs.stores.postgres.queries import QUERIES
+from async_jobs.stores.postgres.rows import job_from_record
+
+# A batch goes in statements of this many jobs, in one transaction: PostgreSQL writes one
+# while the next is drawn (validated) and the jobs of the one before are made. The first
+# statement is smaller, so that the database starts sooner.
+STATEMENT_JOBS = (50, 250)
+
+
+async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
+    """Insert one job on a connection the caller holds. When its idempotency key is taken,
+    the job holding it comes back; should that job be deleted between the two statements
+    (retention), the insert is tried again. A job under a max_pending quota is counted and
+    inserted in one transaction (see ``check_pending_quotas``)."""
+    if job.max_pending is not None:
+        async with conn.transaction():
+            await check_pending_quotas(conn, [job])
+            return await _insert_one(conn, job)
+    return await _insert_one(conn, job)
+
+
+async def _insert_one(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
+    if job.idempotency_key is None:
+        row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job), job.trace_context)
+        assert row is not None  # nothing to conflict with: an error or a row
+        return _job_from_insert(job, row), True
+    for _ in range(3):  # insert_jobs: the one statement that knows ON CONFLICT
+        rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns([job]), job.trace_context)
+        if rows:
+            return _job_from_insert(job, rows[0]), True
+        existing = await conn.fetch(
+            QUERIES["get_jobs_by_idempotency_key"], job.tenant_id, [job.idempotency_key]
+        )
+        if existing:
+            return job_from_record(existing[0]), False
+    raise StoreError(f"idempotency key {job.idempotency_key!r} is contended; try again")
+
+
+async def insert_jobs_on(
+    conn: asyncpg.Connection,
+    jobs: Iterable[NewJob],
+    text_json: bool = False,
+    statement_jobs: tuple[int, int] = STATEMENT_JOBS,
+) -> list[tuple[Job, bool]]:
+    """Insert on a connection the caller holds, in statements of at most ``statement_jobs``
+    jobs (the first, then each next one; the caller owns the transaction that makes several
+    of them one); ``text_json`` as for ``job_from_record``."""
+    chunks = statements(jobs, statement_jobs)
+    first = next(chunks, None)
+    if first is None:
+        return []
+    return await insert_chunks_on(conn, first, chunks, text_json)
+
+
+def statements(jobs: Iterable[NewJob], sizes: tuple[int, int]) -> Iterator[list[NewJob]]:
+    """The jobs in lists of ``sizes[0]``, then of ``sizes[1]``, each drawn only when asked
+    for. A list holding a job under a max_pending quota takes every job left, so that the
+    quota locks of a batch are all taken by one statement, in order (two batches taking them
+    in different orders could deadlock)."""
+    remaining = iter(jobs)
+    size = sizes[0]
+    while chunk := list(itertools.islice(remaining, size)):
+        size = sizes[1]
+        if any(job.max_pending is not None for job in chunk):
+            chunk.extend(remaining)
+        yield chunk
+
+
+async def insert_chunks_on(
+    conn: asyncpg.Connection,
+    chunk: list[NewJob],
+    more: Iterator[list[NewJob]],
+    text_json: bool = False,
+) -> list[tuple[Job, bool]]:
+    """Write ``chunk`` and then each list of ``more``, one statement each. While PostgreSQL
+    works on a statement, this process draws the next list (validating its jobs, when
+    ``more`` does) and makes the jobs of the previous statement: the two processors work
+    at once instead of in turn. An error while drawing lets the statement in flight finish
+    and is raised; the caller's transaction then stores nothing."""
+    batch: list[NewJob] = []
+    made: list[Job | None] = []  # per job of the batch: as inserted, or None (key taken)
+    written: tuple[list[NewJob], list[asyncpg.Record]] | None = None
+    while chunk:
+        await check_pending_quotas(conn, chunk)
+        batch.extend(chunk)
+        statement = asyncio.ensure_future(
+            conn.fetch(QUERIES["insert_jobs"], *_insert_columns(chunk), chunk[0].trace_context)
+        )
+        try:
+            await asyncio.sleep(0)  # the statement is sent
+            if written is not None:
+                _make_inserted(*written, made)
+            nxt = next(more, [])
+        except BaseException:
+            await asyncio.wait([statement])
+            if not statement.cancelled():
+                statement.exception()  # retrieved: the drawing error is the one raised
+            raise
+        written = (chunk, await statement)
+        chunk = nxt
+    if written is not None:
+        _make_inserted(*written, made)
+    return await _with_holders(conn, batch, made, text_json)
+
+
+def _make_inserted(chunk: list[NewJob], rows: list[asyncpg.Record], made: list[Job | None]) -> None:
+    """Append to ``made`` each job of a statement as inserted, or None for a job that has
+    no row (its key was taken). The rows come in the order of the jobs; should they not,
+    they are matched by id."""
+    if len(rows) == len(chunk) and all(r[0] == j.id for r, j in zip(rows, chunk, strict=True)):
+        made.extend(map(_job_from_insert, chunk, rows))
+        return
+    by_id = {r[0]: r for r in rows}
+    for job in chunk:
+        row = by_id.get(job.id)
+        made.append(None if row is None else _job_from_insert(job, row))
+
+
+async def _with_holders(
+    conn: asyncpg.Connection, batch: list[NewJob], made: list[Job | None], text_json: bool
+) -> list[tuple[Job, bool]]:
+    """Each job of the batch with True if it was inserted, else the job holding its
+    idempotency key and False."""
+    missing = [j for j, inserted in zip(batch, made, strict=True) if inserted is None]
+    if not missing:
+        return [(inserted, True) for inserted in made if inserted is not None]
+    existing: dict[tuple[str, str | None], Job] = {}
+    query = "get_jobs_by_idempotency_key_as_text" if text_json else "get_jobs_by_idempotency_key"
+    for tenant in {j.tenant_id for j in missing}:
+        keys = [j.idempotency_key for j in missing if j.tenant_id == tenant]
+        for row in await conn.fetch(QUERIES[query], tenant, keys):
+            found = job_from_record(row, text_json)
+            existing[(found.tenant_id, found.idempotency_key)] = found
+    results: list[tuple[Job, bool]] = []
+    for job, inserted in zip(batch, made, strict=True):
+        if inserted is not None:
+            results.append((inserted, True))
+            continue
+        holder = existing.get((job.tenant_id, job.idempotency_key))
+        if holder is None:  # deleted between the two statements (retention)
+            raise StoreError(f"idempotency key {job.idempotency_key!r} is contended; try again")
+        results.append((holder, False))
+    return results
+
+
+async def check_pending_quotas(conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> None:
+    """Raise ``QuotaExceededError`` if the jobs would take a tenant past its max_pending in a
+    use case. Run inside the inserting transaction: the lock per (tenant, use case), taken
+    in sorted order, makes the count and the insert atomic against other inserts, and it is
+    held until commit, so a concurrent insert counts these jobs too."""
+    bounded: dict[tuple[str, str], list[NewJob]] = {}
+    for job in jobs:
+        if job.max_pending is not None:
+            bounded.setdefault((job.tenant_id, job.use_case), []).append(job)
+    for (tenant, use_case), group in sorted(bounded.items()):
+        await conn.execute(QUERIES["lock_pending_quota"], tenant, use_case)
+        keys = {j.idempotency_key for j in group if j.idempotency_key is not None}
+        row = await conn.fetchrow(QUERIES["count_waiting"], tenant, use_case, list(keys))
+        assert row is not None
+        limit = group[0].max_pending
+        assert limit is not None
+        new = sum(j.idempotency_key is None for j in group) + len(keys - set(row["existing"]))
+        if row["waiting"] + new > limit:
+            raise QuotaExceededError(
+                f"tenant {tenant!r} has {row['waiting']} jobs waiting in use case "
+                f"{use_case!r}; its max_pending is {limit}",
+                tenant_id=tenant,
+                use_case=use_case,
+                max_pending=limit,
+            )
+
+
+def _insert_values(j: NewJob) -> tuple[Any, ...]:
+    """The parameters of one job, in the column order of both insert queries."""
+    return (
+        j.id,
+        j.tenant_id,
+        j.use_case,
+        j.type,
+        j.payload_json,
+        j.priority,  # a StrEnum: the driver sends it as its text
+        j.max_attempts,
+        j.delay_seconds,
+        j.run_at,
+        j.delay_tolerance_seconds,
+        j.timeout_seconds,
+        j.idempotency_key,
+        j.webhook_url,
+        None if j.backoff is None else json_dumps(j.backoff.to_json()),
+        j.expires_at,
+    )
+
+
+def _insert_columns(jobs: Sequence[NewJob]) -> list[Any]:
+    """The batch insert's parameters (see the query insert_jobs): the ids and payloads as
+    arrays, then each other column as an array of per-job values, then each as one shared
+    value. A column whose value is the same in every job goes as that value and NULL for
+    its array, so the driver encodes one value instead of an array of equal ones."""
+    columns = list(zip(*map(_insert_values, jobs), strict=True))
+    ids, payloads = columns[0], columns[4]
+    arrays: list[list[Any] | None] = []
+    shared: list[Any] = []
+    for column in (*columns[1:4], *columns[5:]):
+        first = column[0]
+        if column.count(first) == len(column):
+            arrays.append(None)
+            shared.append(first)
+        else:
+            arrays.append(list(column))
+            shared.append(None)
+    return [list(ids), list(payloads), *arrays, *shared]
+
+
+def _job_from_insert(new: NewJob, row: asyncpg.Record) -> Job:
+    """The job an insert statement wrote: its row is (id, run_at, deadline_at, created_at)."""
+    return new.stored(row[1], row[2], row[3])
