@@ -346,7 +346,7 @@ class Worker:
             self._running[job.id] = (task, ctx)
 
     async def _execute(self, job: Job, ctx: JobContext) -> None:
-        if not self.tracing.enabled:
+        if not self.tracing.processing(job):
             await self._attempt(job, ctx, None)
             return
         with self.tracing.process(job) as span:
