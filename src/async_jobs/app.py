@@ -276,7 +276,7 @@ class JobApp:
         """Like ``enqueue``, also saying whether the job was created (False: an existing job
         with the same idempotency key)."""
         new = self._builder.build(request)
-        if self.tracing.enabled:
+        if self.tracing.sending():
             with self.tracing.send((new,)):
                 job, created = await self._insert_one(new, connection)
         else:
@@ -308,7 +308,7 @@ class JobApp:
                 f"a batch holds at most {MAX_BATCH_SIZE} jobs, not {len(requests)}", field="jobs"
             )
         news: list[NewJob] = []
-        if self.tracing.enabled:  # one span for the batch, its context in every job
+        if self.tracing.sending():  # one span for the batch, its context in every job
             news.extend(self._builder.built(requests, []))
             with self.tracing.send(news):
                 stored = await (

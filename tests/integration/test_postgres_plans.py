@@ -132,6 +132,18 @@ async def test_a_listing_by_priority_walks_the_same_index(
     assert all(index in s for s in scans), scans
 
 
+async def test_a_listing_of_waiting_jobs_walks_the_newest_first_index(
+    explained: tuple[asyncpg.Connection, list[str]],
+) -> None:
+    """Waiting jobs have no listing index of their own (0014: every enqueue and claim would
+    pay for it): their listing walks async_jobs_created, where they are the newest rows."""
+    conn, plans = explained
+    args = (None, "pending", None, None, None, None, None, None, 51, None)
+    scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
+    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert all("async_jobs_created" in s for s in scans), scans
+
+
 async def test_the_dispatch_window_counts_queued_jobs_from_a_partial_index(
     explained: tuple[asyncpg.Connection, list[str]],
 ) -> None:

@@ -52,12 +52,13 @@ async def test_retention_reads_one_state_from_its_index(pg_database: str) -> Non
     assert "async_jobs_finished" in plan, plan
 
 
-async def test_a_listing_by_a_state_other_than_succeeded_skips_the_succeeded_rows(
-    pg_database: str,
+@pytest.mark.parametrize("state", ["failed", "cancelled"])
+async def test_a_listing_by_a_state_that_ended_badly_skips_the_succeeded_rows(
+    pg_database: str, state: str
 ) -> None:
     plan = await _plan(
         pg_database,
         QUERIES["list_jobs"],
-        None, "failed", None, None, None, None, None, None, 50, None,
+        None, state, None, None, None, None, None, None, 50, None,
     )  # fmt: skip
-    assert "async_jobs_unsucceeded_created" in plan, plan
+    assert "async_jobs_failed_created" in plan, plan

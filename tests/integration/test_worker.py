@@ -230,3 +230,38 @@ def app_request(job_type: str) -> Any:
     from async_jobs import EnqueueRequest
 
     return EnqueueRequest(type=job_type)
+
+
+async def _claim_sizes(app: JobApp, handler: str, jobs: int, concurrency: int) -> list[int]:
+    """Run ``jobs`` jobs of ``handler`` with a burst worker; the sizes its claims asked for."""
+    asked: list[int] = []
+    claim = app.store.claim_jobs
+
+    async def recorded(request: Any) -> Any:
+        asked.append(request.limit)
+        return await claim(request)
+
+    app.store.claim_jobs = recorded  # type: ignore[method-assign]
+    await app.enqueue_many([app_request(handler) for _ in range(jobs)])
+    worker = await app.run_worker(burst(concurrency=concurrency))
+    assert worker.processed == jobs
+    return asked
+
+
+async def test_a_worker_claims_further_ahead_while_its_jobs_are_short(app: JobApp) -> None:
+    @app.job("quick")
+    async def quick(ctx: JobContext, payload: dict[str, Any]) -> None:
+        return None
+
+    asked = await _claim_sizes(app, "quick", 200, concurrency=2)
+    # Default capacity: 2 running + 2 ahead; once the jobs prove short, 2 + 4 x 2.
+    assert 4 < max(asked) <= 10, asked
+
+
+async def test_a_worker_with_longer_jobs_claims_its_default_capacity(app: JobApp) -> None:
+    @app.job("slow")
+    async def slow(ctx: JobContext, payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.02)  # wait-ok: the job's own work, above SHORT_JOB_SECONDS
+
+    asked = await _claim_sizes(app, "slow", 12, concurrency=2)
+    assert max(asked) <= 4, asked

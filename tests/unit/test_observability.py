@@ -203,3 +203,43 @@ asyncio.run(main())
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_with_the_api_alone_spans_are_skipped_unless_a_context_passes_on() -> None:
+    """opentelemetry-api without an SDK makes no spans: enqueue and attempts skip the hooks
+    (they cost a worker a fifth of a no-op job), except to pass a current trace on, until an
+    SDK's provider is set."""
+    pytest.importorskip("opentelemetry.sdk")
+    script = """
+import asyncio, json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from async_jobs import JobApp
+from async_jobs.core.tracing import Tracing
+
+async def main():
+    app = JobApp("memory://", handler_modules=["async_jobs.demo"])
+    tracing = app.tracing
+    assert tracing.enabled and not tracing.sending()
+    async with app:
+        plain = await app.enqueue("echo", {})
+        assert plain.trace_context is None and not tracing.processing(plain)
+        remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1))
+        with trace.use_span(NonRecordingSpan(remote)):
+            assert tracing.sending()
+            carried = await app.enqueue("echo", {})
+        parent = json.loads(carried.trace_context)["traceparent"]
+        assert parent.startswith("00-00000000000000000000000000000abc-"), parent
+        assert tracing.processing(carried)
+        assert Tracing(tracer_provider=TracerProvider()).sending()
+        trace.set_tracer_provider(TracerProvider())
+        assert tracing.sending() and tracing.processing(plain)
+    print("ok")
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr

@@ -54,12 +54,37 @@ class Tracing:
         global one, as ``opentelemetry.trace.set_tracer_provider`` set it)."""
         self.enabled = enabled and trace is not None
         self._tracer: Any = None
+        self._own_provider = tracer_provider is not None
         if self.enabled:
             self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
 
     @classmethod
     def off(cls) -> Tracing:
         return cls(enabled=False)
+
+    # With the API alone (no SDK installed, as where the [otel] extra comes with another
+    # package) every span is a no-op that only passes a current context on: the hooks are
+    # then skipped unless there is a context to pass on. That is about 13 us of a worker's
+    # CPU per job and a few per enqueue, a fifth of what a no-op job costs the worker.
+
+    def _recording(self) -> bool:
+        """Whether spans are made: an SDK's tracer provider, given or global (set at any
+        time: the global one is looked up on every call, as cheap as a dict lookup)."""
+        return self._own_provider or not isinstance(
+            trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+        )
+
+    def sending(self) -> bool:
+        """Whether an enqueue now is worth ``send``: spans are recorded, or a trace is
+        current (a request's ``traceparent``) for the stored context to continue."""
+        return self.enabled and (
+            self._recording() or trace.get_current_span().get_span_context().is_valid
+        )
+
+    def processing(self, job: Job) -> bool:
+        """Whether an attempt of ``job`` is worth ``process``: spans are recorded, or the
+        job carries a trace context (its log lines then carry that trace's ids)."""
+        return self.enabled and (job.trace_context is not None or self._recording())
 
     # -- enqueue ----------------------------------------------------------------------------
 

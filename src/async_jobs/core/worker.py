@@ -64,6 +64,15 @@ log = logging.getLogger("async_jobs.worker")
 # times the worker's capacity of jobs are held: claimed jobs that wait for an outcome write
 # still show as running and hold leases.
 UNWRITTEN_FACTOR = 4
+# Without an explicit prefetch, a worker whose jobs are short claims further ahead: while its
+# jobs' run time averages under SHORT_JOB_SECONDS (a moving average of weight RUN_WEIGHT), it
+# holds SHORT_JOBS_PREFETCH times its concurrency beyond the running jobs instead of once. A
+# job claimed ahead then waits about that many run times (4 x 10 ms at most) and the claims,
+# a round trip and a commit each, come several times fewer (no-op jobs at concurrency 10:
+# 2x the drain, half the server CPU per job). Longer jobs keep the default.
+SHORT_JOB_SECONDS = 0.01
+SHORT_JOBS_PREFETCH = 4
+RUN_WEIGHT = 0.1
 RECONNECT_BACKOFF = Backoff.exponential(0.2, cap_seconds=15.0, jitter=0.5)
 
 
@@ -82,7 +91,9 @@ class WorkerConfig:
     poll_interval_seconds: float = 1.0
     grace_seconds: float = 30.0
     max_outcome_batch: int = 1000
-    prefetch: int | None = None  # jobs claimed ahead of free slots; default: concurrency
+    # Jobs claimed ahead of free slots; default: concurrency (4x while jobs are short, see
+    # SHORT_JOB_SECONDS).
+    prefetch: int | None = None
     outcome_linger_seconds: float = 0.002  # gather small outcome batches this long
     progress_interval_seconds: float = 1.0  # progress reports are stored this often at most
     # Run the reaper this often (jittered); None: every half lease; 0: never.
@@ -220,6 +231,7 @@ class Worker:
         )
         self.metrics.watch_slots(self._slots)
         self.processed = 0
+        self._mean_run: float | None = None  # seconds, moving average (see SHORT_JOB_SECONDS)
         info = process_info(
             config.worker_id, ProcessKind.WORKER, config.concurrency, config.use_cases
         )
@@ -281,8 +293,8 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         failures = 0
-        capacity = self.config.capacity
         while not self._stopping.is_set():
+            capacity = self._capacity()
             free = capacity - len(self._running) - len(self._ready) - self._abandoned
             unwritten_full = len(self._held) >= UNWRITTEN_FACTOR * capacity
             if free <= 0 or unwritten_full or (self._ready and free < capacity // 2):
@@ -305,6 +317,14 @@ class Worker:
             self._fill_slots()
             if not jobs and self.config.burst and await self._burst_done():
                 return
+
+    def _capacity(self) -> int:
+        """Jobs to hold at once: the configured capacity, or more while jobs are short."""
+        config = self.config
+        mean = self._mean_run
+        if config.prefetch is None and mean is not None and mean < SHORT_JOB_SECONDS:
+            return config.concurrency * (1 + SHORT_JOBS_PREFETCH)
+        return config.capacity
 
     async def _burst_done(self) -> bool:
         """Nothing was due: done once nothing runs and every outcome is written (a written
@@ -346,7 +366,7 @@ class Worker:
             self._running[job.id] = (task, ctx)
 
     async def _execute(self, job: Job, ctx: JobContext) -> None:
-        if not self.tracing.enabled:
+        if not self.tracing.processing(job):
             await self._attempt(job, ctx, None)
             return
         with self.tracing.process(job) as span:
@@ -376,7 +396,10 @@ class Worker:
                 else failure_outcome(job, handler, error_of(exc, self.config.limits))
             )
         finally:
-            self.metrics.job_ran(job, time.perf_counter() - began)
+            ran = time.perf_counter() - began
+            self.metrics.job_ran(job, ran)
+            mean = self._mean_run
+            self._mean_run = ran if mean is None else mean + (ran - mean) * RUN_WEIGHT
             del self._running[job.id]
             self._account_thread(ctx)
             self._slot_freed.set()
