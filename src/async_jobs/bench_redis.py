@@ -3,11 +3,15 @@ transport's drain measured in the same run, the start latency on redis, and wher
 goes.
 
 1. direct: N jobs enqueued in batches, ONE worker process (``transport=direct``) drains them;
-2. redis: the same N jobs, ONE scheduler process (it dispatches) and ONE worker process (it
-   reads, claims, runs, records, acknowledges) with ``transport=redis``; the clock starts
-   when both printed their ready line and stops when the table shows all N terminal; every
-   stream must then be empty. The use case's ``max_concurrent`` is ``window``: the scheduler
-   dispatches only into free slots.
+2. redis: the same N jobs, ONE scheduler process and ONE worker process (it reads, claims,
+   runs, records, acknowledges) with ``transport=redis``; whichever leads dispatches (the
+   worker, started first, usually does). The clock starts when both printed their ready
+   line and stops when the table shows all N terminal; every stream must then be empty. As
+   for the direct drain, the use case is uncapped; the dispatch window is the default
+   (``ASYNC_JOBS_DISPATCH_WINDOW``, 1,000), larger than the worker's prefetch, so the stream
+   never runs dry while the dispatcher waits for outcomes (a window equal to what the
+   worker holds makes the drain stop and go: each dispatch waits for the previous batch's
+   outcomes).
 3. latency (redis): jobs enqueued one at a time to an idle worker and scheduler; the time
    from enqueue to the handler's start.
 
@@ -56,6 +60,7 @@ from async_jobs.bench import (
     worker_process,
 )
 from async_jobs.bench_sqs import SCHEDULER_READY, bottleneck, cpu_meter
+from async_jobs.core.settings import DEFAULT_DISPATCH_WINDOW
 
 
 async def bench_redis(o: BenchOptions) -> BenchResult:
@@ -85,7 +90,7 @@ async def bench_redis(o: BenchOptions) -> BenchResult:
                     if round_no % 2 == 1:
                         directs.append(await _direct_round(app, conn, o))
                 await _truncate(conn)
-                env = _env(o, url, f"bench-{uuid.uuid4().hex[:8]}", 100_000)
+                env = _env(o, url, f"bench-{uuid.uuid4().hex[:8]}")
                 latencies = await _latency(app, conn, o, env, _scheduler_argv())
                 await _truncate(conn)
         finally:
@@ -107,7 +112,7 @@ async def bench_redis(o: BenchOptions) -> BenchResult:
         "rounds": o.rounds,
         "drain_samples": [rate for rate, _ in redis],
         "direct_drain_samples": directs,
-        "window": o.window,
+        "window": DEFAULT_DISPATCH_WINDOW,
         "latency_samples": len(latencies),
     }
     settings_out = base_settings(o, postgres_version=pg_version, system="async-jobs redis")
@@ -127,13 +132,13 @@ def _fields(o: BenchOptions) -> dict[str, Any]:
     return {name: getattr(o, name) for name in o.__dataclass_fields__}
 
 
-def _env(o: BenchOptions, url: str, prefix: str, cap: int) -> dict[str, str]:
+def _env(o: BenchOptions, url: str, prefix: str) -> dict[str, str]:
     env = _worker_env(o)
     env.update(
         ASYNC_JOBS_TRANSPORT="redis",
         ASYNC_JOBS_REDIS_URL=url,
         ASYNC_JOBS_REDIS_PREFIX=prefix,
-        ASYNC_JOBS_DEFAULT_MAX_CONCURRENT=str(cap),
+        ASYNC_JOBS_DISPATCH_WINDOW=str(DEFAULT_DISPATCH_WINDOW),
     )
     return env
 
@@ -164,10 +169,10 @@ async def _redis_round(
     await conn.execute("ANALYZE async_jobs")
     progress(
         f"redis drain: {o.jobs} jobs, one scheduler and one worker process, concurrency "
-        f"{o.concurrency}, at most {o.window} dispatched"
+        f"{o.concurrency}, at most {DEFAULT_DISPATCH_WINDOW} dispatched"
     )
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    env = _env(o, url, prefix, o.window)
+    env = _env(o, url, prefix)
     async with (
         worker_process(
             "async-jobs worker", _worker_argv(o.concurrency), env=env, ready=READY_PREFIX
