@@ -7,9 +7,10 @@ under dispatch D"), as an SQS message does for the sqs transport. The flow, each
 1. ``RedisDispatcher`` (in the leading scheduler) moves due jobs within every limit from
    ``pending`` to ``queued`` under a fresh dispatch id and a deadline (the outbox), then adds
    their tickets to the streams (``XADD`` with an approximate ``MAXLEN``), one script call
-   per stream and batch (atomic: a worker blocked in ``XREADGROUP`` gets the whole batch). A failed add puts its jobs back to ``pending`` at once; an entry lost without an
-   error (Redis restarted without persistence, ``FLUSHALL``, trimmed) is caught by the
-   deadline: a job nobody claimed by then goes back to ``pending`` and is dispatched again.
+   per stream and batch (atomic: a worker blocked in ``XREADGROUP`` gets the whole batch).
+   A failed add puts its jobs back to ``pending`` at once; an entry lost without an error
+   (Redis restarted without persistence, ``FLUSHALL``, trimmed) is caught by the deadline:
+   a job nobody claimed by then goes back to ``pending`` and is dispatched again.
    At most the dispatch window of each use case (``ASYNC_JOBS_DISPATCH_WINDOW``) is queued
    at once (``transports.dispatch``, shared with the sqs transport).
 2. ``RedisTransport`` (in a worker) reads its streams with ``XREADGROUP`` (blocking, only as
