@@ -9,6 +9,8 @@ import collections
 import logging
 from collections.abc import Sequence
 
+import pytest
+
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import AsyncJobsError
 from async_jobs.domain.jobs import Job
@@ -94,3 +96,34 @@ async def test_a_failed_send_puts_its_jobs_back_and_frees_the_window(store: JobS
     dispatcher.down = False
     assert await dispatcher.run_once() == 10
     assert await store.count_queued(["default"], 100) == {"default": 10}
+
+
+async def test_the_queued_count_is_read_again_only_when_the_window_may_be_full(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts: list[int] = []
+    count_queued = store.count_queued
+
+    async def counting(use_cases: Sequence[str], cap: int) -> dict[str, int]:
+        counts.append(cap)
+        return await count_queued(use_cases, cap)
+
+    monkeypatch.setattr(store, "count_queued", counting)
+    dispatcher = Recording(store, ("default",), Limits(), window=50)
+    await store.insert_jobs([new_job()])
+    assert await dispatcher.run_once() == 1
+    first = len(counts)
+    assert first >= 1  # a dispatcher counts before its first round
+
+    # An idle use case's next job goes out with its dispatch statement alone.
+    await store.insert_jobs([new_job()])
+    assert await dispatcher.run_once() == 1
+    assert len(counts) == first
+
+    # The bound (what it sent since the last count) reaches the window: it counts again and
+    # still never queues more than the window.
+    await store.insert_jobs([new_job() for _ in range(100)])
+    assert await dispatcher.run_once() == 48
+    assert await dispatcher.run_once() == 0
+    assert len(counts) > first
+    assert await store.count_queued(["default"], 1000) == {"default": 50}

@@ -27,8 +27,10 @@ from async_jobs.transports.redis import (
     FIELD,
     GROUP,
     RedisConfig,
+    RedisDispatcher,
     RedisTransport,
     connect,
+    ensure_group,
     info,
     require_redis,
 )
@@ -410,3 +412,38 @@ async def test_a_backlog_is_sent_through_the_dispatch_window(pg_database: str) -
         await wait_until(lambda: drained(jobs), timeout=10)
     transport = worker_transport(worker)
     assert transport.counts["claimed"] == 500 and transport.counts["stale"] == 0
+
+
+async def test_a_blocked_reader_gets_a_dispatched_batch_in_one_read(
+    app: JobApp, client: Any
+) -> None:
+    """The dispatcher adds a batch in one script call: a worker blocked in XREADGROUP is
+    answered once with all of it (one claim statement), not with its first entry alone."""
+    stream = stream_of(app)
+    await ensure_group(client, stream)
+    await app.enqueue_many([EnqueueRequest("noop") for _ in range(20)])
+    name = f"reader-{uuid.uuid4().hex[:8]}"
+    reader = connect(config_of(app))
+    await reader.client_setname(name)
+
+    async def blocked() -> bool:
+        return any(
+            c.get("name") == name and c.get("cmd") == "xreadgroup"
+            for c in await client.client_list()
+        )
+
+    dispatcher = RedisDispatcher(app.store, config_of(app), app.limits)
+    try:
+        read = asyncio.create_task(
+            reader.xreadgroup(GROUP, "reader", {stream: ">"}, count=100, block=10_000)
+        )
+        await wait_until(blocked, timeout=10)
+        assert await dispatcher.run_once() == 20
+        answer = await asyncio.wait_for(read, 10)
+    finally:
+        await dispatcher.close()
+        await reader.aclose()
+    [(_, entries)] = answer
+    tickets = [DispatchTicket.from_message(fields[FIELD]) for _, fields in entries]
+    assert len(tickets) == 20
+    assert len(await app.store.claim_dispatched(tickets, "reader", 10.0)) == 20

@@ -96,7 +96,7 @@ async def broker_drain(
     await check_queued(conn, o.jobs)
     progress(
         f"{label}: {o.jobs} jobs, one scheduler and one worker process, concurrency "
-        f"{o.concurrency}, at most {o.window} dispatched"
+        f"{o.concurrency}, at most {env.get('ASYNC_JOBS_DISPATCH_WINDOW') or o.window} dispatched"
     )
     async with (
         worker_process(

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import socket
 import time
@@ -40,6 +41,10 @@ from async_jobs.ports import Dispatcher, JobStore
 log = logging.getLogger("async_jobs.scheduler")
 
 ROLE = "scheduler"  # the lease row of the chores, whatever kind of process holds it
+# Under load, dispatch rounds that send jobs start at least this far apart: the slots freed
+# meanwhile go out in one batch instead of a statement each. A job enqueued into an idle
+# system (the last round long past) is dispatched at once.
+DISPATCH_LINGER_SECONDS = 0.005
 
 
 def leader_holder(process_role: str, process_id: str | None = None) -> str:
@@ -178,13 +183,21 @@ class Scheduler:
         enqueued or ended (slots freed) since the pass began, or after a round."""
         assert self.dispatcher is not None
         await self._store.watch_finished(self._slots_freed)
+        loop = asyncio.get_running_loop()
         failures = 0
+        sent = 0
+        ended = -math.inf
         while True:
+            early = ended + DISPATCH_LINGER_SECONDS - loop.time()
+            if sent and early > 0:
+                await asyncio.sleep(early)  # wait-ok: gathers the slots freed meanwhile
             # Cleared before the pass: a slot freed during it wakes the next one at once.
             self._dispatch_wanted.clear()
+            sent = 0
             if self.leading:
                 try:
-                    await self.dispatcher.run_once()
+                    sent = await self.dispatcher.run_once()
+                    ended = loop.time()
                     failures = 0
                 except AsyncJobsError as exc:
                     failures += 1

@@ -38,6 +38,8 @@ from async_jobs.ports import JobStore
 
 LAPSED_CHECK_SECONDS = 1.0  # how often a dispatcher looks for lapsed dispatches
 LAPSED_PER_ROUND = 1000
+# The queued jobs are counted again before a round when the last count is this old.
+RECOUNT_BEFORE_SECONDS = 3 * LAPSED_CHECK_SECONDS
 
 
 class BrokerDispatcher(abc.ABC):
@@ -72,6 +74,8 @@ class BrokerDispatcher(abc.ABC):
         self._failures = 0
         self._resume_at = 0.0
         self._lapsed_checked_at = -math.inf
+        self._queued: collections.Counter[str] = collections.Counter()
+        self._counted_at = -math.inf
         # sent, send_failed, lapsed: jobs, by event (also async_jobs_transport_messages).
         self.counts: collections.Counter[str] = TransportCounts(transport, metrics)
 
@@ -92,41 +96,68 @@ class BrokerDispatcher(abc.ABC):
     async def close(self) -> None: ...
 
     async def run_once(self) -> int:
-        """Send back lapsed dispatches, then fill every use case's window. Returns how many
-        jobs were sent; after a failed send, sends nothing until the backoff has passed."""
+        """Fill every use case's window; then, about every second, send back lapsed
+        dispatches (and fill again) and count the queued jobs afresh. Returns how many jobs
+        were sent; after a failed send, sends nothing until the backoff has passed."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._resume_at:
             return 0
         await self._open()
+        # ``_queued`` bounds each use case's queued jobs from above: only the leader adds
+        # to them, workers' claims and lapses take away. It is counted (one cheap read)
+        # before a fill only when it would hold a batch back or is old (this dispatcher did
+        # not lead for a while); else after the fill, about every second. A job enqueued
+        # into an idle system thus waits for one statement (its dispatch), not three.
+        if loop.time() - self._counted_at >= RECOUNT_BEFORE_SECONDS or any(
+            self._window - self._queued[u] < self._batch for u in self._use_cases
+        ):
+            await self._count()
+        sent = await self._fill()
+        if loop.time() < self._resume_at:
+            return sent
         # Deadlines are seconds apart: looking for lapsed ones on every round (every batch
         # of finished jobs, under load) would only cost a query each time.
         every = min(LAPSED_CHECK_SECONDS, self._dispatch_timeout / 2)
         if loop.time() - self._lapsed_checked_at >= every:
             self._lapsed_checked_at = loop.time()
             lapsed = await self._store.requeue_dispatched(LAPSED_PER_ROUND)
+            await self._count()
             if lapsed:
                 self.counts["lapsed"] += len(lapsed)
                 self.log.warning("%d dispatches lapsed unclaimed; they are sent again", len(lapsed))
-        queued = await self._store.count_queued(self._use_cases, self._window)
+                sent += await self._fill()
+        return sent
+
+    async def _count(self) -> None:
+        self._counted_at = asyncio.get_running_loop().time()
+        self._queued = collections.Counter(
+            await self._store.count_queued(self._use_cases, self._window)
+        )
+
+    async def _fill(self) -> int:
+        loop = asyncio.get_running_loop()
         sent = 0
         for use_case in self._use_cases:
-            room = self._window - queued.get(use_case, 0)
+            room = self._window - self._queued[use_case]
             while room > 0:
                 limit = min(self._batch, room)
                 jobs = await self._store.claim_jobs(self._request(use_case, limit))
                 if not jobs:
                     break
                 try:
-                    sent += await self._send(jobs)
+                    out = await self._send(jobs)
                 except self.error as exc:
                     self._failures += 1
                     delay = self.backoff.delay(self._failures)
                     self._resume_at = loop.time() + delay
+                    self._counted_at = -math.inf  # what went out is unknown: count again
                     self.log.warning(
                         "cannot dispatch to %s (retry in %.1fs): %s", self.broker, delay, exc
                     )
                     return sent
                 self._failures = 0
+                sent += out
+                self._queued[use_case] += out
                 room -= len(jobs)  # refused sends went back to pending: next round's
                 if len(jobs) < limit:
                     break

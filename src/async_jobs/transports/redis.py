@@ -6,10 +6,11 @@ under dispatch D"), as an SQS message does for the sqs transport. The flow, each
 
 1. ``RedisDispatcher`` (in the leading scheduler) moves due jobs within every limit from
    ``pending`` to ``queued`` under a fresh dispatch id and a deadline (the outbox), then adds
-   their tickets to the streams (``XADD`` with an approximate ``MAXLEN``), one pipeline per
-   stream. A failed add puts its jobs back to ``pending`` at once; an entry lost without an
-   error (Redis restarted without persistence, ``FLUSHALL``, trimmed) is caught by the
-   deadline: a job nobody claimed by then goes back to ``pending`` and is dispatched again.
+   their tickets to the streams (``XADD`` with an approximate ``MAXLEN``), one script call
+   per stream and batch (atomic: a worker blocked in ``XREADGROUP`` gets the whole batch).
+   A failed add puts its jobs back to ``pending`` at once; an entry lost without an error
+   (Redis restarted without persistence, ``FLUSHALL``, trimmed) is caught by the deadline:
+   a job nobody claimed by then goes back to ``pending`` and is dispatched again.
    At most the dispatch window of each use case (``ASYNC_JOBS_DISPATCH_WINDOW``) is queued
    at once (``transports.dispatch``, shared with the sqs transport).
 2. ``RedisTransport`` (in a worker) reads its streams with ``XREADGROUP`` (blocking, only as
@@ -64,6 +65,15 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 FIELD = "t"  # the one field of an entry: the ticket
 GROUP = "async-jobs"
 POLL_TASK = "async-jobs-redis-poll:"
+# Adds entries to one stream (KEYS[1]): ARGV = max length, field, the tickets. A script is
+# atomic and names one key, so it runs on Redis Cluster as on one server; redis-py loads it
+# again where Redis lost it (restarted, SCRIPT FLUSH).
+ADD_SCRIPT = """
+for i = 3, #ARGV do
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[i])
+end
+return #ARGV - 2
+"""
 INSTALL_HINT = "the redis transport needs redis-py: pip install 'async-job-server[redis]'"
 
 
@@ -247,6 +257,7 @@ class RedisDispatcher(ConfiguredDispatcher[RedisConfig]):
     def _configured(self) -> None:
         require_redis()
         self._client: Any = None
+        self._add_script: Any = None
 
     async def _open(self) -> None:
         if self._client is None:
@@ -254,6 +265,7 @@ class RedisDispatcher(ConfiguredDispatcher[RedisConfig]):
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        self._add_script = None
         if client is not None:
             await client.aclose()
 
@@ -274,16 +286,14 @@ class RedisDispatcher(ConfiguredDispatcher[RedisConfig]):
         return await self._sent(jobs, unsent, error)
 
     async def _add(self, stream: str, jobs: Sequence[Job]) -> None:
+        """One script call adds every ticket: one round trip, and a worker blocked in
+        ``XREADGROUP`` is answered once with the whole batch, not with its first entry
+        (which would cost a claim statement of its own)."""
+        if self._add_script is None:
+            self._add_script = self._client.register_script(ADD_SCRIPT)
+        tickets = [DispatchTicket.of(job).to_message() for job in jobs]
         async with _translated(f"add to {stream}"):
-            pipe = self._client.pipeline(transaction=False)
-            for job in jobs:
-                pipe.xadd(
-                    stream,
-                    {FIELD: DispatchTicket.of(job).to_message()},
-                    maxlen=self.config.max_len,
-                    approximate=True,
-                )
-            await pipe.execute()
+            await self._add_script(keys=[stream], args=[self.config.max_len, FIELD, *tickets])
 
 
 # -- the worker's side ----------------------------------------------------------------------
