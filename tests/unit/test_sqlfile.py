@@ -11,6 +11,8 @@ import pytest
 
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 
+STORES = ("async_jobs.stores.postgres", "async_jobs.stores.sqlite")
+
 
 def test_the_claim_function_has_one_home_that_its_migrations_load() -> None:
     claim = resources.files("async_jobs.stores.postgres").joinpath("claim.sql").read_text("utf-8")
@@ -68,3 +70,12 @@ def test_an_unknown_or_nested_part_is_refused_when_the_file_loads(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         load_queries(_package(tmp_path, monkeypatch, sql))
+
+
+@pytest.mark.parametrize("package", STORES)
+def test_every_part_of_a_store_serves_several_queries(package: str) -> None:
+    text = resources.files(package).joinpath("queries.sql").read_text("utf-8")
+    uses = re.findall(r"^\s*-- use: (\w+)", text, re.M)
+    parts = re.findall(r"^-- part: (\w+)", text, re.M)
+    assert {part: uses.count(part) for part in parts if uses.count(part) < 2} == {}
+    assert not [sql for sql in load_queries(package).values() if "-- use:" in sql]
