@@ -157,19 +157,31 @@ def _resume(flow: _Flow[T], outcome: object) -> _Effect | _Done[T]:
 
 # -- what both clients share: every call, once ------------------------------------------------
 
+# The httpx client and transport a driver opens: asyncio or blocking.
+_Http = TypeVar("_Http", httpx.AsyncClient, httpx.Client)
+_Transport = TypeVar("_Transport", httpx.AsyncBaseTransport, httpx.BaseTransport)
 
-class _ClientBase:
+
+class _ClientBase(Generic[_Http, _Transport]):
     """Configuration, and every call as a flow of effects (``_call`` and the ``_*_flow``
-    methods); the two clients add only a driver and their public methods."""
+    methods); the two clients add only their ``httpx`` client, a driver and their public
+    methods."""
 
     def __init__(
         self,
         base_url: str,
-        token: str | None,
-        timeout: float,
-        retries: int,
-        retry_backoff: Backoff | None,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        transport: _Transport | None = None,
+        retry_backoff: Backoff | None = None,
+        auth_token: str | None = None,
     ) -> None:
+        """``transport``: an ``httpx`` transport (an async one for ``AsyncJobsClient``);
+        ``auth_token``: another name for ``token`` (the bearer token), as code written for
+        other job servers passes it."""
+        token = _one_token(token, auth_token)
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.base_url = base_url
@@ -179,6 +191,11 @@ class _ClientBase:
         self.headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
+        self._http: _Http = self._open(transport)
+
+    def _open(self, transport: _Transport | None) -> _Http:
+        """The ``httpx`` client that sends this client's requests."""
+        raise NotImplementedError
 
     def _call(
         self,
@@ -317,43 +334,31 @@ def _one_token(token: str | None, auth_token: str | None) -> str | None:
     return token if token is not None else auth_token
 
 
-class AsyncJobsClient(_ClientBase):
+class AsyncJobsClient(_ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
     """The jobs API over HTTP, for asyncio code. ``transport``: an ``httpx`` transport, for
     instance ``httpx.ASGITransport(app=api)`` to talk to an app in the same process."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: str | None = None,
-        timeout: float = 10.0,
-        retries: int = 3,
-        transport: httpx.AsyncBaseTransport | None = None,
-        retry_backoff: Backoff | None = None,
-        auth_token: str | None = None,
-    ) -> None:
-        """``auth_token``: another name for ``token`` (the bearer token), as code written for
-        other job servers passes it."""
-        token = _one_token(token, auth_token)
-        super().__init__(base_url, token, timeout, retries, retry_backoff)
-        self._http = httpx.AsyncClient(
-            base_url=base_url, headers=self.headers, timeout=timeout, transport=transport
+    def _open(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url, headers=self.headers, timeout=self.timeout, transport=transport
         )
 
     async def _drive(self, flow: _Flow[T]) -> T:
         outcome: object = None
-        while True:
-            step = _resume(flow, outcome)
-            if isinstance(step, _Done):
-                return step.value
-            if isinstance(step, _Sleep):
-                await asyncio.sleep(step.seconds)
-                outcome = None
-                continue
-            try:
-                outcome = await self._http.request(step.method, step.path, **step.arguments())
-            except httpx.TransportError as exc:
-                outcome = exc
+        while not isinstance(step := _resume(flow, outcome), _Done):
+            outcome = await self._perform(step)
+        return step.value
+
+    async def _perform(self, effect: _Effect) -> object:
+        """What the flow waits for: None after a sleep, the response, or the
+        ``httpx.TransportError`` that the flow is to raise."""
+        if isinstance(effect, _Sleep):
+            await asyncio.sleep(effect.seconds)
+            return None
+        try:
+            return await self._http.request(effect.method, effect.path, **effect.arguments())
+        except httpx.TransportError as exc:
+            return exc
 
     async def enqueue(
         self, type: str, payload: Mapping[str, Any] | None = None, **options: Unpack[EnqueueOptions]
@@ -439,42 +444,28 @@ class AsyncJobsClient(_ClientBase):
         await self.aclose()
 
 
-class JobsClient(_ClientBase):
+class JobsClient(_ClientBase[httpx.Client, httpx.BaseTransport]):
     """``AsyncJobsClient``'s methods as blocking calls, for code without an event loop."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: str | None = None,
-        timeout: float = 10.0,
-        retries: int = 3,
-        transport: httpx.BaseTransport | None = None,
-        retry_backoff: Backoff | None = None,
-        auth_token: str | None = None,
-    ) -> None:
-        """``auth_token``: another name for ``token`` (the bearer token), as code written for
-        other job servers passes it."""
-        token = _one_token(token, auth_token)
-        super().__init__(base_url, token, timeout, retries, retry_backoff)
-        self._http = httpx.Client(
-            base_url=base_url, headers=self.headers, timeout=timeout, transport=transport
+    def _open(self, transport: httpx.BaseTransport | None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, headers=self.headers, timeout=self.timeout, transport=transport
         )
 
     def _drive(self, flow: _Flow[T]) -> T:
         outcome: object = None
-        while True:
-            step = _resume(flow, outcome)
-            if isinstance(step, _Done):
-                return step.value
-            if isinstance(step, _Sleep):
-                time.sleep(step.seconds)  # wait-ok: a retry's backoff or a poll interval
-                outcome = None
-                continue
-            try:
-                outcome = self._http.request(step.method, step.path, **step.arguments())
-            except httpx.TransportError as exc:
-                outcome = exc
+        while not isinstance(step := _resume(flow, outcome), _Done):
+            outcome = self._perform(step)
+        return step.value
+
+    def _perform(self, effect: _Effect) -> object:
+        if isinstance(effect, _Sleep):
+            time.sleep(effect.seconds)  # wait-ok: a retry's backoff or a poll interval
+            return None
+        try:
+            return self._http.request(effect.method, effect.path, **effect.arguments())
+        except httpx.TransportError as exc:
+            return exc
 
     def enqueue(
         self, type: str, payload: Mapping[str, Any] | None = None, **options: Unpack[EnqueueOptions]

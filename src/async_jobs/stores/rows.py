@@ -4,11 +4,12 @@ seconds and arrays as JSON text)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from async_jobs.domain.jobs import Job, dispatch_order
+from async_jobs.domain.rollup import ALL_TENANTS, RollupRow, merge
 from async_jobs.domain.scheduling import JobGauges
 from async_jobs.domain.workers import LiveProcess, ProcessInfo, ProcessKind
 
@@ -64,3 +65,28 @@ def job_gauges(rows: Sequence[Row], oldest_due: Callable[[Row], float | None]) -
             r["use_case"]: max(oldest_due(r) or 0.0, 0.0) for r in rows if r["state"] == "pending"
         },
     )
+
+
+def rollup_rows(
+    rows: Iterable[Row],
+    tenant_id: str | None,
+    when: Callable[[Any], datetime] = _as_is,
+    histogram: Callable[[Any], Mapping[int, int]] = _as_is,
+) -> list[RollupRow]:
+    """The rows of the query ``read_rollup``, of ``tenant_id`` (None: ``ALL_TENANTS``);
+    ``when`` makes a time of a stored minute, ``histogram`` a mapping of a stored histogram
+    (its keys made ints by ``merge``)."""
+    return [
+        RollupRow(
+            minute=when(r["minute"]),
+            use_case=r["use_case"],
+            tenant_id=tenant_id or ALL_TENANTS,
+            succeeded=r["succeeded"],
+            failed=r["failed"],
+            cancelled=r["cancelled"],
+            deadline_misses=r["deadline_misses"],
+            run_hist=merge([histogram(r["run_hist"])]),
+            wait_hist=merge([histogram(r["wait_hist"])]),
+        )
+        for r in rows
+    ]

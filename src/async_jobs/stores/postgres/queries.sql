@@ -101,15 +101,20 @@ SELECT pg_notify('async_jobs_finished', $1);
 -- name: get_job
 SELECT * FROM async_jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2);
 
--- name: list_jobs
--- Newest first; the cursor is the (created_at, id) of the last row of the previous page.
-SELECT * FROM async_jobs
+-- part: job_filters
+-- The filters of list_jobs and count_jobs ($1 tenant, $2 state, $3 use case, $4 type, $5 and
+-- $6 created after and before): each one NULL leaves out.
 WHERE ($1::text IS NULL OR tenant_id = $1)
   AND ($2::async_jobs_state IS NULL OR status = $2)
   AND ($3::text IS NULL OR use_case = $3)
   AND ($4::text IS NULL OR type = $4)
   AND ($5::timestamptz IS NULL OR created_at > $5)
   AND ($6::timestamptz IS NULL OR created_at < $6)
+
+-- name: list_jobs
+-- Newest first; the cursor is the (created_at, id) of the last row of the previous page.
+SELECT * FROM async_jobs
+-- use: job_filters
   AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8::uuid))
   AND ($10::async_jobs_priority IS NULL OR priority = $10)
 ORDER BY created_at DESC, id DESC
@@ -184,16 +189,35 @@ SELECT (SELECT count(*) FROM async_jobs
        ARRAY(SELECT idempotency_key FROM async_jobs
              WHERE tenant_id = $1 AND idempotency_key = ANY($3::text[])) AS existing;
 
+-- part: lease_fence
+-- The fence of a worker's writes to the jobs it holds (record_outcomes, extend_leases,
+-- record_progress; u: their unnested arrays, $1 the ids): a row (j) changes only while it
+-- holds the attempt and lease token of u. A lease token exists only while the job runs
+-- (async_jobs_lease_only_when_running). `id = ANY($1)` lets the planner find the rows by
+-- primary key instead of walking every running row.
+WHERE j.id = ANY($1::uuid[])
+  AND j.id = u.id
+  AND j.attempts = u.attempt
+  AND j.lease_token = u.token
+
+-- part: attempt_entry
+-- The first fields of the history entry of an attempt that ends (record_outcomes,
+-- reap_expired_leases): which attempt, whose, and when it started and ended; the outcome and
+-- error follow.
+'attempt', j.attempts,
+'worker_id', j.worker_id,
+'started_at', extract(epoch FROM j.started_at),
+'finished_at', extract(epoch FROM now()),
+
 -- name: record_outcomes
--- Fenced: a row changes only while it is running under the attempt and lease token of the
--- outcome (a lease token exists only while running: async_jobs_lease_only_when_running).
+-- Fenced (lease_fence): a row changes only while it is running under the attempt and lease
+-- token of the outcome.
 -- A released attempt is handed back without counting. A job whose cancellation was asked
 -- (j.cancel_requested) ends cancelled instead of being retried or handed back.
 -- Every counted attempt that did not succeed joins the history (the latest $8 are kept, its
 -- error message cut to $9 characters; a success is the row itself, and skipping it keeps the
 -- hot path light). The rules are domain/transitions.py's, checked against it by
--- tests/integration/test_transitions.py. `id = ANY($1)` lets
--- the planner find the rows by primary key instead of walking every running row.
+-- tests/integration/test_transitions.py.
 -- The jobs that ended are announced on async_jobs_finished (ids, comma-separated, at most
 -- 200 per notification), delivered at commit, for callers waiting for an outcome.
 WITH written AS (
@@ -215,10 +239,7 @@ SET status = (CASE
         ELSE (CASE WHEN jsonb_array_length(j.history) >= $8::int THEN j.history - 0
                    ELSE j.history END)
              || jsonb_build_array(jsonb_build_object(
-                    'attempt', j.attempts,
-                    'worker_id', j.worker_id,
-                    'started_at', extract(epoch FROM j.started_at),
-                    'finished_at', extract(epoch FROM now()),
+                    -- use: attempt_entry
                     'outcome', CASE WHEN u.kind IN ('retry', 'released') AND j.cancel_requested
                                     THEN 'cancelled' ELSE u.kind END,
                     'error_type', u.error::jsonb ->> 'type',
@@ -238,10 +259,7 @@ SET status = (CASE
     updated_at = now()
 FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[],
             $7::float8[]) AS u(id, attempt, token, kind, result, error, delay)
-WHERE j.id = ANY($1::uuid[])
-  AND j.id = u.id
-  AND j.attempts = u.attempt
-  AND j.lease_token = u.token
+-- use: lease_fence
 RETURNING j.id, j.status
 ), announced AS (
     SELECT pg_notify('async_jobs_finished', string_agg(f.id::text, ','))
@@ -258,10 +276,7 @@ UPDATE async_jobs AS j
 SET lease_expires_at = now() + make_interval(secs => $4),
     updated_at = now()
 FROM unnest($1::uuid[], $2::int[], $3::uuid[]) AS u(id, attempt, token)
-WHERE j.id = ANY($1::uuid[])
-  AND j.id = u.id
-  AND j.attempts = u.attempt
-  AND j.lease_token = u.token
+-- use: lease_fence
 RETURNING j.id, j.cancel_requested;
 
 -- name: record_progress
@@ -272,10 +287,7 @@ SET progress_percent = u.percent,
     updated_at = now()
 FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::real[], $5::text[])
     AS u(id, attempt, token, percent, message)
-WHERE j.id = ANY($1::uuid[])
-  AND j.id = u.id
-  AND j.attempts = u.attempt
-  AND j.lease_token = u.token
+-- use: lease_fence
 RETURNING j.id;
 
 -- name: reap_expired_leases
@@ -298,10 +310,7 @@ SET status = (CASE WHEN j.cancel_requested THEN 'cancelled'
     history = (CASE WHEN jsonb_array_length(j.history) >= $2::int THEN j.history - 0
                     ELSE j.history END)
               || jsonb_build_array(jsonb_build_object(
-                     'attempt', j.attempts,
-                     'worker_id', j.worker_id,
-                     'started_at', extract(epoch FROM j.started_at),
-                     'finished_at', extract(epoch FROM now()),
+                     -- use: attempt_entry
                      'outcome', 'worker_lost',
                      'error_type', 'WorkerLost',
                      'error_message', 'the lease expired')),
@@ -640,12 +649,7 @@ ORDER BY kind, id;
 -- case and an active state, async_jobs_claimable / async_jobs_active).
 SELECT count(*) AS n FROM (
     SELECT 1 FROM async_jobs
-    WHERE ($1::text IS NULL OR tenant_id = $1)
-      AND ($2::async_jobs_state IS NULL OR status = $2)
-      AND ($3::text IS NULL OR use_case = $3)
-      AND ($4::text IS NULL OR type = $4)
-      AND ($5::timestamptz IS NULL OR created_at > $5)
-      AND ($6::timestamptz IS NULL OR created_at < $6)
+    -- use: job_filters
       AND ($8::async_jobs_priority IS NULL OR priority = $8)
     LIMIT $7
 ) AS capped;

@@ -39,7 +39,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     ProgressUpdate,
 )
-from async_jobs.domain.rollup import ALL_TENANTS, RollupRow, RollupWindow, merge
+from async_jobs.domain.rollup import RollupWindow
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     FinishedBucket,
@@ -80,7 +80,7 @@ from async_jobs.stores.postgres.rows import (
     job_from_record,
     percentiles,
 )
-from async_jobs.stores.rows import claimed, job_gauges, live_process
+from async_jobs.stores.rows import claimed, job_gauges, live_process, rollup_rows
 from async_jobs.stores.sqlfile import load_migrations
 
 # Statements writing single enqueues at once; more jobs arriving meanwhile wait and go
@@ -626,20 +626,7 @@ class PostgresStore:
             now = rows[0]["generated_at"] if rows else await conn.fetchval(QUERIES["now"])
         return RollupWindow(
             generated_at=now,
-            rows=[
-                RollupRow(
-                    r["minute"],
-                    r["use_case"],
-                    tenant_id or ALL_TENANTS,
-                    r["succeeded"],
-                    r["failed"],
-                    r["cancelled"],
-                    r["deadline_misses"],
-                    merge([r["run_hist"]]),
-                    merge([r["wait_hist"]]),
-                )
-                for r in rows
-            ],
+            rows=rollup_rows(rows, tenant_id),
             oldest_due_seconds={r["use_case"]: max(r["seconds"], 0.0) for r in oldest},
         )
 

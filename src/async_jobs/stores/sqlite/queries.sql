@@ -101,17 +101,22 @@ WHERE idempotency_key IS NOT NULL
 -- name: get_job
 SELECT * FROM async_jobs WHERE id = :id AND (:tenant_id IS NULL OR tenant_id = :tenant_id);
 
+-- part: job_filters
+-- The filters of list_jobs, list_tenant_jobs and count_jobs besides the tenant: each one
+-- NULL leaves out.
+AND (:status IS NULL OR status = :status)
+AND (:use_case IS NULL OR use_case = :use_case)
+AND (:type IS NULL OR type = :type)
+AND (:created_after IS NULL OR created_at > :created_after)
+AND (:created_before IS NULL OR created_at < :created_before)
+AND (:priority IS NULL OR priority = :priority)
+
 -- name: list_jobs
 -- Newest first over every tenant; the cursor is the (created_at, id) of the last row of
 -- the previous page, +infinity and '' for the first page so the index range always applies.
 SELECT * FROM async_jobs
 WHERE (created_at, id) < (:after_created_at, :after_id)
-  AND (:status IS NULL OR status = :status)
-  AND (:use_case IS NULL OR use_case = :use_case)
-  AND (:type IS NULL OR type = :type)
-  AND (:created_after IS NULL OR created_at > :created_after)
-  AND (:created_before IS NULL OR created_at < :created_before)
-  AND (:priority IS NULL OR priority = :priority)
+  -- use: job_filters
 ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
@@ -120,12 +125,7 @@ LIMIT :limit;
 SELECT * FROM async_jobs
 WHERE tenant_id = :tenant_id
   AND (created_at, id) < (:after_created_at, :after_id)
-  AND (:status IS NULL OR status = :status)
-  AND (:use_case IS NULL OR use_case = :use_case)
-  AND (:type IS NULL OR type = :type)
-  AND (:created_after IS NULL OR created_at > :created_after)
-  AND (:created_before IS NULL OR created_at < :created_before)
-  AND (:priority IS NULL OR priority = :priority)
+  -- use: job_filters
 ORDER BY created_at DESC, id DESC
 LIMIT :limit;
 
@@ -350,10 +350,33 @@ WHERE true
 ON CONFLICT (tenant_id, use_case)
 DO UPDATE SET tokens = excluded.tokens, refilled_at = excluded.refilled_at;
 
+-- part: held_lease
+-- A worker's writes to the jobs it holds (record_outcomes, extend_leases, record_progress)
+-- come as a JSON array whose entries (e) start with [id, attempt, lease_token]: the job, and
+-- the attempt and lease it holds.
+e.value ->> 0 AS id,
+e.value ->> 1 AS attempt,
+e.value ->> 2 AS token,
+
+-- part: lease_fence
+-- Their fence: a row (j) changes only while it is running under the attempt and lease
+-- token of the entry (u).
+WHERE j.id = u.id
+  AND j.status = 'running'
+  AND j.attempts = u.attempt
+  AND j.lease_token = u.token
+
+-- part: capped_history
+-- The history of a job (j) with room for one more entry, the first argument of the
+-- json_insert that appends it: the oldest entry goes once :max_history are kept.
+CASE WHEN json_array_length(j.history) >= :max_history
+     THEN json_remove(j.history, '$[0]')
+     ELSE j.history END,
+
 -- name: record_outcomes
 -- :outcomes is a JSON array of [id, attempt, lease_token, kind, result_json, error_json,
--- retry_delay_seconds]. Fenced: a row changes only while it is running under the attempt
--- and lease token of the outcome. A released attempt is handed back without counting. A job
+-- retry_delay_seconds]. Fenced (lease_fence): a row changes only while it is running under
+-- the attempt and lease token of the outcome. A released attempt is handed back without counting. A job
 -- whose cancellation was asked (j.cancel_requested) ends cancelled instead of being retried
 -- or handed back. Every counted attempt that did not succeed joins the history, the latest
 -- :max_history kept (json_insert at '$[#]' appends), its error message cut to
@@ -375,9 +398,7 @@ SET status = CASE
         WHEN u.kind = 'succeeded' OR (u.kind = 'released' AND NOT j.cancel_requested)
             THEN j.history
         ELSE json_insert(
-            CASE WHEN json_array_length(j.history) >= :max_history
-                 THEN json_remove(j.history, '$[0]')
-                 ELSE j.history END,
+            -- use: capped_history
             '$[#]', json_object(
                 'attempt', j.attempts,
                 'worker_id', j.worker_id,
@@ -402,9 +423,7 @@ SET status = CASE
     updated_at = u.now
 FROM (
     SELECT
-        e.value ->> 0 AS id,
-        e.value ->> 1 AS attempt,
-        e.value ->> 2 AS token,
+        -- use: held_lease
         e.value ->> 3 AS kind,
         e.value ->> 4 AS result,
         e.value ->> 5 AS error,
@@ -412,10 +431,7 @@ FROM (
         round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now
     FROM json_each(:outcomes) AS e
 ) AS u
-WHERE j.id = u.id
-  AND j.status = 'running'
-  AND j.attempts = u.attempt
-  AND j.lease_token = u.token
+-- use: lease_fence
 RETURNING id;
 
 -- name: extend_leases
@@ -426,16 +442,11 @@ SET lease_expires_at = u.now + :lease_seconds,
     updated_at = u.now
 FROM (
     SELECT
-        e.value ->> 0 AS id,
-        e.value ->> 1 AS attempt,
-        e.value ->> 2 AS token,
+        -- use: held_lease
         round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now
     FROM json_each(:claims) AS e
 ) AS u
-WHERE j.id = u.id
-  AND j.status = 'running'
-  AND j.attempts = u.attempt
-  AND j.lease_token = u.token
+-- use: lease_fence
 RETURNING id, cancel_requested;
 
 -- name: record_progress
@@ -447,18 +458,13 @@ SET progress_percent = u.percent,
     updated_at = u.now
 FROM (
     SELECT
-        e.value ->> 0 AS id,
-        e.value ->> 1 AS attempt,
-        e.value ->> 2 AS token,
+        -- use: held_lease
         e.value ->> 3 AS percent,
         e.value ->> 4 AS message,
         round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now
     FROM json_each(:updates) AS e
 ) AS u
-WHERE j.id = u.id
-  AND j.status = 'running'
-  AND j.attempts = u.attempt
-  AND j.lease_token = u.token
+-- use: lease_fence
 RETURNING id;
 
 -- name: reap_expired_leases
@@ -481,9 +487,7 @@ SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
         'traceback', NULL),
     reason = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'worker_lost' END,
     history = json_insert(
-        CASE WHEN json_array_length(j.history) >= :max_history
-             THEN json_remove(j.history, '$[0]')
-             ELSE j.history END,
+        -- use: capped_history
         '$[#]', json_object(
             'attempt', j.attempts,
             'worker_id', j.worker_id,
@@ -830,12 +834,7 @@ ORDER BY kind, id;
 SELECT count(*) AS n FROM (
     SELECT 1 FROM async_jobs
     WHERE (:tenant_id IS NULL OR tenant_id = :tenant_id)
-      AND (:status IS NULL OR status = :status)
-      AND (:use_case IS NULL OR use_case = :use_case)
-      AND (:type IS NULL OR type = :type)
-      AND (:created_after IS NULL OR created_at > :created_after)
-      AND (:created_before IS NULL OR created_at < :created_before)
-      AND (:priority IS NULL OR priority = :priority)
+      -- use: job_filters
     LIMIT :cap
 );
 

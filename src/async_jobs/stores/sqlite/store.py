@@ -58,15 +58,7 @@ from async_jobs.domain.jobs import (
     ProgressUpdate,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.rollup import (
-    ALL_TENANTS,
-    MINUTE,
-    EndedJob,
-    RollupRow,
-    RollupWindow,
-    merge,
-    roll_up,
-)
+from async_jobs.domain.rollup import MINUTE, EndedJob, RollupWindow, roll_up
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     Candidate,
@@ -98,7 +90,7 @@ from async_jobs.stores.limits import (
     pending_bounds,
     rated_pairs,
 )
-from async_jobs.stores.rows import claimed, job_gauges, live_process
+from async_jobs.stores.rows import claimed, job_gauges, live_process, rollup_rows
 from async_jobs.stores.sqlfile import load_migrations, load_queries
 from async_jobs.stores.watchers import tell
 
@@ -1121,19 +1113,6 @@ async def _read_rollup(
     oldest = await _fetch(conn, "oldest_due", {"tenant_id": tenant_id, "now": now})
     return RollupWindow(
         generated_at=_time(now),
-        rows=[
-            RollupRow(
-                _time(r["minute"]),
-                r["use_case"],
-                tenant_id or ALL_TENANTS,
-                r["succeeded"],
-                r["failed"],
-                r["cancelled"],
-                r["deadline_misses"],
-                merge([json.loads(r["run_hist"])]),
-                merge([json.loads(r["wait_hist"])]),
-            )
-            for r in rows
-        ],
+        rows=rollup_rows(rows, tenant_id, _time, json.loads),
         oldest_due_seconds={r["use_case"]: max(now - r["run_at"], 0.0) for r in oldest},
     )
