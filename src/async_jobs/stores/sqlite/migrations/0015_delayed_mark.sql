@@ -9,7 +9,9 @@ ALTER TABLE async_jobs ADD COLUMN delayed INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS async_jobs_pending_ready
     ON async_jobs (use_case, tenant_id, run_at) WHERE status = 'pending' AND delayed = 0;
 
+-- By run_at alone: the claim unmarks the due marked rows of every use case at once (it holds
+-- the one write lock anyway), one range whatever the statistics.
 CREATE INDEX IF NOT EXISTS async_jobs_delayed
-    ON async_jobs (use_case, run_at) WHERE status = 'pending' AND delayed = 1;
+    ON async_jobs (run_at) WHERE status = 'pending' AND delayed = 1;
 
 DROP INDEX IF EXISTS async_jobs_pending_run_at;
