@@ -176,13 +176,15 @@ async def _explain(conn: asyncpg.Connection, plans: list[str], query: str, *args
     return _scans(plans)
 
 
-# A backlog of jobs that are not due, over many tenants, and due jobs in one tenant.
+# A backlog of jobs that are not due, over many tenants, and due jobs in one tenant. $4: the
+# backlog is marked delayed, as an enqueue with a delay marks it (0015).
 BACKLOG, BACKLOG_TENANTS = 20_000, 200
 BACKLOG_FILL = """
 INSERT INTO async_jobs (id, tenant_id, use_case, type, status, attempts, max_attempts,
-                        run_at, delay_tolerance_seconds, deadline_at, created_at)
+                        run_at, delay_tolerance_seconds, deadline_at, created_at, delayed)
 SELECT gen_random_uuid(), CASE WHEN i <= $1::int THEN 'due' ELSE 'b' || (i % $2::int) END,
-       'default', 'echo', 'pending', 0, 3, r, 60, r + interval '60 seconds', now()
+       'default', 'echo', 'pending', 0, 3, r, 60, r + interval '60 seconds', now(),
+       $4::bool AND i > $1::int
 FROM generate_series(1, $1::int + $3::int) AS i,
      LATERAL (SELECT CASE WHEN i <= $1::int THEN now() - interval '1 minute'
                           ELSE now() + interval '1 day' + make_interval(secs => i) END) AS t(r)
@@ -193,7 +195,7 @@ FROM generate_series(1, $1::int + $3::int) AS i,
     ("due", "groups_from"),
     [
         (30, "async_jobs_pending_due"),  # no more than a claim takes: their tenants
-        (50 * (RUNS + 1), "async_jobs_pending_run_at"),  # more: a walk of the groups
+        (50 * (RUNS + 1), "async_jobs_pending_ready"),  # more: a walk of the groups
     ],
 )
 async def test_the_claim_reads_no_job_that_is_not_due(
@@ -202,24 +204,73 @@ async def test_the_claim_reads_no_job_that_is_not_due(
     """The jobs of tenants whose jobs are all in the future are never read on
     async_jobs_claimable: with few due jobs, the groups are the tenants of the due jobs (a
     range of async_jobs_pending_due) and the other tenants are never visited; with many, a
-    walk of async_jobs_pending_run_at costs each tenant one probe."""
+    walk of async_jobs_pending_ready, which holds no delayed row, visits the due tenant only."""
     conn = await asyncpg.connect(pg_database)
     plans: list[str] = []
     try:
-        await conn.execute(BACKLOG_FILL, due, BACKLOG_TENANTS, BACKLOG)
+        await conn.execute(BACKLOG_FILL, due, BACKLOG_TENANTS, BACKLOG, True)
+        await conn.execute("ANALYZE async_jobs")  # a generic plan on the real statistics
         await _log_plans(conn, plans)
         scans = await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
     finally:
         await conn.close()
+    executed = _executed_without_backlog(scans)
+    assert any(groups_from in s for s in executed), scans
+    if groups_from == "async_jobs_pending_due":  # the tenants with no due job: never visited
+        assert not [s for s in executed if "async_jobs_pending_ready" in s], scans
+    # The walk: the first probe and one more per tenant it finds, the due one only (two rows
+    # per claim: its start and its step), never one of the 200 tenants of the backlog.
+    for scan in (s for s in executed if "async_jobs_pending_ready" in s):
+        found = re.search(r"actual rows=(\d+) loops=(\d+)", scan)
+        assert found, scan
+        assert int(found.group(1)) * int(found.group(2)) <= 1, scan
+
+
+def _executed_without_backlog(scans: list[str]) -> list[str]:
+    """The scans that ran, after checking that none was sequential and that the claimable
+    index was read once per claim (the due tenant's group): never a row of the backlog."""
     assert not [s for s in scans if s.startswith("Seq Scan")], scans
     executed = [s for s in scans if "never executed" not in s]
     claimable = [s for s in executed if "async_jobs_claimable" in s and "on async_jobs j " in s]
     assert claimable, scans
-    # One group only (the due tenant's) is read, once per claim: never a row of the backlog.
     for scan in claimable:
         found = re.search(r"actual rows=(\d+) loops=(\d+)", scan)
         assert found, scan
         assert int(found.group(2)) == 1, scan
-    assert any(groups_from in s for s in executed), scans
-    if groups_from == "async_jobs_pending_due":  # the tenants with no due job: never visited
-        assert not [s for s in executed if "async_jobs_pending_run_at" in s], scans
+    return executed
+
+
+async def test_a_backlog_written_before_0015_is_marked_in_batches_then_never_walked(
+    pg_database: str,
+) -> None:
+    """Rows of the future written unmarked (a table migrated to 0015, before its backfill)
+    are still claimed right, their tenants walked; async_jobs_mark_delayed marks them in
+    batches that each commit, and the walk no longer visits them."""
+    conn = await asyncpg.connect(pg_database)
+    plans: list[str] = []
+    try:
+        await conn.execute(BACKLOG_FILL, 50 * (RUNS + 1), BACKLOG_TENANTS, BACKLOG, False)
+        await conn.execute("ANALYZE async_jobs")
+        await _log_plans(conn, plans)
+        before = _executed_without_backlog(
+            await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
+        )
+        await conn.execute("CALL async_jobs_mark_delayed(3000)")
+        marked = await conn.fetchval("SELECT count(*) FROM async_jobs WHERE delayed")
+        after = _executed_without_backlog(
+            await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
+        )
+    finally:
+        await conn.close()
+    assert marked == BACKLOG
+
+    def walked(scans: list[str]) -> int:
+        found = [
+            re.search(r"actual rows=(\d+) loops=(\d+)", s)
+            for s in scans
+            if "async_jobs_pending_ready" in s
+        ]
+        return max(int(f.group(1)) * int(f.group(2)) for f in found if f)
+
+    assert walked(before) >= BACKLOG_TENANTS
+    assert walked(after) <= 1

@@ -19,6 +19,7 @@ from async_jobs.domain.jobs import ClaimRequest, JobFilter, JobId, NewJob
 from async_jobs.domain.scheduling import Limits
 from async_jobs.domain.validation import build_new_job
 from async_jobs.stores.sqlite import SqliteStore
+from async_jobs.stores.sqlite.store import QUERIES
 
 # These tests are not about limits: no use case is capped below what they claim.
 UNCAPPED = Limits(default_max_concurrent=1_000_000)
@@ -69,6 +70,7 @@ async def test_migrate_twice_is_a_no_op(store: SqliteStore, db_path: str) -> Non
         ("0009_scale_indexes",),
         ("0012_due_claim",),
         ("0013_rollup",),
+        ("0015_delayed_mark",),
     ]
 
 
@@ -87,6 +89,7 @@ async def test_first_migrate_names_the_migrations_it_applied(db_path: str) -> No
             "0009_scale_indexes",
             "0012_due_claim",
             "0013_rollup",
+            "0015_delayed_mark",
         ]
     finally:
         await store.close()
@@ -219,3 +222,21 @@ async def test_a_store_that_is_not_open_refuses_work(db_path: str) -> None:
     await store.close()
     with pytest.raises(StoreError, match="not open"):
         await store.get_job(build_new_job("test.job").id)
+
+
+async def test_jobs_written_for_the_future_are_marked_and_the_claims_walk_skips_them(
+    store: SqliteStore, db_path: str
+) -> None:
+    """0015: an enqueue with a delay marks the job; the walk of claim_groups reads the index
+    of unmarked pending rows, so the marked tenants are never visited."""
+    later = [build_new_job("test.job", {}, tenant_id=f"b{n}", delay=3600) for n in range(20)]
+    await store.insert_jobs([*later, build_new_job("test.job", {}, tenant_id="due")])
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        marked = conn.execute("SELECT tenant_id FROM async_jobs WHERE delayed = 1").fetchall()
+        params = {"use_cases": "[]", "now": 0.0}
+        plan = conn.execute("EXPLAIN QUERY PLAN " + QUERIES["claim_groups"], params).fetchall()
+    assert sorted(t for (t,) in marked) == sorted(j.tenant_id for j in later)
+    pair_probes = [r[3] for r in plan if "SEARCH a USING" in r[3] and "tenant_id" in r[3]]
+    assert pair_probes and all("async_jobs_pending_ready" in p for p in pair_probes), plan
+    claimed = await store.claim_jobs(ClaimRequest("w1", 50, 30, limits=UNCAPPED))
+    assert [j.tenant_id for j in claimed] == ["due"]

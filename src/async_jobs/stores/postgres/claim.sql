@@ -18,7 +18,9 @@
 -- Which tenants: those with a due job (async_jobs_due_tenants, 0012): the tenants of the
 -- due jobs when there are at most p_limit of them (one claim could take them all), else one
 -- index probe per tenant with pending jobs. A tenant whose jobs are all in the future is
--- never read.
+-- never read. Before it chooses, the claim unmarks the due rows of its use cases that were
+-- written for the future (delayed, 0015): the walk reads the unmarked rows only, so a
+-- tenant whose jobs are all in the future costs it nothing, even in a drain.
 --
 -- The choice: within a use case, each tenant offers its first jobs in its own order
 -- (priority, deadline, run_at), as many as its slots, max_running and rate bucket allow;
@@ -83,6 +85,22 @@ BEGIN
                 hashtextextended('async_jobs.use_case:' || v_use_case, 0));
         END LOOP;
     END IF;
+
+    -- Due marked rows become unmarked, at most 1,000 per use case and claim (a range of
+    -- async_jobs_delayed, usually empty; the LIMIT keeps a generic plan on that index). Rows
+    -- left marked, or held by another claim, are still seen by async_jobs_due_tenants.
+    UPDATE async_jobs SET delayed = false
+    WHERE id = ANY(ARRAY(
+            SELECT d.id FROM unnest(v_use_cases) AS u(name)
+            CROSS JOIN LATERAL (
+                SELECT w.id FROM async_jobs w
+                WHERE w.status = 'pending' AND w.delayed AND w.use_case = u.name
+                  AND w.run_at <= now()
+                ORDER BY w.run_at
+                LIMIT 1000
+                FOR UPDATE SKIP LOCKED
+            ) AS d))
+      AND status = 'pending' AND delayed;
 
     RETURN QUERY
     WITH active AS (  -- guarded use cases only; none: never scanned
@@ -177,6 +195,7 @@ BEGIN
             finished_at = CASE WHEN p_dispatch THEN j.finished_at END,
             progress_percent = NULL,
             progress_message = NULL,
+            delayed = false,
             dispatch_id = CASE WHEN p_dispatch THEN gen_random_uuid() END,
             dispatch_expires_at = CASE WHEN p_dispatch
                                        THEN now() + make_interval(secs => p_lease_seconds) END,

@@ -33,13 +33,14 @@ INSERT INTO async_jobs_migrations (name) VALUES ($1);
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at, trace_context
+    backoff, expires_at, trace_context, delayed
 )
 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::async_jobs_priority, $7,
         COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)), $10,
         COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8))
             + make_interval(secs => $10),
-        $11, $12::text, $13, $14::text::jsonb, $15, $16::text)
+        $11, $12::text, $13, $14::text::jsonb, $15, $16::text,
+        COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)) > now())
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 
 -- name: insert_jobs
@@ -54,7 +55,7 @@ RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at, trace_context
+    backoff, expires_at, trace_context, delayed
 )
 SELECT
     u.id, COALESCE(u.tenant_id, $16), COALESCE(u.use_case, $17), COALESCE(u.type, $18),
@@ -62,7 +63,8 @@ SELECT
     COALESCE(u.max_attempts, $20), t.run_at, t.tolerance,
     t.run_at + make_interval(secs => t.tolerance), COALESCE(u.timeout_seconds, $24),
     COALESCE(u.idempotency_key, $25), COALESCE(u.webhook_url, $26),
-    COALESCE(u.backoff, $27)::jsonb, COALESCE(u.expires_at, $28), $29::text
+    COALESCE(u.backoff, $27)::jsonb, COALESCE(u.expires_at, $28), $29::text,
+    t.run_at > now()
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
     $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], $12::text[], $13::text[],
@@ -247,6 +249,7 @@ SET status = (CASE
         END,
     run_at = CASE WHEN u.kind = 'retry' AND NOT j.cancel_requested
                   THEN now() + make_interval(secs => u.delay) ELSE j.run_at END,
+    delayed = u.kind = 'retry' AND NOT j.cancel_requested AND coalesce(u.delay, 0) > 0,
     deadline_at = CASE WHEN u.kind = 'retry' AND NOT j.cancel_requested
                        THEN now() + make_interval(secs => u.delay + j.delay_tolerance_seconds)
                        ELSE j.deadline_at END,
@@ -715,16 +718,16 @@ FROM generate_series($1::bigint, $2::bigint) AS i,
      LATERAL (SELECT now() - interval '7 days' * (i::float8 / $4)) AS t(c);
 
 -- name: bench_seed_backlog
--- Pending jobs due in one to two days: claimable rows the claim must walk past (rows $1 to
--- $2 of $4, over $3 tenants).
+-- Pending jobs due in one to two days, marked delayed as an enqueue with a delay marks them:
+-- claimable rows the claim must not walk (rows $1 to $2 of $4, over $3 tenants).
 INSERT INTO async_jobs (
     id, tenant_id, use_case, type, payload, priority, status, attempts, max_attempts,
-    run_at, delay_tolerance_seconds, deadline_at, created_at, updated_at)
+    run_at, delay_tolerance_seconds, deadline_at, created_at, updated_at, delayed)
 SELECT gen_random_uuid(),
        'bench-t' || (i % $3),
        CASE WHEN i % 5 = 0 THEN 'default' ELSE 'bench-other-' || (i % 5) END,
        'bench_backlog', '{}'::jsonb, 'medium', 'pending', 0, 3,
-       r, 60, r + interval '60 seconds', now(), now()
+       r, 60, r + interval '60 seconds', now(), now(), true
 FROM generate_series($1::bigint, $2::bigint) AS i,
      LATERAL (SELECT now() + interval '1 day' + interval '1 day' * (i::float8 / $4)) AS t(r);
 

@@ -58,12 +58,12 @@ VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0);
 INSERT INTO async_jobs (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at, created_at, updated_at, trace_context
+    backoff, expires_at, created_at, updated_at, trace_context, delayed
 )
 SELECT
     u.id, u.tenant_id, u.use_case, u.type, u.payload, u.priority, u.max_attempts, u.run_at,
     u.tolerance, u.run_at + u.tolerance, u.timeout_seconds, u.idempotency_key,
-    u.webhook_url, u.backoff, u.expires_at, u.now, u.now, :trace_context
+    u.webhook_url, u.backoff, u.expires_at, u.now, u.now, :trace_context, u.run_at > u.now
 FROM (
     SELECT
         e.key AS seq,
@@ -133,13 +133,22 @@ LIMIT :limit;
 -- The database clock, once for an operation of several statements that must agree on it.
 SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now;
 
+-- name: claim_undelay
+-- The claim, step 0: the marked rows (written for the future: 0015) that are due now are
+-- unmarked, a range of async_jobs_delayed (usually empty). Under the claim's write lock: after
+-- it, every due pending row is unmarked.
+UPDATE async_jobs SET delayed = 0
+WHERE status = 'pending' AND delayed = 1 AND run_at <= :now;
+
 -- name: claim_groups
--- The claim, step 1: the (use case, tenant) pairs that have due pending jobs, found by skip
--- scans of async_jobs_claimable (one index probe per use case and per pair, never a walk of
--- every pending row) and, per pair, one probe of async_jobs_pending_run_at (its earliest
--- run_at; 0012): a pair whose jobs are all in the future is never walked. Paused use cases, and those the claim does not ask for (:use_cases,
--- a JSON array; empty means any), are left out. The caller holds the write lock (BEGIN
--- IMMEDIATE) for every step, so no other claimer counts or takes anything meanwhile.
+-- The claim, step 1: the (use case, tenant) pairs that have due pending jobs, found by a skip
+-- scan of async_jobs_claimable for the use cases (one probe per use case) and one of
+-- async_jobs_pending_ready for the pairs, which holds no marked row: a pair whose jobs were
+-- all written for the future is never visited (0015). Per pair, one probe of the same index
+-- gives its earliest unmarked run_at (rows written before 0015 are unmarked; 0012).
+-- Paused use cases, and those the claim does not ask for (:use_cases, a JSON array; empty
+-- means any), are left out. The caller holds the write lock (BEGIN IMMEDIATE) for every
+-- step, so no other claimer counts or takes anything meanwhile.
 WITH RECURSIVE
 use_cases(name) AS (
     SELECT min(use_case) FROM async_jobs WHERE status = 'pending'
@@ -150,7 +159,7 @@ use_cases(name) AS (
 ),
 pairs(use_case, tenant_id) AS (
     SELECT u.name, (SELECT min(a.tenant_id) FROM async_jobs AS a
-                    WHERE a.status = 'pending' AND a.use_case = u.name)
+                    WHERE a.status = 'pending' AND a.delayed = 0 AND a.use_case = u.name)
     FROM use_cases AS u
     WHERE u.name IS NOT NULL
       AND (json_array_length(:use_cases) = 0
@@ -158,14 +167,14 @@ pairs(use_case, tenant_id) AS (
       AND NOT EXISTS (SELECT 1 FROM async_jobs_use_cases AS p WHERE p.name = u.name AND p.paused)
     UNION ALL
     SELECT p.use_case, (SELECT min(a.tenant_id) FROM async_jobs AS a
-                        WHERE a.status = 'pending' AND a.use_case = p.use_case
-                          AND a.tenant_id > p.tenant_id)
+                        WHERE a.status = 'pending' AND a.delayed = 0
+                          AND a.use_case = p.use_case AND a.tenant_id > p.tenant_id)
     FROM pairs AS p WHERE p.tenant_id IS NOT NULL
 )
 SELECT p.use_case, p.tenant_id FROM pairs AS p
 WHERE p.tenant_id IS NOT NULL
   AND (SELECT min(a.run_at) FROM async_jobs AS a
-       WHERE a.status = 'pending' AND a.use_case = p.use_case
+       WHERE a.status = 'pending' AND a.delayed = 0 AND a.use_case = p.use_case
          AND a.tenant_id = p.tenant_id) <= :now;
 
 -- name: claim_active
@@ -411,6 +420,7 @@ SET status = CASE
         END,
     run_at = CASE WHEN u.kind = 'retry' AND NOT j.cancel_requested THEN u.now + u.delay
                   ELSE j.run_at END,
+    delayed = u.kind = 'retry' AND NOT j.cancel_requested AND coalesce(u.delay, 0) > 0,
     deadline_at = CASE WHEN u.kind = 'retry' AND NOT j.cancel_requested
                        THEN u.now + u.delay + j.delay_tolerance_seconds
                        ELSE j.deadline_at END,
@@ -926,7 +936,7 @@ ORDER BY minute, use_case;
 
 -- name: oldest_due
 -- Per use case with pending jobs, the run_at of its oldest due one (of :tenant_id, or any),
--- on async_jobs_pending_due / async_jobs_pending_run_at.
+-- a read of the pending rows of async_jobs_claimable (which holds run_at).
 SELECT use_case, min(run_at) AS run_at
 FROM async_jobs
 WHERE status = 'pending' AND run_at <= :now

@@ -771,6 +771,7 @@ async def _claim(conn: aiosqlite.Connection, request: ClaimRequest) -> list[sqli
     (claim_groups ... save_buckets)."""
     now = await _now(conn)
     limits = request.limits
+    await _fetch(conn, "claim_undelay", {"now": now})
     params: dict[str, Any] = {"use_cases": json_dumps(list(request.use_cases)), "now": now}
     pairs = [(r["use_case"], r["tenant_id"]) for r in await _fetch(conn, "claim_groups", params)]
     if not pairs:
