@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import heapq
 import json
 import logging
 import uuid
@@ -25,6 +26,7 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    JobScan,
     JobState,
     LeaseState,
     LeaseToken,
@@ -34,6 +36,7 @@ from async_jobs.domain.jobs import (
     Progress,
     ProgressUpdate,
     dispatch_order,
+    listing_key,
 )
 from async_jobs.domain.rollup import (
     ALL_TENANTS,
@@ -224,6 +227,30 @@ class MemoryStore:
         )
         items = rows[:limit]
         return JobPage.of(items, more=len(rows) > limit)
+
+    async def scan_jobs(
+        self,
+        where: JobFilter,
+        limit: int,
+        budget: int,
+        after: PageCursor | None = None,
+        count_to: int = 0,
+    ) -> JobScan:
+        self._check_open()
+        walk = JobFilter(
+            tenant_id=where.tenant_id,
+            created_after=where.created_after,
+            created_before=where.created_before,
+        )
+        read = heapq.nlargest(
+            budget,
+            (j for j in self._jobs.values() if _matches(j, walk, after)),
+            key=listing_key,
+        )
+        wanted = max(limit + 1, count_to)
+        hits = [j for j in read if _matches(j, where, None)][:wanted]
+        last = PageCursor(read[-1].created_at, read[-1].id) if len(read) == budget else None
+        return JobScan.of(hits[:limit], len(hits), wanted, last)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         self._check_open()

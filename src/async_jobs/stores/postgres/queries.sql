@@ -657,6 +657,49 @@ SELECT count(*) AS n FROM (
     LIMIT $7
 ) AS capped;
 
+-- name: scan_walk_only
+-- For the rest of the transaction (scan_jobs'): plan each statement for its own parameters,
+-- so that the filters left out ($n IS NULL) drop out of the plan, and never sort, scan the
+-- table or bitmap-scan an index for it, so that the walk is an ordered index scan that stops
+-- after its LIMIT whatever the statistics say (and, with the penalty of a node disabled in
+-- its estimate, no JIT compilation).
+SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_sort = off;
+SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off;
+
+-- name: scan_jobs
+-- A walk newest first of at most $9 jobs after the cursor ($7, $8) that returns the keys of
+-- the first $10 matching list_jobs' filters (hit true), or, when fewer match, the key of the
+-- $9-th job read (hit false: the walk spent its budget there), if it read that many.
+-- walked reads one index: a tenant's jobs on async_jobs_tenant_created (its BETWEEN and the
+-- ORDER BY led by tenant_id leave no other index that gives the order), the failed and
+-- cancelled jobs ($12) on async_jobs_failed_created, else async_jobs_created; the other
+-- filters are checked on the rows it reads (hit), never in its WHERE, where they would make
+-- the LIMIT count matches instead of rows read. Its result is read in the order it was
+-- written. Run after scan_walk_only, in the same transaction.
+WITH walked AS (
+    SELECT created_at, id,
+           ($2::async_jobs_state IS NULL OR status = $2) AND ($3::text IS NULL OR use_case = $3)
+           AND ($4::text IS NULL OR type = $4)
+           AND ($11::async_jobs_priority IS NULL OR priority = $11) AS hit
+    FROM async_jobs
+    WHERE ($1::text IS NULL OR tenant_id BETWEEN $1 AND $1)
+      AND (NOT $12::boolean OR status IN ('failed', 'cancelled'))
+      AND ($5::timestamptz IS NULL OR created_at > $5)
+      AND ($6::timestamptz IS NULL OR created_at < $6)
+      AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8::uuid))
+    ORDER BY CASE WHEN $1::text IS NULL THEN NULL ELSE tenant_id END, created_at DESC, id DESC
+    LIMIT $9
+)
+(SELECT created_at, id, true AS hit FROM walked WHERE hit LIMIT $10)
+UNION ALL
+(SELECT created_at, id, false FROM walked OFFSET $9 - 1 LIMIT 1)
+LIMIT $10;
+
+-- name: get_jobs
+-- Jobs by id, in no order (scan_jobs' page: its caller sorts them; under scan_walk_only an
+-- ORDER BY here could walk async_jobs_created rather than sort a few rows).
+SELECT * FROM async_jobs WHERE id = ANY($1::uuid[]);
+
 -- name: finished_per_bucket
 -- Jobs that ended in the last $2 seconds, per use case, terminal state and bucket of $3
 -- seconds before now (async_jobs_finished_per_bucket, migration 0006, on

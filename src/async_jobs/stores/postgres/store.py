@@ -32,12 +32,14 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    JobScan,
     JobState,
     LeaseState,
     LeaseToken,
     NewJob,
     PageCursor,
     ProgressUpdate,
+    listing_key,
 )
 from async_jobs.domain.rollup import RollupWindow
 from async_jobs.domain.scheduling import (
@@ -270,6 +272,38 @@ class PostgresStore:
             )
         items = [job_from_record(r) for r in rows[:limit]]
         return JobPage.of(items, more=len(rows) > limit)
+
+    async def scan_jobs(
+        self,
+        where: JobFilter,
+        limit: int,
+        budget: int,
+        after: PageCursor | None = None,
+        count_to: int = 0,
+    ) -> JobScan:
+        wanted = max(limit + 1, count_to)
+        ended = where.tenant_id is None and where.status in (JobState.FAILED, JobState.CANCELLED)
+        async with (
+            self._connection() as conn,
+            # One snapshot: the page's rows are those of the keys.
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await conn.execute(QUERIES["scan_walk_only"])
+            keys = await conn.fetch(
+                QUERIES["scan_jobs"],
+                *_filter_params(where),
+                after.created_at if after else None,
+                after.id if after else None,
+                budget,
+                wanted,
+                where.priority.value if where.priority else None,
+                ended,
+            )
+            hits = [PageCursor(k["created_at"], k["id"]) for k in keys if k["hit"]]
+            rows = await conn.fetch(QUERIES["get_jobs"], [h.id for h in hits[:limit]])
+        items = sorted(map(job_from_record, rows), key=listing_key, reverse=True)
+        last = next((PageCursor(k["created_at"], k["id"]) for k in keys if not k["hit"]), None)
+        return JobScan.of(items, len(hits), wanted, last)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         async with self._connection() as conn:

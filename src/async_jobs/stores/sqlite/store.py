@@ -47,6 +47,7 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    JobScan,
     JobState,
     LeaseState,
     LeaseToken,
@@ -56,6 +57,7 @@ from async_jobs.domain.jobs import (
     Priority,
     Progress,
     ProgressUpdate,
+    listing_key,
 )
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.rollup import MINUTE, EndedJob, RollupWindow, roll_up
@@ -235,6 +237,27 @@ class SqliteStore:
         rows = await self._run(lambda c: _fetch(c, query, params), write=False)
         items = [_job_from_row(r) for r in rows[:limit]]
         return JobPage.of(items, more=len(rows) > limit)
+
+    async def scan_jobs(
+        self,
+        where: JobFilter,
+        limit: int,
+        budget: int,
+        after: PageCursor | None = None,
+        count_to: int = 0,
+    ) -> JobScan:
+        wanted = max(limit + 1, count_to)
+        params = _scan_params(where, budget, wanted, after)
+
+        async def work(conn: aiosqlite.Connection) -> tuple[list[sqlite3.Row], list[Job]]:
+            keys = await _fetch(conn, "scan_jobs", params)
+            page = json_dumps([k["id"] for k in keys if k["hit"]][:limit])
+            return keys, [_job_from_row(r) for r in await _fetch(conn, "get_jobs", {"ids": page})]
+
+        keys, items = await self._run(work, write=False)
+        items.sort(key=listing_key, reverse=True)
+        last = next((_cursor(k) for k in keys if not k["hit"]), None)
+        return JobScan.of(items, sum(1 for k in keys if k["hit"]), wanted, last)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         params = _list_params(where, 0, None)
@@ -932,6 +955,27 @@ def _list_params(where: JobFilter, limit: int, after: PageCursor | None) -> dict
         "after_id": "" if after is None else str(after.id),
         "limit": limit,
     }
+
+
+def _scan_params(
+    where: JobFilter, budget: int, wanted: int, after: PageCursor | None
+) -> dict[str, Any]:
+    """Parameters of ``scan_jobs``: those of ``list_jobs``, with ``created_before`` folded
+    into the cursor (both are upper bounds of the walk) and ``created_after`` -inf when unset,
+    so that both bound the range of the index the walk reads."""
+    params = _list_params(where, wanted, after)
+    before = params.pop("created_before")
+    if before is not None and before <= params["after_created_at"]:
+        params["after_created_at"], params["after_id"] = before, ""
+    if params["created_after"] is None:
+        params["created_after"] = -math.inf
+    params["wanted"] = params.pop("limit")
+    params["budget"] = budget
+    return params
+
+
+def _cursor(row: sqlite3.Row) -> PageCursor:
+    return PageCursor(_time(row["created_at"]), JobId(uuid.UUID(row["id"])))
 
 
 def _outcomes_json(outcomes: Sequence[AttemptOutcome]) -> str:
