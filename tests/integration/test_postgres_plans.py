@@ -9,6 +9,7 @@ generic plan PostgreSQL switches to later are seen.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -189,6 +190,27 @@ async def test_a_bounded_scan_reads_one_index_and_no_more_than_its_budget(
     assert scans and all(f"Index Scan using {index} " in s for s in scans), scans
     read = [int(n) for s in scans for n in re.findall(r"actual rows=(\d+)", s)]
     assert read and max(read) <= budget + 1, scans
+
+
+async def test_a_capped_count_keeps_its_own_plan_after_costly_counts(
+    explained: tuple[asyncpg.Connection, list[str]],
+) -> None:
+    """A prepared statement that has run five times may be planned once for any parameters:
+    count_jobs, after a few counts by a priority no job has (the whole table read), then
+    counted a tenant's waiting jobs by the same sequential scan. custom_plans keeps each count
+    on a plan of its own."""
+    conn, plans = explained
+    statement = await conn.prepare(QUERIES["count_jobs"])
+    async with conn.transaction():
+        await conn.execute(QUERIES["custom_plans"])
+        for _ in range(RUNS):
+            await statement.fetchval(None, None, None, None, None, None, 1001, "low")
+        assert await statement.fetchval("t7", "pending", None, None, None, None, 10_001, None)
+    # A plan is logged when its portal closes (at the next statement, or the commit), and
+    # the log listener is called soon after.
+    await asyncio.sleep(0)  # wait-ok: lets the listener's callbacks run
+    scans = _scans(plans[-1:])  # the last count's
+    assert scans and not [s for s in scans if "Seq Scan" in s], scans
 
 
 async def _explain(

@@ -306,7 +306,8 @@ class PostgresStore:
         return JobScan.of(items, len(hits), wanted, last)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction(readonly=True):
+            await conn.execute(QUERIES["custom_plans"])
             n: int = await conn.fetchval(
                 QUERIES["count_jobs"],
                 *_filter_params(where),
