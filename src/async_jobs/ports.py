@@ -29,7 +29,6 @@ from async_jobs.domain.jobs import (
 from async_jobs.domain.rollup import RollupWindow
 from async_jobs.domain.scheduling import (
     ActiveCounts,
-    FinishedBucket,
     JobGauges,
     Leader,
     Stats,
@@ -124,12 +123,6 @@ class JobStore(Protocol):
         """Jobs ``queued`` (dispatched to a broker, not yet claimed) per named use case, each
         count stopping at ``cap``; every named use case is in the answer (0: none). Reads
         the partial index of queued jobs only (the broker dispatchers' window)."""
-
-    async def finished_per_bucket(
-        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
-    ) -> list[FinishedBucket]:
-        """Jobs that ended within the last ``window_seconds`` (by the store's clock), counted
-        per use case, terminal state and bucket (``bucket_seconds`` wide, 0 the latest)."""
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         """Move up to ``request.limit`` due pending jobs to running, each with attempts + 1,

@@ -50,7 +50,6 @@ from async_jobs.domain.scheduling import (
     GAUGE_STATES,
     ActiveCounts,
     Candidate,
-    FinishedBucket,
     JobGauges,
     Leader,
     Stats,
@@ -291,20 +290,6 @@ class MemoryStore:
             if job.status is JobState.QUEUED and job.use_case in counts:
                 counts[job.use_case] = min(cap, counts[job.use_case] + 1)
         return counts
-
-    async def finished_per_bucket(
-        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
-    ) -> list[FinishedBucket]:
-        self._check_open()
-        now = self._clock()
-        counts: collections.Counter[tuple[str, str, int]] = collections.Counter()
-        for job in self._jobs.values():
-            if job.finished_at is None or not job.status.is_terminal:
-                continue
-            age = (now - job.finished_at).total_seconds()
-            if age < window_seconds and (tenant_id is None or job.tenant_id == tenant_id):
-                counts[(job.use_case, job.status.value, int(age // bucket_seconds))] += 1
-        return [FinishedBucket(u, s, b, n) for (u, s, b), n in counts.items()]
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         """The claim as the SQLite store makes it: each (use case, tenant) offers its first

@@ -709,12 +709,6 @@ LIMIT $10;
 -- ORDER BY here could walk async_jobs_created rather than sort a few rows).
 SELECT * FROM async_jobs WHERE id = ANY($1::uuid[]);
 
--- name: finished_per_bucket
--- Jobs that ended in the last $2 seconds, per use case, terminal state and bucket of $3
--- seconds before now (async_jobs_finished_per_bucket, migration 0006, on
--- async_jobs_finished_at).
-SELECT * FROM async_jobs_finished_per_bucket($1, $2, $3);
-
 -- name: get_job_by_key
 -- A tenant's job by its idempotency key, on async_jobs_idempotency_key.
 SELECT * FROM async_jobs WHERE tenant_id = $1 AND idempotency_key = $2;

@@ -44,7 +44,6 @@ from async_jobs.domain.jobs import (
 from async_jobs.domain.rollup import RollupWindow
 from async_jobs.domain.scheduling import (
     ActiveCounts,
-    FinishedBucket,
     JobGauges,
     Leader,
     Stats,
@@ -332,15 +331,6 @@ class PostgresStore:
             rows = await conn.fetch(QUERIES["count_queued"], list(counts), cap)
         counts.update((r["use_case"], r["n"]) for r in rows)
         return counts
-
-    async def finished_per_bucket(
-        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
-    ) -> list[FinishedBucket]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                QUERIES["finished_per_bucket"], tenant_id, window_seconds, bucket_seconds
-            )
-        return [FinishedBucket(r["use_case"], r["status"], r["bucket"], r["n"]) for r in rows]
 
     # -- the worker's path ------------------------------------------------------------------
 

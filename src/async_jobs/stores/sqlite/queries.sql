@@ -882,18 +882,6 @@ LIMIT :wanted;
 -- Jobs by id (:ids, a JSON array), in no order (scan_jobs' page: its caller sorts them).
 SELECT * FROM async_jobs WHERE id IN (SELECT value FROM json_each(:ids));
 
--- name: finished_per_bucket
--- Jobs that ended in the last :window seconds, per use case, terminal state and bucket of
--- :bucket seconds before now, on async_jobs_finished.
-SELECT use_case, status, CAST((c.now - finished_at) / :bucket AS INTEGER) AS bucket,
-       count(*) AS n
-FROM async_jobs,
-     (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
-WHERE status IN ('succeeded', 'failed', 'cancelled')
-  AND finished_at > c.now - :window
-  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
-GROUP BY 1, 2, 3;
-
 -- name: get_job_by_key
 -- A tenant's job by its idempotency key, on its unique index.
 SELECT * FROM async_jobs WHERE tenant_id = :tenant_id AND idempotency_key = :key;

@@ -64,7 +64,6 @@ from async_jobs.domain.rollup import MINUTE, EndedJob, RollupWindow, roll_up
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     Candidate,
-    FinishedBucket,
     JobGauges,
     Leader,
     Stats,
@@ -282,13 +281,6 @@ class SqliteStore:
         rows = await self._run(lambda c: _fetch(c, "count_queued", params), write=False)
         counts.update((r["use_case"], int(r["n"])) for r in rows)
         return counts
-
-    async def finished_per_bucket(
-        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
-    ) -> list[FinishedBucket]:
-        params = {"tenant_id": tenant_id, "window": window_seconds, "bucket": bucket_seconds}
-        rows = await self._run(lambda c: _fetch(c, "finished_per_bucket", params), write=False)
-        return [FinishedBucket(r["use_case"], r["status"], r["bucket"], r["n"]) for r in rows]
 
     # -- the worker's path ------------------------------------------------------------------
 
