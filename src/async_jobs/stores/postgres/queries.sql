@@ -104,8 +104,8 @@ SELECT pg_notify('async_jobs_finished', $1);
 SELECT * FROM async_jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2);
 
 -- part: job_filters
--- The filters of list_jobs and count_jobs ($1 tenant, $2 state, $3 use case, $4 type, $5 and
--- $6 created after and before): each one NULL leaves out.
+-- The filters of list_jobs, count_jobs and scan_jobs ($1 tenant, $2 state, $3 use case, $4
+-- type, $5 and $6 created after and before): each one NULL leaves out.
 WHERE ($1::text IS NULL OR tenant_id = $1)
   AND ($2::async_jobs_state IS NULL OR status = $2)
   AND ($3::text IS NULL OR use_case = $3)
@@ -682,15 +682,11 @@ SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL jit
 -- walked reads one index: a tenant's jobs on async_jobs_tenant_created (its BETWEEN and the
 -- ORDER BY led by tenant_id leave no other index that gives the order), the failed and
 -- cancelled jobs ($12) on async_jobs_failed_created, else async_jobs_created; the other
--- filters are checked on the rows it reads (hit), never in its WHERE, where they would make
--- the LIMIT count matches instead of rows read. Its result is read in the order it was
+-- filters are checked on the rows it read, never in its WHERE, where they would make the
+-- LIMIT count matches instead of rows read. Its rows are read in the order they were
 -- written. Run after scan_walk_only, in the same transaction.
 WITH walked AS (
-    SELECT created_at, id,
-           ($2::async_jobs_state IS NULL OR status = $2) AND ($3::text IS NULL OR use_case = $3)
-           AND ($4::text IS NULL OR type = $4)
-           AND ($11::async_jobs_priority IS NULL OR priority = $11) AS hit
-    FROM async_jobs
+    SELECT created_at, id, tenant_id, status, use_case, type, priority FROM async_jobs
     WHERE ($1::text IS NULL OR tenant_id BETWEEN $1 AND $1)
       AND (NOT $12::boolean OR status IN ('failed', 'cancelled'))
       AND ($5::timestamptz IS NULL OR created_at > $5)
@@ -699,7 +695,10 @@ WITH walked AS (
     ORDER BY CASE WHEN $1::text IS NULL THEN NULL ELSE tenant_id END, created_at DESC, id DESC
     LIMIT $9
 )
-(SELECT created_at, id, true AS hit FROM walked WHERE hit LIMIT $10)
+(SELECT created_at, id, true AS hit FROM walked
+ -- use: job_filters
+   AND ($11::async_jobs_priority IS NULL OR priority = $11)
+ LIMIT $10)
 UNION ALL
 (SELECT created_at, id, false FROM walked OFFSET $9 - 1 LIMIT 1)
 LIMIT $10;

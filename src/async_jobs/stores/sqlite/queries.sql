@@ -102,8 +102,8 @@ WHERE idempotency_key IS NOT NULL
 SELECT * FROM async_jobs WHERE id = :id AND (:tenant_id IS NULL OR tenant_id = :tenant_id);
 
 -- part: job_filters
--- The filters of list_jobs, list_tenant_jobs and count_jobs besides the tenant: each one
--- NULL leaves out.
+-- The filters of list_jobs, list_tenant_jobs, count_jobs and scan_jobs besides the tenant:
+-- each one NULL leaves out.
 AND (:status IS NULL OR status = :status)
 AND (:use_case IS NULL OR use_case = :use_case)
 AND (:type IS NULL OR type = :type)
@@ -854,8 +854,8 @@ SELECT count(*) AS n FROM (
 -- when fewer match, the key of the :budget-th job read (hit 0), if it read that many. It
 -- reads a tenant's jobs on async_jobs_tenant_created (the second arm), else every job on
 -- async_jobs_created; :created_before comes in the cursor and :created_after is -inf when
--- unset, so both bound the index range. The other filters are checked on the rows read,
--- never inside walked, where they would make its LIMIT count matches instead of rows read.
+-- unset, so both bound the index range. The filters are checked on the rows read, never
+-- inside walked, where they would make its LIMIT count matches instead of rows read.
 -- walked is expanded where it is used (NOT MATERIALIZED): its second use, which walks it
 -- again, only runs when fewer than :wanted match.
 WITH walked AS NOT MATERIALIZED (
@@ -871,8 +871,8 @@ WITH walked AS NOT MATERIALIZED (
 )
 SELECT * FROM (
     SELECT created_at, id, 1 AS hit FROM walked
-    WHERE (:status IS NULL OR status = :status) AND (:use_case IS NULL OR use_case = :use_case)
-      AND (:type IS NULL OR type = :type) AND (:priority IS NULL OR priority = :priority)
+    WHERE true
+      -- use: job_filters
     LIMIT :wanted)
 UNION ALL
 SELECT * FROM (SELECT created_at, id, 0 FROM walked LIMIT 1 OFFSET :budget - 1)

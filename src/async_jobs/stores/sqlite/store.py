@@ -956,7 +956,7 @@ def _scan_params(
     into the cursor (both are upper bounds of the walk) and ``created_after`` -inf when unset,
     so that both bound the range of the index the walk reads."""
     params = _list_params(where, wanted, after)
-    before = params.pop("created_before")
+    before = params["created_before"]
     if before is not None and before <= params["after_created_at"]:
         params["after_created_at"], params["after_id"] = before, ""
     if params["created_after"] is None:
