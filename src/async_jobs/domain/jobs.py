@@ -461,6 +461,12 @@ class JobScan:
     next_cursor: PageCursor | None
     searched_to: PageCursor | None
 
+    @staticmethod
+    def wanted(limit: int, count_to: int) -> int:
+        """The matches a walk looks for before it stops: a page and one more (to know
+        whether the listing goes on), or as many as it counts."""
+        return max(limit + 1, count_to)
+
     @classmethod
     def of(cls, items: list[Job], hits: int, wanted: int, last_read: PageCursor | None) -> JobScan:
         """``hits`` matches found (at most ``wanted``); ``last_read``: the job the walk read

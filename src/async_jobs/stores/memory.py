@@ -246,7 +246,7 @@ class MemoryStore:
             (j for j in self._jobs.values() if _matches(j, walk, after)),
             key=listing_key,
         )
-        wanted = max(limit + 1, count_to)
+        wanted = JobScan.wanted(limit, count_to)
         hits = [j for j in read if _matches(j, where, None)][:wanted]
         last = PageCursor(read[-1].created_at, read[-1].id) if len(read) == budget else None
         return JobScan.of(hits[:limit], len(hits), wanted, last)

@@ -280,7 +280,7 @@ class PostgresStore:
         after: PageCursor | None = None,
         count_to: int = 0,
     ) -> JobScan:
-        wanted = max(limit + 1, count_to)
+        wanted = JobScan.wanted(limit, count_to)
         ended = where.tenant_id is None and where.status in (JobState.FAILED, JobState.CANCELLED)
         async with (
             self._connection() as conn,

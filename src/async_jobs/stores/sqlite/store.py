@@ -245,7 +245,7 @@ class SqliteStore:
         after: PageCursor | None = None,
         count_to: int = 0,
     ) -> JobScan:
-        wanted = max(limit + 1, count_to)
+        wanted = JobScan.wanted(limit, count_to)
         params = _scan_params(where, budget, wanted, after)
 
         async def work(conn: aiosqlite.Connection) -> tuple[list[sqlite3.Row], list[Job]]:
