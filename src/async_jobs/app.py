@@ -57,6 +57,7 @@ from async_jobs.domain.jobs import (
     NewJob,
     PageCursor,
     Priority,
+    ScanRequest,
 )
 from async_jobs.domain.requests import MAX_BATCH_SIZE as MAX_BATCH_SIZE
 from async_jobs.domain.requests import MAX_PAGE_SIZE as MAX_PAGE_SIZE
@@ -384,7 +385,10 @@ class JobApp:
             raise InvalidJobError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
         if budget < 1 or count_to < 0:
             raise InvalidJobError("budget must be at least 1, count_to at least 0")
-        return await self.store.scan_jobs(where or JobFilter(), limit, budget, after, count_to)
+        request = ScanRequest(
+            where=where or JobFilter(), limit=limit, budget=budget, after=after, count_to=count_to
+        )
+        return await self.store.scan_jobs(request)
 
     # -- control ----------------------------------------------------------------------------
 

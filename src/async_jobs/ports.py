@@ -25,6 +25,7 @@ from async_jobs.domain.jobs import (
     NewJob,
     PageCursor,
     ProgressUpdate,
+    ScanRequest,
 )
 from async_jobs.domain.rollup import RollupWindow
 from async_jobs.domain.scheduling import (
@@ -95,24 +96,17 @@ class JobStore(Protocol):
         """How many jobs match ``where``, counting no further than ``cap`` (an answer of
         ``cap`` means "at least"): never a walk of every row."""
 
-    async def scan_jobs(
-        self,
-        where: JobFilter,
-        limit: int,
-        budget: int,
-        after: PageCursor | None = None,
-        count_to: int = 0,
-    ) -> JobScan:
+    async def scan_jobs(self, request: ScanRequest) -> JobScan:
         """A listing whose work is bounded whatever the filter: walk the jobs newest first
-        (``created_at``, then ``id``) from after ``after``, reading at most ``budget`` of
-        them, and return the first ``limit`` that match ``where`` (see ``JobScan``). The
-        walk stops once it has found ``max(limit + 1, count_to)`` matches, so
-        ``matched`` counts up to ``count_to``. It reads the jobs of ``where.tenant_id``'s
-        index when there is a tenant, and within ``created_after`` / ``created_before``; a
-        store may walk any index of fewer jobs that holds every match (PostgreSQL's of the
-        failed and cancelled jobs, for those states). A filter that matches nothing costs
-        ``budget`` rows, not the table: the caller goes on from ``searched_to`` if it
-        wants."""
+        (``created_at``, then ``id``) from after ``request.after``, reading at most
+        ``request.budget`` of them, and return the first ``request.limit`` that match
+        ``request.where`` (see ``JobScan``). The walk stops once it has found
+        ``request.wanted`` matches, so ``matched`` counts up to ``request.count_to``. It
+        reads the tenant's jobs when the filter names one, and within ``created_after`` /
+        ``created_before``; a store may walk any index of fewer jobs that holds every match
+        (PostgreSQL's of the failed and cancelled jobs, for those states). A filter that
+        matches nothing costs ``budget`` rows, not the table: the caller goes on from
+        ``searched_to`` if it wants."""
 
     async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
         """Per use case that has pending, queued or running jobs (or was ever paused): those

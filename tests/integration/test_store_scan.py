@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from async_jobs.domain.jobs import Job, JobFilter, JobScan, JobState, PageCursor, listing_key
+from async_jobs.domain.jobs import (
+    Job,
+    JobFilter,
+    JobScan,
+    JobState,
+    PageCursor,
+    ScanRequest,
+    listing_key,
+)
 from async_jobs.ports import JobStore
 from tests.helpers import new_job, wait_until
 
@@ -20,16 +28,23 @@ async def insert(store: JobStore, n: int, **kw: object) -> list[Job]:
     return sorted(jobs, key=listing_key, reverse=True)
 
 
+async def scanned(
+    store: JobStore, where: JobFilter, limit: int, budget: int, **kw: object
+) -> JobScan:
+    request = ScanRequest(where=where, limit=limit, budget=budget, **kw)  # type: ignore[arg-type]
+    return await store.scan_jobs(request)
+
+
 async def every_match(
     store: JobStore, where: JobFilter, limit: int, budget: int
 ) -> tuple[list[Job], int]:
     """The items of a scan continued from each next_cursor until the end; how many scans."""
     found: list[Job] = []
-    scan = await store.scan_jobs(where, limit, budget)
+    scan = await scanned(store, where, limit, budget)
     scans = 1
     found += scan.items
     while scan.next_cursor is not None:
-        scan = await store.scan_jobs(where, limit, budget, scan.next_cursor)
+        scan = await scanned(store, where, limit, budget, after=scan.next_cursor)
         scans += 1
         found += scan.items
     return found, scans
@@ -39,11 +54,11 @@ async def test_a_filter_that_matches_nothing_reads_the_budget_and_says_where_it_
     store: JobStore,
 ) -> None:
     newest_first = await insert(store, 10, job_type="common")
-    scan = await store.scan_jobs(JobFilter(type="rare"), 5, budget=4)
+    scan = await scanned(store, JobFilter(type="rare"), 5, budget=4)
     assert scan == JobScan([], 0, key(newest_first[3]), key(newest_first[3]))
-    scan = await store.scan_jobs(JobFilter(type="rare"), 5, 4, scan.next_cursor)
+    scan = await scanned(store, JobFilter(type="rare"), 5, 4, after=scan.next_cursor)
     assert scan.searched_to == key(newest_first[7])
-    scan = await store.scan_jobs(JobFilter(type="rare"), 5, 4, scan.next_cursor)
+    scan = await scanned(store, JobFilter(type="rare"), 5, 4, after=scan.next_cursor)
     assert scan == JobScan([], 0, None, None)  # two jobs were left: the walk reached the end
 
 
@@ -71,20 +86,20 @@ async def test_continued_scans_find_every_match_once_in_order(store: JobStore) -
 async def test_a_tenants_scan_reads_that_tenants_jobs_only(store: JobStore) -> None:
     mine = await insert(store, 2, tenant_id="t1")
     await insert(store, 6, tenant_id="t2")  # newer: a walk of every job would meet them first
-    scan = await store.scan_jobs(JobFilter(tenant_id="t1"), 10, budget=2)
+    scan = await scanned(store, JobFilter(tenant_id="t1"), 10, budget=2)
     assert [j.id for j in scan.items] == [j.id for j in mine]
 
 
 async def test_a_scan_counts_matches_up_to_count_to_within_its_budget(store: JobStore) -> None:
     jobs = await insert(store, 10, job_type="a")
-    scan = await store.scan_jobs(JobFilter(type="a"), 3, budget=100, count_to=6)
+    scan = await scanned(store, JobFilter(type="a"), 3, budget=100, count_to=6)
     assert [j.id for j in scan.items] == [j.id for j in jobs[:3]]
     assert (scan.matched, scan.next_cursor, scan.searched_to) == (6, key(jobs[2]), None)
-    scan = await store.scan_jobs(JobFilter(type="a"), 3, budget=100, count_to=50)
+    scan = await scanned(store, JobFilter(type="a"), 3, budget=100, count_to=50)
     assert (scan.matched, scan.next_cursor, scan.searched_to) == (10, key(jobs[2]), None)
-    scan = await store.scan_jobs(JobFilter(type="a"), 3, budget=5, count_to=50)
+    scan = await scanned(store, JobFilter(type="a"), 3, budget=5, count_to=50)
     assert (scan.matched, scan.next_cursor, scan.searched_to) == (5, key(jobs[2]), key(jobs[4]))
-    scan = await store.scan_jobs(JobFilter(type="a"), 8, budget=5)
+    scan = await scanned(store, JobFilter(type="a"), 8, budget=5)
     assert len(scan.items) == 5 and scan.next_cursor == scan.searched_to == key(jobs[4])
 
 

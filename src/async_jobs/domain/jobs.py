@@ -444,6 +444,25 @@ class JobPage:
         return cls(items=items, next_cursor=cursor)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ScanRequest:
+    """A listing whose work is bounded (``JobStore.scan_jobs``): read at most ``budget`` jobs
+    newest first after ``after``, return the first ``limit`` that match ``where``, and count
+    the matches up to ``count_to``."""
+
+    where: JobFilter
+    limit: int
+    budget: int
+    after: PageCursor | None = None
+    count_to: int = 0
+
+    @property
+    def wanted(self) -> int:
+        """The matches the walk looks for before it stops: a page and one more (to know
+        whether the listing goes on), or as many as it counts."""
+        return max(self.limit + 1, self.count_to)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobScan:
     """What a bounded newest-first walk found (``JobStore.scan_jobs``).
@@ -460,12 +479,6 @@ class JobScan:
     matched: int
     next_cursor: PageCursor | None
     searched_to: PageCursor | None
-
-    @staticmethod
-    def wanted(limit: int, count_to: int) -> int:
-        """The matches a walk looks for before it stops: a page and one more (to know
-        whether the listing goes on), or as many as it counts."""
-        return max(limit + 1, count_to)
 
     @classmethod
     def of(cls, items: list[Job], hits: int, wanted: int, last_read: PageCursor | None) -> JobScan:

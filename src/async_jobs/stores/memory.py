@@ -35,6 +35,7 @@ from async_jobs.domain.jobs import (
     PageCursor,
     Progress,
     ProgressUpdate,
+    ScanRequest,
     dispatch_order,
     listing_key,
 )
@@ -227,29 +228,23 @@ class MemoryStore:
         items = rows[:limit]
         return JobPage.of(items, more=len(rows) > limit)
 
-    async def scan_jobs(
-        self,
-        where: JobFilter,
-        limit: int,
-        budget: int,
-        after: PageCursor | None = None,
-        count_to: int = 0,
-    ) -> JobScan:
+    async def scan_jobs(self, request: ScanRequest) -> JobScan:
         self._check_open()
+        where = request.where
         walk = JobFilter(
             tenant_id=where.tenant_id,
             created_after=where.created_after,
             created_before=where.created_before,
         )
         read = heapq.nlargest(
-            budget,
-            (j for j in self._jobs.values() if _matches(j, walk, after)),
+            request.budget,
+            (j for j in self._jobs.values() if _matches(j, walk, request.after)),
             key=listing_key,
         )
-        wanted = JobScan.wanted(limit, count_to)
-        hits = [j for j in read if _matches(j, where, None)][:wanted]
-        last = PageCursor(read[-1].created_at, read[-1].id) if len(read) == budget else None
-        return JobScan.of(hits[:limit], len(hits), wanted, last)
+        hits = [j for j in read if _matches(j, where, None)][: request.wanted]
+        full = len(read) == request.budget
+        last = PageCursor(read[-1].created_at, read[-1].id) if full else None
+        return JobScan.of(hits[: request.limit], len(hits), request.wanted, last)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         self._check_open()

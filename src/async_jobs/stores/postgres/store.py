@@ -39,6 +39,7 @@ from async_jobs.domain.jobs import (
     NewJob,
     PageCursor,
     ProgressUpdate,
+    ScanRequest,
     listing_key,
 )
 from async_jobs.domain.rollup import RollupWindow
@@ -272,15 +273,8 @@ class PostgresStore:
         items = [job_from_record(r) for r in rows[:limit]]
         return JobPage.of(items, more=len(rows) > limit)
 
-    async def scan_jobs(
-        self,
-        where: JobFilter,
-        limit: int,
-        budget: int,
-        after: PageCursor | None = None,
-        count_to: int = 0,
-    ) -> JobScan:
-        wanted = JobScan.wanted(limit, count_to)
+    async def scan_jobs(self, request: ScanRequest) -> JobScan:
+        where, after = request.where, request.after
         ended = where.tenant_id is None and where.status in (JobState.FAILED, JobState.CANCELLED)
         async with (
             self._connection() as conn,
@@ -293,16 +287,16 @@ class PostgresStore:
                 *_filter_params(where),
                 after.created_at if after else None,
                 after.id if after else None,
-                budget,
-                wanted,
+                request.budget,
+                request.wanted,
                 where.priority.value if where.priority else None,
                 ended,
             )
             hits = [PageCursor(k["created_at"], k["id"]) for k in keys if k["hit"]]
-            rows = await conn.fetch(QUERIES["get_jobs"], [h.id for h in hits[:limit]])
+            rows = await conn.fetch(QUERIES["get_jobs"], [h.id for h in hits[: request.limit]])
         items = sorted(map(job_from_record, rows), key=listing_key, reverse=True)
         last = next((PageCursor(k["created_at"], k["id"]) for k in keys if not k["hit"]), None)
-        return JobScan.of(items, len(hits), wanted, last)
+        return JobScan.of(items, len(hits), request.wanted, last)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         async with self._connection() as conn, conn.transaction(readonly=True):

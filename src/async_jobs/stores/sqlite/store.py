@@ -57,6 +57,7 @@ from async_jobs.domain.jobs import (
     Priority,
     Progress,
     ProgressUpdate,
+    ScanRequest,
     listing_key,
 )
 from async_jobs.domain.retry import Backoff
@@ -237,26 +238,18 @@ class SqliteStore:
         items = [_job_from_row(r) for r in rows[:limit]]
         return JobPage.of(items, more=len(rows) > limit)
 
-    async def scan_jobs(
-        self,
-        where: JobFilter,
-        limit: int,
-        budget: int,
-        after: PageCursor | None = None,
-        count_to: int = 0,
-    ) -> JobScan:
-        wanted = JobScan.wanted(limit, count_to)
-        params = _scan_params(where, budget, wanted, after)
+    async def scan_jobs(self, request: ScanRequest) -> JobScan:
+        params = _scan_params(request)
 
         async def work(conn: aiosqlite.Connection) -> tuple[list[sqlite3.Row], list[Job]]:
             keys = await _fetch(conn, "scan_jobs", params)
-            page = json_dumps([k["id"] for k in keys if k["hit"]][:limit])
+            page = json_dumps([k["id"] for k in keys if k["hit"]][: request.limit])
             return keys, [_job_from_row(r) for r in await _fetch(conn, "get_jobs", {"ids": page})]
 
         keys, items = await self._run(work, write=False)
         items.sort(key=listing_key, reverse=True)
         last = next((_cursor(k) for k in keys if not k["hit"]), None)
-        return JobScan.of(items, sum(1 for k in keys if k["hit"]), wanted, last)
+        return JobScan.of(items, sum(1 for k in keys if k["hit"]), request.wanted, last)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         params = _list_params(where, 0, None)
@@ -949,20 +942,18 @@ def _list_params(where: JobFilter, limit: int, after: PageCursor | None) -> dict
     }
 
 
-def _scan_params(
-    where: JobFilter, budget: int, wanted: int, after: PageCursor | None
-) -> dict[str, Any]:
+def _scan_params(request: ScanRequest) -> dict[str, Any]:
     """Parameters of ``scan_jobs``: those of ``list_jobs``, with ``created_before`` folded
     into the cursor (both are upper bounds of the walk) and ``created_after`` -inf when unset,
     so that both bound the range of the index the walk reads."""
-    params = _list_params(where, wanted, after)
+    params = _list_params(request.where, request.wanted, request.after)
     before = params["created_before"]
     if before is not None and before <= params["after_created_at"]:
         params["after_created_at"], params["after_id"] = before, ""
     if params["created_after"] is None:
         params["created_after"] = -math.inf
     params["wanted"] = params.pop("limit")
-    params["budget"] = budget
+    params["budget"] = request.budget
     return params
 
 
