@@ -69,6 +69,10 @@ STREAM_INTERVALS = {"overview": 3.0, "jobs": 2.0, "job": 1.0, "workers": 3.0}
 STREAM_SECONDS = 300.0
 STREAM_KEEPALIVE_SECONDS = 15.0
 STREAM_MAX = 64
+# A bulk action changes its jobs one by one (each change is the single-job operation, with
+# its guard), this many at once: half of a PostgreSQL store's default pool, so that the
+# workers and other requests of the process keep connections.
+BULK_LANES = 4
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("async_jobs.api.dashboard", "templates"),
@@ -424,13 +428,17 @@ class _Dashboard:
         if not targets:
             return self.back(page, done="nothing")
         change = self.jobs.retry if verb == "retry" else self.jobs.cancel
-        changed = 0
-        for job_id in targets:
-            try:
-                await change(job_id, who.tenant_id)
-                changed += 1
-            except (InvalidTransitionError, JobNotFoundError):
-                pass
+        lanes = asyncio.Semaphore(BULK_LANES)
+
+        async def changes(job_id: JobId) -> bool:
+            async with lanes:
+                try:
+                    await change(job_id, who.tenant_id)
+                except (InvalidTransitionError, JobNotFoundError):
+                    return False
+                return True
+
+        changed = sum(await asyncio.gather(*map(changes, targets)))
         skipped = len(targets) - changed
         return self.back(page, done="bulk", n=changed, skipped=skipped, more=more)
 
