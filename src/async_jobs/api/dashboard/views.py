@@ -323,7 +323,9 @@ class BulkPlan:
 
     @property
     def states(self) -> str:
-        return " or ".join(s.value for s in self.searched)
+        """The states it looked for, as in "pending, queued or running"."""
+        names = [s.value for s in self.searched]
+        return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else ""
 
 
 async def bulk_plan(
