@@ -18,7 +18,7 @@ from async_jobs.api.auth import Principal
 from async_jobs.app import EnqueueRequest, JobApp
 from async_jobs.domain.jobs import Job, JobFilter, JobState, PageCursor, Priority, listing_key
 from async_jobs.domain.rollup import RollupRow, merge, percentile
-from async_jobs.domain.scheduling import ANY_USE_CASE, FinishedBucket
+from async_jobs.domain.scheduling import ANY_USE_CASE, FinishedBucket, TenantQuota
 
 COUNT_CAP = 10_000
 PAGE_SIZE = 50
@@ -254,31 +254,35 @@ class TenantRow:
 
 
 async def tenants(jobs: JobApp, who: Principal) -> list[TenantRow]:
-    rows = []
-    for tenant, of_tenant in sorted(jobs.limits.quotas.items()):
-        if who.tenant_id is not None and tenant != who.tenant_id:
-            continue
-        for use_case, quota in sorted(of_tenant.items()):
-            any_use_case = use_case == ANY_USE_CASE
-            where = JobFilter(tenant_id=tenant, use_case=None if any_use_case else use_case)
-            pending, queued, running = await asyncio.gather(
-                *(
-                    jobs.count_jobs(dataclasses.replace(where, status=s), COUNT_CAP + 1)
-                    for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)
-                )
-            )
-            rows.append(
-                TenantRow(
-                    tenant,
-                    use_case,
-                    capped(pending + queued),
-                    capped(running),
-                    quota.max_pending,
-                    quota.max_running,
-                    quota.max_per_second,
-                )
-            )
-    return rows
+    """A row per tenant and use case with a quota (of the principal's tenant only, for a
+    tenant token), their rows counted at once (as many at a time as the store allows)."""
+    quotas = [
+        (tenant, use_case, quota)
+        for tenant, of_tenant in sorted(jobs.limits.quotas.items())
+        if who.tenant_id is None or tenant == who.tenant_id
+        for use_case, quota in sorted(of_tenant.items())
+    ]
+    return list(await asyncio.gather(*(_tenant_row(jobs, *q) for q in quotas)))
+
+
+async def _tenant_row(jobs: JobApp, tenant: str, use_case: str, quota: TenantQuota) -> TenantRow:
+    any_use_case = use_case == ANY_USE_CASE
+    where = JobFilter(tenant_id=tenant, use_case=None if any_use_case else use_case)
+    pending, queued, running = await asyncio.gather(
+        *(
+            jobs.count_jobs(dataclasses.replace(where, status=s), COUNT_CAP + 1)
+            for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)
+        )
+    )
+    return TenantRow(
+        tenant,
+        use_case,
+        capped(pending + queued),
+        capped(running),
+        quota.max_pending,
+        quota.max_running,
+        quota.max_per_second,
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
