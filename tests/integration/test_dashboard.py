@@ -17,6 +17,7 @@ import pytest
 
 from async_jobs import JobApp, JobState, Settings
 from async_jobs.api import create_api
+from async_jobs.domain.scheduling import parse_quotas
 from async_jobs.stores import store_from_dsn
 from tests.helpers import wait_until
 
@@ -315,6 +316,30 @@ async def test_every_page_answers_and_assets_come_from_the_package(
         htmx = await client.get("/dashboard/static/htmx.min.js")
         assert htmx.status_code == 200 and htmx.text.startswith("var htmx=")
         assert (await client.get("/dashboard/static/../router.py")).status_code == 404
+
+
+async def test_the_tenants_page_counts_each_quota_in_the_principals_scope(
+    jobs: JobApp,
+) -> None:
+    quotas = {
+        "tenant-a": {"*": {"max_pending": 10}, "mail": {"max_running": 2}},
+        "tenant-b": {"*": {"max_pending": 20}},
+    }
+    settings = Settings(api_tokens=TOKENS, per_tenant_quotas=parse_quotas(quotas, "test"))
+    app = JobApp(settings=settings, store=jobs.store, strict_types=False)
+    async for client in client_for(app):
+        for _ in range(2):
+            await app.enqueue("echo", {}, tenant_id="tenant-a", use_case="mail", delay=3600)
+        await app.enqueue("echo", {}, tenant_id="tenant-a", use_case="sms", delay=3600)
+        await sign_in(client, "tok-admin")
+        rows = re.findall(
+            r"<tr><td><a[^>]*>([^<]+)</a></td><td>([^<]+)</td>\s*<td class=\"num\">([^<]+)<",
+            (await client.get("/dashboard/tenants")).text,
+        )
+        assert rows == [("tenant-a", "*", "3"), ("tenant-a", "mail", "2"), ("tenant-b", "*", "0")]
+        await sign_in(client, "tok-a")
+        page = (await client.get("/dashboard/tenants")).text
+        assert "tenant-a" in page and "tenant-b" not in page
 
 
 def _cell(html: str, use_case: str, state: str) -> str:
