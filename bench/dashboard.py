@@ -9,14 +9,19 @@ cases, 20 tenants; 1% critical, 10% high, the rest medium; ended over the last t
 VACUUM ANALYZEs it, times the leader's rollup chore over the last hour (what a process that
 starts leading does first, in four runs of 15 minutes) and one steady-state run (the last
 70 s), then times each page in process (the app called through ASGI, no network): the median
-and the worst of ``--rounds`` requests, after one warm-up request per page. ``--drop`` drops
-the database at the end.
+and the worst of ``--rounds`` requests, after one warm-up request per page. The app declares
+a quota for every tenant (and one per use case for four of them) and three periodic jobs, so
+that the Tenants and Periodic pages have something to read. The two "bulk plan" rows are the
+page that asks to confirm a bulk action (POSTed, it changes nothing). ``--drop`` drops the
+database at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import html
+import re
 import statistics
 import time
 
@@ -25,6 +30,7 @@ import httpx
 
 from async_jobs import JobApp, Settings
 from async_jobs.api import create_api
+from async_jobs.domain.scheduling import parse_quotas
 from async_jobs.stores.postgres import PostgresStore
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -103,38 +109,71 @@ async def roll_up() -> None:
         await store.close()
 
 
+QUOTA = {"max_pending": 1_000_000, "max_running": 50}
+QUOTAS = {
+    **{f"tenant-{n}": {"*": QUOTA} for n in range(20)},
+    **{f"tenant-{n}": {"*": QUOTA, "mail": QUOTA} for n in range(4)},
+}
+PERIODIC = (("hourly", "0 * * * *"), ("nightly", "0 3 * * *"), ("often", "* * * * *"))
+
+
 async def measure(rounds: int) -> None:
-    jobs = JobApp(DSN, settings=Settings(db_dsn=DSN), handler_modules=["async_jobs.demo"])
+    settings = Settings(
+        db_dsn=DSN,
+        per_tenant_quotas=parse_quotas(QUOTAS, "bench"),
+        periodic_jobs=tuple(
+            {"name": name, "cron": cron, "type": "echo", "use_case": "reports"}
+            for name, cron in PERIODIC
+        ),
+    )
+    jobs = JobApp(DSN, settings=settings, handler_modules=["async_jobs.demo"])
     api = create_api(jobs)
     async with api.router.lifespan_context(api):
         transport = httpx.ASGITransport(app=api)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
             first = (await http.get("/jobs?limit=1&status=failed")).json()["items"][0]
-            pages = {
-                "overview": "/dashboard",
-                "overview (live part)": "/dashboard/live/overview",
-                "jobs": "/dashboard/jobs",
-                "jobs, failed in billing": "/dashboard/jobs?state=failed&use_case=billing",
-                "jobs, one tenant": "/dashboard/jobs?tenant=tenant-7",
-                "jobs, critical (1%)": "/dashboard/jobs?priority=critical",
-                "jobs, high in one tenant": "/dashboard/jobs?priority=high&tenant=tenant-4",
-                "jobs, low (none: worst case)": "/dashboard/jobs?priority=low",
-                "jobs, by id": f"/dashboard/jobs?q={first['id']}",
-                "job": f"/dashboard/jobs/{first['id']}",
-                "workers": "/dashboard/workers",
-                "periodic": "/dashboard/periodic",
-                "tenants": "/dashboard/tenants",
+            low = (await http.get("/dashboard/jobs?priority=low")).text
+            older = re.search(r'id="search-older" href="/dashboard([^"]+)"', low)
+            csrf = re.search(r'name="csrf" value="([^"]+)"', low)
+            assert older and csrf, "the Jobs page has no Search older link or no form"
+            plan = {"csrf": csrf[1], "action": "retry-all", "filter_state": "failed"}
+            pages: dict[str, tuple[str, dict[str, str] | None]] = {
+                "overview": ("/dashboard", None),
+                "overview (live part)": ("/dashboard/live/overview", None),
+                "jobs": ("/dashboard/jobs", None),
+                "jobs (live rows)": ("/dashboard/live/jobs", None),
+                "jobs, failed in billing": ("/dashboard/jobs?state=failed&use_case=billing", None),
+                "jobs, one tenant": ("/dashboard/jobs?tenant=tenant-7", None),
+                "jobs, critical (1%)": ("/dashboard/jobs?priority=critical", None),
+                "jobs, high in one tenant": ("/dashboard/jobs?priority=high&tenant=tenant-4", None),
+                "jobs, low (no job)": ("/dashboard/jobs?priority=low", None),
+                "jobs, low, search older": (f"/dashboard{html.unescape(older[1])}", None),
+                "jobs, a type no job has": ("/dashboard/jobs?type=nope", None),
+                "jobs, failed in tenant-3 (none)": (
+                    "/dashboard/jobs?state=failed&tenant=tenant-3",
+                    None,
+                ),
+                "jobs, by id": (f"/dashboard/jobs?q={first['id']}", None),
+                "job": (f"/dashboard/jobs/{first['id']}", None),
+                "bulk plan: retry all failed": ("/dashboard/jobs/bulk", plan),
+                "bulk plan: cancel all": (
+                    "/dashboard/jobs/bulk",
+                    {**plan, "action": "cancel-all", "filter_state": ""},
+                ),
+                "workers": ("/dashboard/workers", None),
+                "periodic": ("/dashboard/periodic", None),
+                "tenants": ("/dashboard/tenants", None),
             }
-            print(f"{'page':28} {'median ms':>10} {'worst ms':>10}")
-            for name, path in pages.items():
-                assert (await http.get(path)).status_code == 200, path  # warm-up
+            print(f"{'page':32} {'median ms':>10} {'worst ms':>10}")
+            for name, (path, form) in pages.items():
                 times = []
-                for _ in range(rounds):
+                for _ in range(rounds + 1):  # the first is a warm-up
                     started = time.perf_counter()
-                    answer = await http.get(path)
+                    answer = await (http.get(path) if form is None else http.post(path, data=form))
                     times.append((time.perf_counter() - started) * 1000)
-                    assert answer.status_code == 200
-                print(f"{name:28} {statistics.median(times):10.1f} {max(times):10.1f}", flush=True)
+                    assert answer.status_code == 200, (path, answer.status_code)
+                times = times[1:]
+                print(f"{name:32} {statistics.median(times):10.1f} {max(times):10.1f}", flush=True)
 
 
 def main() -> None:

@@ -53,9 +53,11 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    JobScan,
     NewJob,
     PageCursor,
     Priority,
+    ScanRequest,
 )
 from async_jobs.domain.requests import MAX_BATCH_SIZE as MAX_BATCH_SIZE
 from async_jobs.domain.requests import MAX_PAGE_SIZE as MAX_PAGE_SIZE
@@ -366,6 +368,27 @@ class JobApp:
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidJobError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
         return await self.store.list_jobs(where or JobFilter(), limit, after)
+
+    async def scan_jobs(
+        self,
+        where: JobFilter | None = None,
+        limit: int = 100,
+        *,
+        budget: int,
+        after: PageCursor | None = None,
+        count_to: int = 0,
+    ) -> JobScan:
+        """A listing that reads at most ``budget`` jobs whatever the filter (see
+        ``JobStore.scan_jobs`` and ``JobScan``): the first ``limit`` matches, the matches
+        counted up to ``count_to``, and where to go on from."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidJobError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
+        if budget < 1 or count_to < 0:
+            raise InvalidJobError("budget must be at least 1, count_to at least 0")
+        request = ScanRequest(
+            where=where or JobFilter(), limit=limit, budget=budget, after=after, count_to=count_to
+        )
+        return await self.store.scan_jobs(request)
 
     # -- control ----------------------------------------------------------------------------
 

@@ -19,16 +19,17 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    JobScan,
     LeaseState,
     LeaseToken,
     NewJob,
     PageCursor,
     ProgressUpdate,
+    ScanRequest,
 )
 from async_jobs.domain.rollup import RollupWindow
 from async_jobs.domain.scheduling import (
     ActiveCounts,
-    FinishedBucket,
     JobGauges,
     Leader,
     Stats,
@@ -95,6 +96,18 @@ class JobStore(Protocol):
         """How many jobs match ``where``, counting no further than ``cap`` (an answer of
         ``cap`` means "at least"): never a walk of every row."""
 
+    async def scan_jobs(self, request: ScanRequest) -> JobScan:
+        """A listing whose work is bounded whatever the filter: walk the jobs newest first
+        (``created_at``, then ``id``) from after ``request.after``, reading at most
+        ``request.budget`` of them, and return the first ``request.limit`` that match
+        ``request.where`` (see ``JobScan``). The walk stops once it has found
+        ``request.wanted`` matches, so ``matched`` counts up to ``request.count_to``. It
+        reads the tenant's jobs when the filter names one, and within ``created_after`` /
+        ``created_before``; a store may walk any index of fewer jobs that holds every match
+        (PostgreSQL's of the failed and cancelled jobs, for those states). A filter that
+        matches nothing costs ``budget`` rows, not the table: the caller goes on from
+        ``searched_to`` if it wants."""
+
     async def active_counts(self, tenant_id: str | None, cap: int) -> list[ActiveCounts]:
         """Per use case that has pending, queued or running jobs (or was ever paused): those
         counts, each stopping at ``cap``, and whether it is paused; by name. Reads the
@@ -104,12 +117,6 @@ class JobStore(Protocol):
         """Jobs ``queued`` (dispatched to a broker, not yet claimed) per named use case, each
         count stopping at ``cap``; every named use case is in the answer (0: none). Reads
         the partial index of queued jobs only (the broker dispatchers' window)."""
-
-    async def finished_per_bucket(
-        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
-    ) -> list[FinishedBucket]:
-        """Jobs that ended within the last ``window_seconds`` (by the store's clock), counted
-        per use case, terminal state and bucket (``bucket_seconds`` wide, 0 the latest)."""
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         """Move up to ``request.limit`` due pending jobs to running, each with attempts + 1,

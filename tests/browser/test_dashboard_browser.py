@@ -98,6 +98,26 @@ def test_filtering_the_jobs_by_priority(page: Page, server: Server) -> None:
     expect(page.locator("select[name=priority]")).to_have_value("high")
 
 
+def test_cancelling_every_job_that_matches_the_filter_after_confirming(
+    page: Page, server: Server
+) -> None:
+    use_case = unique("bulk")
+    waiting = [server.enqueue(type="echo", use_case=use_case, delay_seconds=3600) for _ in "ab"]
+    other = server.enqueue(type="echo", use_case=unique("other"), delay_seconds=3600)
+    sign_in(page, server, "admin-token")
+    page.goto(f"{server.url}/dashboard/jobs?use_case={use_case}")
+    expect(page.locator("#matching-count")).to_have_text("2")
+    page.click("button:has-text('Cancel all')")
+    expect(page.locator("main h1")).to_have_text("Cancel 2 jobs?")
+    shot(page, "bulk-confirm")
+    assert {server.job(j["id"])["status"] for j in waiting} == {"pending"}  # not yet
+    page.click("#bulk-confirm button[type=submit]")
+    expect(page.locator("#notice")).to_contain_text("2 jobs changed, 0 left as they were.")
+    expect(page).to_have_url(re.compile(rf"use_case={use_case}"))
+    assert {server.job(j["id"])["status"] for j in waiting} == {"cancelled"}
+    assert server.job(other["id"])["status"] == "pending"
+
+
 def test_a_running_job_shows_its_progress_bar_moving(page: Page, server: Server) -> None:
     sign_in(page, server, "admin-token")
     job = server.enqueue(type="steps", payload={"steps": 10, "pause": 0.6})

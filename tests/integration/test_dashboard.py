@@ -5,8 +5,11 @@ headers, roles (read-only, tenant), escaping, actions and bulk actions. The brow
 from __future__ import annotations
 
 import asyncio
+import html
 import re
+import urllib.parse
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -14,6 +17,7 @@ import pytest
 
 from async_jobs import JobApp, JobState, Settings
 from async_jobs.api import create_api
+from async_jobs.domain.scheduling import parse_quotas
 from async_jobs.stores import store_from_dsn
 from tests.helpers import wait_until
 
@@ -195,18 +199,97 @@ async def test_bulk_retry_of_every_failed_job_matching_the_filter(
     await sign_in(browser, "tok-admin")
     page = await browser.get("/dashboard/jobs?use_case=bulk&state=failed")
     assert page.text.count('name="ids"') == 3
-    answer = await browser.post(
-        "/dashboard/jobs/bulk",
-        data={
-            "csrf": csrf_of(page.text),
-            "action": "retry-all",
-            "filter_use_case": "bulk",
-            "filter_state": "failed",
-        },
-    )
-    assert answer.status_code == 303 and "done=bulk&n=3&skipped=0" in answer.headers["location"]
+    assert '<span id="matching-count">3</span>' in page.text
+    form = {"csrf": csrf_of(page.text), "action": "retry-all", "filter_use_case": "bulk"}
+    # First the plan, to confirm: nothing changes yet.
+    plan = await browser.post("/dashboard/jobs/bulk", data=form)
+    assert plan.status_code == 200 and "Retry 3 jobs" in plan.text
+    assert 'name="confirmed" value="yes"' in plan.text and 'id="bulk-more"' not in plan.text
+    assert {(await jobs.get_job(j.id)).status for j in failed} == {JobState.FAILED}
+    answer = await browser.post("/dashboard/jobs/bulk", data={**form, "confirmed": "yes"})
+    assert answer.status_code == 303
+    assert "done=bulk&n=3&skipped=0&more=" in answer.headers["location"]
     assert {(await jobs.get_job(j.id)).status for j in failed} == {JobState.PENDING}
     assert (await jobs.get_job(other.id)).status is JobState.FAILED
+
+
+async def posted(client: httpx.AsyncClient, path: str, **fields: str) -> httpx.Response:
+    """A form POST to ``path`` with the CSRF token of the Jobs page."""
+    csrf = csrf_of((await client.get("/dashboard/jobs")).text)
+    return await client.post(path, data={"csrf": csrf, **fields})
+
+
+async def test_cancel_all_is_bounded_says_so_and_stays_in_the_tenant(
+    browser: httpx.AsyncClient, jobs: JobApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from async_jobs.api.dashboard import views
+
+    monkeypatch.setattr(views, "BULK_MAX", 2)
+    mine = [await jobs.enqueue("echo", {}, tenant_id="tenant-a", delay=3600) for _ in range(3)]
+    theirs = await jobs.enqueue("echo", {}, tenant_id="tenant-b", delay=3600)
+    await sign_in(browser, "tok-a")
+    assert '<span id="matching-count">2+</span>' in (await browser.get("/dashboard/jobs")).text
+    plan = await posted(browser, "/dashboard/jobs/bulk", action="cancel-all")
+    assert "Cancel 2 jobs" in plan.text and 'id="bulk-more"' in plan.text
+    answer = await posted(browser, "/dashboard/jobs/bulk", action="cancel-all", confirmed="yes")
+    assert "done=bulk&n=2&skipped=0&more=cap" in answer.headers["location"]
+    states = [(await jobs.get_job(j.id)).status for j in mine]
+    assert sorted(states) == sorted([JobState.CANCELLED, JobState.CANCELLED, JobState.PENDING])
+    assert (await jobs.get_job(theirs.id)).status is JobState.PENDING
+    notice = await browser.get(answer.headers["location"])
+    assert "2 jobs changed, 0 left as they were. More matched" in notice.text
+
+
+async def test_retry_all_changes_nothing_when_the_filters_state_cannot_be_retried(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    """Only failed or cancelled jobs can be retried: a filter on another state finds none
+    (the cancelled job does not match it, and stays as it is)."""
+    cancelled = await jobs.cancel((await jobs.enqueue("echo", {}, delay=3600)).id)
+    await jobs.enqueue("echo", {}, delay=3600)
+    await sign_in(browser, "tok-admin")
+    answer = await posted(
+        browser, "/dashboard/jobs/bulk", action="retry-all", filter_state="pending"
+    )
+    assert answer.headers["location"].endswith("/jobs?state=pending&done=nothing-retry")
+    assert (await jobs.get_job(cancelled.id)).status is JobState.CANCELLED
+    refused = await posted(browser, "/dashboard/jobs/bulk", action="delete-all")
+    assert refused.status_code == 400
+
+
+async def test_a_filter_that_matches_few_jobs_searches_a_bounded_window_at_a_time(
+    browser: httpx.AsyncClient, jobs: JobApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Jobs page reads at most SCAN_BUDGET jobs: when none of them match, it says how far
+    it searched and offers to search older ones; a bulk action keeps to the same window."""
+    from async_jobs.api.dashboard import views
+
+    monkeypatch.setattr(views, "SCAN_BUDGET", 4)
+    rare = await jobs.enqueue("rare", {}, delay=3600)
+    apart = rare.created_at + timedelta(milliseconds=2)  # the oldest (SQLite counts whole ms)
+    await wait_until(lambda: datetime.now(UTC) > apart)
+    for _ in range(9):
+        await jobs.enqueue("common", {}, delay=3600)
+    await sign_in(browser, "tok-admin")
+    path, seen = "/dashboard/jobs?type=rare", []
+    for _ in range(3):
+        page = (await browser.get(path)).text
+        seen.append(f'data-job-id="{rare.id}"' in page)
+        if 'id="search-older"' not in page:
+            break
+        assert 'id="searched"' in page and "No job matches" in page
+        plan = await posted(
+            browser, "/dashboard/jobs/bulk", action="cancel-all", filter_type="rare"
+        )
+        assert "done=nothing-cancel" in plan.headers["location"]  # not in this window
+        path = html.unescape(re.search(r'id="search-older" href="([^"]+)"', page)[1])  # type: ignore[index]
+    assert seen == [False, False, True]  # 4 + 4 jobs searched, then the last 2
+    cursor = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)["cursor"][0]
+    fields = {"action": "cancel-all", "filter_type": "rare", "cursor": cursor}
+    plan = await posted(browser, "/dashboard/jobs/bulk", **fields)
+    assert "Cancel 1 jobs" in plan.text
+    await posted(browser, "/dashboard/jobs/bulk", **fields, confirmed="yes")
+    assert (await jobs.get_job(rare.id)).status is JobState.CANCELLED
 
 
 async def test_every_page_answers_and_assets_come_from_the_package(
@@ -233,6 +316,30 @@ async def test_every_page_answers_and_assets_come_from_the_package(
         htmx = await client.get("/dashboard/static/htmx.min.js")
         assert htmx.status_code == 200 and htmx.text.startswith("var htmx=")
         assert (await client.get("/dashboard/static/../router.py")).status_code == 404
+
+
+async def test_the_tenants_page_counts_each_quota_in_the_principals_scope(
+    jobs: JobApp,
+) -> None:
+    quotas = {
+        "tenant-a": {"*": {"max_pending": 10}, "mail": {"max_running": 2}},
+        "tenant-b": {"*": {"max_pending": 20}},
+    }
+    settings = Settings(api_tokens=TOKENS, per_tenant_quotas=parse_quotas(quotas, "test"))
+    app = JobApp(settings=settings, store=jobs.store, strict_types=False)
+    async for client in client_for(app):
+        for _ in range(2):
+            await app.enqueue("echo", {}, tenant_id="tenant-a", use_case="mail", delay=3600)
+        await app.enqueue("echo", {}, tenant_id="tenant-a", use_case="sms", delay=3600)
+        await sign_in(client, "tok-admin")
+        rows = re.findall(
+            r"<tr><td><a[^>]*>([^<]+)</a></td><td>([^<]+)</td>\s*<td class=\"num\">([^<]+)<",
+            (await client.get("/dashboard/tenants")).text,
+        )
+        assert rows == [("tenant-a", "*", "3"), ("tenant-a", "mail", "2"), ("tenant-b", "*", "0")]
+        await sign_in(client, "tok-a")
+        page = (await client.get("/dashboard/tenants")).text
+        assert "tenant-a" in page and "tenant-b" not in page
 
 
 def _cell(html: str, use_case: str, state: str) -> str:

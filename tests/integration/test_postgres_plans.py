@@ -9,6 +9,7 @@ generic plan PostgreSQL switches to later are seen.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -161,13 +162,69 @@ async def test_the_dispatch_window_counts_queued_jobs_from_a_partial_index(
     assert all("async_jobs_dispatched" in s or "async_jobs_active" in s for s in scans), scans
 
 
-async def _explain(conn: asyncpg.Connection, plans: list[str], query: str, *args: Any) -> list[str]:
-    """The scans on async_jobs of RUNS runs of the prepared statement, all rolled back."""
+@pytest.mark.parametrize(
+    ("tenant", "status", "index"),
+    [
+        (None, None, "async_jobs_created"),
+        ("t7", None, "async_jobs_tenant_created"),
+        ("t7", "failed", "async_jobs_tenant_created"),
+        (None, "failed", "async_jobs_failed_created"),
+    ],
+)
+async def test_a_bounded_scan_reads_one_index_and_no_more_than_its_budget(
+    explained: tuple[asyncpg.Connection, list[str]],
+    tenant: str | None,
+    status: str | None,
+    index: str,
+) -> None:
+    """A type no job has: the walk reads its budget (2,000 rows) of the index for the filter,
+    in order, and stops. A budget that near a tenant's 2,200 jobs has the planner, left to
+    itself, read all of them by a bitmap scan and sort them (scan_walk_only forbids it)."""
+    conn, plans = explained
+    budget = 2000
+    ended = tenant is None and status is not None
+    args = (tenant, status, None, "none", None, None, None, None, budget, 51, None, ended)
+    scans = await _explain(
+        conn, plans, QUERIES["scan_jobs"], *args, setup=QUERIES["scan_walk_only"]
+    )
+    assert scans and all(f"Index Scan using {index} " in s for s in scans), scans
+    read = [int(n) for s in scans for n in re.findall(r"actual rows=(\d+)", s)]
+    assert read and max(read) <= budget + 1, scans
+
+
+async def test_a_capped_count_keeps_its_own_plan_after_costly_counts(
+    explained: tuple[asyncpg.Connection, list[str]],
+) -> None:
+    """A prepared statement that has run five times may be planned once for any parameters:
+    count_jobs, after a few counts by a priority no job has (the whole table read), then
+    counted a tenant's waiting jobs by the same sequential scan. custom_plans keeps each count
+    on a plan of its own."""
+    conn, plans = explained
+    statement = await conn.prepare(QUERIES["count_jobs"])
+    async with conn.transaction():
+        await conn.execute(QUERIES["custom_plans"])
+        for _ in range(RUNS):
+            await statement.fetchval(None, None, None, None, None, None, 1001, "low")
+        assert await statement.fetchval("t7", "pending", None, None, None, None, 10_001, None)
+    # A plan is logged when its portal closes (at the next statement, or the commit), and
+    # the log listener is called soon after.
+    await asyncio.sleep(0)  # wait-ok: lets the listener's callbacks run
+    scans = _scans(plans[-1:])  # the last count's
+    assert scans and not [s for s in scans if "Seq Scan" in s], scans
+
+
+async def _explain(
+    conn: asyncpg.Connection, plans: list[str], query: str, *args: Any, setup: str = ""
+) -> list[str]:
+    """The scans on async_jobs of RUNS runs of the prepared statement, all rolled back;
+    ``setup`` runs first in the same transaction."""
     plans.clear()
     statement = await conn.prepare(query)
     transaction = conn.transaction()
     await transaction.start()
     try:
+        if setup:
+            await conn.execute(setup)
         for _ in range(RUNS):
             await statement.fetch(*args)
     finally:

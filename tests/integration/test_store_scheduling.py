@@ -728,20 +728,6 @@ async def test_counts_stop_at_their_cap_and_follow_the_filters(store: JobStore) 
     assert await store.count_jobs(JobFilter(status=JobState.RUNNING), cap=100) == 0
 
 
-async def test_ended_jobs_are_counted_per_bucket_of_the_window(store: JobStore) -> None:
-    await insert(store, 3, use_case="mail", tenant_id="t1")
-    await insert(store, 1, use_case="mail", tenant_id="t2")
-    jobs = await store.claim_jobs(claim())
-    await finish(store, jobs[:3])
-    await finish(store, jobs[3:], OutcomeKind.FAILED)
-    buckets = await store.finished_per_bucket(None, window_seconds=3600, bucket_seconds=300)
-    assert sum(b.count for b in buckets if b.status == "succeeded") == 3
-    assert sum(b.count for b in buckets if b.status == "failed") == 1
-    assert {b.bucket for b in buckets} == {0} and {b.use_case for b in buckets} == {"mail"}
-    mine = await store.finished_per_bucket("t2", window_seconds=3600, bucket_seconds=300)
-    assert sum(b.count for b in mine) == 1
-
-
 async def test_periodic_jobs_are_paused_and_resumed_by_name(store: JobStore) -> None:
     assert await store.paused_periodic() == set()
     await store.set_periodic_paused("a", True)

@@ -427,6 +427,11 @@ class PageCursor:
     id: JobId
 
 
+def listing_key(job: Job) -> tuple[datetime, JobId]:
+    """The key that listings order jobs by, newest (largest) first; a cursor holds it."""
+    return (job.created_at, job.id)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobPage:
     items: list[Job]
@@ -437,6 +442,52 @@ class JobPage:
         """A page of ``items``; ``more``: the listing goes on after its last job."""
         cursor = PageCursor(items[-1].created_at, items[-1].id) if more and items else None
         return cls(items=items, next_cursor=cursor)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ScanRequest:
+    """A listing whose work is bounded (``JobStore.scan_jobs``): read at most ``budget`` jobs
+    newest first after ``after``, return the first ``limit`` that match ``where``, and count
+    the matches up to ``count_to``."""
+
+    where: JobFilter
+    limit: int
+    budget: int
+    after: PageCursor | None = None
+    count_to: int = 0
+
+    @property
+    def wanted(self) -> int:
+        """The matches the walk looks for before it stops: a page and one more (to know
+        whether the listing goes on), or as many as it counts."""
+        return max(self.limit + 1, self.count_to)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobScan:
+    """What a bounded newest-first walk found (``JobStore.scan_jobs``).
+
+    ``items``: the first matches, newest first. ``matched``: the matches the walk found, at
+    least ``len(items)``; the walk stops once it has as many as it was asked to count, so
+    that many means "at least". ``searched_to``: the last job the walk read when it spent
+    its budget before it found that many (jobs older than it were not read); None when it
+    found them all, or read every job there is. ``next_cursor``: where the listing goes on:
+    after the last item when more jobs matched, else from ``searched_to``; None at the end.
+    """
+
+    items: list[Job]
+    matched: int
+    next_cursor: PageCursor | None
+    searched_to: PageCursor | None
+
+    @classmethod
+    def of(cls, items: list[Job], hits: int, wanted: int, last_read: PageCursor | None) -> JobScan:
+        """``hits`` matches found (at most ``wanted``); ``last_read``: the job the walk read
+        last if it read its whole budget (None if fewer jobs were left)."""
+        searched_to = last_read if hits < wanted else None
+        if hits > len(items) and items:
+            return cls(items, hits, PageCursor(items[-1].created_at, items[-1].id), searched_to)
+        return cls(items, hits, searched_to, searched_to)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

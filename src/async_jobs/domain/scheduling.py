@@ -351,7 +351,7 @@ def bucket_tokens(quota: TenantQuota, tokens: float | None, refilled_seconds_ago
 @dataclasses.dataclass(frozen=True, slots=True)
 class FinishedBucket:
     """Jobs of a use case that reached a terminal ``status`` in one time bucket (``bucket``
-    0 is the latest; see ``JobStore.finished_per_bucket``)."""
+    0 is the latest): a bar of the dashboard's charts, summed from the rollup's minutes."""
 
     use_case: str
     status: str

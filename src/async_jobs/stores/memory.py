@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import heapq
 import json
 import logging
 import uuid
@@ -25,6 +26,7 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    JobScan,
     JobState,
     LeaseState,
     LeaseToken,
@@ -33,7 +35,9 @@ from async_jobs.domain.jobs import (
     PageCursor,
     Progress,
     ProgressUpdate,
+    ScanRequest,
     dispatch_order,
+    listing_key,
 )
 from async_jobs.domain.rollup import (
     ALL_TENANTS,
@@ -47,7 +51,6 @@ from async_jobs.domain.scheduling import (
     GAUGE_STATES,
     ActiveCounts,
     Candidate,
-    FinishedBucket,
     JobGauges,
     Leader,
     Stats,
@@ -225,6 +228,24 @@ class MemoryStore:
         items = rows[:limit]
         return JobPage.of(items, more=len(rows) > limit)
 
+    async def scan_jobs(self, request: ScanRequest) -> JobScan:
+        self._check_open()
+        where = request.where
+        walk = JobFilter(
+            tenant_id=where.tenant_id,
+            created_after=where.created_after,
+            created_before=where.created_before,
+        )
+        read = heapq.nlargest(
+            request.budget,
+            (j for j in self._jobs.values() if _matches(j, walk, request.after)),
+            key=listing_key,
+        )
+        hits = [j for j in read if _matches(j, where, None)][: request.wanted]
+        full = len(read) == request.budget
+        last = PageCursor(read[-1].created_at, read[-1].id) if full else None
+        return JobScan.of(hits[: request.limit], len(hits), request.wanted, last)
+
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         self._check_open()
         n = 0
@@ -264,20 +285,6 @@ class MemoryStore:
             if job.status is JobState.QUEUED and job.use_case in counts:
                 counts[job.use_case] = min(cap, counts[job.use_case] + 1)
         return counts
-
-    async def finished_per_bucket(
-        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
-    ) -> list[FinishedBucket]:
-        self._check_open()
-        now = self._clock()
-        counts: collections.Counter[tuple[str, str, int]] = collections.Counter()
-        for job in self._jobs.values():
-            if job.finished_at is None or not job.status.is_terminal:
-                continue
-            age = (now - job.finished_at).total_seconds()
-            if age < window_seconds and (tenant_id is None or job.tenant_id == tenant_id):
-                counts[(job.use_case, job.status.value, int(age // bucket_seconds))] += 1
-        return [FinishedBucket(u, s, b, n) for (u, s, b), n in counts.items()]
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         """The claim as the SQLite store makes it: each (use case, tenant) offers its first

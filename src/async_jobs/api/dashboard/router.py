@@ -27,11 +27,9 @@ from async_jobs.domain.errors import (
     InvalidTransitionError,
     JobNotFoundError,
 )
-from async_jobs.domain.jobs import Job, JobFilter, JobState, Priority
+from async_jobs.domain.jobs import Job, JobFilter, JobId, JobState, Priority
 from async_jobs.domain.workers import ProcessKind
 
-PAGE_SIZE = 50
-BULK_MAX = 1000  # jobs one bulk action changes at most
 STATIC = {
     "htmx.min.js": "text/javascript; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
@@ -47,6 +45,17 @@ NOTICES = {
     "periodic-resumed": "Periodic job resumed from its next tick.",
     "invalid": "Nothing changed: the job is not in a state that allows this.",
     "nothing": "Nothing selected.",
+    "nothing-retry": "No job matching the filter can be retried: only failed or cancelled ones "
+    "can (among the jobs searched).",
+    "nothing-cancel": "No job matching the filter can be cancelled: only pending, queued or "
+    "running ones can (among the jobs searched).",
+}
+# After a bulk action, why more jobs may match than it changed (BulkPlan.more).
+MORE = {
+    "cap": f" More matched: at most {views.BULK_MAX:,} change at a time; do it again for "
+    "the next ones.",
+    "window": f" Only the newest jobs were searched (at most {views.SCAN_BUDGET:,}): older ones "
+    "that match are found with “Search older »”, and can be changed from there.",
 }
 ADMIN_NAV = [("", "Overview"), ("/jobs", "Jobs"), ("/workers", "Workers"),
              ("/periodic", "Periodic"), ("/tenants", "Tenants")]  # fmt: skip
@@ -60,6 +69,10 @@ STREAM_INTERVALS = {"overview": 3.0, "jobs": 2.0, "job": 1.0, "workers": 3.0}
 STREAM_SECONDS = 300.0
 STREAM_KEEPALIVE_SECONDS = 15.0
 STREAM_MAX = 64
+# A bulk action changes its jobs one by one (each change is the single-job operation, with
+# its guard), this many at once: half of a PostgreSQL store's default pool, so that the
+# workers and other requests of the process keep connections.
+BULK_LANES = 4
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("async_jobs.api.dashboard", "templates"),
@@ -190,6 +203,7 @@ class _Dashboard:
             notice = (
                 f"{_int(request.query_params.get('n'))} jobs changed, "
                 f"{_int(request.query_params.get('skipped'))} left as they were."
+                + MORE.get(request.query_params.get("more", ""), "")
             )
         context = {
             "base": self.base,
@@ -203,6 +217,8 @@ class _Dashboard:
             "states": views.STATES,
             "priorities": views.PRIORITIES,
             "cap": views.COUNT_CAP,
+            "bulk_max": views.BULK_MAX,
+            "scan_budget": views.SCAN_BUDGET,
             "page_title": "",
             **values,
         }
@@ -310,21 +326,18 @@ class _Dashboard:
         query = JobQuery.of(dict(request.query_params))
         cursor_text = request.query_params.get("cursor") or None
         error = None
-        items: list[Job] = []
-        next_cursor = None
-        matching = "0"
+        listing = views.JobList([])
         try:
             where = query.where(who)
             if query.q:
-                items = await self._find(query.q, where.tenant_id)
-                matching = str(len(items))
+                found = await self._find(query.q, where.tenant_id)
+                listing = views.JobList(found, str(len(found)))
             else:
-                page = await self.jobs.list_jobs(where, PAGE_SIZE, decode_cursor(cursor_text))
-                items, next_cursor = page.items, encode_cursor(page.next_cursor)
-                if template == "jobs.html":  # the live rows do not show it
-                    # Counted as far as a bulk action reaches: "1,000+" beyond.
-                    found = await self.jobs.count_jobs(where, BULK_MAX + 1)
-                    matching = f"{BULK_MAX:,}+" if found > BULK_MAX else f"{found:,}"
+                # The live rows show no count: they do without it.
+                counted = template == "jobs.html"
+                listing = await views.job_list(
+                    self.jobs, where, decode_cursor(cursor_text), counted
+                )
         except AsyncJobsError as exc:
             error = exc.message
         live_url = f"{self.base}/events/jobs?{query.query}"
@@ -334,13 +347,14 @@ class _Dashboard:
             template,
             page_title="Jobs",
             f=query,
-            page_jobs=items,
-            next_cursor=next_cursor,
+            page_jobs=listing.items,
+            next_cursor=encode_cursor(listing.older),
+            search_older=encode_cursor(listing.searched_to),
+            searched_to=listing.searched_to,
             cursor=cursor_text,
             live=cursor_text is None and not query.q,
             live_url=live_url,
-            matching=matching,
-            bulk_max=BULK_MAX,
+            matching=listing.matching,
             error=error,
         )
 
@@ -376,35 +390,57 @@ class _Dashboard:
         return self.back(f"/jobs/{job_id}", done="retried" if action == "retry" else "cancelled")
 
     async def bulk(self, request: Request, who: Principal) -> Response:
+        """Retry or cancel the selected jobs; or (``retry-all``, ``cancel-all``) every job
+        matching the page's filter, from the page's position: bounded (``views.bulk_plan``)
+        and only once the user confirmed the plan's page (``confirmed=yes``)."""
         form: dict[str, list[str]] = request.state.async_jobs_form
-        action = _first(form).get("action", "")
-        query = JobQuery.of(_first(form), prefix="filter_")
-        if action.endswith("-all"):
-            where = query.where(who)
-            if action == "retry-all" and where.status not in (JobState.FAILED, JobState.CANCELLED):
-                targets = []
-                for state in (JobState.FAILED, JobState.CANCELLED):
-                    page = await self.jobs.list_jobs(
-                        dataclasses.replace(where, status=state), BULK_MAX
-                    )
-                    targets += [job.id for job in page.items]
-                targets = targets[:BULK_MAX]
-            else:
-                targets = [job.id for job in (await self.jobs.list_jobs(where, BULK_MAX)).items]
-        else:
-            targets = [parse_job_id(i) for i in form.get("ids", [])[:BULK_MAX]]
+        fields = _first(form)
+        action = fields.get("action", "")
+        if action not in ("retry", "cancel", "retry-all", "cancel-all"):
+            return self._refused(request, who, 400, "No such action.")
+        verb = action.removesuffix("-all")
+        query = JobQuery.of(fields, prefix="filter_")
+        cursor = fields.get("cursor") or None
+        position = [*query.query_items, *([("cursor", cursor)] if cursor else [])]
+        page = f"/jobs?{urllib.parse.urlencode(position)}" if position else "/jobs"
+        if not action.endswith("-all"):
+            targets = [parse_job_id(i) for i in form.get("ids", [])[: views.BULK_MAX]]
+            return await self._change(who, verb, targets, page)
+        plan = await views.bulk_plan(self.jobs, query.where(who), verb, decode_cursor(cursor))
+        if not plan.jobs:
+            return self.back(page, done=f"nothing-{verb}")
+        if fields.get("confirmed") != "yes":
+            return self.render(
+                request,
+                who,
+                "bulk.html",
+                page_title="Jobs",
+                plan=plan,
+                f=query,
+                cursor=cursor,
+                back_url=page,
+            )
+        return await self._change(who, verb, [j.id for j in plan.jobs], page, plan.more)
+
+    async def _change(
+        self, who: Principal, verb: str, targets: list[JobId], page: str, more: str = ""
+    ) -> Response:
         if not targets:
-            return self.back(f"/jobs?{query.query}", done="nothing")
-        change = self.jobs.retry if action.startswith("retry") else self.jobs.cancel
-        changed = 0
-        for job_id in targets:
-            try:
-                await change(job_id, who.tenant_id)
-                changed += 1
-            except (InvalidTransitionError, JobNotFoundError):
-                pass
+            return self.back(page, done="nothing")
+        change = self.jobs.retry if verb == "retry" else self.jobs.cancel
+        lanes = asyncio.Semaphore(BULK_LANES)
+
+        async def changes(job_id: JobId) -> bool:
+            async with lanes:
+                try:
+                    await change(job_id, who.tenant_id)
+                except (InvalidTransitionError, JobNotFoundError):
+                    return False
+                return True
+
+        changed = sum(await asyncio.gather(*map(changes, targets)))
         skipped = len(targets) - changed
-        return self.back(f"/jobs?{query.query}", done="bulk", n=changed, skipped=skipped)
+        return self.back(page, done="bulk", n=changed, skipped=skipped, more=more)
 
     async def use_case_action(self, request: Request, who: Principal) -> Response:
         if not who.is_admin:

@@ -1,5 +1,6 @@
 """What each page shows, read through ``JobApp``'s operations. Every count is capped
-(``COUNT_CAP``) and every list is a page: no page walks the whole jobs table."""
+(``COUNT_CAP``) and every list is a page: no page walks the whole jobs table. The Jobs page
+and its bulk actions read at most ``SCAN_BUDGET`` jobs a request, whatever the filter."""
 
 from __future__ import annotations
 
@@ -15,11 +16,19 @@ from markupsafe import Markup, escape
 
 from async_jobs.api.auth import Principal
 from async_jobs.app import EnqueueRequest, JobApp
-from async_jobs.domain.jobs import JobFilter, JobState, Priority
+from async_jobs.domain.jobs import Job, JobFilter, JobState, PageCursor, Priority, listing_key
 from async_jobs.domain.rollup import RollupRow, merge, percentile
-from async_jobs.domain.scheduling import ANY_USE_CASE, FinishedBucket
+from async_jobs.domain.scheduling import ANY_USE_CASE, FinishedBucket, TenantQuota
 
 COUNT_CAP = 10_000
+PAGE_SIZE = 50
+BULK_MAX = 1000  # jobs one bulk action changes at most
+# Jobs a Jobs page, or a bulk action, reads at most (newest first): a filter that matches
+# few jobs or none costs this many rows, never the table; the page goes on from where it
+# stopped when asked ("Search older").
+SCAN_BUDGET = 20_000
+RETRYABLE = (JobState.FAILED, JobState.CANCELLED)
+CANCELLABLE = (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)
 STATES = [state.value for state in JobState]
 PRIORITIES = [priority.value for priority in Priority]
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -245,28 +254,101 @@ class TenantRow:
 
 
 async def tenants(jobs: JobApp, who: Principal) -> list[TenantRow]:
-    rows = []
-    for tenant, of_tenant in sorted(jobs.limits.quotas.items()):
-        if who.tenant_id is not None and tenant != who.tenant_id:
-            continue
-        for use_case, quota in sorted(of_tenant.items()):
-            any_use_case = use_case == ANY_USE_CASE
-            where = JobFilter(tenant_id=tenant, use_case=None if any_use_case else use_case)
-            pending, queued, running = await asyncio.gather(
-                *(
-                    jobs.count_jobs(dataclasses.replace(where, status=s), COUNT_CAP + 1)
-                    for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)
-                )
+    """A row per tenant and use case with a quota (of the principal's tenant only, for a
+    tenant token), their rows counted at once (as many at a time as the store allows)."""
+    quotas = [
+        (tenant, use_case, quota)
+        for tenant, of_tenant in sorted(jobs.limits.quotas.items())
+        if who.tenant_id is None or tenant == who.tenant_id
+        for use_case, quota in sorted(of_tenant.items())
+    ]
+    return list(await asyncio.gather(*(_tenant_row(jobs, *q) for q in quotas)))
+
+
+async def _tenant_row(jobs: JobApp, tenant: str, use_case: str, quota: TenantQuota) -> TenantRow:
+    any_use_case = use_case == ANY_USE_CASE
+    where = JobFilter(tenant_id=tenant, use_case=None if any_use_case else use_case)
+    pending, queued, running = await asyncio.gather(
+        *(
+            jobs.count_jobs(dataclasses.replace(where, status=s), COUNT_CAP + 1)
+            for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)
+        )
+    )
+    return TenantRow(
+        tenant,
+        use_case,
+        capped(pending + queued),
+        capped(running),
+        quota.max_pending,
+        quota.max_running,
+        quota.max_per_second,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobList:
+    """A Jobs page: its jobs, how many match (``BULK_MAX + 1`` and more shown as
+    "1,000+"), and where it goes on: ``older``, after its last job when more match;
+    ``searched_to``, the last job read when the search spent ``SCAN_BUDGET`` first (jobs
+    older than it were not looked at: "Search older" goes on from it)."""
+
+    items: list[Job]
+    matching: str = "0"
+    older: PageCursor | None = None
+    searched_to: PageCursor | None = None
+
+
+async def job_list(
+    jobs: JobApp, where: JobFilter, after: PageCursor | None, counted: bool = True
+) -> JobList:
+    """A page of the jobs matching ``where`` after ``after``; ``counted``: count them too,
+    as far as a bulk action reaches (the live rows do without)."""
+    scan = await jobs.scan_jobs(
+        where, PAGE_SIZE, budget=SCAN_BUDGET, after=after, count_to=BULK_MAX + 1 if counted else 0
+    )
+    matching = f"{BULK_MAX:,}+" if scan.matched > BULK_MAX else f"{scan.matched:,}"
+    older = scan.next_cursor if scan.matched > len(scan.items) else None
+    return JobList(scan.items, matching, older, scan.searched_to)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BulkPlan:
+    """What a bulk retry or cancel of every job matching a filter would change: the newest
+    ``BULK_MAX`` of the matching jobs in a state that allows it, among the jobs one search
+    reads from the page's position; ``more``: "cap" when more matched than that, "window"
+    when the search spent its budget (back to ``searched_to``) before reaching the oldest
+    job, else ""."""
+
+    verb: str  # "retry" or "cancel"
+    searched: list[JobState]  # the states it looked for
+    jobs: list[Job]
+    more: str = ""
+    searched_to: datetime | None = None
+
+    @property
+    def states(self) -> str:
+        """The states it looked for, as in "pending, queued or running"."""
+        names = [s.value for s in self.searched]
+        return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else ""
+
+
+async def bulk_plan(
+    jobs: JobApp, where: JobFilter, verb: str, after: PageCursor | None
+) -> BulkPlan:
+    allowed = RETRYABLE if verb == "retry" else CANCELLABLE
+    states = [s for s in allowed if where.status in (None, s)]
+    scans = await asyncio.gather(
+        *(
+            jobs.scan_jobs(
+                dataclasses.replace(where, status=s), BULK_MAX, budget=SCAN_BUDGET, after=after
             )
-            rows.append(
-                TenantRow(
-                    tenant,
-                    use_case,
-                    capped(pending + queued),
-                    capped(running),
-                    quota.max_pending,
-                    quota.max_running,
-                    quota.max_per_second,
-                )
-            )
-    return rows
+            for s in states
+        )
+    )
+    found = sorted((j for scan in scans for j in scan.items), key=listing_key, reverse=True)
+    ends = [scan.searched_to.created_at for scan in scans if scan.searched_to is not None]
+    if len(found) > BULK_MAX or any(scan.matched > len(scan.items) for scan in scans):
+        more = "cap"
+    else:
+        more = "window" if ends else ""
+    return BulkPlan(verb, states, found[:BULK_MAX], more, max(ends, default=None))

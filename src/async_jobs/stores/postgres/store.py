@@ -32,17 +32,19 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    JobScan,
     JobState,
     LeaseState,
     LeaseToken,
     NewJob,
     PageCursor,
     ProgressUpdate,
+    ScanRequest,
+    listing_key,
 )
 from async_jobs.domain.rollup import RollupWindow
 from async_jobs.domain.scheduling import (
     ActiveCounts,
-    FinishedBucket,
     JobGauges,
     Leader,
     Stats,
@@ -271,8 +273,34 @@ class PostgresStore:
         items = [job_from_record(r) for r in rows[:limit]]
         return JobPage.of(items, more=len(rows) > limit)
 
+    async def scan_jobs(self, request: ScanRequest) -> JobScan:
+        where, after = request.where, request.after
+        ended = where.tenant_id is None and where.status in (JobState.FAILED, JobState.CANCELLED)
+        async with (
+            self._connection() as conn,
+            # One snapshot: the page's rows are those of the keys.
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await conn.execute(QUERIES["scan_walk_only"])
+            keys = await conn.fetch(
+                QUERIES["scan_jobs"],
+                *_filter_params(where),
+                after.created_at if after else None,
+                after.id if after else None,
+                request.budget,
+                request.wanted,
+                where.priority.value if where.priority else None,
+                ended,
+            )
+            hits = [PageCursor(k["created_at"], k["id"]) for k in keys if k["hit"]]
+            rows = await conn.fetch(QUERIES["get_jobs"], [h.id for h in hits[: request.limit]])
+        items = sorted(map(job_from_record, rows), key=listing_key, reverse=True)
+        last = next((PageCursor(k["created_at"], k["id"]) for k in keys if not k["hit"]), None)
+        return JobScan.of(items, len(hits), request.wanted, last)
+
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction(readonly=True):
+            await conn.execute(QUERIES["custom_plans"])
             n: int = await conn.fetchval(
                 QUERIES["count_jobs"],
                 *_filter_params(where),
@@ -297,15 +325,6 @@ class PostgresStore:
             rows = await conn.fetch(QUERIES["count_queued"], list(counts), cap)
         counts.update((r["use_case"], r["n"]) for r in rows)
         return counts
-
-    async def finished_per_bucket(
-        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
-    ) -> list[FinishedBucket]:
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                QUERIES["finished_per_bucket"], tenant_id, window_seconds, bucket_seconds
-            )
-        return [FinishedBucket(r["use_case"], r["status"], r["bucket"], r["n"]) for r in rows]
 
     # -- the worker's path ------------------------------------------------------------------
 

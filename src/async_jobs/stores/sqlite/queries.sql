@@ -102,8 +102,8 @@ WHERE idempotency_key IS NOT NULL
 SELECT * FROM async_jobs WHERE id = :id AND (:tenant_id IS NULL OR tenant_id = :tenant_id);
 
 -- part: job_filters
--- The filters of list_jobs, list_tenant_jobs and count_jobs besides the tenant: each one
--- NULL leaves out.
+-- The filters of list_jobs, list_tenant_jobs, count_jobs and scan_jobs besides the tenant:
+-- each one NULL leaves out.
 AND (:status IS NULL OR status = :status)
 AND (:use_case IS NULL OR use_case = :use_case)
 AND (:type IS NULL OR type = :type)
@@ -848,17 +848,39 @@ SELECT count(*) AS n FROM (
     LIMIT :cap
 );
 
--- name: finished_per_bucket
--- Jobs that ended in the last :window seconds, per use case, terminal state and bucket of
--- :bucket seconds before now, on async_jobs_finished.
-SELECT use_case, status, CAST((c.now - finished_at) / :bucket AS INTEGER) AS bucket,
-       count(*) AS n
-FROM async_jobs,
-     (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c
-WHERE status IN ('succeeded', 'failed', 'cancelled')
-  AND finished_at > c.now - :window
-  AND (:tenant_id IS NULL OR tenant_id = :tenant_id)
-GROUP BY 1, 2, 3;
+-- name: scan_jobs
+-- The bounded walk of JobStore.scan_jobs: the keys of the first :wanted jobs that match
+-- list_jobs' filters among at most :budget read newest first after the cursor (hit 1), or,
+-- when fewer match, the key of the :budget-th job read (hit 0), if it read that many. It
+-- reads a tenant's jobs on async_jobs_tenant_created (the second arm), else every job on
+-- async_jobs_created; :created_before comes in the cursor and :created_after is -inf when
+-- unset, so both bound the index range. The filters are checked on the rows read, never
+-- inside walked, where they would make its LIMIT count matches instead of rows read.
+-- walked is expanded where it is used (NOT MATERIALIZED): its second use, which walks it
+-- again, only runs when fewer than :wanted match.
+WITH walked AS NOT MATERIALIZED (
+    SELECT * FROM (SELECT created_at, id, status, use_case, type, priority FROM async_jobs
+                   WHERE :tenant_id IS NULL AND created_at > :created_after
+                     AND (created_at, id) < (:after_created_at, :after_id)
+                   ORDER BY created_at DESC, id DESC LIMIT :budget)
+    UNION ALL
+    SELECT * FROM (SELECT created_at, id, status, use_case, type, priority FROM async_jobs
+                   WHERE tenant_id = :tenant_id AND created_at > :created_after
+                     AND (created_at, id) < (:after_created_at, :after_id)
+                   ORDER BY created_at DESC, id DESC LIMIT :budget)
+)
+SELECT * FROM (
+    SELECT created_at, id, 1 AS hit FROM walked
+    WHERE true
+      -- use: job_filters
+    LIMIT :wanted)
+UNION ALL
+SELECT * FROM (SELECT created_at, id, 0 FROM walked LIMIT 1 OFFSET :budget - 1)
+LIMIT :wanted;
+
+-- name: get_jobs
+-- Jobs by id (:ids, a JSON array), in no order (scan_jobs' page: its caller sorts them).
+SELECT * FROM async_jobs WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: get_job_by_key
 -- A tenant's job by its idempotency key, on its unique index.

@@ -47,6 +47,7 @@ from async_jobs.domain.jobs import (
     JobFilter,
     JobId,
     JobPage,
+    JobScan,
     JobState,
     LeaseState,
     LeaseToken,
@@ -56,13 +57,14 @@ from async_jobs.domain.jobs import (
     Priority,
     Progress,
     ProgressUpdate,
+    ScanRequest,
+    listing_key,
 )
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.rollup import MINUTE, EndedJob, RollupWindow, roll_up
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     Candidate,
-    FinishedBucket,
     JobGauges,
     Leader,
     Stats,
@@ -236,6 +238,19 @@ class SqliteStore:
         items = [_job_from_row(r) for r in rows[:limit]]
         return JobPage.of(items, more=len(rows) > limit)
 
+    async def scan_jobs(self, request: ScanRequest) -> JobScan:
+        params = _scan_params(request)
+
+        async def work(conn: aiosqlite.Connection) -> tuple[list[sqlite3.Row], list[Job]]:
+            keys = await _fetch(conn, "scan_jobs", params)
+            page = json_dumps([k["id"] for k in keys if k["hit"]][: request.limit])
+            return keys, [_job_from_row(r) for r in await _fetch(conn, "get_jobs", {"ids": page})]
+
+        keys, items = await self._run(work, write=False)
+        items.sort(key=listing_key, reverse=True)
+        last = next((_cursor(k) for k in keys if not k["hit"]), None)
+        return JobScan.of(items, sum(1 for k in keys if k["hit"]), request.wanted, last)
+
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         params = _list_params(where, 0, None)
         params = {k: v for k, v in params.items() if not k.startswith(("after_", "limit"))}
@@ -259,13 +274,6 @@ class SqliteStore:
         rows = await self._run(lambda c: _fetch(c, "count_queued", params), write=False)
         counts.update((r["use_case"], int(r["n"])) for r in rows)
         return counts
-
-    async def finished_per_bucket(
-        self, tenant_id: str | None, window_seconds: float, bucket_seconds: float
-    ) -> list[FinishedBucket]:
-        params = {"tenant_id": tenant_id, "window": window_seconds, "bucket": bucket_seconds}
-        rows = await self._run(lambda c: _fetch(c, "finished_per_bucket", params), write=False)
-        return [FinishedBucket(r["use_case"], r["status"], r["bucket"], r["n"]) for r in rows]
 
     # -- the worker's path ------------------------------------------------------------------
 
@@ -932,6 +940,25 @@ def _list_params(where: JobFilter, limit: int, after: PageCursor | None) -> dict
         "after_id": "" if after is None else str(after.id),
         "limit": limit,
     }
+
+
+def _scan_params(request: ScanRequest) -> dict[str, Any]:
+    """Parameters of ``scan_jobs``: those of ``list_jobs``, with ``created_before`` folded
+    into the cursor (both are upper bounds of the walk) and ``created_after`` -inf when unset,
+    so that both bound the range of the index the walk reads."""
+    params = _list_params(request.where, request.wanted, request.after)
+    before = params["created_before"]
+    if before is not None and before <= params["after_created_at"]:
+        params["after_created_at"], params["after_id"] = before, ""
+    if params["created_after"] is None:
+        params["created_after"] = -math.inf
+    params["wanted"] = params.pop("limit")
+    params["budget"] = request.budget
+    return params
+
+
+def _cursor(row: sqlite3.Row) -> PageCursor:
+    return PageCursor(_time(row["created_at"]), JobId(uuid.UUID(row["id"])))
 
 
 def _outcomes_json(outcomes: Sequence[AttemptOutcome]) -> str:
