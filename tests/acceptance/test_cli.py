@@ -153,7 +153,11 @@ def _get(url: str) -> int:
             "cannot reach PostgreSQL",
         ),
         (
-            {"ASYNC_JOBS_DB_DSN": "postgresql://postgres@127.0.0.1:1/x"},
+            # One attempt, no retry window (test_startup covers the window itself).
+            {
+                "ASYNC_JOBS_DB_DSN": "postgresql://postgres@127.0.0.1:1/x",
+                "ASYNC_JOBS_STORE_WAIT_SECONDS": "0",
+            },
             ["worker", "--handlers", DEMO],
             1,
             "cannot reach PostgreSQL",
