@@ -25,8 +25,6 @@ from tests.helpers import wait_until
 REPO = Path(__file__).resolve().parents[2]
 HANDLERS = "tests.acceptance.ledger_jobs"
 
-pytestmark = pytest.mark.timeout(120)
-
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Path:

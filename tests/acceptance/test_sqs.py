@@ -26,7 +26,7 @@ from tests.helpers import SqsServer, free_port, wait_until
 REPO = Path(__file__).resolve().parents[2]
 LEDGER_JOBS = "tests.acceptance.ledger_jobs"
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.postgres, pytest.mark.cpu_heavy]
 
 
 def sqs_env(dsn: str, server: SqsServer, ledger: Path, **extra: str) -> dict[str, str]:
