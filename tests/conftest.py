@@ -172,9 +172,15 @@ def _timeout_at_least(item: pytest.Item, seconds: float) -> None:
 
 def _cpu_heavy_first(items: list[pytest.Item]) -> None:
     """The long tests that keep the CPU busy (``@pytest.mark.cpu_heavy``) go to the front,
-    in their own order: with ``-n N --dist worksteal`` the workers share them out while the
-    many short tests fill the gaps, and none of them is left to run alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("cpu_heavy") is None)
+    the longest first (``cpu_heavy(seconds=...)``, roughly how long one runs alone; 10 when
+    not given), so that with ``-n N`` the workers share them out while the many short tests
+    fill the gaps, and none of them is left to run alone at the end."""
+
+    def order(item: pytest.Item) -> tuple[bool, float]:
+        heavy = item.get_closest_marker("cpu_heavy")
+        return heavy is None, -float(heavy.kwargs.get("seconds", 10)) if heavy else 0.0
+
+    items.sort(key=order)
 
 
 def _browser_tests_apart(config: pytest.Config, items: list[pytest.Item]) -> None:
