@@ -4,6 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); 0 runs the suite in this one process. The browser suite
+# (a server and a Chromium per process, mostly waiting on the page) takes at most 2.
+PYTEST_WORKERS ?= 4
+XDIST = -n $(PYTEST_WORKERS) --dist worksteal
+BROWSER_XDIST = -n $(if $(filter 0 1,$(PYTEST_WORKERS)),$(PYTEST_WORKERS),2) --dist worksteal
+# The suite starts hundreds of Python processes; where PYTHONDONTWRITEBYTECODE is set each
+# would compile the package (and pytest the tests) again. Their bytecode is kept in the venv.
+TEST_ENV = PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(abspath $(VENV))/pycache
 
 .DEFAULT_GOAL := help
 
@@ -31,12 +39,12 @@ services: ## make sure PostgreSQL and Redis answer (starts them if not)
 
 .PHONY: test
 test: install services ## install, check services, run the whole suite
-	$(BIN)/pytest $(PYTEST_ARGS)
-	$(BIN)/pytest -p no:schemathesis $(PYTEST_ARGS) tests/browser
+	$(TEST_ENV) $(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -p no:schemathesis $(BROWSER_XDIST) $(PYTEST_ARGS) tests/browser
 
 .PHONY: test-fast
 test-fast: install ## unit tests and the memory and SQLite variants (no PostgreSQL needed)
-	$(BIN)/pytest -m "(unit or integration) and not postgres" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -m "(unit or integration) and not postgres" $(XDIST) $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: install ## ruff, ruff format --check, mypy --strict, import layers

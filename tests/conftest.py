@@ -136,23 +136,51 @@ STORE_KINDS = ["memory", "sqlite", "postgres"]
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "acceptance", "browser")  # one folder each
 PG_FIXTURES = ("pg_template", "empty_pg_database")  # every PostgreSQL database comes from these
+# Seconds. Processes started by an acceptance test share two cores with the other xdist
+# workers' (make test runs four): its waits take longer than alone, not forever.
+ACCEPTANCE_TIMEOUT = 180
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Each test is marked with its tier, from its folder (``tests/<tier>/``), and with
     ``postgres`` where it needs the PostgreSQL server: the PostgreSQL variant of a test run
     on every store, or a test that uses a PostgreSQL database. ``make test-fast`` selects
-    on these. Browser tests run only in a session of their own (see below)."""
+    on these. Acceptance tests get at least ``ACCEPTANCE_TIMEOUT``. Browser tests run only
+    in a session of their own (see below); ``cpu_heavy`` tests run first."""
     for item in items:
         tier = item.path.relative_to(TESTS).parts[0]
         if tier in TIERS:
             item.add_marker(tier)
+        if tier == "acceptance":
+            _timeout_at_least(item, ACCEPTANCE_TIMEOUT)
         params = getattr(item, "callspec", None)
         on_postgres = params is not None and params.params.get("any_dsn") == "postgres"
         fixtures = getattr(item, "fixturenames", ())
         if on_postgres or any(name in fixtures for name in PG_FIXTURES):
             item.add_marker("postgres")
     _browser_tests_apart(config, items)
+    _cpu_heavy_first(items)
+
+
+def _timeout_at_least(item: pytest.Item, seconds: float) -> None:
+    """A test's own ``timeout`` mark stands when it is longer; the ini's (60 s) does not."""
+    own = item.get_closest_marker("timeout")
+    given = None if own is None else own.kwargs.get("timeout", own.args[0] if own.args else None)
+    if given is None or given < seconds:
+        item.add_marker(pytest.mark.timeout(seconds), append=False)
+
+
+def _cpu_heavy_first(items: list[pytest.Item]) -> None:
+    """The long tests that keep the CPU busy (``@pytest.mark.cpu_heavy``) go to the front,
+    the longest first (``cpu_heavy(seconds=...)``, roughly how long one runs alone; 10 when
+    not given), so that with ``-n N`` the workers share them out while the many short tests
+    fill the gaps, and none of them is left to run alone at the end."""
+
+    def order(item: pytest.Item) -> tuple[bool, float]:
+        heavy = item.get_closest_marker("cpu_heavy")
+        return heavy is None, -float(heavy.kwargs.get("seconds", 10)) if heavy else 0.0
+
+    items.sort(key=order)
 
 
 def _browser_tests_apart(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -44,7 +44,7 @@ async def age_leases(
     seconds: float = 3600,
     column: str = "lease_expires_at",
 ) -> None:
-    """Make ``column`` (a time: the lease's end, or ``expires_at``) of ``job_ids`` fall
+    """Make ``column`` (a time: the lease's end, ``expires_at`` or ``run_at``) of ``job_ids`` fall
     ``seconds`` earlier, as if that much time had passed: the way to test what happens to a
     lease that ran out without waiting for one. The SQL stores move those rows' times back;
     the memory store moves its clock forward, which ages every job at once, so a job meant
@@ -59,7 +59,7 @@ async def age_leases(
     from async_jobs.stores.postgres import PostgresStore
     from async_jobs.stores.sqlite import SqliteStore
 
-    assert column in ("lease_expires_at", "expires_at"), column
+    assert column in ("lease_expires_at", "expires_at", "run_at"), column
     if isinstance(store, PostgresStore):
         conn = await asyncpg.connect(store.dsn)
         try:

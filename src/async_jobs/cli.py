@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
@@ -487,8 +488,12 @@ def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
     )
     line = runner.startup_line(jobs, args.command, worker)
     url = f"http://{s.api_host}:{s.api_port}{s.api_prefix}"
-    announce(f"async-jobs {args.command}: {url} {line}")
-    _GracefulServer(config, on_second_signal=lambda: _stop_worker_now(app)).run()
+    server = _GracefulServer(
+        config,
+        on_second_signal=lambda: _stop_worker_now(app),
+        ready_line=f"async-jobs {args.command}: {url} {line}",
+    )
+    server.run()
     return 0
 
 
@@ -502,11 +507,20 @@ def _stop_worker_now(app: Any) -> None:
 class _GracefulServer(uvicorn.Server):
     """uvicorn re-raises SIGTERM after shutting down, so the process would die of the signal;
     our contract is exit 0 after a graceful stop, and a second signal stops the worker at
-    once."""
+    once. Its ready line is printed once the socket listens: a client that waits for the
+    line may connect at once."""
 
-    def __init__(self, config: uvicorn.Config, on_second_signal: Callable[[], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, on_second_signal: Callable[[], None], ready_line: str
+    ) -> None:
         super().__init__(config)
         self._on_second_signal = on_second_signal
+        self._ready_line = ready_line
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            announce(self._ready_line)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.acceptance.conftest import Cli
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.cpu_heavy]
 
 
 def test_the_direct_benchmark_measures_every_scenario(
@@ -30,7 +30,6 @@ def test_the_direct_benchmark_measures_every_scenario(
     assert "drain, one worker process" in done.stdout
 
 
-@pytest.mark.timeout(180)  # three scenarios, two worker processes, a seeded table
 def test_the_benchmark_runs_on_a_table_of_the_given_shape(
     cli: Cli, pg_database: str, tmp_path: Path
 ) -> None:

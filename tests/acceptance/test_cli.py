@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -115,7 +116,8 @@ def test_serve_on_sqlite_runs_the_quick_start(cli: Cli, tmp_path: Path) -> None:
     server = cli.start("serve", "--port", str(port))
     wait_for_line(server, f"http://127.0.0.1:{port}")
     base = f"http://127.0.0.1:{port}"
-    poll(lambda: _get(f"{base}/health") == 200)
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()  # the line means listening
+    assert _get(f"{base}/health") == 200
     created = httpx.post(
         f"{base}/jobs", json={"type": "sleep", "payload": {"seconds": 2, "message": "hello world"}}
     )
@@ -151,7 +153,11 @@ def _get(url: str) -> int:
             "cannot reach PostgreSQL",
         ),
         (
-            {"ASYNC_JOBS_DB_DSN": "postgresql://postgres@127.0.0.1:1/x"},
+            # One attempt, no retry window (test_startup covers the window itself).
+            {
+                "ASYNC_JOBS_DB_DSN": "postgresql://postgres@127.0.0.1:1/x",
+                "ASYNC_JOBS_STORE_WAIT_SECONDS": "0",
+            },
             ["worker", "--handlers", DEMO],
             1,
             "cannot reach PostgreSQL",

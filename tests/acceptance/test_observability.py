@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.acceptance.conftest import Cli
@@ -72,6 +73,7 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
     return out, err
 
 
+@pytest.mark.cpu_heavy
 def test_a_known_workload_is_counted_exactly_by_every_process(cli: Cli, pg_database: str) -> None:
     env = _env(pg_database)
     api_port, scheduler_port, worker_port = free_port(), free_port(), free_port()

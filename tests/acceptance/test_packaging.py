@@ -21,7 +21,7 @@ WHEELHOUSE = (
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "async-jobs" / "wheelhouse"
 )
 
-pytestmark = [pytest.mark.packaging, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.packaging, pytest.mark.cpu_heavy, pytest.mark.timeout(400)]
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 HANDLERS = "tests.acceptance.ledger_jobs"
 LEASE_SECONDS = 3.0
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.cpu_heavy
 
 
 @pytest.fixture

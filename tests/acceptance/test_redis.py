@@ -26,7 +26,7 @@ from tests.acceptance.private_redis import PrivateRedis, PrivateRedisCluster
 from tests.acceptance.test_sqs import LEDGER_JOBS, REPO, start
 from tests.helpers import free_port, wait_until
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.postgres, pytest.mark.cpu_heavy, pytest.mark.timeout(240)]
 
 # The proof: 5,000 jobs over HTTP (about 16 s here, processes started included);
 # AJ_REDIS_E2E_JOBS=500 for a quick look.

@@ -25,8 +25,6 @@ from tests.helpers import wait_until
 REPO = Path(__file__).resolve().parents[2]
 HANDLERS = "tests.acceptance.ledger_jobs"
 
-pytestmark = pytest.mark.timeout(120)
-
 
 @pytest.fixture
 def ledger(tmp_path: Path) -> Path:
@@ -361,6 +359,7 @@ async def test_transactional_enqueue_refuses_what_it_cannot_use(tmp_path: Path) 
             await app.enqueue("work", connection=object())
 
 
+@pytest.mark.cpu_heavy  # a dozen CLI processes, one after another
 def test_cli_cancels_and_retries_jobs(cli: Cli, pg_database: str) -> None:
     env = {"ASYNC_JOBS_DB_DSN": pg_database}
     job = json.loads(cli.run("enqueue", "echo", "--delay", "3600", **env).stdout)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.acceptance.conftest import Cli
 from tests.acceptance.test_cli import poll, wait_for_line
@@ -61,6 +62,7 @@ def test_killing_the_leading_scheduler_hands_over(cli: Cli, pg_database: str) ->
     assert last.wait(timeout=15) == 0
 
 
+@pytest.mark.cpu_heavy  # a dozen CLI processes, one after another
 def test_use_cases_stats_and_cleanup_commands(cli: Cli, pg_database: str) -> None:
     env = {"ASYNC_JOBS_DB_DSN": pg_database}
     paused = cli.run("use-cases", "pause", "mail", **env)

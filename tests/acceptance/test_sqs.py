@@ -26,7 +26,7 @@ from tests.helpers import SqsServer, free_port, wait_until
 REPO = Path(__file__).resolve().parents[2]
 LEDGER_JOBS = "tests.acceptance.ledger_jobs"
 
-pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.postgres, pytest.mark.cpu_heavy]
 
 
 def sqs_env(dsn: str, server: SqsServer, ledger: Path, **extra: str) -> dict[str, str]:
@@ -99,6 +99,7 @@ async def _drained(env: dict[str, str]) -> bool:
     return await depth(env) == (0, 0)
 
 
+@pytest.mark.cpu_heavy(seconds=45)  # 5,000 jobs through the local SQS server
 async def test_three_schedulers_and_three_workers_run_every_job_once(
     cli: Cli, pg_database: str, sqs_server: SqsServer, tmp_path: Path
 ) -> None:

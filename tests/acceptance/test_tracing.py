@@ -148,7 +148,6 @@ def test_the_worker_span_is_in_the_trace_of_the_request_that_enqueued(
     _check_trace(tmp_path / "spans.jsonl", ok, boom, api.pid, worker.pid)
 
 
-@pytest.mark.timeout(120)
 def test_the_trace_goes_on_over_the_sqs_transport(
     cli: Cli, pg_database: str, sqs_server: SqsServer, tmp_path: Path
 ) -> None:

@@ -7,11 +7,14 @@ import signal
 import subprocess
 
 import psutil
+import pytest
 
 from async_jobs import JobApp
 from async_jobs.domain.jobs import JobFilter, JobState
 from tests.acceptance.conftest import Cli
 from tests.acceptance.test_cli import DEMO, poll, wait_for_line
+
+pytestmark = pytest.mark.cpu_heavy
 
 
 def _ready_ids(proc: subprocess.Popen[str], count: int) -> set[str]:

@@ -85,6 +85,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         ASYNC_JOBS_DB_DSN=f"sqlite:///{folder / 'jobs.db'}",
         ASYNC_JOBS_API_TOKENS=json.dumps(TOKENS),
         ASYNC_JOBS_POLL_INTERVAL_SECONDS="0.1",
+        # At the end a test's long job may still run: hand it back soon, do not wait it out.
+        ASYNC_JOBS_WORKER_GRACE_SECONDS="1",
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
     )

@@ -395,6 +395,7 @@ async def drain_through_the_window(
     return worker
 
 
+@pytest.mark.cpu_heavy
 async def test_a_backlog_is_sent_through_the_dispatch_window(
     pg_database: str, sqs_server: SqsServer
 ) -> None:

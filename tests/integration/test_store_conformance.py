@@ -28,7 +28,7 @@ from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
 from async_jobs.stores.postgres import PostgresStore
 from async_jobs.stores.postgres.store import STATEMENT_JOBS
-from tests.helpers import new_job, watch_wakeup
+from tests.helpers import age_leases, new_job, watch_wakeup
 
 # This suite is not about limits (see test_store_scheduling.py): no use case is capped below
 # what its tests claim.
@@ -359,23 +359,20 @@ async def test_retry_without_delay_is_claimed_again_as_the_next_attempt(store: J
 
 # More due jobs than a claim of 2 takes, in one tenant: the claim is in its drain mode (on
 # PostgreSQL, a walk of the tenants with unmarked pending jobs, 0015), where a job written
-# for the future must still be seen the moment it is due.
+# for the future must still be seen the moment it is due. It is written an hour ahead, then
+# its run_at moved back by that hour, as if the hour had passed: a delay that real time
+# must pass could run out before the first claim on a loaded machine.
 BUSY = 5
-SOON = 0.3  # seconds: the delay of the jobs that become due during a test
-
-
-async def _until_due(job: Job) -> None:
-    """Sleep (on purpose: the store's clock must pass run_at) until the job is due."""
-    await asyncio.sleep(max(0.0, (job.run_at - datetime.now(UTC)).total_seconds()) + 0.05)
+LATER = 3600.0  # seconds: the delay of the jobs that become due during a test
 
 
 @pytest.mark.parametrize("busy", [0, BUSY])
 async def test_a_delayed_job_is_claimed_as_soon_as_it_is_due(store: JobStore, busy: int) -> None:
     await store.insert_jobs([new_job(tenant_id="busy") for _ in range(busy)])
-    later, _ = await store.insert_job(new_job(tenant_id="later", delay=SOON))
+    later, _ = await store.insert_job(new_job(tenant_id="later", delay=LATER))
     first = await store.claim_jobs(claim(2))
     assert later.id not in [j.id for j in first]
-    await _until_due(later)
+    await age_leases(store, [later.id], LATER, column="run_at")
     # Its tenant's first job has the first turn, like the busy tenant's next one.
     taken = await store.claim_jobs(claim(2))
     assert later.id in [j.id for j in taken]
@@ -388,13 +385,13 @@ async def test_a_retry_with_backoff_is_claimed_as_soon_as_it_is_due(
     await store.insert_job(new_job(tenant_id="retried"))
     (job,) = await store.claim_jobs(claim())
     await store.insert_jobs([new_job(tenant_id="busy") for _ in range(busy)])
-    retry = outcome(job, OutcomeKind.RETRY, error=JobError("E", "x"), retry_delay_seconds=SOON)
+    retry = outcome(job, OutcomeKind.RETRY, error=JobError("E", "x"), retry_delay_seconds=LATER)
     assert await store.record_outcomes([retry]) == [job.id]
     first = await store.claim_jobs(claim(2))
     assert job.id not in [j.id for j in first]
     waiting = await store.get_job(job.id)
     assert waiting is not None and waiting.status is JobState.PENDING
-    await _until_due(waiting)
+    await age_leases(store, [job.id], LATER, column="run_at")
     taken = {j.id: j for j in await store.claim_jobs(claim(2))}
     assert job.id in taken
     assert taken[job.id].attempts == 2

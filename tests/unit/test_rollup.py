@@ -71,18 +71,21 @@ class _Recorder:
         return 0
 
 
-async def test_the_chore_catches_up_in_chunks_then_rolls_the_latest_minutes() -> None:
+async def test_the_chore_rolls_the_latest_chunk_first_then_one_older_chunk_a_run() -> None:
     store = _Recorder()
     now = [1000.0]
     chore = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
     for _ in range(6):
         await chore.run_once()
         now[0] += 10
-    first, second = store.calls[0], store.calls[1]
-    assert first == (3600, 2700)
-    assert second == (2700 + 10 + 60, 2700 + 10 + 60 - 900)
-    # Caught up: each run covers the time since the last one and the minute before.
-    assert store.calls[-1] == (70.0, 0.0)
+    # The latest 15 minutes first: a job that ended just now is listed after one run.
+    assert store.calls[0] == (900, 0)
+    # Then each run covers the time since the last one and the minute before, and the
+    # next older chunk, until the hour before the first run (1000 - 3600) is done.
+    assert store.calls[1:3] == [(70, 0), (1010 + 800, 1010 - 100)]
+    assert store.calls[3:5] == [(70, 0), (1020 + 1700, 1020 + 800)]
+    assert store.calls[5:7] == [(70, 0), (1030 + 2600, 1030 + 1700)]
+    assert store.calls[7:] == [(70, 0), (70, 0)]
     chore.forget()  # no longer leading: the next run catches up again
     await chore.run_once()
-    assert store.calls[-1] == (3600, 2700)
+    assert store.calls[-1] == (900, 0)

@@ -59,10 +59,11 @@ class Rollup:
     """Keeps the dashboard's per-minute rollup of ended jobs (``domain.rollup``) current:
     each run recomputes the minutes since the last run began (and the minute before it,
     which was still filling then) from the store's index of ended jobs, and deletes the rows
-    older than ``keep_seconds``. A process that starts leading catches up on the last
-    ``catch_up_seconds``, ``chunk_seconds`` of them a run, so that no run holds up the other
-    chores for long. Safe from two processes at once: a run replaces rows with what the jobs
-    say."""
+    older than ``keep_seconds``. A process that starts leading rolls up the latest
+    ``chunk_seconds`` first (what the Overview shows first), then catches up on the rest of
+    the last ``catch_up_seconds``, one older chunk a run, so that no run holds up the other
+    chores for long. Safe from two processes at once: a run replaces rows with what the
+    jobs say."""
 
     def __init__(
         self,
@@ -77,22 +78,39 @@ class Rollup:
         self._catch_up = catch_up_seconds
         self._chunk = chunk_seconds
         self._clock = clock
-        self._done_until: float | None = None  # by ``clock``: rolled up to about then
+        # By ``clock``: the latest minutes are rolled up to about ``_done_until``, the
+        # catch-up has gone back to ``_caught_up_to`` and stops at ``_catch_up_from``.
+        self._done_until: float | None = None
+        self._caught_up_to = 0.0
+        self._catch_up_from = 0.0
 
     def forget(self) -> None:
         """This process stopped leading: the next run starts with a catch-up."""
         self._done_until = None
 
     async def run_once(self) -> int:
-        """Roll up what ended since the last run; returns the rows written."""
+        """Roll up what ended since the last run, and one older chunk while catching up;
+        returns the rows written."""
         now = self._clock()
-        back = self._catch_up
-        if self._done_until is not None:
+        if self._done_until is None:
+            back = min(self._chunk, self._catch_up)
+            self._caught_up_to = now - back
+            self._catch_up_from = now - self._catch_up
+            written = await self._store.roll_up_finished(back, 0.0)
+        else:
             back = min(now - self._done_until + 60.0, self._catch_up)
-        to = max(back - self._chunk, 0.0)
-        written = await self._store.roll_up_finished(back, to)
-        self._done_until = now - to
+            written = await self._store.roll_up_finished(back, 0.0)
+            written += await self._older_chunk(now)
+        self._done_until = now
         await self._store.delete_rollup(self.keep_seconds)
+        return written
+
+    async def _older_chunk(self, now: float) -> int:
+        if self._caught_up_to <= self._catch_up_from:
+            return 0
+        start = max(self._caught_up_to - self._chunk, self._catch_up_from)
+        written = await self._store.roll_up_finished(now - start, now - self._caught_up_to)
+        self._caught_up_to = start
         return written
 
 
