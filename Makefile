@@ -4,11 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist); 0 runs the suite in this one process. The browser suite
-# (a server and a Chromium per process, mostly waiting on the page) takes at most 2.
+# Test processes (pytest-xdist); 0 runs the suite in this one process. Each process asks
+# for its next test when it is done with one (--maxschedchunk 1), in the collection's order,
+# which puts the long tests first. The browser suite (a server and a Chromium per process,
+# mostly waiting on the page) takes at most 2.
 PYTEST_WORKERS ?= 4
-XDIST = -n $(PYTEST_WORKERS) --dist worksteal
-BROWSER_XDIST = -n $(if $(filter 0 1,$(PYTEST_WORKERS)),$(PYTEST_WORKERS),2) --dist worksteal
+SCHEDULE = --dist load --maxschedchunk 1
+XDIST = -n $(PYTEST_WORKERS) $(SCHEDULE)
+BROWSER_XDIST = -n $(if $(filter 0 1,$(PYTEST_WORKERS)),$(PYTEST_WORKERS),2) $(SCHEDULE)
 # The suite starts hundreds of Python processes; where PYTHONDONTWRITEBYTECODE is set each
 # would compile the package (and pytest the tests) again. Their bytecode is kept in the venv.
 TEST_ENV = PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(abspath $(VENV))/pycache

@@ -173,8 +173,9 @@ def _timeout_at_least(item: pytest.Item, seconds: float) -> None:
 def _cpu_heavy_first(items: list[pytest.Item]) -> None:
     """The long tests that keep the CPU busy (``@pytest.mark.cpu_heavy``) go to the front,
     the longest first (``cpu_heavy(seconds=...)``, roughly how long one runs alone; 10 when
-    not given), so that with ``-n N`` the workers share them out while the many short tests
-    fill the gaps, and none of them is left to run alone at the end."""
+    not given), so that with ``-n N --dist load --maxschedchunk 1`` (make test) the workers
+    share them out while the many short tests fill the gaps, and none of them is left to run
+    alone at the end."""
 
     def order(item: pytest.Item) -> tuple[bool, float]:
         heavy = item.get_closest_marker("cpu_heavy")
