@@ -25,6 +25,6 @@ def test_every_sleep_in_the_tests_says_why_it_is_no_synchronisation() -> None:
 
 
 def test_the_check_finds_an_untagged_sleep() -> None:
-    assert SLEEP.search("    await asyncio.sleep(0.5)")
+    assert SLEEP.search("    await asyncio.sleep(0.5)")  # wait-ok: a sample string
     assert SLEEP.search("    page.wait_for_timeout(500)")
     assert not SLEEP.search("    await wait_until(lambda: done, timeout=5)")
