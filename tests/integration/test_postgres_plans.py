@@ -52,10 +52,11 @@ async def explained(pg_database: str) -> AsyncIterator[tuple[asyncpg.Connection,
         await conn.close()
 
 
-async def _log_plans(conn: asyncpg.Connection, plans: list[str]) -> None:
-    """ANALYZE the table, then have every statement, nested ones too, send its plan, as run,
-    back as a LOG message, collected in plans."""
-    await conn.execute("ANALYZE async_jobs")
+async def _log_plans(conn: asyncpg.Connection, plans: list[str], analyze: bool = True) -> None:
+    """ANALYZE the table (unless told not to), then have every statement, nested ones too,
+    send its plan, as run, back as a LOG message, collected in plans."""
+    if analyze:
+        await conn.execute("ANALYZE async_jobs")
     await conn.execute("LOAD 'auto_explain'")
     await conn.execute(
         "SET auto_explain.log_min_duration = 0;"
@@ -331,3 +332,58 @@ async def test_a_backlog_written_before_0015_is_marked_in_batches_then_never_wal
 
     assert walked(before) >= BACKLOG_TENANTS
     assert walked(after) <= 1
+
+
+async def test_the_claim_updates_its_rows_by_primary_key_on_stale_statistics(
+    pg_database: str,
+) -> None:
+    """The claim's two updates (the unmarking of due delayed rows, and the claim itself) name
+    rows it has already locked, by id. Statistics taken before a backfill marked the backlog
+    say that async_jobs_delayed is empty: an update whose guard matched that index's
+    predicate was planned as a walk of the whole index, filtering by id (100-200 ms per
+    claim while a million rows were being marked). Each must find its rows through the
+    primary key, whatever the statistics say."""
+    conn = await asyncpg.connect(pg_database)
+    plans: list[str] = []
+    try:
+        await conn.execute(BACKLOG_FILL, 30, BACKLOG_TENANTS, BACKLOG, False)
+        await conn.execute("VACUUM (ANALYZE) async_jobs")  # nothing marked yet
+        await _log_plans(conn, plans, analyze=False)
+        await conn.execute("CALL async_jobs_mark_delayed(5000)")  # the backfill, unanalyzed
+        backfill = _scans(plans)
+        # Due marked rows, as a claim finds them once their time has come.
+        await conn.execute(
+            "UPDATE async_jobs SET run_at = now() - interval '1 second'"
+            " WHERE id IN (SELECT id FROM async_jobs WHERE delayed LIMIT 20)"
+        )
+        await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
+    finally:
+        await conn.close()
+    # The backfill's batches walk async_jobs_pending_ready from its first unmarked row; the
+    # statistics, which say nearly every row is pending and unmarked, would have it read the
+    # table from its start for every batch.
+    reads = [s for s in backfill if "Update on" not in s and "pkey" not in s]
+    assert reads and all("async_jobs_pending_ready" in s for s in reads), backfill
+    targets = [t for plan in plans for t in _update_targets(plan)]
+    assert len(targets) >= 2, plans  # the unmarking and the claim
+    assert all("using async_jobs_pkey" in t for t in targets), targets
+
+
+def _update_targets(plan: str) -> list[str]:
+    """The node under each "Update on async_jobs" of a plan: how it finds the rows it
+    updates (its InitPlans, indented further, are skipped)."""
+    lines = plan.splitlines()
+    found = []
+    for at, line in enumerate(lines):
+        update = re.search(r"Update on async_jobs\b(?! *_)", line)
+        if update is None:
+            continue
+        child = update.start() + 2
+        for below in lines[at + 1 :]:
+            indent = len(below) - len(below.lstrip())
+            if indent < child:
+                break
+            if indent == child and below.lstrip().startswith("->"):
+                found.append(below.strip())
+                break
+    return found

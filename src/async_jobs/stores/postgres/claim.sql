@@ -89,6 +89,10 @@ BEGIN
     -- Due marked rows become unmarked, at most 1,000 per use case and claim (a range of
     -- async_jobs_delayed, usually empty; the LIMIT keeps a generic plan on that index). Rows
     -- left marked, or held by another claim, are still seen by async_jobs_due_tenants.
+    -- The rows are locked by the inner SELECT, which checks its guard again on the row it
+    -- locks, so the update names them by id alone (0016): a guard here matched the partial
+    -- index's predicate, and with statistics taken while the index was empty the planner
+    -- walked all of it, filtering by id.
     UPDATE async_jobs SET delayed = false
     WHERE id = ANY(ARRAY(
             SELECT d.id FROM unnest(v_use_cases) AS u(name)
@@ -99,8 +103,7 @@ BEGIN
                 ORDER BY w.run_at
                 LIMIT 1000
                 FOR UPDATE SKIP LOCKED
-            ) AS d))
-      AND status = 'pending' AND delayed;
+            ) AS d));
 
     RETURN QUERY
     WITH active AS (  -- guarded use cases only; none: never scanned
@@ -200,8 +203,9 @@ BEGIN
             dispatch_expires_at = CASE WHEN p_dispatch
                                        THEN now() + make_interval(secs => p_lease_seconds) END,
             updated_at = now()
+        -- Locked by the candidates' FOR UPDATE, their guard checked on the row locked: by
+        -- id alone, for the reason of the unmarking above (0016).
         WHERE j.id = ANY(ARRAY(SELECT id FROM chosen))
-          AND j.status = 'pending'
         RETURNING j.*
     ),
     spent AS (
