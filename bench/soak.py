@@ -199,6 +199,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for row in axes:
         for a in row:
             a.set_ylim(bottom=0)
+    # Headroom above the enqueue rate: a drain that keeps up lies on it, not on the frame.
+    top = max([report["settings"]["rate"], *(s["drain_jobs_per_s"] or 0 for s in samples)])
+    axes[1][0].set_ylim(0, top * 1.15)
     fig.suptitle(textwrap.fill(report["title"], 120), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -1,0 +1,166 @@
+"""What an enqueue costs against the floor the database sets: alternating rounds on one local
+database, no worker running.
+
+    .venv/bin/python bench/enqueue_floor.py --rounds 5
+
+One job per call:
+- ``floor``: a prepared ``INSERT`` of a two-column row (uuid, jsonb) with its own commit,
+  on asyncpg, one round trip: what any queue that commits each enqueue pays at least;
+- ``ours``: ``JobApp.enqueue``.
+
+Batches of 1,000:
+- ``enqueue_many``: the whole call's time, this process's CPU and PostgreSQL's per job;
+- ``statement``: our insert statement alone, its parameters encoded beforehand;
+- ``copy``: ``COPY`` of the same rows, for comparison: it cannot take ``ON CONFLICT`` or
+  ``RETURNING``.
+
+PostgreSQL's CPU is read from ``/proc`` for the backends of this process's connections, so
+the server must run on this machine. Figures are medians over the rounds, per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from async_jobs import EnqueueRequest, JobApp
+from async_jobs.stores.postgres.inserts import _insert_columns
+from async_jobs.stores.postgres.queries import QUERIES
+
+DSN = "postgresql://postgres@127.0.0.1:5432/enqueue_floor_bench"
+TICKS = os.sysconf("SC_CLK_TCK")
+BATCH = 1000
+COPY_COLUMNS = [
+    "id", "tenant_id", "use_case", "type", "payload", "priority", "max_attempts", "run_at",
+    "delay_tolerance_seconds", "deadline_at",
+]  # fmt: skip
+
+
+def backend_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of these PostgreSQL backends so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+async def measure(
+    jobs: int, run: Callable[[], Awaitable[None]], pids: list[int]
+) -> dict[str, float]:
+    """Run once; jobs/s and the µs of client and server CPU per job."""
+    server, client, start = backend_cpu(pids), time.process_time(), time.perf_counter()
+    await run()
+    wall = time.perf_counter() - start
+    return {
+        "jobs_per_s": jobs / wall,
+        "client_us": 1e6 * (time.process_time() - client) / jobs,
+        "server_us": 1e6 * (backend_cpu(pids) - server) / jobs,
+    }
+
+
+async def ensure_database(dsn: str) -> None:
+    server, _, name = dsn.rpartition("/")
+    conn = await asyncpg.connect(f"{server}/postgres")
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    await ensure_database(args.dsn)
+    app = JobApp(args.dsn, strict_types=False)
+    await app.open()
+    await app.migrate()
+    conn = await asyncpg.connect(args.dsn)
+    await conn.execute("CREATE TABLE IF NOT EXISTS enqueue_floor (id uuid PRIMARY KEY, p jsonb)")
+    insert_floor = await conn.prepare("INSERT INTO enqueue_floor VALUES ($1, '{}')")
+    await app.enqueue("noop", None)  # opens the app's connections
+    await app.enqueue_many([EnqueueRequest("noop") for _ in range(BATCH)])
+    pids = [
+        r[0]
+        for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        )
+    ]
+    news = list(app._builder.built([EnqueueRequest("noop") for _ in range(BATCH)], []))
+
+    async def floor() -> None:
+        for _ in range(args.jobs):
+            await insert_floor.fetch(uuid.uuid4())
+
+    async def ours() -> None:
+        for _ in range(args.jobs):
+            await app.enqueue("noop", None)
+
+    async def enqueue_many() -> None:
+        for _ in range(args.jobs // BATCH):
+            await app.enqueue_many([EnqueueRequest("noop") for _ in range(BATCH)])
+
+    async def statement() -> None:
+        for _ in range(args.jobs // BATCH):
+            columns = _insert_columns(news)
+            columns[0] = [uuid.uuid4() for _ in range(BATCH)]
+            async with conn.transaction():
+                await conn.fetch(QUERIES["insert_jobs"], *columns, None)
+
+    async def copy() -> None:
+        for _ in range(args.jobs // BATCH):
+            async with conn.transaction():
+                now = await conn.fetchval("SELECT now()")
+                rows = [
+                    (uuid.uuid4(), "default", "default", "noop", "{}", "medium", 3, now, 0.0, now)
+                    for _ in range(BATCH)
+                ]
+                await conn.copy_records_to_table("async_jobs", records=rows, columns=COPY_COLUMNS)
+
+    scenarios = {
+        "floor": floor, "ours": ours, "enqueue_many": enqueue_many, "statement": statement,
+        "copy": copy,
+    }  # fmt: skip
+    found: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
+    for round_ in range(args.rounds):
+        for name, run in scenarios.items():
+            await conn.execute("TRUNCATE async_jobs CASCADE")
+            await conn.execute("TRUNCATE enqueue_floor")
+            found[name].append(await measure(args.jobs, run, pids))
+        print(f"round {round_ + 1}: " + ", ".join(
+            f"{name} {found[name][-1]['jobs_per_s']:,.0f}/s" for name in scenarios
+        ))  # fmt: skip
+    await conn.close()
+    await app.close()
+    summary = {
+        name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for name, runs in found.items()
+    }
+    return {"jobs": args.jobs, "rounds": args.rounds, "summary": summary, "runs": found}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dsn", default=DSN)
+    parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    result = asyncio.run(main(parser.parse_args()))
+    for name, figures in result["summary"].items():
+        print(
+            f"{name:13s} {figures['jobs_per_s']:9,.0f} jobs/s   client {figures['client_us']:6.1f}"
+            f" µs/job   server {figures['server_us']:6.1f} µs/job"
+        )
+    floor, ours = result["summary"]["floor"], result["summary"]["ours"]
+    print(f"ours / floor, one job per call: {ours['jobs_per_s'] / floor['jobs_per_s']:.2f}")
+    if (out := parser.parse_args().json) is not None:
+        out.write_text(json.dumps(result, indent=1), encoding="utf-8")
