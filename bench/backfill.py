@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from async_jobs import JobApp
+from async_jobs.bench.harness import prepare_database
 from async_jobs.domain.jobs import ClaimRequest
 
 DSN = "postgresql://postgres@127.0.0.1:5432/backfill_bench"
@@ -35,18 +36,6 @@ SELECT gen_random_uuid(), 't' || (g % $2), 'later', 'noop', 3,
        now() + interval '1 day', 0, now() + interval '1 day'
 FROM generate_series(1, $1) AS g
 """
-
-
-async def recreate(dsn: str) -> None:
-    server, _, name = dsn.rpartition("/")
-    if "bench" not in name:
-        raise SystemExit(f"refusing to recreate {name!r}: its name must contain 'bench'")
-    conn = await asyncpg.connect(f"{server}/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
 
 
 async def beside(app: JobApp, stop: asyncio.Event, spans: list[tuple[float, float]]) -> None:
@@ -71,7 +60,7 @@ def summary(spans: list[float]) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    await recreate(args.dsn)
+    await prepare_database(args.dsn, recreate=True)  # local, named *bench*, or refused
     app = JobApp(args.dsn, strict_types=False)
     await app.open()
     await app.migrate()

@@ -34,6 +34,7 @@ from typing import Any
 import asyncpg
 
 from async_jobs import EnqueueRequest, JobApp
+from async_jobs.bench.harness import prepare_database
 from async_jobs.stores.postgres.inserts import _insert_columns
 from async_jobs.stores.postgres.queries import QUERIES
 
@@ -69,18 +70,8 @@ async def measure(
     }
 
 
-async def ensure_database(dsn: str) -> None:
-    server, _, name = dsn.rpartition("/")
-    conn = await asyncpg.connect(f"{server}/postgres")
-    try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    await ensure_database(args.dsn)
+    await prepare_database(args.dsn)
     app = JobApp(args.dsn, strict_types=False)
     await app.open()
     await app.migrate()
