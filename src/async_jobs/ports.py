@@ -321,9 +321,12 @@ class Transport(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
+    async def receive(self, capacity: int, wait_seconds: float, ahead: int = 0) -> list[Job]:
         """Up to ``capacity`` jobs now running under this worker's lease; waits up to
-        ``wait_seconds`` for the first one (less if ``wake`` is called)."""
+        ``wait_seconds`` for the first one (less if ``wake`` is called). ``ahead``: about
+        how many more the worker will ask for soon (its jobs are short); a broker transport
+        may read that many messages beyond ``capacity`` and hold them unclaimed, so that the
+        next call claims at once instead of reading first."""
 
     def wake(self) -> None:
         """End a ``receive`` that is waiting for jobs now (the worker is stopping); jobs

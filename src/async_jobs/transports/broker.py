@@ -50,6 +50,9 @@ class BrokerTransport(abc.ABC, Generic[H]):
     stale_line: ClassVar[str]  # logged with the number of stale messages
     malformed_line: ClassVar[str]  # logged with the error and the message, truncated
     max_read: ClassVar[int | None] = None  # the most one read may ask for
+    # Whether the polls read ``ahead`` messages beyond the free slots when the worker asks
+    # for it (its jobs are short): see ``receive``.
+    reads_ahead: ClassVar[bool] = False
     count_duplicates: ClassVar[bool] = False  # count a second copy of a held job apart
 
     def __init__(
@@ -67,7 +70,9 @@ class BrokerTransport(abc.ABC, Generic[H]):
         self._buffer: collections.deque[H] = collections.deque()
         self._held: dict[JobId, H] = {}
         self._wanted = 0
+        self._ahead = 0
         self._asking = 0
+        self._claiming = 0
         self._demand = asyncio.Event()
         self._arrived = asyncio.Event()
         self._woken = asyncio.Event()
@@ -157,8 +162,15 @@ class BrokerTransport(abc.ABC, Generic[H]):
         if held is not None:
             self._finish_later([held])
 
-    async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
+    async def receive(self, capacity: int, wait_seconds: float, ahead: int = 0) -> list[Job]:
+        """Claims what the buffer holds, up to ``capacity``; waits for the polls' reads when
+        it is empty. With ``reads_ahead``, the polls keep reading until the buffer holds
+        ``ahead`` messages beyond the demand: the next call claims at once, and the read of
+        the next batch overlaps the claim of this one. Those messages stay pending under
+        this worker (kept fresh like the others, handed back on stop); one whose job was
+        cancelled or dispatched again meanwhile is stale at its claim and runs nothing."""
         self._wanted = capacity
+        self._ahead = ahead if self.reads_ahead else 0
         self._demand.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
@@ -216,6 +228,7 @@ class BrokerTransport(abc.ABC, Generic[H]):
 
     async def _claim(self, taken: list[H]) -> list[Job]:
         """Start the jobs the messages name; finish the messages that start nothing."""
+        self._claiming = len(taken)
         try:
             jobs = await self._store.claim_dispatched(
                 [h.ticket for h in taken if h.ticket is not None],
@@ -225,6 +238,9 @@ class BrokerTransport(abc.ABC, Generic[H]):
         except StoreError:
             self._buffer.extendleft(reversed(taken))  # still held for us; claimed next time
             raise
+        finally:
+            self._claiming = 0
+            self._demand.set()  # what the polls should read has changed
         started = {job.id for job in jobs}
         stale = []
         for held in taken:
@@ -245,7 +261,7 @@ class BrokerTransport(abc.ABC, Generic[H]):
     async def _poll(self, source: str) -> None:
         failures = 0
         while not self._woken.is_set():
-            count = self._wanted - len(self._buffer) - self._asking
+            count = self._shortfall()
             if self.max_read is not None:
                 count = min(self.max_read, count)
             if count <= 0:
@@ -263,6 +279,14 @@ class BrokerTransport(abc.ABC, Generic[H]):
                 self._asking -= count
             failures = 0
             self._accept(source, messages)
+
+    def _shortfall(self) -> int:
+        """Messages to ask for now: the demand (and, reading ahead, ``ahead`` beyond it)
+        less what is buffered, being claimed and asked for already."""
+        if not self._ahead:
+            return self._wanted - len(self._buffer) - self._asking
+        held = len(self._buffer) + self._claiming + self._asking
+        return self._wanted + self._ahead - held
 
     def _accept(self, source: str, messages: Iterable[Any]) -> None:
         malformed = []

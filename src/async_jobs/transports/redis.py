@@ -317,6 +317,7 @@ class RedisTransport(BrokerTransport[Received]):
     backoff = BACKOFF
     log = log
     poll_task = POLL_TASK
+    reads_ahead = True
     read_failed = "cannot read from Redis"
     stale_line = "%d entries named no job queued for them; acknowledged"
     malformed_line = "dropping a malformed entry (%s): %s"
