@@ -93,8 +93,12 @@ class BrokerTransport(abc.ABC, Generic[H]):
         """Read up to ``count`` messages of ``source``; raises ``error``."""
 
     @abc.abstractmethod
-    def _decode(self, message: Any) -> tuple[str, str]:
-        """A message's body (the ticket's text) and how to show it in a log line."""
+    def _decode(self, message: Any) -> str:
+        """A message's body (the ticket's text)."""
+
+    def _shown(self, message: Any) -> str:
+        """How to show a malformed message in a log line: its body, unless said otherwise."""
+        return self._decode(message)
 
     @abc.abstractmethod
     def _holding(self, source: str, message: Any, ticket: DispatchTicket | None) -> H:
@@ -290,18 +294,19 @@ class BrokerTransport(abc.ABC, Generic[H]):
 
     def _accept(self, source: str, messages: Iterable[Any]) -> None:
         malformed = []
+        received = 0
         for message in messages:
-            body, shown = self._decode(message)
-            self.counts["received"] += 1
+            received += 1
             try:
-                ticket = DispatchTicket.from_message(body)
+                ticket = DispatchTicket.from_message(self._decode(message))
             except MalformedMessageError as exc:
-                self.log.warning(self.malformed_line, exc, truncated(shown))
-                self.counts["malformed"] += 1
+                self.log.warning(self.malformed_line, exc, truncated(self._shown(message)))
                 malformed.append(self._holding(source, message, None))
                 continue
             self._buffer.append(self._holding(source, message, ticket))
+        self.counts["received"] += received
         if malformed:
+            self.counts["malformed"] += len(malformed)
             self._finish_later(malformed)
         self._arrived.set()
 

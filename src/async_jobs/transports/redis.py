@@ -384,10 +384,13 @@ class RedisTransport(BrokerTransport[Received]):
             entries.extend(items)
         return entries
 
-    def _decode(self, message: Any) -> tuple[str, str]:
+    def _decode(self, message: Any) -> str:
         fields = message[1]
         body = fields.get(FIELD, "") if isinstance(fields, Mapping) else ""
-        return (body if isinstance(body, str) else ""), str(fields)
+        return body if isinstance(body, str) else ""
+
+    def _shown(self, message: Any) -> str:
+        return str(message[1])
 
     def _holding(self, source: str, message: Any, ticket: DispatchTicket | None) -> Received:
         return Received(source, message[0], ticket)
