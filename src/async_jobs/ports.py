@@ -130,6 +130,13 @@ class JobStore(Protocol):
         claimer. Order: priority; within a priority, tenants take turns (round robin); within
         a tenant, earliest deadline, then earliest run_at."""
 
+    async def dispatch_jobs(self, request: ClaimRequest) -> list[DispatchTicket]:
+        """The claim of ``claim_jobs`` (every limit, the same order) for a broker: the jobs
+        chosen move from ``pending`` to ``queued`` under a fresh dispatch id whose deadline is
+        ``request.lease_seconds`` from now (attempts unchanged, no lease). Returns only their
+        tickets, in the claim's order: all a dispatcher sends, so the jobs' rows are not read
+        back (``request.dispatch`` is implied)."""
+
     async def claim_dispatched(
         self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
     ) -> list[Job]:

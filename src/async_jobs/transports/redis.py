@@ -52,7 +52,6 @@ from async_jobs.core.metrics import Metrics
 from async_jobs.core.settings import Settings
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import AsyncJobsError, ConfigurationError
-from async_jobs.domain.jobs import Job
 from async_jobs.domain.retry import Backoff
 from async_jobs.ports import JobStore
 from async_jobs.transports.broker import BrokerTransport, by
@@ -269,31 +268,24 @@ class RedisDispatcher(ConfiguredDispatcher[RedisConfig]):
         if client is not None:
             await client.aclose()
 
-    async def _send(self, jobs: Sequence[Job]) -> int:
-        """Add the tickets, one pipeline per stream, all at once; jobs whose add failed go
-        back to pending at once. Raises ``RedisError`` (after that) if an add failed."""
-        groups = by(jobs, lambda j: j.use_case)
-        answers = await asyncio.gather(
-            *(self._add(self.config.stream_of(u), group) for u, group in groups.items()),
-            return_exceptions=True,
-        )
-        unsent: list[DispatchTicket] = []
-        error: BaseException | None = None
-        for group, answer in zip(groups.values(), answers, strict=True):
-            if isinstance(answer, BaseException):
-                error = answer
-                unsent.extend(DispatchTicket.of(job) for job in group)
-        return await self._sent(jobs, unsent, error)
+    async def _send(self, use_case: str, tickets: Sequence[DispatchTicket]) -> int:
+        """Add the tickets to the use case's stream; if that failed, their jobs go back to
+        pending at once and ``RedisError`` is raised."""
+        try:
+            await self._add(self.config.stream_of(use_case), tickets)
+        except Exception as exc:  # whatever failed, its jobs go back to pending at once
+            return await self._sent(tickets, tickets, exc)
+        return await self._sent(tickets, (), None)
 
-    async def _add(self, stream: str, jobs: Sequence[Job]) -> None:
+    async def _add(self, stream: str, tickets: Sequence[DispatchTicket]) -> None:
         """One script call adds every ticket: one round trip, and a worker blocked in
         ``XREADGROUP`` is answered once with the whole batch, not with its first entry
         (which would cost a claim statement of its own)."""
         if self._add_script is None:
             self._add_script = self._client.register_script(ADD_SCRIPT)
-        tickets = [DispatchTicket.of(job).to_message() for job in jobs]
+        messages = [ticket.to_message() for ticket in tickets]
         async with _translated(f"add to {stream}"):
-            await self._add_script(keys=[stream], args=[self.config.max_len, FIELD, *tickets])
+            await self._add_script(keys=[stream], args=[self.config.max_len, FIELD, *messages])
 
 
 # -- the worker's side ----------------------------------------------------------------------
