@@ -3,9 +3,10 @@ each transport providing only how it reads, keeps, hands back and finishes its m
 
 Shared here: the buffer of messages received but not yet claimed, their claim through
 ``claim_dispatched`` (a message that starts nothing is stale and finished at once), the map of
-messages held by running jobs, the demand that the polls read for (never more than the free
-slots), the start-up retry while the broker does not answer, and the stop: polls under way
-end, what they got and nobody claimed is handed back at once, pending finishes are awaited.
+messages held by running jobs, the demand that the polls read for (the free slots, and for a
+transport that ``reads_ahead`` what the worker asks beyond them), the start-up retry while the
+broker does not answer, and the stop: polls under way end, what they got and nobody claimed
+is handed back at once, pending finishes are awaited.
 """
 
 from __future__ import annotations

@@ -13,9 +13,11 @@ under dispatch D"), as an SQS message does for the sqs transport. The flow, each
    a job nobody claimed by then goes back to ``pending`` and is dispatched again.
    At most the dispatch window of each use case (``ASYNC_JOBS_DISPATCH_WINDOW``) is queued
    at once (``transports.dispatch``, shared with the sqs transport).
-2. ``RedisTransport`` (in a worker) reads its streams with ``XREADGROUP`` (blocking, only as
-   many entries as it has free slots) and claims the named jobs in one statement (``queued``
-   -> ``running``) only while each is still queued under that dispatch and attempt. An entry
+2. ``RedisTransport`` (in a worker) reads its streams with ``XREADGROUP`` (blocking, as many
+   entries as it has free slots and, while the worker's jobs are short, as many again as it
+   claims ahead: see ``BrokerTransport.receive``) and claims the named jobs in one statement
+   (``queued`` -> ``running``) only while each is still queued under that dispatch and
+   attempt. An entry
    for anything else (a duplicate, a late or forged entry, a cancelled job) is acknowledged,
    deleted and counted; a malformed one is logged (truncated), acknowledged, deleted, counted.
    This side is ``transports.broker``'s (``BrokerTransport``, shared with the sqs transport);
