@@ -38,9 +38,10 @@ T = TypeVar("T")
 
 
 class BrokerTransport(abc.ABC, Generic[H]):
-    """A worker's ``Transport`` over a broker: reads only as many messages as it has free
-    slots, claims the jobs they name, finishes (deletes, acknowledges) each message once its
-    job's outcome is committed or once it turns out to start nothing."""
+    """A worker's ``Transport`` over a broker: reads as many messages as it has free slots
+    (plus, if it ``reads_ahead``, what the worker asks beyond them), claims the jobs they
+    name, finishes (deletes, acknowledges) each message once its job's outcome is committed
+    or once it turns out to start nothing."""
 
     broker: ClassVar[str]  # its name in log lines ("SQS", "Redis")
     error: ClassVar[type[AsyncJobsError]]  # what a failed broker call raises
