@@ -287,8 +287,10 @@ class BrokerTransport(abc.ABC, Generic[H]):
             self._accept(source, messages)
 
     def _shortfall(self) -> int:
-        """Messages to ask for now: the demand (and, reading ahead, ``ahead`` beyond it)
-        less what is buffered, being claimed and asked for already."""
+        """Messages to ask for now: reading ahead, the demand and ``ahead`` beyond it, less
+        what is buffered, being claimed and asked for already. Otherwise the demand less
+        what is buffered and asked for, as the sqs transport has always read: the messages
+        being claimed are not counted, so a read during a claim may bring the next batch."""
         if not self._ahead:
             return self._wanted - len(self._buffer) - self._asking
         held = len(self._buffer) + self._claiming + self._asking
