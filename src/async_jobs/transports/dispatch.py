@@ -208,6 +208,7 @@ class ConfiguredDispatcher(BrokerDispatcher, Generic[C]):
     use cases (``_use_cases_of``) and dispatch timeout; ``_configured`` completes it."""
 
     transport: ClassVar[str]  # the transport's name in the metrics ("sqs", "redis")
+    default_batch: ClassVar[int] = 100  # jobs per dispatch statement unless told otherwise
 
     def __init__(
         self,
@@ -215,7 +216,7 @@ class ConfiguredDispatcher(BrokerDispatcher, Generic[C]):
         config: C,
         limits: Limits,
         holder: str = "scheduler",
-        batch: int = 100,
+        batch: int | None = None,
         window: int = DEFAULT_DISPATCH_WINDOW,
         metrics: Metrics | None = None,
     ) -> None:
@@ -224,7 +225,7 @@ class ConfiguredDispatcher(BrokerDispatcher, Generic[C]):
             self._use_cases_of(config),
             limits,
             holder=holder,
-            batch=batch,
+            batch=self.default_batch if batch is None else batch,
             window=window,
             dispatch_timeout_seconds=config.dispatch_timeout_seconds,
             transport=self.transport,
