@@ -28,26 +28,36 @@ def test_a_ticket_is_the_compact_json_of_its_fields() -> None:
     assert DispatchTicket.from_message(t.to_message()) == t
 
 
+JOB_ID = "0190a3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b"
+DISPATCH_ID = "5e0c2a9f-7d1b-4c3e-8f6a-2b9d0e1c3a4f"
+
+
 def fields(**changed: object) -> str:
     """A ticket's JSON with some fields changed (None: left out)."""
-    body = {"v": 1, "job_id": str(uuid.uuid4()), "attempt": 1, "dispatch_id": str(uuid.uuid4())}
+    body = {"v": 1, "job_id": JOB_ID, "attempt": 1, "dispatch_id": DISPATCH_ID}
     body.update(changed)
     return json.dumps({k: v for k, v in body.items() if v is not None})
+
+
+def test_a_well_formed_ticket_is_read() -> None:
+    assert DispatchTicket.from_message(fields()) == DispatchTicket(
+        JobId(uuid.UUID(JOB_ID)), 1, uuid.UUID(DISPATCH_ID)
+    )
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        "",
-        "not json",
-        "[1]",
-        fields(v=2),
-        fields(job_id="x"),
-        fields(attempt=0),
-        fields(attempt=True),
-        fields(attempt="1"),
-        fields(dispatch_id=None),
-        "x" * 2000,
+        pytest.param("", id="empty"),
+        pytest.param("not json", id="not-json"),
+        pytest.param("[1]", id="not-an-object"),
+        pytest.param(fields(v=2), id="unknown-version"),
+        pytest.param(fields(job_id="x"), id="job-id-not-a-uuid"),
+        pytest.param(fields(attempt=0), id="attempt-zero"),
+        pytest.param(fields(attempt=True), id="attempt-a-boolean"),
+        pytest.param(fields(attempt="1"), id="attempt-a-string"),
+        pytest.param(fields(dispatch_id=None), id="no-dispatch-id"),
+        pytest.param("x" * 2000, id="too-large"),
     ],
 )
 def test_anything_else_is_malformed(body: str) -> None:
