@@ -251,8 +251,8 @@ class RedisDispatcher(ConfiguredDispatcher[RedisConfig]):
     backoff = BACKOFF
     log = log
     transport = "redis"
-    # One statement per 500 jobs: the dispatch claim moves 28,000 jobs/s alone in batches of
-    # 500 against 17,000 in batches of 100 (docs/redis.md, Speed); one script call adds them.
+    # Up to 500 jobs per dispatch statement (and one script call): in batches of 100 the
+    # dispatch claim could not keep one worker's stream fed (docs/redis.md, Speed).
     default_batch = 500
 
     def _use_cases_of(self, config: RedisConfig) -> Sequence[str]:
