@@ -130,6 +130,13 @@ class JobStore(Protocol):
         claimer. Order: priority; within a priority, tenants take turns (round robin); within
         a tenant, earliest deadline, then earliest run_at."""
 
+    async def dispatch_jobs(self, request: ClaimRequest) -> list[DispatchTicket]:
+        """The claim of ``claim_jobs`` (every limit, the same order) for a broker: the jobs
+        chosen move from ``pending`` to ``queued`` under a fresh dispatch id whose deadline is
+        ``request.lease_seconds`` from now (attempts unchanged, no lease). Returns only their
+        tickets, in the claim's order: all a dispatcher sends, so the jobs' rows are not read
+        back (``request.dispatch`` is implied)."""
+
     async def claim_dispatched(
         self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
     ) -> list[Job]:
@@ -321,9 +328,12 @@ class Transport(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
+    async def receive(self, capacity: int, wait_seconds: float, ahead: int = 0) -> list[Job]:
         """Up to ``capacity`` jobs now running under this worker's lease; waits up to
-        ``wait_seconds`` for the first one (less if ``wake`` is called)."""
+        ``wait_seconds`` for the first one (less if ``wake`` is called). ``ahead``: about
+        how many more the worker will ask for soon (its jobs are short); a broker transport
+        may read that many messages beyond ``capacity`` and hold them unclaimed, so that the
+        next call claims at once instead of reading first."""
 
     def wake(self) -> None:
         """End a ``receive`` that is waiting for jobs now (the worker is stopping); jobs

@@ -13,7 +13,6 @@ import pytest
 
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import AsyncJobsError
-from async_jobs.domain.jobs import Job
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
@@ -42,7 +41,7 @@ class Recording(BrokerDispatcher):
             dispatch_timeout_seconds=60.0,
             transport="recording",
         )
-        self.sent: list[Job] = []
+        self.sent: list[tuple[str, DispatchTicket]] = []  # (use case, ticket)
         self.down = False
 
     async def _open(self) -> None:
@@ -51,14 +50,14 @@ class Recording(BrokerDispatcher):
     async def close(self) -> None:
         return None
 
-    async def _send(self, jobs: Sequence[Job]) -> int:
+    async def _send(self, use_case: str, tickets: Sequence[DispatchTicket]) -> int:
         if self.down:
-            return await self._sent(jobs, [DispatchTicket.of(j) for j in jobs], BrokerDown("down"))
-        self.sent.extend(jobs)
-        return await self._sent(jobs, [], None)
+            return await self._sent(tickets, tickets, BrokerDown("down"))
+        self.sent.extend((use_case, ticket) for ticket in tickets)
+        return await self._sent(tickets, [], None)
 
     def per_use_case(self) -> dict[str, int]:
-        return dict(collections.Counter(job.use_case for job in self.sent))
+        return dict(collections.Counter(use_case for use_case, _ in self.sent))
 
 
 async def test_each_use_case_fills_its_own_window_and_a_lower_cap_wins(store: JobStore) -> None:
@@ -78,7 +77,7 @@ async def test_each_use_case_fills_its_own_window_and_a_lower_cap_wins(store: Jo
     assert await dispatcher.run_once() == 0  # every window (or cap) is full
 
     # Workers claim 30 bulk jobs: running jobs do not count, so 30 more bulk go out.
-    bulk = [DispatchTicket.of(j) for j in dispatcher.sent if j.use_case == "bulk"][:30]
+    bulk = [ticket for use_case, ticket in dispatcher.sent if use_case == "bulk"][:30]
     assert len(await store.claim_dispatched(bulk, "w1", 30)) == 30
     dispatcher.sent.clear()
     assert await dispatcher.run_once() == 30

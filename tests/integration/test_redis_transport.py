@@ -303,6 +303,57 @@ async def test_a_stopping_worker_lets_its_read_end_and_hands_back_what_it_got(
     assert (await app.get_job(job.id)).status is JobState.QUEUED
 
 
+async def test_entries_read_ahead_are_held_unclaimed_and_handed_back_on_stop(
+    app: JobApp, client: Any
+) -> None:
+    """A worker of short jobs asks for one job and for two more ahead: one read brings all
+    three, one job is claimed, the two others wait unclaimed (their jobs still queued) and
+    are handed back at once when the worker stops."""
+    await app.enqueue_many([EnqueueRequest("noop") for _ in range(3)])
+    queued = await dispatched(app)
+    await add(client, stream_of(app), *(DispatchTicket.of(j).to_message() for j in queued))
+    transport = RedisTransport(app.store, config_of(app), "w1", 10.0)
+    await transport.start()
+    try:
+        (claimed,) = await transport.receive(1, 10.0, ahead=2)
+        await wait_until(lambda: transport.counts["received"] == 3, timeout=10)
+        assert claimed.id == queued[0].id and transport.counts["claimed"] == 1
+        for job in queued[1:]:
+            assert (await app.get_job(job.id)).status is JobState.QUEUED
+    finally:
+        await transport.stop()
+    assert transport.counts["released"] == 2
+    (row,) = await info(config_of(app))
+    # The two read ahead are back in the stream (new entries, held by no one); the claimed
+    # job's entry stays pending under w1 until its outcome is written.
+    assert (row["length"], row["pending"]) == (3, 1)
+    assert row["pending_per_consumer"] == {"w1": 1}
+
+
+async def test_a_job_cancelled_while_its_entry_is_read_ahead_does_not_run(
+    app: JobApp, client: Any
+) -> None:
+    await app.enqueue_many([EnqueueRequest("noop") for _ in range(3)])
+    queued = await dispatched(app)
+    await add(client, stream_of(app), *(DispatchTicket.of(j).to_message() for j in queued))
+    transport = RedisTransport(app.store, config_of(app), "w1", 10.0)
+    await transport.start()
+    try:
+        (first,) = await transport.receive(1, 10.0, ahead=2)
+        await wait_until(lambda: transport.counts["received"] == 3, timeout=10)
+        await app.cancel(queued[1].id)  # its entry waits in the worker's buffer
+        rest = await transport.receive(2, 0)
+        assert [first.id] + [j.id for j in rest] == [queued[0].id, queued[2].id]
+        assert transport.counts["stale"] == 1
+        # The stale entry is acknowledged and deleted; the two claimed stay pending.
+        await wait_until(lambda: transport.counts["acked"] == 1, timeout=10)
+        (row,) = await info(config_of(app))
+        assert (row["length"], row["pending"]) == (2, 2)
+    finally:
+        await transport.stop()
+    assert (await app.get_job(queued[1].id)).status is JobState.CANCELLED
+
+
 def test_a_missing_redis_package_fails_at_start_with_the_install_hint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

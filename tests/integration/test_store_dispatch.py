@@ -48,6 +48,29 @@ async def test_dispatch_queues_due_jobs_under_a_ticket_without_spending_an_attem
     assert await store.claim_jobs(dispatch()) == []  # queued jobs are not dispatched twice
 
 
+async def test_dispatch_jobs_gives_the_tickets_of_the_same_claim_in_its_order(
+    store: JobStore,
+) -> None:
+    """``dispatch_jobs`` is the dispatch claim without reading the rows back: the jobs are
+    queued as by ``claim_jobs(dispatch)``, within the limits, and only their tickets return,
+    in the claim's order (priority, deadline, due time)."""
+    low, high = new_job(priority="low"), new_job(priority="high")
+    await store.insert_jobs([low, high, new_job(priority="medium", use_case="mail")])
+    await store.insert_job(new_job(delay=3600))  # not due
+    tickets = await store.dispatch_jobs(dispatch(use_cases=("default",)))
+    assert [t.attempt for t in tickets] == [1, 1]
+    jobs = [await store.get_job(t.job_id) for t in tickets]
+    assert [j.priority.value for j in jobs if j is not None] == ["high", "low"]
+    for ticket, job in zip(tickets, jobs, strict=True):
+        assert job is not None and job.status is JobState.QUEUED and job.attempts == 0
+        assert DispatchTicket.of(job) == ticket
+    assert await store.dispatch_jobs(dispatch(use_cases=("default",))) == []
+    capped = Limits(default_max_concurrent=0)
+    assert await store.dispatch_jobs(dispatch(limits=capped)) == []  # the mail job: no slot
+    (running,) = await store.claim_dispatched(tickets[:1], "w1", 30)
+    assert (running.id, running.attempts) == (tickets[0].job_id, 1)
+
+
 async def test_only_the_ticket_of_the_current_dispatch_claims_the_job(store: JobStore) -> None:
     await store.insert_job(new_job())
     (queued,) = await store.claim_jobs(dispatch())

@@ -265,3 +265,38 @@ async def test_a_worker_with_longer_jobs_claims_its_default_capacity(app: JobApp
 
     asked = await _claim_sizes(app, "slow", 12, concurrency=2)
     assert max(asked) <= 4, asked
+
+
+async def _aheads(app: JobApp, handler: str, jobs: int, **kw: Any) -> list[int]:
+    """How far ahead of its free slots a burst worker asked its transport to read, ask by
+    ask (a broker transport reads that many messages beyond the slots)."""
+    await app.enqueue_many([app_request(handler) for _ in range(jobs)])
+    worker = app.worker(burst(concurrency=2, **kw))
+    transport = worker._transport
+    receive = transport.receive
+    aheads: list[int] = []
+
+    async def recorded(capacity: int, wait_seconds: float, ahead: int = 0) -> Any:
+        aheads.append(ahead)
+        return await receive(capacity, wait_seconds, ahead)
+
+    transport.receive = recorded  # type: ignore[method-assign]
+    await worker.run()
+    assert worker.processed == jobs
+    return aheads
+
+
+async def test_a_worker_asks_to_read_ahead_only_while_its_jobs_are_short(app: JobApp) -> None:
+    @app.job("quick")
+    async def quick(ctx: JobContext, payload: dict[str, Any]) -> None:
+        return None
+
+    @app.job("slow")
+    async def slow(ctx: JobContext, payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.02)  # wait-ok: the job's own work, above SHORT_JOB_SECONDS
+
+    quick_aheads = await _aheads(app, "quick", 100)
+    # Nothing is known of the jobs at first; once they prove short, what it claims ahead.
+    assert quick_aheads[0] == 0 and max(quick_aheads) == 2 * 4, quick_aheads
+    assert set(await _aheads(app, "slow", 6)) == {0}
+    assert set(await _aheads(app, "quick", 40, prefetch=2)) == {0}  # a prefetch of its own

@@ -12,8 +12,9 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
 
 from async_jobs.bench.harness import (
     READY_PREFIX,
@@ -111,7 +112,7 @@ async def broker_drain(
         server_name, server_pid = server
         if server_pid is not None:
             pids[server_name] = [server_pid]
-        with cpu_meter(pids) as cpu:
+        with cpu_meter(pids, database_of(o.dsn)) as cpu:
             finished = await wait_drained(conn, o, started, worker)
         scheduler.check_alive()
         await emptied()
@@ -131,10 +132,15 @@ async def until_empty(
         await asyncio.sleep(0.1)  # wait-ok: polling interval of a deadline-bound wait
 
 
+def database_of(dsn: str) -> str:
+    """The database a DSN names (``postgres`` when it names none, as libpq defaults)."""
+    return urlsplit(dsn).path.lstrip("/") or "postgres"
+
+
 def bottleneck(cpu: dict[str, float]) -> str:
     """Name what limited the drain, from each part's share of a core (``machine``: of all
     cores together)."""
-    parts = {k: v for k, v in cpu.items() if k != "machine"}
+    parts = {k: v for k, v in cpu.items() if k not in ("machine", "postgresql_db")}
     busiest = max(parts, key=lambda k: parts[k]) if parts else None
     if busiest is not None and parts[busiest] >= SATURATED:
         return f"{busiest} ({parts[busiest]:.0%} of a core)"
@@ -147,17 +153,26 @@ def bottleneck(cpu: dict[str, float]) -> str:
 
 
 @contextlib.contextmanager
-def cpu_meter(pids: dict[str, list[int]]) -> Iterator[Callable[[], dict[str, float]]]:
+def cpu_meter(
+    pids: dict[str, list[int]], database: str | None = None
+) -> Iterator[Callable[[], dict[str, float]]]:
     """Each named part's CPU time while the block ran, as a share of one core, plus
-    PostgreSQL's (every ``postgres`` process) and the machine's (share of all cores)."""
+    PostgreSQL's (every ``postgres`` process: on a shared machine, other users' too), with
+    ``database`` that of the backends of that database alone (``postgresql_db``; the
+    server's own processes, such as its WAL writer, are left out), and the machine's (share
+    of all cores). A process counts by its own CPU time between the two samples; one that
+    started meanwhile counts whole, one that ended meanwhile not at all (its last figure is
+    gone with it)."""
     tick = os.sysconf("SC_CLK_TCK")
-    cores = os.cpu_count() or 1
 
-    def sample() -> tuple[float, dict[str, float], float, float]:
-        parts = {name: sum(_process_cpu(p) for p in group) for name, group in pids.items()}
-        parts["postgresql"] = sum(_process_cpu(p) for p in _pids_named("postgres"))
+    def sample() -> tuple[float, dict[str, dict[int, float]], float, float]:
+        groups = {name: _cpu_of(group) for name, group in pids.items()}
+        postgres = _pids_named("postgres")
+        groups["postgresql"] = _cpu_of(postgres)
+        if database is not None:
+            groups["postgresql_db"] = _cpu_of(p for p in postgres if _backend_of(p, database))
         busy, total = _machine_cpu()
-        return time.perf_counter(), parts, busy, total
+        return time.perf_counter(), groups, busy, total
 
     t0, before, busy0, total0 = sample()
     shares: dict[str, float] = {}
@@ -166,18 +181,48 @@ def cpu_meter(pids: dict[str, list[int]]) -> Iterator[Callable[[], dict[str, flo
     finally:
         t1, after, busy1, total1 = sample()
         wall = max(t1 - t0, 1e-9)
-        shares.update({k: (after[k] - before[k]) / tick / wall for k in after})
-        shares["machine"] = (busy1 - busy0) / max(total1 - total0, 1) if cores else 0.0
+        for name, now in after.items():
+            then = before.get(name, {})
+            spent = sum(max(0.0, cpu - then.get(pid, 0.0)) for pid, cpu in now.items())
+            shares[name] = spent / tick / wall
+        shares["machine"] = (busy1 - busy0) / max(total1 - total0, 1)
 
 
-def _process_cpu(pid: int) -> float:
-    """utime + stime of a process and its waited-for children, in clock ticks (0 if gone)."""
+def _cpu_of(pids: Iterable[int]) -> dict[int, float]:
+    """The CPU time (clock ticks) of each process still there."""
+    found = {}
+    for pid in pids:
+        cpu = _process_cpu(pid)
+        if cpu is not None:
+            found[pid] = cpu
+    return found
+
+
+def _process_cpu(pid: int) -> float | None:
+    """utime + stime of a process and its waited-for children, in clock ticks (None if
+    gone)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return None
     return float(sum(int(v) for v in fields[11:15]))
+
+
+def _backend_of(pid: int, database: str) -> bool:
+    """Whether a ``postgres`` process is a backend of ``database``: its title reads
+    ``postgres: [cluster: ]user database host(port) state``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().replace(b"\0", b" ").decode("utf-8", "replace").split()
+    except OSError:
+        return False
+    if not words or words[0] != "postgres:":
+        return False
+    words = words[1:]
+    if words and words[0].endswith(":"):  # the cluster's name (cluster_name)
+        words = words[1:]
+    return len(words) >= 2 and words[1] == database
 
 
 def _pids_named(name: str) -> list[int]:

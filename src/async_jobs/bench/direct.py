@@ -93,16 +93,25 @@ async def _enqueue_single(app: JobApp, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def drain(conn: asyncpg.Connection, o: BenchOptions) -> tuple[float, float, float]:
-    """The jobs of the batch enqueue, run by one worker process: (jobs/s, peak RSS MB, s)."""
+async def drain(
+    conn: asyncpg.Connection, o: BenchOptions, cpu: dict[str, float] | None = None
+) -> tuple[float, float, float]:
+    """The jobs of the batch enqueue, run by one worker process: (jobs/s, peak RSS MB, s).
+    With ``cpu``, the CPU shares of the worker and PostgreSQL during the drain are put in it
+    (``bench.broker.cpu_meter``)."""
+    from async_jobs.bench.broker import cpu_meter, database_of
+
     await check_queued(conn, o.jobs)
     progress(f"drain: {o.jobs} jobs, one worker process, concurrency {o.concurrency}")
     async with worker_process(
         "async-jobs worker", worker_argv(o.concurrency), env=worker_env(o), ready=READY_PREFIX
     ) as worker:
         started = await worker.wait_ready()
-        finished = await wait_drained(conn, o, started, worker)
+        with cpu_meter({"worker": [worker.pid]}, database_of(o.dsn)) as shares:
+            finished = await wait_drained(conn, o, started, worker)
         rss = worker.peak_rss_mb()
+    if cpu is not None:
+        cpu.update(shares())
     seconds = finished - started
     counts = await measured_counts(conn)
     if counts.get("succeeded", 0) != o.jobs:

@@ -794,6 +794,11 @@ def render_table(title: str, result: BenchResult) -> str:
             f"{k} {v:.3f}" for k, v in sorted(result.details["cpu_ms_per_job"].items())
         )
         lines.append(f"  CPU per job (ms): {per_job}")
+    if "direct_cpu_ms_per_job" in result.details:
+        per_job = ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(result.details["direct_cpu_ms_per_job"].items())
+        )
+        lines.append(f"  CPU per job of the direct drain (ms): {per_job}")
     return "\n".join(lines)
 
 

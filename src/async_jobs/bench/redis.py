@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import statistics
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -59,7 +58,7 @@ async def bench_redis(o: BenchOptions) -> BenchResult:
         progress(f"Redis {url}{' (started here)' if server_pid else ''}")
         settings = Settings(db_dsn=o.dsn, transport="redis", redis_url=url)
         async with opened(o, settings) as (conn, app, pg_version):
-            directs: list[float] = []
+            directs: list[tuple[float, dict[str, float]]] = []
             redis: list[tuple[float, dict[str, float]]] = []
             for round_no in range(o.rounds):  # alternating: the machine's speed drifts
                 if round_no % 2 == 0:
@@ -71,23 +70,24 @@ async def bench_redis(o: BenchOptions) -> BenchResult:
             env = _env(o, url, f"bench-{uuid.uuid4().hex[:8]}")
             latencies = await latency(app, conn, o, env, scheduler_argv())
             await truncate(conn)
-    direct = statistics.median(directs)
-    drain_rate, cpu = sorted(redis)[(len(redis) - 1) // 2]  # the median round (lower middle)
+    direct, direct_cpu = _median_round(directs)
+    drain_rate, cpu = _median_round(redis)
     metrics = {
         "drain_jobs_per_s": drain_rate,
         "direct_drain_jobs_per_s": direct,
         "redis_vs_direct": drain_rate / direct,
         **latency_metrics(latencies),
     }
-    per_job_ms = {k: v / drain_rate * 1000 for k, v in cpu.items() if k != "machine"}
     details: dict[str, Any] = {
         "cpu_share": cpu,
-        "cpu_ms_per_job": per_job_ms,
+        "cpu_ms_per_job": _per_job_ms(cpu, drain_rate),
+        "direct_cpu_share": direct_cpu,
+        "direct_cpu_ms_per_job": _per_job_ms(direct_cpu, direct),
         "bottleneck": bottleneck(cpu),
         "redis": "redis-server started by the benchmark" if server_pid else "given",
         "rounds": o.rounds,
         "drain_samples": [rate for rate, _ in redis],
-        "direct_drain_samples": directs,
+        "direct_drain_samples": [rate for rate, _ in directs],
         "window": DEFAULT_DISPATCH_WINDOW,
         "latency_samples": len(latencies),
     }
@@ -95,12 +95,22 @@ async def bench_redis(o: BenchOptions) -> BenchResult:
     return BenchResult(metrics, settings_out, details)
 
 
-async def _direct_round(app: Any, conn: Any, o: BenchOptions) -> float:
+def _median_round(rounds: list[tuple[float, dict[str, float]]]) -> tuple[float, dict[str, float]]:
+    """The round of the median rate (the lower middle one of an even count), with its CPU."""
+    return sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
+
+
+def _per_job_ms(cpu: dict[str, float], rate: float) -> dict[str, float]:
+    return {k: v / rate * 1000 for k, v in cpu.items() if k != "machine"}
+
+
+async def _direct_round(app: Any, conn: Any, o: BenchOptions) -> tuple[float, dict[str, float]]:
     await truncate(conn)
     await enqueue_batch(app, o.jobs, o.batch_size)
-    rate, _, _ = await drain(conn, dataclasses.replace(o, transport="direct"))
+    cpu: dict[str, float] = {}
+    rate, _, _ = await drain(conn, dataclasses.replace(o, transport="direct"), cpu)
     await truncate(conn)
-    return rate
+    return rate, cpu
 
 
 def _env(o: BenchOptions, url: str, prefix: str) -> dict[str, str]:

@@ -301,7 +301,7 @@ class Worker:
                 await self._wait_for_slot()  # claim in batches, not one job per statement
                 continue
             try:
-                jobs = await self._transport.receive(free, self._wait_seconds())
+                jobs = await self._transport.receive(free, self._wait_seconds(), self._ahead())
             except StoreError as exc:
                 failures += 1
                 self.metrics.store_error("claim")
@@ -320,11 +320,19 @@ class Worker:
 
     def _capacity(self) -> int:
         """Jobs to hold at once: the configured capacity, or more while jobs are short."""
-        config = self.config
+        if self._short_jobs():
+            return self.config.concurrency * (1 + SHORT_JOBS_PREFETCH)
+        return self.config.capacity
+
+    def _ahead(self) -> int:
+        """Jobs a broker transport may read beyond the free slots: while jobs are short, as
+        many as the worker claims ahead, so that its next claim need not wait for a read."""
+        return self.config.concurrency * SHORT_JOBS_PREFETCH if self._short_jobs() else 0
+
+    def _short_jobs(self) -> bool:
+        """No prefetch was configured and jobs run under ``SHORT_JOB_SECONDS`` on average."""
         mean = self._mean_run
-        if config.prefetch is None and mean is not None and mean < SHORT_JOB_SECONDS:
-            return config.concurrency * (1 + SHORT_JOBS_PREFETCH)
-        return config.capacity
+        return self.config.prefetch is None and mean is not None and mean < SHORT_JOB_SECONDS
 
     async def _burst_done(self) -> bool:
         """Nothing was due: done once nothing runs and every outcome is written (a written

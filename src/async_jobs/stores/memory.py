@@ -337,6 +337,10 @@ class MemoryStore:
         self._jobs[job.id] = started
         return started
 
+    async def dispatch_jobs(self, request: ClaimRequest) -> list[DispatchTicket]:
+        jobs = await self.claim_jobs(dataclasses.replace(request, dispatch=True))
+        return [DispatchTicket.of(job) for job in jobs]
+
     async def claim_dispatched(
         self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
     ) -> list[Job]:

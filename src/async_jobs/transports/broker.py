@@ -3,9 +3,10 @@ each transport providing only how it reads, keeps, hands back and finishes its m
 
 Shared here: the buffer of messages received but not yet claimed, their claim through
 ``claim_dispatched`` (a message that starts nothing is stale and finished at once), the map of
-messages held by running jobs, the demand that the polls read for (never more than the free
-slots), the start-up retry while the broker does not answer, and the stop: polls under way
-end, what they got and nobody claimed is handed back at once, pending finishes are awaited.
+messages held by running jobs, the demand that the polls read for (the free slots, and for a
+transport that ``reads_ahead`` what the worker asks beyond them), the start-up retry while the
+broker does not answer, and the stop: polls under way end, what they got and nobody claimed
+is handed back at once, pending finishes are awaited.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ T = TypeVar("T")
 
 
 class BrokerTransport(abc.ABC, Generic[H]):
-    """A worker's ``Transport`` over a broker: reads only as many messages as it has free
-    slots, claims the jobs they name, finishes (deletes, acknowledges) each message once its
-    job's outcome is committed or once it turns out to start nothing."""
+    """A worker's ``Transport`` over a broker: reads as many messages as it has free slots
+    (plus, if it ``reads_ahead``, what the worker asks beyond them), claims the jobs they
+    name, finishes (deletes, acknowledges) each message once its job's outcome is committed
+    or once it turns out to start nothing."""
 
     broker: ClassVar[str]  # its name in log lines ("SQS", "Redis")
     error: ClassVar[type[AsyncJobsError]]  # what a failed broker call raises
@@ -50,6 +52,9 @@ class BrokerTransport(abc.ABC, Generic[H]):
     stale_line: ClassVar[str]  # logged with the number of stale messages
     malformed_line: ClassVar[str]  # logged with the error and the message, truncated
     max_read: ClassVar[int | None] = None  # the most one read may ask for
+    # Whether the polls read ``ahead`` messages beyond the free slots when the worker asks
+    # for it (its jobs are short): see ``receive``.
+    reads_ahead: ClassVar[bool] = False
     count_duplicates: ClassVar[bool] = False  # count a second copy of a held job apart
 
     def __init__(
@@ -67,7 +72,9 @@ class BrokerTransport(abc.ABC, Generic[H]):
         self._buffer: collections.deque[H] = collections.deque()
         self._held: dict[JobId, H] = {}
         self._wanted = 0
+        self._ahead = 0
         self._asking = 0
+        self._claiming = 0
         self._demand = asyncio.Event()
         self._arrived = asyncio.Event()
         self._woken = asyncio.Event()
@@ -88,8 +95,12 @@ class BrokerTransport(abc.ABC, Generic[H]):
         """Read up to ``count`` messages of ``source``; raises ``error``."""
 
     @abc.abstractmethod
-    def _decode(self, message: Any) -> tuple[str, str]:
-        """A message's body (the ticket's text) and how to show it in a log line."""
+    def _decode(self, message: Any) -> str:
+        """A message's body (the ticket's text)."""
+
+    def _shown(self, message: Any) -> str:
+        """How to show a malformed message in a log line: its body, unless said otherwise."""
+        return self._decode(message)
 
     @abc.abstractmethod
     def _holding(self, source: str, message: Any, ticket: DispatchTicket | None) -> H:
@@ -157,8 +168,15 @@ class BrokerTransport(abc.ABC, Generic[H]):
         if held is not None:
             self._finish_later([held])
 
-    async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
+    async def receive(self, capacity: int, wait_seconds: float, ahead: int = 0) -> list[Job]:
+        """Claims what the buffer holds, up to ``capacity``; waits for the polls' reads when
+        it is empty. With ``reads_ahead``, the polls keep reading until the buffer holds
+        ``ahead`` messages beyond the demand: the next call claims at once, and the read of
+        the next batch overlaps the claim of this one. Those messages stay pending under
+        this worker (kept fresh like the others, handed back on stop); one whose job was
+        cancelled or dispatched again meanwhile is stale at its claim and runs nothing."""
         self._wanted = capacity
+        self._ahead = ahead if self.reads_ahead else 0
         self._demand.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
@@ -216,6 +234,7 @@ class BrokerTransport(abc.ABC, Generic[H]):
 
     async def _claim(self, taken: list[H]) -> list[Job]:
         """Start the jobs the messages name; finish the messages that start nothing."""
+        self._claiming = len(taken)
         try:
             jobs = await self._store.claim_dispatched(
                 [h.ticket for h in taken if h.ticket is not None],
@@ -225,6 +244,9 @@ class BrokerTransport(abc.ABC, Generic[H]):
         except StoreError:
             self._buffer.extendleft(reversed(taken))  # still held for us; claimed next time
             raise
+        finally:
+            self._claiming = 0
+            self._demand.set()  # what the polls should read has changed
         started = {job.id for job in jobs}
         stale = []
         for held in taken:
@@ -245,7 +267,7 @@ class BrokerTransport(abc.ABC, Generic[H]):
     async def _poll(self, source: str) -> None:
         failures = 0
         while not self._woken.is_set():
-            count = self._wanted - len(self._buffer) - self._asking
+            count = self._shortfall()
             if self.max_read is not None:
                 count = min(self.max_read, count)
             if count <= 0:
@@ -264,20 +286,31 @@ class BrokerTransport(abc.ABC, Generic[H]):
             failures = 0
             self._accept(source, messages)
 
+    def _shortfall(self) -> int:
+        """Messages to ask for now: reading ahead, the demand and ``ahead`` beyond it, less
+        what is buffered, being claimed and asked for already. Otherwise the demand less
+        what is buffered and asked for, as the sqs transport has always read: the messages
+        being claimed are not counted, so a read during a claim may bring the next batch."""
+        if not self._ahead:
+            return self._wanted - len(self._buffer) - self._asking
+        held = len(self._buffer) + self._claiming + self._asking
+        return self._wanted + self._ahead - held
+
     def _accept(self, source: str, messages: Iterable[Any]) -> None:
         malformed = []
+        received = 0
         for message in messages:
-            body, shown = self._decode(message)
-            self.counts["received"] += 1
+            received += 1
             try:
-                ticket = DispatchTicket.from_message(body)
+                ticket = DispatchTicket.from_message(self._decode(message))
             except MalformedMessageError as exc:
-                self.log.warning(self.malformed_line, exc, truncated(shown))
-                self.counts["malformed"] += 1
+                self.log.warning(self.malformed_line, exc, truncated(self._shown(message)))
                 malformed.append(self._holding(source, message, None))
                 continue
             self._buffer.append(self._holding(source, message, ticket))
+        self.counts["received"] += received
         if malformed:
+            self.counts["malformed"] += len(malformed)
             self._finish_later(malformed)
         self._arrived.set()
 

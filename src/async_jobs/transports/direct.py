@@ -29,7 +29,8 @@ class DirectTransport:
     async def stop(self) -> None:
         return None
 
-    async def receive(self, capacity: int, wait_seconds: float) -> list[Job]:
+    async def receive(self, capacity: int, wait_seconds: float, ahead: int = 0) -> list[Job]:
+        # ``ahead`` means nothing here: the worker's own prefetch claims ahead.
         request = dataclasses.replace(self._claim, limit=capacity)
         self._nudged.clear()
         jobs = await self._store.claim_jobs(request)

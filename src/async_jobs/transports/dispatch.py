@@ -31,7 +31,7 @@ from async_jobs.core.metrics import Metrics, TransportCounts
 from async_jobs.core.settings import DEFAULT_DISPATCH_WINDOW
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import AsyncJobsError
-from async_jobs.domain.jobs import ClaimRequest, Job
+from async_jobs.domain.jobs import ClaimRequest
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Limits
 from async_jobs.ports import JobStore
@@ -88,8 +88,8 @@ class BrokerDispatcher(abc.ABC):
         """Make the broker's client ready (called every round: cheap once open)."""
 
     @abc.abstractmethod
-    async def _send(self, jobs: Sequence[Job]) -> int:
-        """Send the tickets of ``jobs`` (all of one use case); pass what was not sent to
+    async def _send(self, use_case: str, tickets: Sequence[DispatchTicket]) -> int:
+        """Send the tickets of dispatched jobs of ``use_case``; pass what was not sent to
         ``_sent``, and return what it returns."""
 
     @abc.abstractmethod
@@ -141,11 +141,11 @@ class BrokerDispatcher(abc.ABC):
             room = self._window - self._queued[use_case]
             while room > 0:
                 limit = min(self._batch, room)
-                jobs = await self._store.claim_jobs(self._request(use_case, limit))
-                if not jobs:
+                tickets = await self._store.dispatch_jobs(self._request(use_case, limit))
+                if not tickets:
                     break
                 try:
-                    out = await self._send(jobs)
+                    out = await self._send(use_case, tickets)
                 except self.error as exc:
                     self._failures += 1
                     delay = self.backoff.delay(self._failures)
@@ -158,8 +158,8 @@ class BrokerDispatcher(abc.ABC):
                 self._failures = 0
                 sent += out
                 self._queued[use_case] += out
-                room -= len(jobs)  # refused sends went back to pending: next round's
-                if len(jobs) < limit:
+                room -= len(tickets)  # refused sends went back to pending: next round's
+                if len(tickets) < limit:
                     break
         return sent
 
@@ -174,7 +174,10 @@ class BrokerDispatcher(abc.ABC):
         )
 
     async def _sent(
-        self, jobs: Sequence[Job], unsent: Sequence[DispatchTicket], error: BaseException | None
+        self,
+        tickets: Sequence[DispatchTicket],
+        unsent: Sequence[DispatchTicket],
+        error: BaseException | None,
     ) -> int:
         """After a send: jobs whose tickets did not go out go back to pending at once; then
         raise ``error`` (as the broker's error) if a call failed outright. Returns how many
@@ -182,12 +185,12 @@ class BrokerDispatcher(abc.ABC):
         if unsent:
             back = await self._store.requeue_dispatched(0, unsent)
             self.counts["send_failed"] += len(back)
-        self.counts["sent"] += len(jobs) - len(unsent)
+        self.counts["sent"] += len(tickets) - len(unsent)
         if error is not None:
             if isinstance(error, self.error):
                 raise error
             raise self.error(f"cannot send to {self.broker}: {error}")
-        return len(jobs) - len(unsent)
+        return len(tickets) - len(unsent)
 
 
 class DispatchConfig(Protocol):
@@ -205,6 +208,7 @@ class ConfiguredDispatcher(BrokerDispatcher, Generic[C]):
     use cases (``_use_cases_of``) and dispatch timeout; ``_configured`` completes it."""
 
     transport: ClassVar[str]  # the transport's name in the metrics ("sqs", "redis")
+    default_batch: ClassVar[int] = 100  # jobs per dispatch statement unless told otherwise
 
     def __init__(
         self,
@@ -212,7 +216,7 @@ class ConfiguredDispatcher(BrokerDispatcher, Generic[C]):
         config: C,
         limits: Limits,
         holder: str = "scheduler",
-        batch: int = 100,
+        batch: int | None = None,
         window: int = DEFAULT_DISPATCH_WINDOW,
         metrics: Metrics | None = None,
     ) -> None:
@@ -221,7 +225,7 @@ class ConfiguredDispatcher(BrokerDispatcher, Generic[C]):
             self._use_cases_of(config),
             limits,
             holder=holder,
-            batch=batch,
+            batch=self.default_batch if batch is None else batch,
             window=window,
             dispatch_timeout_seconds=config.dispatch_timeout_seconds,
             transport=self.transport,

@@ -13,9 +13,11 @@ under dispatch D"), as an SQS message does for the sqs transport. The flow, each
    a job nobody claimed by then goes back to ``pending`` and is dispatched again.
    At most the dispatch window of each use case (``ASYNC_JOBS_DISPATCH_WINDOW``) is queued
    at once (``transports.dispatch``, shared with the sqs transport).
-2. ``RedisTransport`` (in a worker) reads its streams with ``XREADGROUP`` (blocking, only as
-   many entries as it has free slots) and claims the named jobs in one statement (``queued``
-   -> ``running``) only while each is still queued under that dispatch and attempt. An entry
+2. ``RedisTransport`` (in a worker) reads its streams with ``XREADGROUP`` (blocking, as many
+   entries as it has free slots and, while the worker's jobs are short, as many again as it
+   claims ahead: see ``BrokerTransport.receive``) and claims the named jobs in one statement
+   (``queued`` -> ``running``) only while each is still queued under that dispatch and
+   attempt. An entry
    for anything else (a duplicate, a late or forged entry, a cancelled job) is acknowledged,
    deleted and counted; a malformed one is logged (truncated), acknowledged, deleted, counted.
    This side is ``transports.broker``'s (``BrokerTransport``, shared with the sqs transport);
@@ -52,7 +54,6 @@ from async_jobs.core.metrics import Metrics
 from async_jobs.core.settings import Settings
 from async_jobs.domain.dispatch import DispatchTicket
 from async_jobs.domain.errors import AsyncJobsError, ConfigurationError
-from async_jobs.domain.jobs import Job
 from async_jobs.domain.retry import Backoff
 from async_jobs.ports import JobStore
 from async_jobs.transports.broker import BrokerTransport, by
@@ -250,6 +251,9 @@ class RedisDispatcher(ConfiguredDispatcher[RedisConfig]):
     backoff = BACKOFF
     log = log
     transport = "redis"
+    # Up to 500 jobs per dispatch statement (and one script call): in batches of 100 the
+    # dispatch claim could not keep one worker's stream fed (docs/redis.md, Speed).
+    default_batch = 500
 
     def _use_cases_of(self, config: RedisConfig) -> Sequence[str]:
         return config.use_cases
@@ -269,31 +273,24 @@ class RedisDispatcher(ConfiguredDispatcher[RedisConfig]):
         if client is not None:
             await client.aclose()
 
-    async def _send(self, jobs: Sequence[Job]) -> int:
-        """Add the tickets, one pipeline per stream, all at once; jobs whose add failed go
-        back to pending at once. Raises ``RedisError`` (after that) if an add failed."""
-        groups = by(jobs, lambda j: j.use_case)
-        answers = await asyncio.gather(
-            *(self._add(self.config.stream_of(u), group) for u, group in groups.items()),
-            return_exceptions=True,
-        )
-        unsent: list[DispatchTicket] = []
-        error: BaseException | None = None
-        for group, answer in zip(groups.values(), answers, strict=True):
-            if isinstance(answer, BaseException):
-                error = answer
-                unsent.extend(DispatchTicket.of(job) for job in group)
-        return await self._sent(jobs, unsent, error)
+    async def _send(self, use_case: str, tickets: Sequence[DispatchTicket]) -> int:
+        """Add the tickets to the use case's stream; if that failed, their jobs go back to
+        pending at once and ``RedisError`` is raised."""
+        try:
+            await self._add(self.config.stream_of(use_case), tickets)
+        except Exception as exc:  # whatever failed, its jobs go back to pending at once
+            return await self._sent(tickets, tickets, exc)
+        return await self._sent(tickets, (), None)
 
-    async def _add(self, stream: str, jobs: Sequence[Job]) -> None:
+    async def _add(self, stream: str, tickets: Sequence[DispatchTicket]) -> None:
         """One script call adds every ticket: one round trip, and a worker blocked in
         ``XREADGROUP`` is answered once with the whole batch, not with its first entry
         (which would cost a claim statement of its own)."""
         if self._add_script is None:
             self._add_script = self._client.register_script(ADD_SCRIPT)
-        tickets = [DispatchTicket.of(job).to_message() for job in jobs]
+        messages = [ticket.to_message() for ticket in tickets]
         async with _translated(f"add to {stream}"):
-            await self._add_script(keys=[stream], args=[self.config.max_len, FIELD, *tickets])
+            await self._add_script(keys=[stream], args=[self.config.max_len, FIELD, *messages])
 
 
 # -- the worker's side ----------------------------------------------------------------------
@@ -317,6 +314,7 @@ class RedisTransport(BrokerTransport[Received]):
     backoff = BACKOFF
     log = log
     poll_task = POLL_TASK
+    reads_ahead = True
     read_failed = "cannot read from Redis"
     stale_line = "%d entries named no job queued for them; acknowledged"
     malformed_line = "dropping a malformed entry (%s): %s"
@@ -383,10 +381,13 @@ class RedisTransport(BrokerTransport[Received]):
             entries.extend(items)
         return entries
 
-    def _decode(self, message: Any) -> tuple[str, str]:
+    def _decode(self, message: Any) -> str:
         fields = message[1]
         body = fields.get(FIELD, "") if isinstance(fields, Mapping) else ""
-        return (body if isinstance(body, str) else ""), str(fields)
+        return body if isinstance(body, str) else ""
+
+    def _shown(self, message: Any) -> str:
+        return str(message[1])
 
     def _holding(self, source: str, message: Any, ticket: DispatchTicket | None) -> Received:
         return Received(source, message[0], ticket)

@@ -136,25 +136,12 @@ class Checkout:
 
 
 async def run_worker_statements(conn: asyncpg.Connection) -> None:
-    """Each statement of a worker's path, with arguments that match no job (see
-    ``PostgresStore.warm``)."""
+    """Each statement of a worker's path (and of the dispatch, which a worker that leads
+    runs), with arguments that match no job (see ``PostgresStore.warm``)."""
     nothing: list[Any] = []
-    await conn.fetch(
-        QUERIES["claim_jobs"],
-        0,
-        nothing,
-        nothing,
-        "",
-        1.0,
-        0,
-        nothing,
-        nothing,
-        nothing,
-        nothing,
-        nothing,
-        nothing,
-        False,
-    )
+    claim = (0, nothing, nothing, "", 1.0, 0, nothing, nothing, nothing, nothing, nothing, nothing)
+    await conn.fetch(QUERIES["claim_jobs"], *claim, False)
+    await conn.fetch(QUERIES["dispatch_jobs"], *claim)
     await conn.fetch(QUERIES["claim_dispatched"], nothing, nothing, nothing, "", 1.0)
     await conn.fetch(QUERIES["record_outcomes"], *([nothing] * 7), MAX_HISTORY, ERROR_MESSAGE_LIMIT)
     await conn.fetch(QUERIES["extend_leases"], nothing, nothing, nothing, 1.0)

@@ -129,6 +129,16 @@ LIMIT $9;
 SELECT * FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5, $6, $7::text[], $8::int[],
                                $9::text[], $10::text[], $11::int[], $12::float8[], $13);
 
+-- name: dispatch_jobs
+-- The claim of claim_jobs for a broker ($13 dispatch: true): due pending jobs within every
+-- limit become queued under a fresh dispatch id; only what a ticket needs comes back (the
+-- jobs' payloads and histories are not sent to a dispatcher that does not read them), in
+-- the claim's order (priority, deadline, due time).
+SELECT c.id, c.attempts, c.dispatch_id
+FROM async_jobs_claim($1, $2::text[], $3::text[], $4, $5, $6, $7::text[], $8::int[],
+                      $9::text[], $10::text[], $11::int[], $12::float8[], true) AS c
+ORDER BY c.priority, c.deadline_at, c.run_at;
+
 -- name: claim_dispatched
 -- A worker starts the jobs its broker messages name ($1 ids, $2 attempts, $3 dispatch ids):
 -- only a job still queued under that dispatch, for that attempt, and not expired.

@@ -329,26 +329,17 @@ class PostgresStore:
     # -- the worker's path ------------------------------------------------------------------
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
-        limits = request.limits
-        quotas = limits.quota_rows()
         async with self._connection() as conn:
             rows = await conn.fetch(
-                QUERIES["claim_jobs"],
-                request.limit,
-                list(request.use_cases),
-                list(request.types),
-                request.worker_id,
-                request.lease_seconds,
-                limits.default_max_concurrent,
-                list(limits.max_concurrent),
-                list(limits.max_concurrent.values()),
-                [q[0] for q in quotas],
-                [q[1] for q in quotas],
-                [q[2] for q in quotas],
-                [q[3] for q in quotas],
-                request.dispatch,
+                QUERIES["claim_jobs"], *_claim_arguments(request), request.dispatch
             )
         return claimed(rows, job_from_record)
+
+    async def dispatch_jobs(self, request: ClaimRequest) -> list[DispatchTicket]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES["dispatch_jobs"], *_claim_arguments(request))
+        # (id, attempts, dispatch_id): the attempt a worker will run is the next one.
+        return [DispatchTicket(JobId(r[0]), r[1] + 1, r[2]) for r in rows]
 
     async def claim_dispatched(
         self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
@@ -660,4 +651,24 @@ def _filter_params(where: JobFilter) -> tuple[Any, ...]:
         where.type,
         where.created_after,
         where.created_before,
+    )
+
+
+def _claim_arguments(request: ClaimRequest) -> tuple[Any, ...]:
+    """The claim function's parameters but the last (dispatch), in its order (claim.sql)."""
+    limits = request.limits
+    quotas = limits.quota_rows()
+    return (
+        request.limit,
+        list(request.use_cases),
+        list(request.types),
+        request.worker_id,
+        request.lease_seconds,
+        limits.default_max_concurrent,
+        list(limits.max_concurrent),
+        list(limits.max_concurrent.values()),
+        [q[0] for q in quotas],
+        [q[1] for q in quotas],
+        [q[2] for q in quotas],
+        [q[3] for q in quotas],
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -282,6 +283,10 @@ class SqliteStore:
             return []
         rows = await self._run(lambda c: _claim(c, request), write=True)
         return claimed(rows, _job_from_row)
+
+    async def dispatch_jobs(self, request: ClaimRequest) -> list[DispatchTicket]:
+        jobs = await self.claim_jobs(dataclasses.replace(request, dispatch=True))
+        return [DispatchTicket.of(job) for job in jobs]
 
     async def claim_dispatched(
         self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float

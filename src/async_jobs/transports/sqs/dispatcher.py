@@ -7,8 +7,6 @@ import asyncio
 from collections.abc import Sequence
 
 from async_jobs.domain.dispatch import DispatchTicket
-from async_jobs.domain.jobs import Job
-from async_jobs.transports.broker import by
 from async_jobs.transports.dispatch import ConfiguredDispatcher
 from async_jobs.transports.sqs.client import BACKOFF, BATCH, SqsClient, SqsConfig, SqsError, log
 
@@ -39,14 +37,11 @@ class SqsDispatcher(ConfiguredDispatcher[SqsConfig]):
         await self._client.close()
         self._opened = False
 
-    async def _send(self, jobs: Sequence[Job]) -> int:
+    async def _send(self, use_case: str, tickets: Sequence[DispatchTicket]) -> int:
         """Send the tickets, 10 per call, every call at once; jobs whose send failed go back
         to pending at once. Raises ``SqsError`` (after that) if a call failed outright."""
-        calls: list[tuple[str, list[DispatchTicket]]] = []
-        for use_case, group in by(jobs, lambda j: j.use_case).items():
-            url = self.config.queues[use_case]
-            tickets = [DispatchTicket.of(job) for job in group]
-            calls.extend((url, tickets[i : i + BATCH]) for i in range(0, len(tickets), BATCH))
+        url = self.config.queues[use_case]
+        calls = [(url, tickets[i : i + BATCH]) for i in range(0, len(tickets), BATCH)]
         answers = await asyncio.gather(
             *(self._client.send(url, [t.to_message() for t in chunk]) for url, chunk in calls),
             return_exceptions=True,
@@ -59,4 +54,4 @@ class SqsDispatcher(ConfiguredDispatcher[SqsConfig]):
                 unsent.extend(chunk)
             else:
                 unsent.extend(chunk[i] for i in answer)
-        return await self._sent(jobs, unsent, error)
+        return await self._sent(tickets, unsent, error)

@@ -93,9 +93,8 @@ class SqsTransport(BrokerTransport[Received]):
     async def _read(self, source: str, count: int) -> list[Any]:
         return await self._client.receive(source, count, self.config.long_poll_seconds)
 
-    def _decode(self, message: Any) -> tuple[str, str]:
-        body = message.get("Body", "")
-        return body, body
+    def _decode(self, message: Any) -> str:
+        return str(message.get("Body", ""))
 
     def _holding(self, source: str, message: Any, ticket: DispatchTicket | None) -> Received:
         return Received(source, message["ReceiptHandle"], ticket)
