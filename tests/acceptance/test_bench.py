@@ -111,8 +111,9 @@ def test_the_redis_benchmark_sets_its_drain_against_direct_in_the_same_run(
     assert result["latency_p50_ms"] <= result["latency_p99_ms"]
     per_job = result["details"]["cpu_ms_per_job"]
     assert set(per_job) == {"worker", "scheduler", "redis", "postgresql", "postgresql_db"}
-    # The backends of the bench's own database are some of PostgreSQL's processes.
-    assert 0 < per_job["postgresql_db"] <= per_job["postgresql"]
+    # The backends of the bench's own database are some of PostgreSQL's processes. CPU time
+    # comes in ticks of 10 ms, more than 60 jobs may cost them: zero is a valid reading.
+    assert 0 <= per_job["postgresql_db"] <= per_job["postgresql"]
     direct = result["details"]["direct_cpu_ms_per_job"]
     assert set(direct) == {"worker", "postgresql", "postgresql_db"}
     assert "redis-server started by the benchmark" in result["details"]["redis"]
