@@ -104,6 +104,14 @@ async def add(client: Any, stream: str, *bodies: str) -> None:
         await client.xadd(stream, {FIELD: body})
 
 
+async def in_the_stream(app: JobApp, client: Any, n: int) -> list[Job]:
+    """n jobs enqueued, dispatched, and their entries added, as a leading scheduler does."""
+    await app.enqueue_many([EnqueueRequest("noop") for _ in range(n)])
+    queued = await dispatched(app)
+    await add(client, stream_of(app), *(DispatchTicket.of(j).to_message() for j in queued))
+    return queued
+
+
 def worker_transport(worker: Worker) -> RedisTransport:
     transport = worker._transport
     assert isinstance(transport, RedisTransport)
@@ -259,9 +267,7 @@ async def test_entries_of_a_consumer_that_died_are_taken_over(
 async def test_stopping_hands_back_received_but_unclaimed_entries_at_once(
     app: JobApp, client: Any
 ) -> None:
-    await app.enqueue_many([EnqueueRequest("noop") for _ in range(3)])
-    queued = await dispatched(app)
-    await add(client, stream_of(app), *(DispatchTicket.of(j).to_message() for j in queued))
+    queued = await in_the_stream(app, client, 3)
     transport = RedisTransport(app.store, config_of(app), "w1", 10.0)
     await transport.start()
     try:
@@ -309,9 +315,7 @@ async def test_entries_read_ahead_are_held_unclaimed_and_handed_back_on_stop(
     """A worker of short jobs asks for one job and for two more ahead: one read brings all
     three, one job is claimed, the two others wait unclaimed (their jobs still queued) and
     are handed back at once when the worker stops."""
-    await app.enqueue_many([EnqueueRequest("noop") for _ in range(3)])
-    queued = await dispatched(app)
-    await add(client, stream_of(app), *(DispatchTicket.of(j).to_message() for j in queued))
+    queued = await in_the_stream(app, client, 3)
     transport = RedisTransport(app.store, config_of(app), "w1", 10.0)
     await transport.start()
     try:
@@ -333,9 +337,7 @@ async def test_entries_read_ahead_are_held_unclaimed_and_handed_back_on_stop(
 async def test_a_job_cancelled_while_its_entry_is_read_ahead_does_not_run(
     app: JobApp, client: Any
 ) -> None:
-    await app.enqueue_many([EnqueueRequest("noop") for _ in range(3)])
-    queued = await dispatched(app)
-    await add(client, stream_of(app), *(DispatchTicket.of(j).to_message() for j in queued))
+    queued = await in_the_stream(app, client, 3)
     transport = RedisTransport(app.store, config_of(app), "w1", 10.0)
     await transport.start()
     try:
