@@ -14,7 +14,7 @@ Batches of 1,000:
 - ``copy``: ``COPY`` of the same rows, for comparison: it cannot take ``ON CONFLICT`` or
   ``RETURNING``.
 
-PostgreSQL's CPU is read from ``/proc`` for the backends of this process's connections, so
+PostgreSQL's CPU is read from ``/proc`` for the backends of the benchmark's database, so
 the server must run on this machine. Figures are medians over the rounds, per job.
 """
 
@@ -34,12 +34,12 @@ from typing import Any
 import asyncpg
 
 from async_jobs import EnqueueRequest, JobApp
+from async_jobs.bench.broker import cpu_meter, database_of
 from async_jobs.bench.harness import prepare_database
 from async_jobs.stores.postgres.inserts import _insert_columns
 from async_jobs.stores.postgres.queries import QUERIES
 
 DSN = "postgresql://postgres@127.0.0.1:5432/enqueue_floor_bench"
-TICKS = os.sysconf("SC_CLK_TCK")
 BATCH = 1000
 COPY_COLUMNS = [
     "id", "tenant_id", "use_case", "type", "payload", "priority", "max_attempts", "run_at",
@@ -47,26 +47,18 @@ COPY_COLUMNS = [
 ]  # fmt: skip
 
 
-def backend_cpu(pids: list[int]) -> float:
-    """User + system CPU seconds of these PostgreSQL backends so far."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
-
-
-async def measure(
-    jobs: int, run: Callable[[], Awaitable[None]], pids: list[int]
-) -> dict[str, float]:
-    """Run once; jobs/s and the µs of client and server CPU per job."""
-    server, client, start = backend_cpu(pids), time.process_time(), time.perf_counter()
-    await run()
+async def measure(jobs: int, run: Callable[[], Awaitable[None]], dsn: str) -> dict[str, float]:
+    """Run once; jobs/s and the µs of CPU per job of this process and of the database's
+    backends (``bench.broker.cpu_meter``: shares of a core over the run's wall time)."""
+    start = time.perf_counter()
+    with cpu_meter({"client": [os.getpid()]}, database_of(dsn)) as shares:
+        await run()
     wall = time.perf_counter() - start
+    cpu = shares()
     return {
         "jobs_per_s": jobs / wall,
-        "client_us": 1e6 * (time.process_time() - client) / jobs,
-        "server_us": 1e6 * (backend_cpu(pids) - server) / jobs,
+        "client_us": 1e6 * cpu["client"] * wall / jobs,
+        "server_us": 1e6 * cpu["postgresql_db"] * wall / jobs,
     }
 
 
@@ -80,12 +72,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     insert_floor = await conn.prepare("INSERT INTO enqueue_floor VALUES ($1, '{}')")
     await app.enqueue("noop", None)  # opens the app's connections
     await app.enqueue_many([EnqueueRequest("noop") for _ in range(BATCH)])
-    pids = [
-        r[0]
-        for r in await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-        )
-    ]
     news = list(app._builder.built([EnqueueRequest("noop") for _ in range(BATCH)], []))
 
     async def floor() -> None:
@@ -126,7 +112,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for name, run in scenarios.items():
             await conn.execute("TRUNCATE async_jobs CASCADE")
             await conn.execute("TRUNCATE enqueue_floor")
-            found[name].append(await measure(args.jobs, run, pids))
+            found[name].append(await measure(args.jobs, run, args.dsn))
         print(f"round {round_ + 1}: " + ", ".join(
             f"{name} {found[name][-1]['jobs_per_s']:,.0f}/s" for name in scenarios
         ))  # fmt: skip

@@ -34,7 +34,13 @@ class DispatchTicket:
         """The ticket of a job just dispatched (``queued``, with its dispatch id)."""
         if job.dispatch_id is None:
             raise ValueError(f"job {job.id} has not been dispatched")
-        return cls(job.id, job.attempts + 1, job.dispatch_id)
+        return cls.after(job.id, job.attempts, job.dispatch_id)
+
+    @classmethod
+    def after(cls, job_id: JobId, attempts: int, dispatch_id: uuid.UUID) -> DispatchTicket:
+        """The ticket of a job dispatched after ``attempts`` attempts: the worker runs the
+        next one."""
+        return cls(job_id, attempts + 1, dispatch_id)
 
     def to_message(self) -> str:
         """The compact JSON object ``{"v":1,"job_id":"...","attempt":N,"dispatch_id":"..."}``

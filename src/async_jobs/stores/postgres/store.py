@@ -338,8 +338,7 @@ class PostgresStore:
     async def dispatch_jobs(self, request: ClaimRequest) -> list[DispatchTicket]:
         async with self._connection() as conn:
             rows = await conn.fetch(QUERIES["dispatch_jobs"], *_claim_arguments(request))
-        # (id, attempts, dispatch_id): the attempt a worker will run is the next one.
-        return [DispatchTicket(JobId(r[0]), r[1] + 1, r[2]) for r in rows]
+        return [DispatchTicket.after(JobId(r[0]), r[1], r[2]) for r in rows]
 
     async def claim_dispatched(
         self, tickets: Sequence[DispatchTicket], worker_id: str, lease_seconds: float
