@@ -63,3 +63,48 @@ def test_a_well_formed_ticket_is_read() -> None:
 def test_anything_else_is_malformed(body: str) -> None:
     with pytest.raises(MalformedMessageError):
         DispatchTicket.from_message(body)
+
+
+@pytest.mark.parametrize("attempt", [1, 7, 999_999_999, 10**12])
+def test_the_own_format_and_any_other_spelling_read_the_same(attempt: int) -> None:
+    """A body as to_message writes it is read by a pattern, without a JSON parser; the same
+    ticket spelt otherwise (spaces, upper-case digits, an attempt too long for the pattern)
+    is read by the general path, to the same ticket."""
+    t = ticket(attempt)
+    others = [
+        json.dumps(
+            {"v": 1, "job_id": str(t.job_id), "attempt": attempt, "dispatch_id": str(t.dispatch_id)}
+        ),
+        t.to_message()
+        .upper()
+        .replace('"V"', '"v"')
+        .replace('"JOB_ID"', '"job_id"')
+        .replace('"ATTEMPT"', '"attempt"')
+        .replace('"DISPATCH_ID"', '"dispatch_id"'),
+    ]
+    read = [DispatchTicket.from_message(body) for body in [t.to_message(), *others]]
+    assert read == [t] * 3
+    assert all(type(r.job_id) is uuid.UUID and str(r.job_id) == str(t.job_id) for r in read)
+    assert all(hash(r.dispatch_id) == hash(t.dispatch_id) for r in read)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            f'{{"v":1,"job_id":"{JOB_ID}","attempt":01,"dispatch_id":"{DISPATCH_ID}"}}',
+            id="attempt-with-a-leading-zero",
+        ),
+        pytest.param(
+            f'{{"v":1,"job_id":"{JOB_ID}","attempt":1,"dispatch_id":"{JOB_ID[:-1]}"}}',
+            id="short-dispatch-id",
+        ),
+        pytest.param(
+            f'{{"v":1,"job_id":"{JOB_ID}","attempt":1,"dispatch_id":"{DISPATCH_ID}"}}x',
+            id="trailing-text",
+        ),
+    ],
+)
+def test_a_near_miss_of_the_own_format_is_still_malformed(body: str) -> None:
+    with pytest.raises(MalformedMessageError):
+        DispatchTicket.from_message(body)

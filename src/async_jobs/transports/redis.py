@@ -75,6 +75,22 @@ for i = 3, #ARGV do
 end
 return #ARGV - 2
 """
+# Acknowledges and deletes entries of one stream (KEYS[1]): ARGV[1] the group, ARGV[2] the
+# entry ids, space-separated. One argument for all the ids: the client encodes two
+# arguments instead of two per entry. Like a pipeline that does not raise, an error of one
+# command (the group gone) does not stop the other. Returns the entries acknowledged.
+ACK_SCRIPT = """
+local ids = {}
+for id in string.gmatch(ARGV[2], '%S+') do ids[#ids + 1] = id end
+local acked = 0
+for i = 1, #ids, 500 do
+    local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
+    local n = redis.pcall('XACK', KEYS[1], ARGV[1], unpack(chunk))
+    if type(n) == 'number' then acked = acked + n end
+    redis.pcall('XDEL', KEYS[1], unpack(chunk))
+end
+return acked
+"""
 INSTALL_HINT = "the redis transport needs redis-py: pip install 'async-job-server[redis]'"
 
 
@@ -333,11 +349,13 @@ class RedisTransport(BrokerTransport[Received]):
         self.config = config
         self._streams = sorted({config.stream_of(u) for u in use_cases or config.use_cases})
         self._client: Any = None
+        self._ack_script: Any = None
 
     async def start(self) -> None:
         """Connect and make sure every stream has its group; while Redis does not answer,
         retry with backoff until it does or the worker is stopped."""
         self._client = connect(self.config)
+        self._ack_script = self._client.register_script(ACK_SCRIPT)
         if self._woken.is_set() or not await self._until_answered(self._ensure_groups):
             return
         self._start_polls(self._streams, self._keep(), "async-jobs-redis-keep")
@@ -459,15 +477,12 @@ class RedisTransport(BrokerTransport[Received]):
                 log.warning("cannot hand back %d entries: %s", len(group), exc)
 
     async def _finish(self, entries: Sequence[Received]) -> None:
-        """Acknowledge and delete entries (``XACK`` + ``XDEL``)."""
+        """Acknowledge and delete entries (``XACK`` + ``XDEL``, one script call a stream)."""
         for stream, group in by(entries, lambda r: r.stream).items():
             ids = [r.entry_id for r in group]
             try:
                 async with _translated(f"acknowledge entries of {stream}"):
-                    pipe = self._client.pipeline(transaction=False)
-                    pipe.xack(stream, GROUP, *ids)
-                    pipe.xdel(stream, *ids)
-                    await pipe.execute(raise_on_error=False)
+                    await self._ack_script(keys=[stream], args=[GROUP, " ".join(ids)])
             except RedisError as exc:  # taken over after a lease's idle time: stale then
                 log.warning("cannot acknowledge %d entries: %s", len(ids), exc)
                 continue
