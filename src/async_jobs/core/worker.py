@@ -315,6 +315,11 @@ class Worker:
                 self._held[job.id] = job
             self._ready.extend(jobs)
             self._fill_slots()
+            if jobs:
+                # The jobs just started take their first step (a short handler: all of it)
+                # before the next claim is encoded and sent: an idle worker's job used to
+                # wait for that send (0.1-0.3 ms of its start latency).
+                await asyncio.sleep(0)
             if not jobs and self.config.burst and await self._burst_done():
                 return
 
