@@ -113,16 +113,26 @@ def main() -> int:
     parser.add_argument("--latency-jobs", type=int, default=300)
     parser.add_argument("--big-db", default="scale_bench_big")
     parser.add_argument("--empty-db", default="scale_bench_empty")
+    parser.add_argument(
+        "--server",
+        default=SERVER,
+        help="the server of both databases, a DSN ending in / (default %(default)s)",
+    )
+    parser.add_argument(
+        "--tag", default="", help="added to the results' file names (e.g. the server's settings)"
+    )
     args = parser.parse_args()
     shape = ["--history", str(args.history), "--backlog", str(args.backlog)]
     shape += ["--tenants", str(args.tenants)]
     RESULTS.mkdir(exist_ok=True)
-    name = f"scale-{args.history}-{args.backlog}-{args.tenants}"
+    name = f"scale-{args.history}-{args.backlog}-{args.tenants}" + (
+        f"-{args.tag}" if args.tag else ""
+    )
     tmp = RESULTS / f".{uuid.uuid4().hex}.json"
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):
-        empty = bench_once(SERVER + args.empty_db, args, [], tmp)
-        big = bench_once(SERVER + args.big_db, args, shape, tmp)
+        empty = bench_once(args.server + args.empty_db, args, [], tmp)
+        big = bench_once(args.server + args.big_db, args, shape, tmp)
         rounds.append({"empty": empty, "big": big})
         print(f"round {i + 1}: " + ", ".join(
             f"{k} {empty[k]:,.1f} -> {big[k]:,.1f}" for k in KEYS), flush=True)  # fmt: skip
@@ -135,7 +145,7 @@ def main() -> int:
         print(f"{key:<28} empty {e:>10,.1f}  big {b:>10,.1f}  big/empty {b / e:.2f}")
     report = {"shape": vars(args), "summary": summary, "rounds": rounds}
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    text = asyncio.run(plans(SERVER + args.big_db))
+    text = asyncio.run(plans(args.server + args.big_db))
     (RESULTS / f"{name}-plans.txt").write_text(text + "\n", encoding="utf-8")
     print(f"wrote {RESULTS / name}.json and -plans.txt")
     return 0
