@@ -333,17 +333,21 @@ def run_all(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
 def measure_against_pgqueuer(args: argparse.Namespace) -> Measured:
     with tempfile.TemporaryDirectory(prefix="async-jobs-compare-") as tmp:
         runs = run_all(args, Path(tmp))
-    settings = {
+    return Measured(runs, PGQUEUER_ONLY, sizes(args, 20, fresh_databases=args.recreate))
+
+
+def sizes(args: argparse.Namespace, interval_ms: float, fresh_databases: bool) -> dict[str, Any]:
+    """The settings every comparison reports: rounds, sizes, the latency scenario's pacing."""
+    return {
         "rounds": args.rounds,
         "drain_concurrencies": args.concurrencies,
         "jobs": args.jobs,
         "batch_size": args.batch_size,
         "latency_jobs": args.latency_jobs,
-        "latency_interval_ms": 20,
+        "latency_interval_ms": interval_ms,
         "latency_worker_concurrency": 10,
-        "fresh_database_per_run": args.recreate,
+        "fresh_database_per_run": fresh_databases,
     }
-    return Measured(runs, PGQUEUER_ONLY, settings)
 
 
 # -- running through the harness -------------------------------------------------------------
@@ -359,15 +363,10 @@ def measure_with_harness(args: argparse.Namespace) -> Measured:
         notes += (f"the logs of every run, the failed ones among them, are kept in {workdir}",)
     else:
         shutil.rmtree(workdir)
+    interval_ms = float(os.environ.get("PEERS_LAT_INTERVAL", "0.02")) * 1000
+    # Not fresh databases: each script empties its tables before a scenario.
     settings = {
-        "rounds": args.rounds,
-        "drain_concurrencies": args.concurrencies,
-        "jobs": args.jobs,
-        "batch_size": args.batch_size,
-        "latency_jobs": args.latency_jobs,
-        "latency_interval_ms": float(os.environ.get("PEERS_LAT_INTERVAL", "0.02")) * 1000,
-        "latency_worker_concurrency": 10,
-        "fresh_database_per_run": False,  # each script empties its tables before a scenario
+        **sizes(args, interval_ms, fresh_databases=False),
         "harness": {
             "folder": str(harness.folder),
             "python": str(harness.python),
