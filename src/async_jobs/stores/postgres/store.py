@@ -199,10 +199,11 @@ class PostgresStore:
         compile and plan the claim function: 5-30 ms each on a small machine, which the
         first jobs of a new worker waited for (their start latency was 15-45 ms, then 3).
 
-        Then the kept connection (``Checkout``), where another task of the process (the
-        scheduler taking the lead, say) held it while the others were warmed: it is the one
-        the worker's claims run on while they come one at a time, so the first job of a new
-        worker still paid 5-6 ms when only the pooled ones were warmed."""
+        Then the connection the store keeps out of its pool (``Checkout``), through the
+        checkout every statement takes: another task of the process (the scheduler taking
+        the lead, say) may have held it while the others were warmed, and it is the one the
+        worker's claims run on while they come one at a time. When only the pooled ones were
+        warmed, the first job of a new worker still paid 5-6 ms."""
         pool = self._pool
         if pool is None:
             raise StoreError("the store is not open; call open() first")
@@ -215,13 +216,8 @@ class PostgresStore:
             finally:
                 for conn in held:
                     await pool.release(conn)
-            kept = self._kept
-            if kept is not None and not self._kept_busy and kept not in held:
-                self._kept_busy = True
-                try:
-                    await run_worker_statements(kept)
-                finally:
-                    self._kept_busy = False
+        async with self._connection() as conn:
+            await run_worker_statements(conn)
 
     # -- enqueue ----------------------------------------------------------------------------
 
