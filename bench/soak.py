@@ -11,6 +11,14 @@ Retention keeps succeeded jobs ``--retain-minutes`` (the scheduler applies it on
 minute), so a flat table is what a steady state looks like once it has filled up. The five
 minutes after the fill-up are the baseline: each later sample is reported as a ratio to
 their mean.
+
+With ``--history`` (and ``--backlog``, ``--tenants``, as ``async-jobs bench`` has them) the
+load runs beside that many finished jobs: the database is seeded once and kept for later
+runs, not recreated. The seeded jobs finished over the last week, so give a retention
+longer than that (``--retain-minutes 20160``) unless retention deleting them is the point:
+
+    .venv/bin/python bench/soak.py --rate 1000 --minutes 10 --history 10000000 \
+        --backlog 1000000 --tenants 10000 --retain-minutes 20160 --sample-seconds 30
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import asyncpg
 
 from async_jobs import bench
 from async_jobs.app import EnqueueRequest, JobApp
-from async_jobs.bench.scale import table_sizes
+from async_jobs.bench.scale import Shape, add_shape_options, shape_table, table_sizes
 from async_jobs.core.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
@@ -98,7 +106,8 @@ async def sample(conn: asyncpg.Connection, since: Any, elapsed: float, sent: int
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
-    await bench.prepare_database(args.dsn, recreate=True)
+    shape = Shape(args.history, args.backlog, args.tenants)
+    await bench.prepare_database(args.dsn, recreate=shape.empty)
     env = environment(args.dsn, args.retain_minutes)
     app = JobApp(settings=Settings(db_dsn=args.dsn), handler_modules=[bench.HANDLERS_MODULE])
     conn = await asyncpg.connect(args.dsn)
@@ -108,6 +117,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     scheduler_argv = [sys.executable, "-m", "async_jobs", "--log-level", "WARNING", "scheduler"]
     async with app:
         await app.migrate()
+        if not shape.empty:
+            await shape_table(conn, shape, bench.progress)
         async with (
             bench.worker_process("worker", worker_argv, env=env, ready=bench.READY_PREFIX) as w,
             bench.worker_process("scheduler", scheduler_argv, env=env, ready=SCHEDULER_READY) as s,
@@ -148,8 +159,9 @@ SERIES = ("table_mb", "indexes_mb", "n_dead_tup", "drain_jobs_per_s", "p99_ms")
 
 def flatness(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Each series' later samples against their mean over the five minutes after the fill-up
-    (the table grows until retention starts deleting: the retention time plus its minute)."""
-    start = (args.retain_minutes + 1) * 60
+    (the table grows until retention starts deleting: the retention time plus its minute);
+    with a retention longer than the run, over the first five minutes."""
+    start = (args.retain_minutes + 1) * 60 if args.retain_minutes + 1 < args.minutes else 0.0
     end = start + BASELINE_SECONDS + args.sample_seconds / 2
     first = [s for s in samples if start < s["minute"] * 60 <= end]
     later = [s for s in samples if s["minute"] * 60 > end]
@@ -209,21 +221,35 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dsn", default=DSN, help="a local database named *bench* (recreated)")
+    parser.add_argument(
+        "--dsn", default=DSN, help="a local database named *bench* (recreated unless seeded)"
+    )
     parser.add_argument("--rate", type=float, default=1000.0, help="jobs enqueued per second")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--sample-seconds", type=float, default=60.0)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--retain-minutes", type=float, default=2.0)
     parser.add_argument("--note", default="", help="said in the plot's title (the machine)")
+    parser.add_argument("--tag", default="", help="added to the results' file names")
+    add_shape_options(parser)
     args = parser.parse_args()
     report = asyncio.run(soak(args))
     report["title"] = (
         f"soak: {args.rate:g} jobs/s for {args.minutes:g} min, retention "
-        f"{args.retain_minutes:g} min, concurrency {args.concurrency}. {args.note}"
+        f"{args.retain_minutes:g} min, concurrency {args.concurrency}"
+        + (
+            f", beside {args.history:,} finished and {args.backlog:,} waiting jobs"
+            if args.history or args.backlog
+            else ""
+        )
+        + f". {args.note}"
     ).strip()
     RESULTS.mkdir(exist_ok=True)
     name = f"soak-{args.rate:g}"
+    if args.history or args.backlog:
+        name += f"-{args.history}-{args.backlog}-{args.tenants}"
+    if args.tag:
+        name += f"-{args.tag}"
     (RESULTS / f"{name}.json").write_text(
         json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
     )
