@@ -234,19 +234,20 @@ def main() -> int:
     add_shape_options(parser)
     args = parser.parse_args()
     report = asyncio.run(soak(args))
+    seeded = not Shape(args.history, args.backlog, args.tenants).empty
     report["title"] = (
         f"soak: {args.rate:g} jobs/s for {args.minutes:g} min, retention "
         f"{args.retain_minutes:g} min, concurrency {args.concurrency}"
         + (
             f", beside {args.history:,} finished and {args.backlog:,} waiting jobs"
-            if args.history or args.backlog
+            if seeded
             else ""
         )
         + f". {args.note}"
     ).strip()
     RESULTS.mkdir(exist_ok=True)
     name = f"soak-{args.rate:g}"
-    if args.history or args.backlog:
+    if seeded:
         name += f"-{args.history}-{args.backlog}-{args.tenants}"
     if args.tag:
         name += f"-{args.tag}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 import asyncpg
+import pytest
 
 FINISHED, GONE = 300_000, 3_000
 
@@ -77,7 +78,7 @@ async def test_with_postgresqls_default_the_dead_entries_stay(pg_database: str) 
     conn = await asyncpg.connect(pg_database)
     try:
         if await conn.fetchval("SELECT current_setting('server_version_num')::int < 140000"):
-            return  # no skip before PostgreSQL 14: nothing to show
+            pytest.skip("PostgreSQL before 14 never skips the index pass")
         await conn.execute("ALTER TABLE async_jobs SET (vacuum_index_cleanup = auto)")
         pages, plan = await _pages_read_by_probe_after_vacuum(conn)
         assert pages >= 10, plan

@@ -9,6 +9,7 @@
 -- 3.8-4.2 ms instead of 1.6-1.9 (docs/scale.md, "Dead index entries").
 --
 -- With this setting each vacuum removes them, autovacuum's and a manual VACUUM alike. The
--- price is that each vacuum reads every index of the table in full: 4.7 s of one core on
--- that table of 11 million rows; on a table of the live queue alone, milliseconds.
+-- price is that each vacuum reads every index of the table in full. On that table of 11
+-- million rows, under 1,000 jobs/s, autovacuum came once a minute and took 1.5 s of CPU;
+-- on a table of the live queue alone, milliseconds.
 ALTER TABLE async_jobs SET (vacuum_index_cleanup = on);
