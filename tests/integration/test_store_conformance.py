@@ -180,6 +180,7 @@ async def test_batch_insert_stores_each_jobs_own_fields(store: JobStore, varying
             assert got.webhook_url == f["webhook_url"]
             assert got.backoff == f["backoff"]
             assert got.expires_at == f["expires_at"]
+        assert returned == fetched  # the times the store chose included
 
 
 async def test_batch_insert_is_all_or_nothing(store: JobStore) -> None:
@@ -236,6 +237,44 @@ async def test_a_long_batch_repeating_a_key_across_statements_gets_its_holder(
     assert all(created for _, created in results[:-1])
     assert results[-1] == (results[0][0], False)
     assert len((await store.list_jobs(JobFilter(), 1000)).items) == LONG_BATCH - 1
+
+
+@pytest.mark.parametrize("delay", [0.0, 30.0])
+async def test_a_long_batch_of_like_jobs_comes_back_as_stored(
+    store: JobStore, delay: float
+) -> None:
+    """Jobs that share every field but id and payload: the PostgreSQL store reads back one
+    row of times per statement (``insert_jobs_alike``) instead of one per job."""
+    news = [new_job(payload={"n": n}, delay=delay) for n in range(LONG_BATCH)]
+    results = await store.insert_jobs(iter(news))
+    assert [job.id for job, _ in results] == [job.id for job in news]
+    for job, created in results:
+        assert created and await store.get_job(job.id) == job
+    if isinstance(store, PostgresStore):  # one transaction's now(): one set of times
+        assert len({(job.run_at, job.deadline_at, job.created_at) for job, _ in results}) == 1
+
+
+async def test_batch_times_that_disagree_are_read_per_job(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the jobs of an ``insert_jobs_alike`` statement get different times after all,
+    each job's are read back (here the statement is made to say so)."""
+    if not isinstance(store, PostgresStore):
+        pytest.skip("the PostgreSQL store's statement")
+    from async_jobs.stores.postgres.queries import QUERIES
+
+    query = QUERIES["insert_jobs_alike"]
+    assert "max(created_at) AS last_created_at" in query
+    monkeypatch.setitem(
+        QUERIES,
+        "insert_jobs_alike",
+        query.replace("max(created_at) AS", "max(created_at) + interval '1 ms' AS"),
+    )
+    news = [new_job(payload={"n": n}) for n in range(LONG_BATCH)]
+    results = await store.insert_jobs(iter(news))
+    assert [job.id for job, _ in results] == [job.id for job in news]
+    for job, created in results:
+        assert created and await store.get_job(job.id) == job
 
 
 async def test_warm_changes_no_job(store: JobStore) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import operator
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,8 @@ from async_jobs.domain.errors import StoreError
 from async_jobs.domain.jobs import AttemptOutcome, Job, JobId, OutcomeKind
 from async_jobs.domain.scheduling import JobGauges
 from async_jobs.ports import JobStore
+
+_KIND: Callable[[Job], tuple[str, str, str]] = operator.attrgetter("use_case", "type", "tenant_id")
 
 log = logging.getLogger("async_jobs.metrics")
 
@@ -181,10 +184,11 @@ class Metrics:
     def jobs_enqueued(self, jobs: Iterable[Job]) -> None:
         if not self.enabled:
             return
-        counts = collections.Counter(
-            (j.use_case, self._type(j.type), *self._tenant(j.tenant_id)) for j in jobs
-        )
-        for labels, n in counts.items():
+        # Counted by the jobs' own fields first (the counting runs in C), then labelled once
+        # per distinct kind: a batch is usually one kind, and labelling each job cost a
+        # tenth of a batch's client work.
+        for (use_case, job_type, tenant), n in collections.Counter(map(_KIND, jobs)).items():
+            labels = (use_case, self._type(job_type), *self._tenant(tenant))
             self._child(self.enqueued, labels).inc(n)
 
     def job_started(self, job: Job) -> None:

@@ -95,39 +95,69 @@ async def insert_chunks_on(
 ) -> list[tuple[Job, bool]]:
     """Write ``chunk`` and then each list of ``more``, one statement each. While PostgreSQL
     works on a statement, this process draws the next list (validating its jobs, when
-    ``more`` does) and makes the jobs of the previous statement: the two processors work
-    at once instead of in turn. An error while drawing lets the statement in flight finish
-    and is raised; the caller's transaction then stores nothing."""
+    ``more`` does), makes that statement's parameters and makes the jobs of the previous
+    statement: the two processors work at once instead of in turn. An error while drawing
+    lets the statement in flight finish and is raised; the caller's transaction then stores
+    nothing."""
     batch: list[NewJob] = []
     made: list[Job | None] = []  # per job of the batch: as inserted, or None (key taken)
-    written: tuple[list[NewJob], list[asyncpg.Record]] | None = None
+    unsure: list[tuple[int, list[NewJob]]] = []  # see _make_inserted
+    written: tuple[list[NewJob], bool, list[asyncpg.Record]] | None = None
+    params = _statement_params(chunk)
     while chunk:
         await check_pending_quotas(conn, chunk)
         batch.extend(chunk)
+        alike, args = params
         statement = asyncio.ensure_future(
-            conn.fetch(QUERIES["insert_jobs"], *_insert_columns(chunk), chunk[0].trace_context)
+            conn.fetch(QUERIES["insert_jobs_alike" if alike else "insert_jobs"], *args)
         )
         try:
             await asyncio.sleep(0)  # the statement is sent
             if written is not None:
-                _make_inserted(*written, made)
+                _make_inserted(*written, made, unsure)
             nxt = next(more, [])
+            if nxt:
+                params = _statement_params(nxt)
         except BaseException:
             await asyncio.wait([statement])
             if not statement.cancelled():
                 statement.exception()  # retrieved: the drawing error is the one raised
             raise
-        written = (chunk, await statement)
+        written = (chunk, alike, await statement)
         chunk = nxt
     if written is not None:
-        _make_inserted(*written, made)
+        _make_inserted(*written, made, unsure)
+    for start, jobs in unsure:
+        rows = await conn.fetch(QUERIES["get_inserted_times"], [job.id for job in jobs])
+        by_id = {r[0]: r for r in rows}
+        made[start : start + len(jobs)] = [_job_from_insert(job, by_id[job.id]) for job in jobs]
     return await _with_holders(conn, batch, made, text_json)
 
 
-def _make_inserted(chunk: list[NewJob], rows: list[asyncpg.Record], made: list[Job | None]) -> None:
+def _make_inserted(
+    chunk: list[NewJob],
+    alike: bool,
+    rows: list[asyncpg.Record],
+    made: list[Job | None],
+    unsure: list[tuple[int, list[NewJob]]],
+) -> None:
     """Append to ``made`` each job of a statement as inserted, or None for a job that has
     no row (its key was taken). The rows come in the order of the jobs; should they not,
-    they are matched by id."""
+    they are matched by id. A statement of ``insert_jobs_alike`` returned one row, the
+    times all its jobs share. Should they differ after all, its jobs are appended as None
+    and the statement goes to ``unsure``, with where its jobs start in ``made``, for each
+    job's times to be read once the connection is free."""
+    if alike:
+        [row] = rows
+        if row["n"] != len(chunk):  # no key: every job is inserted, or the statement fails
+            raise StoreError(f"a statement of {len(chunk)} jobs inserted {row['n']}")
+        times = (row["run_at"], row["deadline_at"], row["created_at"])
+        if times == (row["last_run_at"], row["last_deadline_at"], row["last_created_at"]):
+            made.extend(job.stored(*times) for job in chunk)
+        else:
+            unsure.append((len(made), chunk))
+            made.extend(None for _ in chunk)
+        return
     if len(rows) == len(chunk) and all(r[0] == j.id for r, j in zip(rows, chunk, strict=True)):
         made.extend(map(_job_from_insert, chunk, rows))
         return
@@ -230,6 +260,26 @@ def _insert_columns(jobs: Sequence[NewJob]) -> list[Any]:
             arrays.append(list(column))
             shared.append(None)
     return [list(ids), list(payloads), *arrays, *shared]
+
+
+# Where _insert_columns puts the arrays of the columns that make a job's times (delay,
+# run_at, tolerance) and of its idempotency key.
+_TIME_ARRAYS = slice(7, 10)
+_KEY_ARRAY, _SHARED_KEY = 11, 24
+
+
+def _statement_params(jobs: list[NewJob]) -> tuple[bool, list[Any]]:
+    """Whether the statement for ``jobs`` is ``insert_jobs_alike`` (no job has an
+    idempotency key, and all share the columns their times come from), and its
+    parameters."""
+    params = _insert_columns(jobs)
+    params.append(jobs[0].trace_context)
+    alike = (
+        params[_KEY_ARRAY] is None
+        and params[_SHARED_KEY] is None
+        and params[_TIME_ARRAYS] == [None, None, None]
+    )
+    return alike, params
 
 
 def _job_from_insert(new: NewJob, row: asyncpg.Record) -> Job:

@@ -43,9 +43,9 @@ VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::async_jobs_priority, $7,
         COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)) > now())
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 
--- name: insert_jobs
--- One statement for one job or a batch. A repeated idempotency key inserts nothing; the
--- caller then reads the existing job. run_at is absolute when given, else now() + delay.
+-- part: insert_rows
+-- The rows of one statement, one job or a batch. A repeated idempotency key inserts nothing;
+-- the caller then reads the existing job. run_at is absolute when given, else now() + delay.
 -- Ids and payloads come as arrays ($1, $2). Every other column comes either as an array of
 -- one value per job ($3-$15) or, when all jobs of the batch share one value (the usual
 -- case: one type, one tenant, no key), as that single value ($16-$28) with its array NULL,
@@ -78,7 +78,30 @@ CROSS JOIN LATERAL (
            COALESCE(u.tolerance, $23::float8) AS tolerance
 ) AS t
 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+
+-- name: insert_jobs
+-- insert_rows, each inserted job's row returned, in the order of the jobs.
+-- use: insert_rows
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
+
+-- name: insert_jobs_alike
+-- insert_rows for jobs that have no idempotency key and share their delay, run_at and
+-- tolerance: every job is inserted, and all get the same run_at, deadline and created_at
+-- (now() is the transaction's start). One row comes back instead of one per job: reading
+-- a thousand rows cost the client about 3 us per job, a third of its work in a batch. The
+-- caller checks that each time's least and greatest agree.
+WITH inserted AS (
+    -- use: insert_rows
+    RETURNING j.run_at, j.deadline_at, j.created_at
+)
+SELECT count(*)::int AS n, min(run_at) AS run_at, max(run_at) AS last_run_at,
+       min(deadline_at) AS deadline_at, max(deadline_at) AS last_deadline_at,
+       min(created_at) AS created_at, max(created_at) AS last_created_at
+FROM inserted;
+
+-- name: get_inserted_times
+-- The times of jobs an insert_jobs_alike statement wrote, should they not agree.
+SELECT id, run_at, deadline_at, created_at FROM async_jobs WHERE id = ANY($1::uuid[]);
 
 -- name: get_jobs_by_idempotency_key
 SELECT * FROM async_jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
