@@ -10,7 +10,8 @@ One job per call:
 
 Batches of 1,000:
 - ``enqueue_many``: the whole call's time, this process's CPU and PostgreSQL's per job;
-- ``statement``: our insert statement alone, its parameters encoded beforehand;
+- ``statement``: our insert statement alone (as ``enqueue_many`` sends a batch of like
+  jobs: ``insert_jobs_alike``), its parameters encoded beforehand;
 - ``copy``: ``COPY`` of the same rows, for comparison: it cannot take ``ON CONFLICT`` or
   ``RETURNING``.
 
@@ -36,7 +37,7 @@ import asyncpg
 from async_jobs import EnqueueRequest, JobApp
 from async_jobs.bench.broker import cpu_meter, database_of
 from async_jobs.bench.harness import prepare_database
-from async_jobs.stores.postgres.inserts import _insert_columns
+from async_jobs.stores.postgres.inserts import _statement_params
 from async_jobs.stores.postgres.queries import QUERIES
 
 DSN = "postgresql://postgres@127.0.0.1:5432/enqueue_floor_bench"
@@ -88,10 +89,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     async def statement() -> None:
         for _ in range(args.jobs // BATCH):
-            columns = _insert_columns(news)
-            columns[0] = [uuid.uuid4() for _ in range(BATCH)]
+            alike, params = _statement_params(news)
+            params[0] = [uuid.uuid4() for _ in range(BATCH)]
+            query = QUERIES["insert_jobs_alike" if alike else "insert_jobs"]
             async with conn.transaction():
-                await conn.fetch(QUERIES["insert_jobs"], *columns, None)
+                await conn.fetch(query, *params)
 
     async def copy() -> None:
         for _ in range(args.jobs // BATCH):
