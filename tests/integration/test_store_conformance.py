@@ -264,11 +264,14 @@ async def test_batch_times_that_disagree_are_read_per_job(
     from async_jobs.stores.postgres.queries import QUERIES
 
     query = QUERIES["insert_jobs_alike"]
-    assert "max(created_at) AS last_created_at" in query
+    assert "min(created_at) AS created_at" in query and "max(created_at) AS" in query
+    # Both ends are made wrong: only the times read back per job match the stored ones.
     monkeypatch.setitem(
         QUERIES,
         "insert_jobs_alike",
-        query.replace("max(created_at) AS", "max(created_at) + interval '1 ms' AS"),
+        query.replace("min(created_at) AS", "min(created_at) - interval '1 ms' AS").replace(
+            "max(created_at) AS", "max(created_at) + interval '1 ms' AS"
+        ),
     )
     news = [new_job(payload={"n": n}) for n in range(LONG_BATCH)]
     results = await store.insert_jobs(iter(news))

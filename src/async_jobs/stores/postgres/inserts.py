@@ -130,6 +130,8 @@ async def insert_chunks_on(
     for start, jobs in unsure:
         rows = await conn.fetch(QUERIES["get_inserted_times"], [job.id for job in jobs])
         by_id = {r[0]: r for r in rows}
+        if len(by_id) != len(jobs):  # deleted since (a group commits as it goes): say so
+            raise StoreError("jobs just inserted could not be read back; look them up by id")
         made[start : start + len(jobs)] = [_job_from_insert(job, by_id[job.id]) for job in jobs]
     return await _with_holders(conn, batch, made, text_json)
 
@@ -262,8 +264,9 @@ def _insert_columns(jobs: Sequence[NewJob]) -> list[Any]:
     return [list(ids), list(payloads), *arrays, *shared]
 
 
-# Where _insert_columns puts the arrays of the columns that make a job's times (delay,
-# run_at, tolerance) and of its idempotency key.
+# Where _insert_columns puts the per-job arrays of the columns that make a job's times
+# (delay, run_at, tolerance: $8-$10), the per-job array of idempotency keys ($12) and the
+# key every job shares ($25). tests/unit/test_statements.py checks the positions.
 _TIME_ARRAYS = slice(7, 10)
 _KEY_ARRAY, _SHARED_KEY = 11, 24
 
