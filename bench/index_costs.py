@@ -1,0 +1,192 @@
+"""What each index of ``async_jobs`` costs an enqueue: the batch statement and the single
+insert, run on copies of the table that differ only in their indexes, in turns.
+
+    .venv/bin/python bench/index_costs.py --rounds 5 [--json F]
+
+Variants (each a fresh table ``LIKE async_jobs`` with its defaults, constraints and
+statement-level ``NOTIFY`` trigger):
+- ``as migrated``: every index of ``async_jobs``, read from the catalog, so the script follows
+  the migrations;
+- ``without <index>``: all of them but one (an index whose predicate a new pending job does
+  not match costs the statement's set-up only), but for the idempotency key's, which the
+  inserts' ``ON CONFLICT`` names;
+- ``listing by id``: the three listing indexes ordered by ``created_at`` replaced by the
+  same orders on the id (``(tenant_id, id DESC)``, ``(id DESC) WHERE status IN ('failed',
+  'cancelled')``, and the primary key for the global listing): what a listing ordered by
+  time-ordered ids (UUID version 7) would cost instead;
+- ``listing by id, without async_jobs_pending_due``: both.
+
+Batches: 10 statements of ``insert_jobs_alike`` of 1,000 like jobs, each in its own
+transaction, parameters made beforehand (as ``enqueue_many`` sends a batch, less its client
+work). Single: 2,000 ``insert_job`` statements, one per call, each its own commit. PostgreSQL's
+CPU is read from ``/proc`` for the backends of the benchmark's database, so the server must run
+on this machine. Figures are medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import re
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from async_jobs import EnqueueRequest, JobApp
+from async_jobs.bench.broker import cpu_meter, database_of
+from async_jobs.bench.harness import prepare_database
+from async_jobs.domain.jobs import new_job_id
+from async_jobs.stores.postgres.inserts import _insert_values, _statement_params
+from async_jobs.stores.postgres.queries import QUERIES
+
+DSN = "postgresql://postgres@127.0.0.1:5432/index_costs_bench"
+BATCH, BATCHES, SINGLES = 1000, 10, 2000
+BY_ID = {
+    "async_jobs_created": None,  # the primary key gives the global listing's order
+    "async_jobs_tenant_created": "CREATE INDEX {name} ON {table} (tenant_id, id DESC)",
+    "async_jobs_failed_created": (
+        "CREATE INDEX {name} ON {table} (id DESC) WHERE status IN ('failed', 'cancelled')"
+    ),
+}
+
+
+def variants(indexes: dict[str, str]) -> dict[str, dict[str, str | None]]:
+    """Each variant's indexes: name -> definition (a ``{name}``/``{table}`` template)."""
+    found: dict[str, dict[str, str | None]] = {"as migrated": dict(indexes)}
+    for name in indexes:
+        if name == "async_jobs_idempotency_key":  # the inserts' ON CONFLICT needs it
+            continue
+        found[f"without {name}"] = {n: d for n, d in indexes.items() if n != name}
+    by_id: dict[str, str | None] = {**indexes, **BY_ID}
+    found["listing by id"] = by_id
+    found["listing by id, without async_jobs_pending_due"] = {
+        n: d for n, d in by_id.items() if n != "async_jobs_pending_due"
+    }
+    return found
+
+
+async def measure(jobs: int, run: Callable[[], Awaitable[None]], dsn: str) -> dict[str, float]:
+    start = time.perf_counter()
+    with cpu_meter({}, database_of(dsn)) as shares:
+        await run()
+    wall = time.perf_counter() - start
+    return {
+        "jobs_per_s": jobs / wall,
+        "server_us": 1e6 * shares()["postgresql_db"] * wall / jobs,
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    await prepare_database(args.dsn)
+    app = JobApp(args.dsn, strict_types=False)
+    await app.open()
+    await app.migrate()
+    conn = await asyncpg.connect(args.dsn)
+    rows = await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'async_jobs'"
+    )
+    indexes = {
+        r["indexname"]: re.sub(
+            r"^(CREATE (?:UNIQUE )?INDEX) \S+ ON public\.async_jobs ",
+            r"\1 {name} ON {table} ",
+            r["indexdef"],
+        )
+        for r in rows
+    }
+    like = list(app._builder.built([EnqueueRequest("noop") for _ in range(BATCH)], []))
+    tables: dict[str, str] = {}
+    for number, (variant, chosen) in enumerate(variants(indexes).items()):
+        table = f"index_costs_{number}"
+        tables[variant] = table
+        await conn.execute(
+            f"DROP TABLE IF EXISTS {table}; "
+            f"CREATE TABLE {table} (LIKE async_jobs INCLUDING DEFAULTS INCLUDING CONSTRAINTS); "
+            f"CREATE TRIGGER {table}_inserted AFTER INSERT ON {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION async_jobs_notify_inserted()"
+        )
+        for name, definition in chosen.items():
+            if definition is not None:
+                await conn.execute(definition.format(name=f"{table}_{name}", table=table))
+    found: dict[str, dict[str, list[dict[str, float]]]] = {
+        v: {"batch": [], "single": []} for v in tables
+    }
+    for round_ in range(args.rounds):
+        for variant, table in tables.items():
+            into = f"INTO {table} AS j"
+            batch_sql = QUERIES["insert_jobs_alike"].replace("INTO async_jobs AS j", into)
+            single_sql = QUERIES["insert_job"].replace("INTO async_jobs AS j", into)
+            params = [
+                _statement_params([dataclasses.replace(j, id=new_job_id()) for j in like])[1]
+                for _ in range(BATCHES)
+            ]
+            singles = [
+                (*_insert_values(dataclasses.replace(like[0], id=new_job_id())), None)
+                for _ in range(SINGLES)
+            ]
+
+            async def batches(params: list[list[Any]] = params, sql: str = batch_sql) -> None:
+                for args_ in params:
+                    async with conn.transaction():
+                        await conn.fetch(sql, *args_)
+
+            async def single(rows: list[tuple[Any, ...]] = singles, sql: str = single_sql) -> None:
+                for args_ in rows:
+                    await conn.fetch(sql, *args_)
+
+            await conn.execute(f"TRUNCATE {table}")
+            found[variant]["batch"].append(await measure(BATCH * BATCHES, batches, args.dsn))
+            await conn.execute(f"TRUNCATE {table}")
+            found[variant]["single"].append(await measure(SINGLES, single, args.dsn))
+        print(f"round {round_ + 1} of {args.rounds} done", flush=True)
+    for table in tables.values():
+        await conn.execute(f"DROP TABLE {table}")
+    await conn.close()
+    await app.close()
+    summary = {
+        variant: {
+            kind: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            for kind, runs in kinds.items()
+        }
+        for variant, kinds in found.items()
+    }
+    return {"rounds": args.rounds, "summary": summary, "runs": found}
+
+
+def report(result: dict[str, Any]) -> None:
+    summary = result["summary"]
+    base = summary["as migrated"]
+    print(f"\n{'variant':58s} {'batch jobs/s':>12s} {'vs':>5s} {'µs/row':>7s}"
+          f" {'single/s':>9s} {'vs':>5s} {'µs/call':>8s}")  # fmt: skip
+    for variant, kinds in summary.items():
+        b, s = kinds["batch"], kinds["single"]
+        batch_ratio = b["jobs_per_s"] / base["batch"]["jobs_per_s"]
+        single_ratio = s["jobs_per_s"] / base["single"]["jobs_per_s"]
+        print(
+            f"{variant:58s} {b['jobs_per_s']:12,.0f} {batch_ratio:5.2f} {b['server_us']:7.1f}"
+            f" {s['jobs_per_s']:9,.0f} {single_ratio:5.2f} {s['server_us']:8.1f}"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dsn", default=DSN)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    options = parser.parse_args()
+    figures = asyncio.run(main(options))
+    report(figures)
+    if options.json is not None:
+        models = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        figures["machine"] = {"cpus": os.cpu_count(), "cpu_model": models[0] if models else None}
+        options.json.write_text(json.dumps(figures, indent=1), encoding="utf-8")
