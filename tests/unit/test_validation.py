@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from async_jobs import EnqueueRequest, JobApp
+from async_jobs.domain import jobs as jobs_module
 from async_jobs.domain.errors import InvalidJobError, PayloadTooLargeError
 from async_jobs.domain.jobs import Job, JobState, Priority, new_job_id
 from async_jobs.domain.retry import Backoff
@@ -106,23 +108,43 @@ def test_job_ids_are_uuid7_in_the_order_they_were_made() -> None:
     before = int(time.time() * 1000)
     ids = [new_job_id() for _ in range(1000)]
     after = int(time.time() * 1000)
-    assert len(set(ids)) == len(ids)
     for job_id in ids:
         assert (job_id.version, job_id.variant) == (7, uuid.RFC_4122)
         assert before <= job_id.int >> 80 <= after  # the millisecond it was made
-    stamps = [job_id.int >> 80 for job_id in ids]
-    assert stamps == sorted(stamps)
+    values = [job_id.int for job_id in ids]
+    assert all(a < b for a, b in itertools.pairwise(values))  # strictly, not only by the ms
 
 
-def test_job_ids_have_74_random_bits() -> None:
+def test_job_ids_carry_the_fraction_of_their_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    start = 1_800_000_000_123 * 1_000_000  # a whole millisecond, in nanoseconds
+    for offset_ns, fraction in ((0, 0), (250_000, 1024), (500_000, 2048), (999_999, 4095)):
+        monkeypatch.setattr(jobs_module, "_last_clock", 0)
+        monkeypatch.setattr(jobs_module, "_time_ns", lambda o=offset_ns: start + o)
+        job_id = new_job_id()
+        assert job_id.int >> 80 == 1_800_000_000_123
+        assert job_id.int >> 64 & 0xFFF == fraction  # rand_a: 4,096ths of the millisecond
+
+
+def test_job_ids_keep_increasing_when_the_clock_stands_still_or_goes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = iter([5_000_000_000_000, 5_000_000_000_000, 4_000_000_000_000, 5_000_000_000_100])
+    monkeypatch.setattr(jobs_module, "_last_clock", 0)
+    monkeypatch.setattr(jobs_module, "_time_ns", lambda: next(clock))
+    values = [new_job_id().int for _ in range(4)]
+    assert all(a < b for a, b in itertools.pairwise(values))
+    assert {v >> 80 for v in values} == {5_000_000}  # the step back did not go back
+
+
+def test_job_ids_have_62_random_bits() -> None:
     ids = [new_job_id().int for _ in range(2000)]  # several refills of random bits
     ones = zeros = 0
     for value in ids:
         ones |= value
         zeros |= ~value
-    varying = ones & zeros & ((1 << 80) - 1)  # bits seen both set and clear, below the time
-    assert bin(varying).count("1") == 74
-    assert varying & (0xF << 76 | 0b11 << 62) == 0  # version and variant never vary
+    random_part = (1 << 62) - 1  # rand_b; above it the variant, rand_a (time), the version
+    assert bin(ones & zeros & random_part).count("1") == 62
+    assert ones & zeros & (0xF << 76 | 0b11 << 62) == 0  # version and variant never vary
 
 
 def test_job_ids_behave_as_parsed_uuids() -> None:
@@ -145,7 +167,7 @@ def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
         child = {uuid.UUID(line) for line in pipe.read().split()}
     os.waitpid(pid, 0)
     parent = {new_job_id() for _ in range(5)}
-    tail = (1 << 80) - 1  # the random bits: shared ones would give equal ids in one millisecond
+    tail = (1 << 62) - 1  # the random bits: shared ones could give equal ids in one tick
     assert len(child) == 5 and not {i.int & tail for i in child} & {i.int & tail for i in parent}
 
 

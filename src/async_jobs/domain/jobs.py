@@ -516,21 +516,31 @@ def dispatch_order(job: Job) -> tuple[int, datetime, datetime]:
 
 
 def new_job_id() -> JobId:
-    """A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits. Ids
-    made one after the other sort close together, so the primary key's index grows at its
-    right edge instead of touching a random page per insert (fewer pages read and written,
-    far fewer full-page images in the WAL after each checkpoint).
+    """A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, 12 bits of the fraction of
+    the millisecond (its 4,096ths: RFC 9562's "increased clock precision"), then 62 random
+    bits. The ids one process makes are strictly increasing, so they sort in the order they
+    were made, and ids of different processes sort by the time they were made, to a fraction
+    of a millisecond. So the primary key's index grows at its right edge instead of touching
+    a random page per insert (fewer pages read and written, far fewer full-page images in
+    the WAL after each checkpoint). Should the clock not have moved on since the last id, or
+    moved back, the id takes the next value after the last one.
 
     This runs once per job enqueued, so it is made cheap: the random bits come from one
     read of the system's random source per 256 ids (with the version and variant bits
     already in place), and the UUID is made without ``UUID.__init__``'s parsing."""
+    global _last_clock
     try:
         rest = _pop_random()
     except IndexError:
         _refill_random()
         rest = _pop_random()
+    millis, nanos = divmod(_time_ns(), 1_000_000)
+    clock = (millis & _MILLIS_MASK) << 12 | (nanos << 12) // 1_000_000
+    if clock <= _last_clock:
+        clock = _last_clock + 1
+    _last_clock = clock
     job_id = _new_object(uuid.UUID)
-    _set_attribute(job_id, "int", (time.time_ns() // 1_000_000 & _MILLIS_MASK) << 80 | rest)
+    _set_attribute(job_id, "int", (clock >> 12) << 80 | (clock & 0xFFF) << 64 | rest)
     _set_attribute(job_id, "is_safe", _SAFE_UNKNOWN)
     return JobId(job_id)
 
@@ -545,18 +555,20 @@ def uuid_of_digits(digits: str) -> uuid.UUID:
 
 
 def _refill_random() -> None:
-    raw = os.urandom(10 * 256)  # 80 bits per id, 6 of them replaced by version and variant
+    raw = os.urandom(8 * 256)  # 64 bits per id, of which rand_b keeps 62
     _random_tails.extend(
-        int.from_bytes(raw[i : i + 10], "big") & _RANDOM_BITS | _VERSION_AND_VARIANT
-        for i in range(0, len(raw), 10)
+        int.from_bytes(raw[i : i + 8], "big") & _RANDOM_BITS | _VERSION_AND_VARIANT
+        for i in range(0, len(raw), 8)
     )
 
 
 _MILLIS_MASK = (1 << 48) - 1
-# The 80 bits after the milliseconds: version (4 bits, 7), rand_a (12), variant (2, 0b10),
-# rand_b (62).
+# The 80 bits after the milliseconds: version (4 bits, 7), rand_a (12: the fraction of the
+# millisecond), variant (2, 0b10), rand_b (62: random).
 _VERSION_AND_VARIANT = 0x7 << 76 | 0b10 << 62
-_RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76 | 0b11 << 62)
+_RANDOM_BITS = (1 << 62) - 1
+_last_clock = 0  # the milliseconds and their fraction (60 bits) of the last id made
+_time_ns = time.time_ns
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown  # an enum member: looked up once, not per id
 _random_tails: list[int] = []
 _pop_random = _random_tails.pop
