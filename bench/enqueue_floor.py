@@ -63,12 +63,18 @@ async def measure(jobs: int, run: Callable[[], Awaitable[None]], dsn: str) -> di
     }
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    await prepare_database(args.dsn)
-    app = JobApp(args.dsn, strict_types=False)
+async def opened(dsn: str) -> tuple[JobApp, asyncpg.Connection]:
+    """An app on the benchmark's database (created when missing, migrated) and a connection
+    of the benchmark's own."""
+    await prepare_database(dsn)
+    app = JobApp(dsn, strict_types=False)
     await app.open()
     await app.migrate()
-    conn = await asyncpg.connect(args.dsn)
+    return app, await asyncpg.connect(dsn)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    app, conn = await opened(args.dsn)
     await conn.execute("CREATE TABLE IF NOT EXISTS enqueue_floor (id uuid PRIMARY KEY, p jsonb)")
     insert_floor = await conn.prepare("INSERT INTO enqueue_floor VALUES ($1, '{}')")
     await app.enqueue("noop", None)  # opens the app's connections

@@ -32,16 +32,12 @@ import json
 import os
 import re
 import statistics
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+from enqueue_floor import measure, opened  # beside this file: run as bench/index_costs.py
 
-from async_jobs import EnqueueRequest, JobApp
-from async_jobs.bench.broker import cpu_meter, database_of
-from async_jobs.bench.harness import prepare_database
+from async_jobs import EnqueueRequest
 from async_jobs.domain.jobs import new_job_id
 from async_jobs.stores.postgres.inserts import _insert_values, _statement_params
 from async_jobs.stores.postgres.queries import QUERIES
@@ -72,23 +68,8 @@ def variants(indexes: dict[str, str]) -> dict[str, dict[str, str | None]]:
     return found
 
 
-async def measure(jobs: int, run: Callable[[], Awaitable[None]], dsn: str) -> dict[str, float]:
-    start = time.perf_counter()
-    with cpu_meter({}, database_of(dsn)) as shares:
-        await run()
-    wall = time.perf_counter() - start
-    return {
-        "jobs_per_s": jobs / wall,
-        "server_us": 1e6 * shares()["postgresql_db"] * wall / jobs,
-    }
-
-
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    await prepare_database(args.dsn)
-    app = JobApp(args.dsn, strict_types=False)
-    await app.open()
-    await app.migrate()
-    conn = await asyncpg.connect(args.dsn)
+    app, conn = await opened(args.dsn)
     rows = await conn.fetch(
         "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'async_jobs'"
     )
