@@ -10,11 +10,10 @@ statement-level ``NOTIFY`` trigger):
 - ``without <index>``: all of them but one (an index whose predicate a new pending job does
   not match costs the statement's set-up only), but for the idempotency key's, which the
   inserts' ``ON CONFLICT`` names;
-- ``listing by id``: the three listing indexes ordered by ``created_at`` replaced by the
-  same orders on the id (``(tenant_id, id DESC)``, ``(id DESC) WHERE status IN ('failed',
-  'cancelled')``, and the primary key for the global listing): what a listing ordered by
-  time-ordered ids (UUID version 7) would cost instead;
-- ``listing by id, without async_jobs_pending_due``: both.
+- ``listings by created_at (before 0018)``: the three listing indexes as they were before
+  migration 0018 (``(created_at DESC, id DESC)``, ``(tenant_id, created_at DESC, id DESC)``
+  and ``(created_at DESC, id DESC) WHERE status IN ('failed', 'cancelled')``) instead of the
+  ones on the id.
 
 Batches: 10 statements of ``insert_jobs_alike`` of 1,000 like jobs, each in its own
 transaction, parameters made beforehand (as ``enqueue_many`` sends a batch, less its client
@@ -38,32 +37,41 @@ from typing import Any
 from enqueue_floor import measure, opened  # beside this file: run as bench/index_costs.py
 
 from async_jobs import EnqueueRequest
-from async_jobs.domain.jobs import new_job_id
+from async_jobs.domain.jobs import NewJob, new_job_id, time_of_id
 from async_jobs.stores.postgres.inserts import _insert_values, _statement_params
 from async_jobs.stores.postgres.queries import QUERIES
 
 DSN = "postgresql://postgres@127.0.0.1:5432/index_costs_bench"
 BATCH, BATCHES, SINGLES = 1000, 10, 2000
-BY_ID = {
-    "async_jobs_created": None,  # the primary key gives the global listing's order
-    "async_jobs_tenant_created": "CREATE INDEX {name} ON {table} (tenant_id, id DESC)",
+BY_ID = ("async_jobs_tenant_id", "async_jobs_failed_id")  # 0018's listing indexes
+BY_CREATED_AT = {  # the listing indexes before 0018
+    "async_jobs_created": "CREATE INDEX {name} ON {table} (created_at DESC, id DESC)",
+    "async_jobs_tenant_created": (
+        "CREATE INDEX {name} ON {table} (tenant_id, created_at DESC, id DESC)"
+    ),
     "async_jobs_failed_created": (
-        "CREATE INDEX {name} ON {table} (id DESC) WHERE status IN ('failed', 'cancelled')"
+        "CREATE INDEX {name} ON {table} (created_at DESC, id DESC)"
+        " WHERE status IN ('failed', 'cancelled')"
     ),
 }
 
 
-def variants(indexes: dict[str, str]) -> dict[str, dict[str, str | None]]:
+def fresh(job: NewJob) -> NewJob:
+    """The job again, with an id of its own (and that id's time)."""
+    job_id = new_job_id()
+    return dataclasses.replace(job, id=job_id, created_at=time_of_id(job_id))
+
+
+def variants(indexes: dict[str, str]) -> dict[str, dict[str, str]]:
     """Each variant's indexes: name -> definition (a ``{name}``/``{table}`` template)."""
-    found: dict[str, dict[str, str | None]] = {"as migrated": dict(indexes)}
+    found: dict[str, dict[str, str]] = {"as migrated": dict(indexes)}
     for name in indexes:
         if name == "async_jobs_idempotency_key":  # the inserts' ON CONFLICT needs it
             continue
         found[f"without {name}"] = {n: d for n, d in indexes.items() if n != name}
-    by_id: dict[str, str | None] = {**indexes, **BY_ID}
-    found["listing by id"] = by_id
-    found["listing by id, without async_jobs_pending_due"] = {
-        n: d for n, d in by_id.items() if n != "async_jobs_pending_due"
+    found["listings by created_at (before 0018)"] = {
+        **{n: d for n, d in indexes.items() if n not in BY_ID},
+        **BY_CREATED_AT,
     }
     return found
 
@@ -93,8 +101,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "FOR EACH STATEMENT EXECUTE FUNCTION async_jobs_notify_inserted()"
         )
         for name, definition in chosen.items():
-            if definition is not None:
-                await conn.execute(definition.format(name=f"{table}_{name}", table=table))
+            await conn.execute(definition.format(name=f"{table}_{name}", table=table))
     found: dict[str, dict[str, list[dict[str, float]]]] = {
         v: {"batch": [], "single": []} for v in tables
     }
@@ -103,12 +110,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             into = f"INTO {table} AS j"
             batch_sql = QUERIES["insert_jobs_alike"].replace("INTO async_jobs AS j", into)
             single_sql = QUERIES["insert_job"].replace("INTO async_jobs AS j", into)
-            params = [
-                _statement_params([dataclasses.replace(j, id=new_job_id()) for j in like])[1]
-                for _ in range(BATCHES)
-            ]
+            params = [_statement_params([fresh(j) for j in like])[1] for _ in range(BATCHES)]
             singles = [
-                (*_insert_values(dataclasses.replace(like[0], id=new_job_id())), None)
+                (*_insert_values(job := fresh(like[0])), None, job.created_at)
                 for _ in range(SINGLES)
             ]
 

@@ -116,7 +116,7 @@ async def test_the_newest_first_listing_walks_its_index(
     args = (tenant, None, None, None, None, None, None, None, 51, None)
     scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
     assert not [s for s in scans if s.startswith("Seq Scan")], scans
-    index = "async_jobs_created" if tenant is None else "async_jobs_tenant_created"
+    index = "async_jobs_pkey" if tenant is None else "async_jobs_tenant_id"
     assert all(index in s for s in scans), scans
 
 
@@ -130,7 +130,7 @@ async def test_a_listing_by_priority_walks_the_same_index(
     args = (tenant, None, None, None, None, None, None, None, 51, "medium")
     scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
     assert not [s for s in scans if s.startswith("Seq Scan")], scans
-    index = "async_jobs_created" if tenant is None else "async_jobs_tenant_created"
+    index = "async_jobs_pkey" if tenant is None else "async_jobs_tenant_id"
     assert all(index in s for s in scans), scans
 
 
@@ -138,12 +138,13 @@ async def test_a_listing_of_waiting_jobs_walks_the_newest_first_index(
     explained: tuple[asyncpg.Connection, list[str]],
 ) -> None:
     """Waiting jobs have no listing index of their own (0014: every enqueue and claim would
-    pay for it): their listing walks async_jobs_created, where they are the newest rows."""
+    pay for it): their listing walks the primary key (0018), where they are the newest
+    rows."""
     conn, plans = explained
     args = (None, "pending", None, None, None, None, None, None, 51, None)
     scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
     assert not [s for s in scans if s.startswith("Seq Scan")], scans
-    assert all("async_jobs_created" in s for s in scans), scans
+    assert all("async_jobs_pkey" in s for s in scans), scans
 
 
 async def test_the_dispatch_window_counts_queued_jobs_from_a_partial_index(
@@ -166,10 +167,10 @@ async def test_the_dispatch_window_counts_queued_jobs_from_a_partial_index(
 @pytest.mark.parametrize(
     ("tenant", "status", "index"),
     [
-        (None, None, "async_jobs_created"),
-        ("t7", None, "async_jobs_tenant_created"),
-        ("t7", "failed", "async_jobs_tenant_created"),
-        (None, "failed", "async_jobs_failed_created"),
+        (None, None, "async_jobs_pkey"),
+        ("t7", None, "async_jobs_tenant_id"),
+        ("t7", "failed", "async_jobs_tenant_id"),
+        (None, "failed", "async_jobs_failed_id"),
     ],
 )
 async def test_a_bounded_scan_reads_one_index_and_no_more_than_its_budget(
@@ -188,7 +189,9 @@ async def test_a_bounded_scan_reads_one_index_and_no_more_than_its_budget(
     scans = await _explain(
         conn, plans, QUERIES["scan_jobs"], *args, setup=QUERIES["scan_walk_only"]
     )
-    assert scans and all(f"Index Scan using {index} " in s for s in scans), scans
+    # The primary key is ascending: newest first, it is walked backward.
+    walk = re.compile(rf"Index Scan (Backward )?using {index} ")
+    assert scans and all(walk.search(s) for s in scans), scans
     read = [int(n) for s in scans for n in re.findall(r"actual rows=(\d+)", s)]
     assert read and max(read) <= budget + 1, scans
 

@@ -22,6 +22,7 @@ from async_jobs.domain.jobs import (
     NewJob,
     OutcomeKind,
     Priority,
+    time_of_id,
 )
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Limits
@@ -250,8 +251,10 @@ async def test_a_long_batch_of_like_jobs_comes_back_as_stored(
     assert [job.id for job, _ in results] == [job.id for job in news]
     for job, created in results:
         assert created and await store.get_job(job.id) == job
-    if isinstance(store, PostgresStore):  # one transaction's now(): one set of times
-        assert len({(job.run_at, job.deadline_at, job.created_at) for job, _ in results}) == 1
+    if isinstance(store, PostgresStore):  # one transaction's now(): one run_at and deadline
+        assert len({(job.run_at, job.deadline_at) for job, _ in results}) == 1
+    for job, _ in results:  # created_at is each job's id's time (SQLite: its millisecond)
+        assert timedelta(0) <= time_of_id(job.id) - job.created_at < timedelta(milliseconds=1)
 
 
 async def test_batch_times_that_disagree_are_read_per_job(
@@ -264,13 +267,13 @@ async def test_batch_times_that_disagree_are_read_per_job(
     from async_jobs.stores.postgres.queries import QUERIES
 
     query = QUERIES["insert_jobs_alike"]
-    assert "min(created_at) AS created_at" in query and "max(created_at) AS" in query
+    assert "min(run_at) AS run_at" in query and "max(run_at) AS" in query
     # Both ends are made wrong: only the times read back per job match the stored ones.
     monkeypatch.setitem(
         QUERIES,
         "insert_jobs_alike",
-        query.replace("min(created_at) AS", "min(created_at) - interval '1 ms' AS").replace(
-            "max(created_at) AS", "max(created_at) + interval '1 ms' AS"
+        query.replace("min(run_at) AS", "min(run_at) - interval '1 ms' AS").replace(
+            "max(run_at) AS", "max(run_at) + interval '1 ms' AS"
         ),
     )
     news = [new_job(payload={"n": n}) for n in range(LONG_BATCH)]
@@ -498,6 +501,23 @@ async def test_list_pages_newest_first_and_filters(store: JobStore) -> None:
         JobFilter(created_after=made[0].created_at - timedelta(seconds=1)), 100
     )
     assert len(window.items) == 7
+
+
+async def test_a_jobs_created_at_is_its_ids_time_and_the_newest_lists_first(
+    store: JobStore,
+) -> None:
+    """Jobs enqueued back to back (several in one millisecond): each created_at is its id's
+    time, to the store's precision (SQLite keeps the millisecond), and newest first is the
+    reverse order of enqueueing."""
+    made = [(await store.insert_job(new_job(payload={"n": n})))[0] for n in range(20)]
+    for job in made:
+        assert timedelta(0) <= time_of_id(job.id) - job.created_at < timedelta(milliseconds=1)
+        assert await store.get_job(job.id) == job
+    page = await store.list_jobs(JobFilter(), 100)
+    assert [j.id for j in page.items] == [j.id for j in reversed(made)]
+    after = made[9].created_at
+    newest = await store.list_jobs(JobFilter(created_after=after), 100)
+    assert [j.id for j in newest.items] == [j.id for j in reversed(made) if j.created_at > after]
 
 
 async def test_list_and_count_filter_by_priority(store: JobStore) -> None:

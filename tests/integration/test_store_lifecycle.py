@@ -5,7 +5,7 @@ the refusal of a transactional enqueue where the store cannot do one."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,6 +25,7 @@ from async_jobs.domain.jobs import (
     Progress,
     ProgressUpdate,
     Reason,
+    time_of_id,
 )
 from async_jobs.domain.retry import Backoff
 from async_jobs.ports import JobStore
@@ -439,3 +440,24 @@ async def test_transactional_enqueue_needs_a_connection_the_store_can_use(
     if not isinstance(store, PostgresStore):
         assert "needs the PostgreSQL store" in str(raised.value)
     assert await store.get_job(job.id) is None
+
+
+async def test_a_job_enqueued_in_a_long_transaction_is_created_when_it_was_enqueued(
+    store: JobStore,
+) -> None:
+    """created_at is the id's time, not the caller's transaction's start (``now()``)."""
+    if not isinstance(store, PostgresStore):
+        pytest.skip("transactional enqueue is the PostgreSQL store's")
+    import asyncpg
+
+    conn = await asyncpg.connect(store.dsn)
+    try:
+        async with conn.transaction():
+            began = await conn.fetchval("SELECT now()")
+            await wait_until(lambda: datetime.now(UTC) > began + timedelta(milliseconds=50))
+            [(job, created)] = await store.insert_jobs_in(conn, [new_job()])
+        assert created and job.created_at >= began + timedelta(milliseconds=50)
+        assert job.created_at == time_of_id(job.id)
+        assert await store.get_job(job.id) == job
+    finally:
+        await conn.close()

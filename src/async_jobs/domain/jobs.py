@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NewType
 
 from async_jobs.domain.retry import Backoff
@@ -313,6 +313,9 @@ class NewJob:
     timeout_seconds: float | None
     idempotency_key: str | None
     webhook_url: str | None
+    # When the job was made: its id's time (``time_of_id``), from the enqueuing process's
+    # clock, so that the order of created_at is the order of the ids in every store.
+    created_at: datetime
     backoff: Backoff | None = None
     expires_at: datetime | None = None
     # Not stored: the tenant's max_pending in this use case, checked atomically at insert.
@@ -320,7 +323,9 @@ class NewJob:
     trace_context: str | None = None  # see Job; set by the enqueuing app when tracing
 
     def stored(self, run_at: datetime, deadline_at: datetime, created_at: datetime) -> Job:
-        """The job as a store has just written it, with the times its clock chose."""
+        """The job as a store has just written it, with the times its clock chose and
+        ``created_at`` as it keeps it (``self.created_at``, or that time to the precision
+        the store keeps)."""
         # Positional, in the order of Job's fields: this runs for every job enqueued, and
         # binding thirty keywords costs three times the call.
         job = Job(
@@ -545,6 +550,17 @@ def new_job_id() -> JobId:
     return JobId(job_id)
 
 
+def time_of_id(job_id: uuid.UUID) -> datetime:
+    """When ``new_job_id`` made an id: its millisecond and the fraction of it, to the
+    microsecond below. An id that is not a UUID version 7 tells no time: now."""
+    value = job_id.int
+    if value >> 76 & 0xF != 7:
+        return datetime.now(UTC)
+    return _UNIX_EPOCH + timedelta(
+        microseconds=(value >> 80) * 1000 + (value >> 64 & 0xFFF) * 1000 // 4096
+    )
+
+
 def uuid_of_digits(digits: str) -> uuid.UUID:
     """The UUID of 32 hexadecimal digits its caller has already checked, made without
     ``UUID.__init__``'s parsing (a broker's ticket names two UUIDs, read once per job)."""
@@ -563,6 +579,7 @@ def _refill_random() -> None:
 
 
 _MILLIS_MASK = (1 << 48) - 1
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The 80 bits after the milliseconds: version (4 bits, 7), rand_a (12: the fraction of the
 # millisecond), variant (2, 0b10), rand_b (62: random).
 _VERSION_AND_VARIANT = 0x7 << 76 | 0b10 << 62

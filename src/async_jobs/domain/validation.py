@@ -26,6 +26,7 @@ from async_jobs.domain.jobs import (
     NewJob,
     Priority,
     new_job_id,
+    time_of_id,
 )
 from async_jobs.domain.retry import Backoff
 
@@ -63,8 +64,9 @@ def build_new_job(
     if delay is not None and run_at is not None:
         raise InvalidJobError("give either a delay or run_at, not both", field="run_at")
     checked_payload, payload_json = check_payload(payload, max_payload_bytes)
+    job_id = job_id or new_job_id()
     return NewJob(
-        id=job_id or new_job_id(),
+        id=job_id,
         tenant_id=check_name(DEFAULT_TENANT if tenant_id is None else tenant_id, "tenant_id"),
         use_case=check_name(DEFAULT_USE_CASE if use_case is None else use_case, "use_case"),
         type=check_name(job_type, "type"),
@@ -92,6 +94,7 @@ def build_new_job(
         else _check_number(timeout_seconds, "timeout_seconds", 0.001, MAX_TIMEOUT_SECONDS),
         idempotency_key=_check_key(idempotency_key),
         webhook_url=None if webhook_url is None else _check_url(webhook_url),
+        created_at=time_of_id(job_id),
         backoff=_check_backoff(backoff),
         expires_at=_check_expires_at(expires_at, run_at),
     )
@@ -107,8 +110,9 @@ def build_like(
     those two are validated, every other field is ``first``'s. The jobs of a batch usually
     differ in nothing else, so a batch validates its shared fields once."""
     checked_payload, payload_json = check_payload(payload, max_payload_bytes)
+    job_id = new_job_id()
     return NewJob(
-        new_job_id(),
+        job_id,
         first.tenant_id,
         first.use_case,
         first.type,
@@ -122,6 +126,7 @@ def build_like(
         first.timeout_seconds,
         _check_key(idempotency_key),
         first.webhook_url,
+        time_of_id(job_id),
         first.backoff,
         first.expires_at,
         first.max_pending,

@@ -42,11 +42,15 @@ async def insert_job_on(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, boo
 
 async def _insert_one(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]:
     if job.idempotency_key is None:
-        row = await conn.fetchrow(QUERIES["insert_job"], *_insert_values(job), job.trace_context)
+        row = await conn.fetchrow(
+            QUERIES["insert_job"], *_insert_values(job), job.trace_context, job.created_at
+        )
         assert row is not None  # nothing to conflict with: an error or a row
         return _job_from_insert(job, row), True
     for _ in range(3):  # insert_jobs: the one statement that knows ON CONFLICT
-        rows = await conn.fetch(QUERIES["insert_jobs"], *_insert_columns([job]), job.trace_context)
+        rows = await conn.fetch(
+            QUERIES["insert_jobs"], *_insert_columns([job]), job.trace_context, [job.created_at]
+        )
         if rows:
             return _job_from_insert(job, rows[0]), True
         existing = await conn.fetch(
@@ -153,9 +157,9 @@ def _make_inserted(
         [row] = rows
         if row["n"] != len(chunk):  # no key: every job is inserted, or the statement fails
             raise StoreError(f"a statement of {len(chunk)} jobs inserted {row['n']}")
-        times = (row["run_at"], row["deadline_at"], row["created_at"])
-        if times == (row["last_run_at"], row["last_deadline_at"], row["last_created_at"]):
-            made.extend(job.stored(*times) for job in chunk)
+        run_at, deadline_at = row["run_at"], row["deadline_at"]
+        if (run_at, deadline_at) == (row["last_run_at"], row["last_deadline_at"]):
+            made.extend(job.stored(run_at, deadline_at, job.created_at) for job in chunk)
         else:
             unsure.append((len(made), chunk))
             made.extend(None for _ in chunk)
@@ -277,6 +281,7 @@ def _statement_params(jobs: list[NewJob]) -> tuple[bool, list[Any]]:
     parameters."""
     params = _insert_columns(jobs)
     params.append(jobs[0].trace_context)
+    params.append([job.created_at for job in jobs])
     alike = (
         params[_KEY_ARRAY] is None
         and params[_SHARED_KEY] is None

@@ -30,17 +30,19 @@ INSERT INTO async_jobs_migrations (name) VALUES ($1);
 -- One job without an idempotency key ($12 NULL), one statement, no explicit transaction: the
 -- fast path of single enqueue. Such a job cannot conflict, so there is no ON CONFLICT, whose
 -- arbiter costs a single insert about 30 us here. A job with a key goes by insert_jobs.
+-- $17: created_at, the id's time (also the first updated_at).
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at, trace_context, delayed
+    backoff, expires_at, trace_context, delayed, created_at, updated_at
 )
 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::async_jobs_priority, $7,
         COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)), $10,
         COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8))
             + make_interval(secs => $10),
         $11, $12::text, $13, $14::text::jsonb, $15, $16::text,
-        COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)) > now())
+        COALESCE($9::timestamptz, now() + make_interval(secs => $8::float8)) > now(),
+        $17::timestamptz, $17::timestamptz)
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 
 -- part: insert_rows
@@ -51,11 +53,11 @@ RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 -- case: one type, one tenant, no key), as that single value ($16-$28) with its array NULL,
 -- which unnest reads as NULL in every row. One of the two is always NULL, so COALESCE
 -- picks the one that was sent. $29: the trace context of the whole statement (one enqueue
--- call, one context).
+-- call, one context). $30: each job's created_at, its id's time (also its first updated_at).
 INSERT INTO async_jobs AS j (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,
-    backoff, expires_at, trace_context, delayed
+    backoff, expires_at, trace_context, delayed, created_at, updated_at
 )
 SELECT
     u.id, COALESCE(u.tenant_id, $16), COALESCE(u.use_case, $17), COALESCE(u.type, $18),
@@ -64,14 +66,14 @@ SELECT
     t.run_at + make_interval(secs => t.tolerance), COALESCE(u.timeout_seconds, $24),
     COALESCE(u.idempotency_key, $25), COALESCE(u.webhook_url, $26),
     COALESCE(u.backoff, $27)::jsonb, COALESCE(u.expires_at, $28), $29::text,
-    t.run_at > now()
+    t.run_at > now(), u.created_at, u.created_at
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
     $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], $12::text[], $13::text[],
-    $14::text[], $15::timestamptz[]
+    $14::text[], $15::timestamptz[], $30::timestamptz[]
 ) AS u(id, payload, tenant_id, use_case, type, priority, max_attempts,
        delay, run_at, tolerance, timeout_seconds, idempotency_key, webhook_url, backoff,
-       expires_at)
+       expires_at, created_at)
 CROSS JOIN LATERAL (
     SELECT COALESCE(u.run_at, $22::timestamptz,
                     now() + make_interval(secs => COALESCE(u.delay, $21::float8))) AS run_at,
@@ -86,17 +88,16 @@ RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 
 -- name: insert_jobs_alike
 -- insert_rows for jobs that have no idempotency key and share their delay, run_at and
--- tolerance: every job is inserted, and all get the same run_at, deadline and created_at
--- (now() is the transaction's start). One row comes back instead of one per job: reading
--- a thousand rows cost the client about 3 us per job, a third of its work in a batch. The
--- caller checks that each time's least and greatest agree.
+-- tolerance: every job is inserted, and all get the same run_at and deadline (now() is the
+-- transaction's start; created_at is each job's own, sent). One row comes back instead of
+-- one per job: reading a thousand rows cost the client about 3 us per job, a third of its
+-- work in a batch. The caller checks that each time's least and greatest agree.
 WITH inserted AS (
     -- use: insert_rows
-    RETURNING j.run_at, j.deadline_at, j.created_at
+    RETURNING j.run_at, j.deadline_at
 )
 SELECT count(*)::int AS n, min(run_at) AS run_at, max(run_at) AS last_run_at,
-       min(deadline_at) AS deadline_at, max(deadline_at) AS last_deadline_at,
-       min(created_at) AS created_at, max(created_at) AS last_created_at
+       min(deadline_at) AS deadline_at, max(deadline_at) AS last_deadline_at
 FROM inserted;
 
 -- name: get_inserted_times
@@ -128,21 +129,26 @@ SELECT * FROM async_jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2);
 
 -- part: job_filters
 -- The filters of list_jobs, count_jobs and scan_jobs ($1 tenant, $2 state, $3 use case, $4
--- type, $5 and $6 created after and before): each one NULL leaves out.
+-- type, $5 and $6 created after and before): each one NULL leaves out. A job's created_at
+-- is its id's time (0018), so the two times also bound the id, with a minute to spare for
+-- rows written before 0018, whose created_at came from the database's clock.
 WHERE ($1::text IS NULL OR tenant_id = $1)
   AND ($2::async_jobs_state IS NULL OR status = $2)
   AND ($3::text IS NULL OR use_case = $3)
   AND ($4::text IS NULL OR type = $4)
-  AND ($5::timestamptz IS NULL OR created_at > $5)
-  AND ($6::timestamptz IS NULL OR created_at < $6)
+  AND ($5::timestamptz IS NULL
+       OR (created_at > $5 AND id >= async_jobs_id_floor($5 - interval '1 minute')))
+  AND ($6::timestamptz IS NULL
+       OR (created_at < $6 AND id < async_jobs_id_floor($6 + interval '1 minute')))
 
 -- name: list_jobs
--- Newest first; the cursor is the (created_at, id) of the last row of the previous page.
+-- Newest first: in the order of the ids, which is that of created_at (0018). The cursor is
+-- the (created_at, id) of the last row of the previous page; its id is the bound.
 SELECT * FROM async_jobs
 -- use: job_filters
-  AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8::uuid))
+  AND ($7::timestamptz IS NULL OR id < $8::uuid)
   AND ($10::async_jobs_priority IS NULL OR priority = $10)
-ORDER BY created_at DESC, id DESC
+ORDER BY id DESC
 LIMIT $9;
 
 -- name: claim_jobs
@@ -712,20 +718,23 @@ SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL jit
 -- A walk newest first of at most $9 jobs after the cursor ($7, $8) that returns the keys of
 -- the first $10 matching list_jobs' filters (hit true), or, when fewer match, the key of the
 -- $9-th job read (hit false: the walk spent its budget there), if it read that many.
--- walked reads one index: a tenant's jobs on async_jobs_tenant_created (its BETWEEN and the
--- ORDER BY led by tenant_id leave no other index that gives the order), the failed and
--- cancelled jobs ($12) on async_jobs_failed_created, else async_jobs_created; the other
--- filters are checked on the rows it read, never in its WHERE, where they would make the
--- LIMIT count matches instead of rows read. Its rows are read in the order they were
--- written. Run after scan_walk_only, in the same transaction.
+-- walked reads one index: a tenant's jobs on async_jobs_tenant_id (its BETWEEN and the ORDER
+-- BY led by tenant_id leave no other index that gives the order), the failed and cancelled
+-- jobs ($12) on async_jobs_failed_id, else the primary key; the other filters are checked on
+-- the rows it read, never in its WHERE, where they would make the LIMIT count matches
+-- instead of rows read. Its rows are read in the order they were made (the ids', 0018).
+-- The created_at bounds are those of job_filters. Run after scan_walk_only, in the same
+-- transaction.
 WITH walked AS (
     SELECT created_at, id, tenant_id, status, use_case, type, priority FROM async_jobs
     WHERE ($1::text IS NULL OR tenant_id BETWEEN $1 AND $1)
       AND (NOT $12::boolean OR status IN ('failed', 'cancelled'))
-      AND ($5::timestamptz IS NULL OR created_at > $5)
-      AND ($6::timestamptz IS NULL OR created_at < $6)
-      AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8::uuid))
-    ORDER BY CASE WHEN $1::text IS NULL THEN NULL ELSE tenant_id END, created_at DESC, id DESC
+      AND ($5::timestamptz IS NULL
+           OR (created_at > $5 AND id >= async_jobs_id_floor($5 - interval '1 minute')))
+      AND ($6::timestamptz IS NULL
+           OR (created_at < $6 AND id < async_jobs_id_floor($6 + interval '1 minute')))
+      AND ($7::timestamptz IS NULL OR id < $8::uuid)
+    ORDER BY CASE WHEN $1::text IS NULL THEN NULL ELSE tenant_id END, id DESC
     LIMIT $9
 )
 (SELECT created_at, id, true AS hit FROM walked
@@ -738,7 +747,7 @@ LIMIT $10;
 
 -- name: get_jobs
 -- Jobs by id, in no order (scan_jobs' page: its caller sorts them; under scan_walk_only an
--- ORDER BY here could walk async_jobs_created rather than sort a few rows).
+-- ORDER BY here could walk the primary key rather than sort a few rows).
 SELECT * FROM async_jobs WHERE id = ANY($1::uuid[]);
 
 -- name: get_job_by_key
@@ -779,6 +788,13 @@ FROM unnest($1::text[]) AS u(use_case);
 -- and use case 'default' (literals, so that the planner sees them); seeded rows are in
 -- tenants 'bench-t<n>'.
 
+-- part: bench_seed_id
+-- A job id as the app makes it for a job created at t.c (UUID version 7: the millisecond,
+-- then random digits with the version and variant in place), so that the seeded rows list
+-- in time order among the measured ones (0018).
+(lpad(to_hex(floor(extract(epoch FROM t.c) * 1000)::bigint), 12, '0') || '7'
+ || substr(r.m, 1, 3) || '8' || substr(r.m, 4, 15))::uuid
+
 -- name: bench_seed_history
 -- Finished jobs created over the last week, each finished a few seconds after it was
 -- created: rows $1 to $2 of $4, over $3 tenants.
@@ -786,14 +802,17 @@ INSERT INTO async_jobs (
     id, tenant_id, use_case, type, payload, priority, status, attempts, max_attempts,
     run_at, delay_tolerance_seconds, deadline_at, result, worker_id,
     created_at, updated_at, started_at, finished_at)
-SELECT gen_random_uuid(),
+SELECT
+-- use: bench_seed_id
+       ,
        'bench-t' || (i % $3),
        CASE WHEN i % 5 = 0 THEN 'default' ELSE 'bench-other-' || (i % 5) END,
        'bench_history', '{}'::jsonb, 'medium', 'succeeded', 1, 3,
        c, 60, c + interval '60 seconds', '{"ok": true}'::jsonb, 'bench-seed',
        c, c + interval '2 seconds', c + interval '1 second', c + interval '2 seconds'
 FROM generate_series($1::bigint, $2::bigint) AS i,
-     LATERAL (SELECT now() - interval '7 days' * (i::float8 / $4)) AS t(c);
+     LATERAL (SELECT now() - interval '7 days' * (i::float8 / $4)) AS t(c),
+     LATERAL (SELECT md5(i::text || random()::text)) AS r(m);
 
 -- name: bench_seed_backlog
 -- Pending jobs due in one to two days, marked delayed as an enqueue with a delay marks them:
@@ -801,13 +820,17 @@ FROM generate_series($1::bigint, $2::bigint) AS i,
 INSERT INTO async_jobs (
     id, tenant_id, use_case, type, payload, priority, status, attempts, max_attempts,
     run_at, delay_tolerance_seconds, deadline_at, created_at, updated_at, delayed)
-SELECT gen_random_uuid(),
+SELECT
+-- use: bench_seed_id
+       ,
        'bench-t' || (i % $3),
        CASE WHEN i % 5 = 0 THEN 'default' ELSE 'bench-other-' || (i % 5) END,
        'bench_backlog', '{}'::jsonb, 'medium', 'pending', 0, 3,
-       r, 60, r + interval '60 seconds', now(), now(), true
+       d.due, 60, d.due + interval '60 seconds', t.c, t.c, true
 FROM generate_series($1::bigint, $2::bigint) AS i,
-     LATERAL (SELECT now() + interval '1 day' + interval '1 day' * (i::float8 / $4)) AS t(r);
+     LATERAL (SELECT now() + interval '1 day' + interval '1 day' * (i::float8 / $4)) AS d(due),
+     LATERAL (SELECT now()) AS t(c),
+     LATERAL (SELECT md5(i::text || random()::text)) AS r(m);
 
 -- name: bench_unfinished
 -- The measured jobs not ended yet: polled during a drain, so it must cost the database

@@ -52,7 +52,7 @@ VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0);
 -- :jobs is a JSON array of [id, tenant_id, use_case, type, payload_json, priority,
 -- max_attempts, delay_seconds, run_at (epoch or null), delay_tolerance_seconds,
 -- timeout_seconds, idempotency_key, webhook_url, backoff_json (or null), expires_at (epoch
--- or null)]; :trace_context is the whole batch's (one enqueue call, one context). A repeated
+-- or null), created_at (epoch: the id's time)]; :trace_context is the whole batch's (one enqueue call, one context). A repeated
 -- idempotency key inserts nothing (the first of a batch wins); the caller then reads the
 -- existing job. run_at is absolute when given, else now + delay.
 INSERT INTO async_jobs (
@@ -63,7 +63,8 @@ INSERT INTO async_jobs (
 SELECT
     u.id, u.tenant_id, u.use_case, u.type, u.payload, u.priority, u.max_attempts, u.run_at,
     u.tolerance, u.run_at + u.tolerance, u.timeout_seconds, u.idempotency_key,
-    u.webhook_url, u.backoff, u.expires_at, u.now, u.now, :trace_context, u.run_at > u.now
+    u.webhook_url, u.backoff, u.expires_at, u.created_at, u.created_at, :trace_context,
+    u.run_at > u.now
 FROM (
     SELECT
         e.key AS seq,
@@ -81,6 +82,7 @@ FROM (
         e.value ->> 12 AS webhook_url,
         e.value ->> 13 AS backoff,
         e.value ->> 14 AS expires_at,
+        e.value ->> 15 AS created_at,
         c.now AS now
     FROM json_each(:jobs) AS e,
          (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now) AS c

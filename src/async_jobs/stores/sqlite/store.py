@@ -761,6 +761,9 @@ def _jobs_json(jobs: Sequence[NewJob]) -> str:
                 j.webhook_url,
                 None if j.backoff is None else json_dumps(j.backoff.to_json()),
                 _epoch_or_none(j.expires_at),
+                # The id's time to the millisecond, as this store keeps its times: ordered
+                # by (created_at, id), the jobs are in the order of their ids.
+                math.floor(_epoch(j.created_at) * 1000) / 1000,
             ]
             for j in jobs
         ]
