@@ -24,6 +24,8 @@ from typing import Any
 
 import asyncpg
 
+from async_jobs.stores.postgres.queries import QUERIES
+
 RESULTS = Path(__file__).parent / "results"
 SERVER = "postgresql://postgres@127.0.0.1:5432/"
 KEYS = (
@@ -66,12 +68,23 @@ SELECT count(*) FROM async_jobs_claim(50, '{}'::text[], '{}'::text[], 'plan-chec
     100000, '{}'::text[], '{}'::int[], '{}'::text[], '{}'::text[], '{}'::int[],
     '{}'::float8[], false)
 """
-LISTINGS = {
-    "list, newest first": "SELECT * FROM async_jobs ORDER BY created_at DESC, id DESC LIMIT 50",
-    "list, one tenant": "SELECT * FROM async_jobs WHERE tenant_id = 'bench-t7' "
-    "ORDER BY created_at DESC, id DESC LIMIT 50",
-    "list, one tenant and state": "SELECT * FROM async_jobs WHERE tenant_id = 'bench-t7' "
-    "AND status = 'pending' ORDER BY created_at DESC, id DESC LIMIT 50",
+# The store's own listing statement (list_jobs: tenant, state, use case, type, created after
+# and before, cursor, limit, priority), as the API and the dashboard run it.
+LISTINGS: dict[str, tuple[object, ...]] = {
+    "list, newest first": (None, None, None, None, None, None, None, None, 50, None),
+    "list, one tenant": ("bench-t7", None, None, None, None, None, None, None, 50, None),
+    "list, one tenant and state": (
+        "bench-t7",
+        "pending",
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        50,
+        None,
+    ),
 }
 
 
@@ -93,8 +106,8 @@ async def plans(dsn: str) -> str:
         out.append("== claim of 50 (1,000 due jobs in tenant 'default'), second call ==")
         out.extend(notes)
         await conn.execute("SET client_min_messages = warning")
-        for title, sql in LISTINGS.items():
-            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")
+        for title, args in LISTINGS.items():
+            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {QUERIES['list_jobs']}", *args)
             out.append(f"== {title} ==")
             out.extend(r[0] for r in rows)
         await tx.rollback()
