@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from async_jobs.domain import jobs as jobs_module
 from async_jobs.domain.errors import SchemaMissingError, StoreError, StoreUnavailableError
 from async_jobs.domain.jobs import ClaimRequest, JobFilter, JobId, NewJob
 from async_jobs.domain.scheduling import Limits
@@ -157,8 +159,18 @@ async def test_a_cancelled_write_leaves_no_transaction_open(
     assert len(await store.insert_jobs(_jobs(1))) == 1
 
 
-async def test_pages_split_a_batch_created_in_the_same_millisecond(store: SqliteStore) -> None:
-    created = [job for job, _ in await store.insert_jobs(_jobs(25))]
+async def test_pages_split_a_batch_created_in_the_same_millisecond(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # created_at is the id's time: the clock stands still (at the start of a millisecond)
+    # while the jobs are made, so that their ids, each the last one's next, share that
+    # millisecond, as this store keeps it. undo() puts the clock and its last id back.
+    now = time.time_ns() // 1_000_000 * 1_000_000
+    monkeypatch.setattr(jobs_module, "_last_clock", 0)
+    monkeypatch.setattr(jobs_module, "_time_ns", lambda: now)
+    jobs = _jobs(25)
+    monkeypatch.undo()
+    created = [job for job, _ in await store.insert_jobs(jobs)]
     assert len({job.created_at for job in created}) == 1
     expected = sorted((job.id for job in created), reverse=True)
     seen: list[JobId] = []
