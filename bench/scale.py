@@ -68,23 +68,18 @@ SELECT count(*) FROM async_jobs_claim(50, '{}'::text[], '{}'::text[], 'plan-chec
     100000, '{}'::text[], '{}'::int[], '{}'::text[], '{}'::text[], '{}'::int[],
     '{}'::float8[], false)
 """
-# The store's own listing statement (list_jobs: tenant, state, use case, type, created after
-# and before, cursor, limit, priority), as the API and the dashboard run it.
-LISTINGS: dict[str, tuple[object, ...]] = {
-    "list, newest first": (None, None, None, None, None, None, None, None, 50, None),
-    "list, one tenant": ("bench-t7", None, None, None, None, None, None, None, 50, None),
-    "list, one tenant and state": (
-        "bench-t7",
-        "pending",
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        50,
-        None,
-    ),
+
+
+def _listing(tenant: str | None = None, status: str | None = None) -> tuple[object, ...]:
+    """The parameters of the store's own listing statement (list_jobs), as the API and the
+    dashboard run it: a tenant and a state, no other filter, no cursor, 50 rows."""
+    return (tenant, status, None, None, None, None, None, None, 50, None)
+
+
+LISTINGS = {
+    "list, newest first": _listing(),
+    "list, one tenant": _listing("bench-t7"),
+    "list, one tenant and state": _listing("bench-t7", "pending"),
 }
 
 

@@ -11,13 +11,14 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from async_jobs.domain import jobs as jobs_module
 from async_jobs.domain.errors import SchemaMissingError, StoreError, StoreUnavailableError
-from async_jobs.domain.jobs import ClaimRequest, JobFilter, JobId, NewJob
+from async_jobs.domain.jobs import ClaimRequest, JobFilter, JobId, NewJob, time_of_id
 from async_jobs.domain.scheduling import Limits
 from async_jobs.domain.validation import build_new_job
 from async_jobs.stores.sqlite import SqliteStore
@@ -182,6 +183,23 @@ async def test_pages_split_a_batch_created_in_the_same_millisecond(
             break
         cursor = page.next_cursor
     assert seen == expected
+
+
+async def test_a_job_made_at_a_whole_millisecond_keeps_that_millisecond(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """created_at is exactly the millisecond of the id, whichever part of a second it is
+    (this store keeps whole milliseconds)."""
+    made = []
+    for millis in (1_796_627_123_000, 1_796_627_123_123, 1_796_627_123_999):
+        monkeypatch.setattr(jobs_module, "_last_clock", 0)
+        monkeypatch.setattr(jobs_module, "_time_ns", lambda m=millis: m * 1_000_000)
+        made.append((millis, _jobs(1)[0]))
+        monkeypatch.undo()
+    for millis, new in made:
+        job, _ = await store.insert_job(new)
+        assert job.created_at == time_of_id(job.id) == datetime.fromtimestamp(millis / 1000, UTC)
+        assert await store.get_job(job.id) == job
 
 
 async def test_times_survive_the_round_trip_through_real_seconds(store: SqliteStore) -> None:

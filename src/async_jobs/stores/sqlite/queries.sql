@@ -52,9 +52,10 @@ VALUES (:name, round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0);
 -- :jobs is a JSON array of [id, tenant_id, use_case, type, payload_json, priority,
 -- max_attempts, delay_seconds, run_at (epoch or null), delay_tolerance_seconds,
 -- timeout_seconds, idempotency_key, webhook_url, backoff_json (or null), expires_at (epoch
--- or null), created_at (epoch: the id's time)]; :trace_context is the whole batch's (one enqueue call, one context). A repeated
--- idempotency key inserts nothing (the first of a batch wins); the caller then reads the
--- existing job. run_at is absolute when given, else now + delay.
+-- or null), created_at (epoch: the id's time)]; :trace_context is the whole batch's (one
+-- enqueue call, one context). A repeated idempotency key inserts nothing (the first of a
+-- batch wins); the caller then reads the existing job. run_at is absolute when given, else
+-- now + delay.
 INSERT INTO async_jobs (
     id, tenant_id, use_case, type, payload, priority, max_attempts, run_at,
     delay_tolerance_seconds, deadline_at, timeout_seconds, idempotency_key, webhook_url,

@@ -24,7 +24,7 @@ import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -761,9 +761,10 @@ def _jobs_json(jobs: Sequence[NewJob]) -> str:
                 j.webhook_url,
                 None if j.backoff is None else json_dumps(j.backoff.to_json()),
                 _epoch_or_none(j.expires_at),
-                # The id's time to the millisecond, as this store keeps its times: ordered
-                # by (created_at, id), the jobs are in the order of their ids.
-                math.floor(_epoch(j.created_at) * 1000) / 1000,
+                # The id's time to the millisecond below, as this store keeps its times
+                # (counted in whole milliseconds, no float rounding on the way): ordered by
+                # (created_at, id), the jobs are in the order of their ids.
+                (j.created_at - _UNIX_EPOCH) // _MILLISECOND / 1000,
             ]
             for j in jobs
         ]
@@ -1075,6 +1076,10 @@ def _json_or_none(text: str | None) -> Any:
 
 
 # -- time -----------------------------------------------------------------------------------
+
+
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def _time(epoch_seconds: float) -> datetime:
