@@ -339,9 +339,11 @@ class Transport(Protocol):
         """End a ``receive`` that is waiting for jobs now (the worker is stopping); jobs
         already claimed are still returned, never dropped."""
 
-    def nudge(self) -> None:
+    def nudge(self, *, requeued: bool) -> None:
         """Slots may have been freed (this worker's outcomes were written): a ``receive``
-        that is waiting tries to claim again now instead of at its next poll."""
+        that is waiting tries to claim again now instead of at its next poll, when that can
+        find something: ``requeued``, some of the jobs went back to pending (a retry, a job
+        handed back), or a cap or quota may let another job start now."""
 
     async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         """Record outcomes in the store, then tell the broker (if any) they are done."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import threading
 from typing import Any
 
@@ -22,7 +23,10 @@ from async_jobs import (
     WorkerConfig,
 )
 from async_jobs.core.worker import Worker
+from async_jobs.domain.jobs import ClaimRequest
+from async_jobs.domain.scheduling import Limits
 from async_jobs.domain.workers import ProcessKind
+from async_jobs.transports.direct import DirectTransport
 from tests.helpers import age_leases, wait_until, watch_wakeup
 
 
@@ -420,12 +424,114 @@ async def test_a_worker_that_cannot_renew_for_a_whole_lease_stops_its_handler(
     assert (back.status, back.attempts) == (JobState.PENDING, 0)  # handed back unspent
 
 
-def _direct(app: JobApp, store: Any) -> Any:
-    from async_jobs.domain.jobs import ClaimRequest
-    from async_jobs.transports.direct import DirectTransport
-
-    claim = ClaimRequest(worker_id="w", limit=4, lease_seconds=0.6, types=app.registry.types)
+def _direct(app: JobApp, store: Any, limits: Limits | None = None) -> Any:
+    claim = ClaimRequest(
+        worker_id="w",
+        limit=4,
+        lease_seconds=0.6,
+        types=app.registry.types,
+        limits=limits or Limits(),
+    )
     return DirectTransport(store, claim)
+
+
+def count_claims(store: Any) -> list[int]:
+    """Count the claim statements of ``store`` from now on (in the one-item list)."""
+    claims = [0]
+    claim_jobs = store.claim_jobs
+
+    async def counted(request: ClaimRequest) -> Any:
+        claims[0] += 1
+        return await claim_jobs(request)
+
+    store.claim_jobs = counted
+    return claims
+
+
+async def test_an_idle_worker_claims_twice_per_job_when_nothing_caps_its_starts(
+    app: JobApp,
+) -> None:
+    """Per job: the claim its arrival wakes, which takes it, and one right after (more may
+    have come). Its outcome frees nothing another job could be waiting for (no cap, no
+    quota), so no claim follows that; before, two did (a nudge, then the next call's)."""
+
+    @app.job("noop")
+    async def noop(ctx: JobContext, payload: dict[str, Any]) -> None:
+        return None
+
+    claims = count_claims(app.store)
+    worker = app.worker(config(poll_interval_seconds=600, reap_interval_seconds=0))
+    task = asyncio.create_task(worker.run())
+    try:
+        for _ in range(5):
+            job = await app.enqueue("noop")
+            done = functools.partial(status_is, app, job.id, JobState.SUCCEEDED)
+            await wait_until(done, timeout=10)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+    assert 10 <= claims[0] <= 2 * 5 + 2, claims[0]  # the first claim at start, found nothing
+
+
+@pytest.mark.stores("postgres")  # its wake-ups are for inserted jobs only, not retries
+async def test_a_retry_due_at_once_starts_without_waiting_for_the_poll(app: JobApp) -> None:
+    attempts: list[int] = []
+
+    @app.job("flaky", max_attempts=2, backoff=Backoff.constant(0, jitter=0))
+    async def flaky(ctx: JobContext, payload: dict[str, Any]) -> None:
+        attempts.append(ctx.job.attempts)
+        if len(attempts) == 1:
+            raise RuntimeError("the first attempt fails")
+
+    wakeup = watch_wakeup(app.store)
+    worker = app.worker(config(poll_interval_seconds=600, reap_interval_seconds=0))
+    task = asyncio.create_task(worker.run())
+    try:
+        # Listening already (making the LISTEN connection wakes a claim of its own).
+        await asyncio.wait_for(wakeup.awaited.wait(), 10)
+        job = await app.enqueue("flaky")
+        await wait_until(lambda: status_is(app, job.id, JobState.SUCCEEDED), timeout=10)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+    assert attempts == [1, 2]
+
+
+async def test_under_a_cap_the_next_job_starts_when_a_slot_frees_not_at_the_poll(
+    app: JobApp,
+) -> None:
+    release = asyncio.Event()
+
+    @app.job("held")
+    async def held(ctx: JobContext, payload: dict[str, Any]) -> None:
+        await release.wait()
+
+    first = await app.enqueue("held")
+    second = await app.enqueue("held")
+    transport = _direct(app, app.store, Limits(max_concurrent={first.use_case: 1}))
+    worker = Worker(
+        app.registry,
+        app.store,
+        transport,
+        config(poll_interval_seconds=600, lease_seconds=30, reap_interval_seconds=0),
+    )
+
+    async def one_running() -> bool:
+        states = {(await app.get_job(j.id)).status for j in (first, second)}
+        return states == {JobState.RUNNING, JobState.PENDING}
+
+    async def both_done() -> bool:
+        return all([await status_is(app, j.id, JobState.SUCCEEDED) for j in (first, second)])
+
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(one_running, timeout=10)
+        release.set()
+        await wait_until(both_done, timeout=10)  # the poll would take 450-600 s
+    finally:
+        worker.stop()
+        worker.stop()
+        await asyncio.wait_for(task, 10)
 
 
 async def test_stopping_an_idle_worker_does_not_wait_out_its_poll_interval(app: JobApp) -> None:

@@ -74,6 +74,8 @@ SHORT_JOB_SECONDS = 0.01
 SHORT_JOBS_PREFETCH = 4
 RUN_WEIGHT = 0.1
 RECONNECT_BACKOFF = Backoff.exponential(0.2, cap_seconds=15.0, jitter=0.5)
+# Outcomes that put the job back to pending: once written, it may be due at once.
+_REQUEUED = frozenset((OutcomeKind.RETRY, OutcomeKind.RELEASED))
 
 
 def default_worker_id() -> str:
@@ -445,7 +447,8 @@ class Worker:
         for outcome in outcomes:
             self._held.pop(outcome.job_id, None)
         self._slot_freed.set()
-        self._transport.nudge()  # their use cases' slots are free in the store now
+        # Their use cases' slots are free in the store now; a retry may be due already.
+        self._transport.nudge(requeued=any(o.kind in _REQUEUED for o in outcomes))
 
     # -- leases -----------------------------------------------------------------------------
 

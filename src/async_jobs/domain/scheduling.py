@@ -62,6 +62,16 @@ class Limits:
             use_case in of_tenant or ANY_USE_CASE in of_tenant for of_tenant in self.quotas.values()
         )
 
+    @property
+    def any(self) -> bool:
+        """Whether any use case has a cap or any tenant a quota: only then can a job that
+        ends let another one start that could not before."""
+        return (
+            self.default_max_concurrent is not None
+            or bool(self.max_concurrent)
+            or bool(self.quotas)
+        )
+
     def quota(self, tenant_id: str, use_case: str) -> TenantQuota | None:
         of_tenant = self.quotas.get(tenant_id)
         if of_tenant is None:

@@ -150,7 +150,7 @@ class BrokerTransport(abc.ABC, Generic[H]):
         self._arrived.set()
         self._demand.set()
 
-    def nudge(self) -> None:
+    def nudge(self, *, requeued: bool) -> None:
         return None  # slots are filled by the scheduler's dispatch, not by this worker
 
     @property

@@ -32,13 +32,28 @@ class DirectTransport:
     async def receive(self, capacity: int, wait_seconds: float, ahead: int = 0) -> list[Job]:
         # ``ahead`` means nothing here: the worker's own prefetch claims ahead.
         request = dataclasses.replace(self._claim, limit=capacity)
-        self._nudged.clear()
-        jobs = await self._store.claim_jobs(request)
-        if jobs or wait_seconds <= 0 or self._woken.is_set() or self._nudged.is_set():
-            return jobs
-        # Only the idle path pays for the waiters: a wake-up from the store, wake(), or a
-        # nudge (slots freed: a use case at its limit may have room again).
-        waiting = asyncio.ensure_future(self._store.wait_for_jobs(wait_seconds))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        while True:
+            self._nudged.clear()
+            jobs = await self._store.claim_jobs(request)
+            if jobs or wait_seconds <= 0 or self._woken.is_set() or self._nudged.is_set():
+                return jobs
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            await self._wait(remaining)
+            # Woken by the store or a nudge: claim again, and if that finds nothing (the
+            # job went to another worker, the slot to another job), wait out the rest of
+            # the interval. Once the interval is over, return at once: the caller's next
+            # call claims first, so an idle worker makes one claim per poll, not two.
+            if self._woken.is_set() or loop.time() >= deadline:
+                return []
+
+    async def _wait(self, seconds: float) -> None:
+        """Until the store wakes us (a new job), wake() or a nudge, or ``seconds`` pass.
+        Only the idle path pays for the waiters."""
+        waiting = asyncio.ensure_future(self._store.wait_for_jobs(seconds))
         woken = asyncio.ensure_future(self._woken.wait())
         nudged = asyncio.ensure_future(self._nudged.wait())
         try:
@@ -51,15 +66,15 @@ class DirectTransport:
             nudged.cancel()
         if waiting in done:
             waiting.result()  # a store error surfaces here, as it would without wake()
-        if self._woken.is_set():
-            return []
-        return await self._store.claim_jobs(request)
 
     def wake(self) -> None:
         self._woken.set()
 
-    def nudge(self) -> None:
-        self._nudged.set()
+    def nudge(self, *, requeued: bool) -> None:
+        # Without caps or quotas, a job that ended frees nothing another job waits for: a
+        # claim now would find only what the store's wake-up or the next poll brings.
+        if requeued or self._claim.limits.any:
+            self._nudged.set()
 
     async def settle(self, outcomes: Sequence[AttemptOutcome]) -> list[JobId]:
         return await self._store.record_outcomes(outcomes)
