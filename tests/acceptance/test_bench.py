@@ -28,6 +28,9 @@ def test_the_direct_benchmark_measures_every_scenario(
         assert result[key] > 0
     assert result["latency_p50_ms"] <= result["latency_p99_ms"]
     assert "drain, one worker process" in done.stdout
+    # CPU is counted in clock ticks (10 ms): a run this short may see none of the worker's.
+    assert result["latency_worker_cpu_us"] >= 0 and result["latency_postgresql_cpu_us"] >= 0
+    assert "worker CPU per job, latency scenario" in done.stdout
 
 
 def test_the_benchmark_runs_on_a_table_of_the_given_shape(

@@ -73,8 +73,11 @@ async def bench_direct(o: BenchOptions) -> BenchResult:
         metrics["drain_jobs_per_s"] = rate
         details["drain_seconds"] = seconds
         await clear_measured(conn, shape)
-        latencies = await latency(app, conn, o)
+        idle_cpu: dict[str, float] = {}
+        latencies = await latency(app, conn, o, cpu=idle_cpu)
         metrics.update(latency_metrics(latencies))
+        metrics["latency_worker_cpu_us"] = idle_cpu["worker"]
+        metrics["latency_postgresql_cpu_us"] = idle_cpu["postgresql"]
         metrics["worker_peak_rss_mb"] = rss
         details["latency_samples"] = len(latencies)
         details["latency_max_ms"] = max(latencies)
@@ -125,9 +128,15 @@ async def latency(
     o: BenchOptions,
     env: dict[str, str] | None = None,
     scheduler: list[str] | None = None,
+    cpu: dict[str, float] | None = None,
 ) -> list[float]:
     """Enqueue-to-start latencies (ms) of jobs enqueued one at a time to an idle worker (and,
-    for a broker transport, an idle scheduler, started by ``scheduler``, to dispatch them)."""
+    for a broker transport, an idle scheduler, started by ``scheduler``, to dispatch them).
+    With ``cpu``, the CPU the worker and the database's backends spent per job while the jobs
+    came and ran (µs: ``worker``, ``postgresql``) is put in it: what a lightly loaded
+    deployment pays per job, wake-ups and idle claims included."""
+    from async_jobs.bench.broker import cpu_meter, database_of
+
     progress(
         f"latency: {o.latency_jobs} jobs {o.latency_interval_ms:g} ms apart, idle worker "
         f"of concurrency {o.latency_concurrency}{' and a scheduler' if scheduler else ''}"
@@ -160,14 +169,20 @@ async def latency(
             await dispatching.wait_ready()
         await idle(worker)
         started = time.perf_counter()
-        await paced(o.latency_jobs, o.latency_interval_ms / 1000, enqueue_one)
-        await wait_until_zero(
-            lambda: unfinished(conn),
-            total=o.latency_jobs,
-            since=started,
-            timeout=60.0,
-            worker=worker,
-        )
+        with cpu_meter({"worker": [worker.pid]}, database_of(o.dsn)) as shares:
+            await paced(o.latency_jobs, o.latency_interval_ms / 1000, enqueue_one)
+            await wait_until_zero(
+                lambda: unfinished(conn),
+                total=o.latency_jobs,
+                since=started,
+                timeout=60.0,
+                worker=worker,
+            )
+        wall = time.perf_counter() - started
+    if cpu is not None:
+        per_job = 1e6 * wall / o.latency_jobs
+        cpu["worker"] = shares()["worker"] * per_job
+        cpu["postgresql"] = shares()["postgresql_db"] * per_job
     latencies = await latencies_ms(conn)
     if len(latencies) != o.latency_jobs:
         raise BenchError(f"{len(latencies)} of {o.latency_jobs} latency jobs succeeded")

@@ -73,6 +73,8 @@ METRICS = (
     Metric("latency_p95_ms", "enqueue-to-start latency p95", "ms", False),
     Metric("latency_p99_ms", "enqueue-to-start latency p99", "ms", False),
     Metric("worker_peak_rss_mb", "worker peak RSS (VmHWM), drain", "MB", False),
+    Metric("latency_worker_cpu_us", "worker CPU per job, latency scenario", "us", False),
+    Metric("latency_postgresql_cpu_us", "PostgreSQL CPU per job, latency scenario", "us", False),
 )
 SQS_METRICS = (
     Metric("sqs_raw_msgs_per_s", "SQS server alone: send+receive+delete", "msgs/s", True),
