@@ -88,7 +88,7 @@ async def test_the_claim_walks_the_claimable_index_only(
 ) -> None:
     conn, plans = explained
     scans = await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
-    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert not [s for s in scans if "Seq Scan" in s], scans
     assert any("async_jobs_claimable" in s for s in scans), scans
     # Uncapped and without quotas: the slots held by running jobs are never counted (the
     # count is in the plan, behind a filter that is false).
@@ -103,7 +103,7 @@ async def test_a_capped_claim_counts_from_the_active_index(
     args = list(_claim_args(50))
     args[5] = 1000  # p_default_max: every use case capped
     scans = await _explain(conn, plans, QUERIES["claim_jobs"], *args)
-    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert not [s for s in scans if "Seq Scan" in s], scans
     assert any("async_jobs_claimable" in s for s in scans), scans
     assert any("async_jobs_active" in s and "never executed" not in s for s in scans), scans
 
@@ -115,7 +115,7 @@ async def test_the_newest_first_listing_walks_its_index(
     conn, plans = explained
     args = (tenant, None, None, None, None, None, None, None, 51, None)
     scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
-    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert not [s for s in scans if "Seq Scan" in s], scans
     index = "async_jobs_pkey" if tenant is None else "async_jobs_tenant_id"
     assert all(index in s for s in scans), scans
 
@@ -129,7 +129,7 @@ async def test_a_listing_by_priority_walks_the_same_index(
     conn, plans = explained
     args = (tenant, None, None, None, None, None, None, None, 51, "medium")
     scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
-    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert not [s for s in scans if "Seq Scan" in s], scans
     index = "async_jobs_pkey" if tenant is None else "async_jobs_tenant_id"
     assert all(index in s for s in scans), scans
 
@@ -143,7 +143,7 @@ async def test_a_listing_of_waiting_jobs_walks_the_newest_first_index(
     conn, plans = explained
     args = (None, "pending", None, None, None, None, None, None, 51, None)
     scans = await _explain(conn, plans, QUERIES["list_jobs"], *args)
-    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert not [s for s in scans if "Seq Scan" in s], scans
     assert all("async_jobs_pkey" in s for s in scans), scans
 
 
@@ -160,7 +160,7 @@ async def test_the_dispatch_window_counts_queued_jobs_from_a_partial_index(
     )
     await conn.execute("ANALYZE async_jobs")
     scans = await _explain(conn, plans, QUERIES["count_queued"], ["default", "mail", "x"], 1000)
-    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert not [s for s in scans if "Seq Scan" in s], scans
     assert all("async_jobs_dispatched" in s or "async_jobs_active" in s for s in scans), scans
 
 
@@ -290,7 +290,7 @@ async def test_the_claim_reads_no_job_that_is_not_due(
 def _executed_without_backlog(scans: list[str]) -> list[str]:
     """The scans that ran, after checking that none was sequential and that the claimable
     index was read once per claim (the due tenant's group): never a row of the backlog."""
-    assert not [s for s in scans if s.startswith("Seq Scan")], scans
+    assert not [s for s in scans if "Seq Scan" in s], scans
     executed = [s for s in scans if "never executed" not in s]
     claimable = [s for s in executed if "async_jobs_claimable" in s and "on async_jobs j " in s]
     assert claimable, scans
@@ -390,3 +390,34 @@ def _update_targets(plan: str) -> list[str]:
                 found.append(below.strip())
                 break
     return found
+
+
+DUE_JOB = """
+INSERT INTO async_jobs (id, tenant_id, use_case, type, max_attempts, run_at,
+                        delay_tolerance_seconds, deadline_at)
+VALUES (gen_random_uuid(), 'default', 'default', 'echo', 3, now(), 60, now() + interval '1 min')
+"""
+
+
+async def test_a_session_that_first_claimed_on_an_empty_table_never_scans_it_later(
+    pg_database: str,
+) -> None:
+    """A session plans the claim's statements once and keeps the plans until something, such
+    as an ANALYZE, makes it plan again. Planned on an empty table, the two updates by id
+    were sequential scans, then run on every claim of a worker however big the table grew
+    (a drain 17x slower beside 300,000 rows, 0019). Every read of the jobs table must stay
+    on an index."""
+    conn = await asyncpg.connect(pg_database)
+    plans: list[str] = []
+    try:
+        await conn.execute(DUE_JOB)
+        await conn.fetch(QUERIES["claim_jobs"], *_claim_args(50))  # planned on the empty table
+        await conn.execute(FILL)  # and no ANALYZE since
+        await _log_plans(conn, plans, analyze=False)
+        scans = await _explain(conn, plans, QUERIES["claim_jobs"], *_claim_args(50))
+    finally:
+        await conn.close()
+    assert not [s for s in scans if "Seq Scan" in s], scans
+    targets = [t for plan in plans for t in _update_targets(plan)]
+    assert len(targets) >= 2, plans  # the unmarking and the claim
+    assert all("using async_jobs_pkey" in t for t in targets), targets

@@ -33,7 +33,10 @@
 -- slots like running ones.
 --
 -- The SET clause keeps the planner on the index walks even when the table's statistics are
--- stale (see 0001): the sorts that remain are of the few candidates only. They still carry
+-- stale (see 0001): the sorts that remain are of the few candidates only. enable_seqscan
+-- (0019): a session plans these statements once; a worker that started on an empty table had
+-- them read the whole table (its two updates by id), every claim, until an ANALYZE made the
+-- session plan again: 17x slower drains 300,000 rows later. They still carry
 -- the planner's penalty for a disabled node, and an estimate that large would have the
 -- statement JIT-compiled (two seconds per claim): hence jit = off. Its statements are
 -- planned once per session (force_generic_plan): planning this statement afresh for every
@@ -56,6 +59,7 @@ CREATE OR REPLACE FUNCTION async_jobs_claim(
 LANGUAGE plpgsql
 SET enable_sort = off
 SET enable_bitmapscan = off
+SET enable_seqscan = off
 SET jit = off
 SET plan_cache_mode = force_generic_plan
 AS $$
