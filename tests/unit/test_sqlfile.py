@@ -72,9 +72,22 @@ def test_an_unknown_or_nested_part_is_refused_when_the_file_loads(
         load_queries(_package(tmp_path, monkeypatch, sql))
 
 
+def test_an_included_file_takes_the_parts_of_the_stores_queries() -> None:
+    """outcomes.sql's functions keep the fence and history parts of queries.sql, written in
+    when a migration includes the file: no migration is left with a ``-- use:`` line."""
+    migrations = dict(load_migrations("async_jobs.stores.postgres.migrations"))
+    assert not [name for name, sql in migrations.items() if re.search("^\\s*-- use:", sql, re.M)]
+    outcomes = migrations["0020_outcomes_without_table_scans"]
+    assert "CREATE OR REPLACE FUNCTION async_jobs_record_outcomes(" in outcomes
+    assert "    WHERE j.id = ANY($1::uuid[])\n      AND j.id = u.id" in outcomes  # the fence
+    assert "'attempt', j.attempts," in outcomes  # the history entry's part
+
+
 @pytest.mark.parametrize("package", STORES)
 def test_every_part_of_a_store_serves_several_queries(package: str) -> None:
-    text = resources.files(package).joinpath("queries.sql").read_text("utf-8")
+    """Counted in queries.sql and the files that migrations include (outcomes.sql)."""
+    files = resources.files(package)
+    text = "".join(f.read_text("utf-8") for f in files.iterdir() if f.name.endswith(".sql"))
     uses = re.findall(r"^\s*-- use: (\w+)", text, re.M)
     parts = re.findall(r"^-- part: (\w+)", text, re.M)
     assert {part: uses.count(part) for part in parts if uses.count(part) < 2} == {}

@@ -18,6 +18,12 @@ _INCLUDE = re.compile(r"^-- include: (?P<file>[\w.]+\.sql)\s*$", re.MULTILINE)
 
 
 def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
+    queries, parts = _read(package, filename)
+    return {name: _spliced(sql, parts, name) for name, sql in queries.items()}
+
+
+def _read(package: str, filename: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The queries and the parts of a queries file, parts not yet written in."""
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     pieces = _HEADER.split(text)
     queries: dict[str, str] = {}
@@ -26,7 +32,7 @@ def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
         (queries if kind == "name" else parts)[name] = _statement(body)
     if nested := [name for name, sql in parts.items() if _USE.search(sql)]:
         raise ValueError(f"{filename}: a part uses no other part ({', '.join(nested)})")
-    return {name: _spliced(sql, parts, name) for name, sql in queries.items()}
+    return queries, parts
 
 
 def _statement(body: str) -> str:
@@ -49,15 +55,21 @@ def load_migrations(package: str) -> list[tuple[str, str]]:
     """(name, sql) of every ``NNNN_*.sql`` file in the package, in number order. A line
     ``-- include: FILE.sql`` stands for the whole of that file of the parent package (the
     store's), so that a definition several migrations create (PostgreSQL's claim function)
-    has one home."""
+    has one home; its ``-- use: PART`` lines are the parts of the store's ``queries.sql``, as
+    they are when the migration runs."""
     folder = resources.files(package)
-    store = resources.files(package.rpartition(".")[0])
+    store_package = package.rpartition(".")[0]
+    store = resources.files(store_package)
     names = sorted(
         entry.name for entry in folder.iterdir() if re.fullmatch(r"\d{4}_\w+\.sql", entry.name)
     )
 
     def include(match: re.Match[str]) -> str:
-        return store.joinpath(match["file"]).read_text("utf-8")
+        text = store.joinpath(match["file"]).read_text("utf-8")
+        if not _USE.search(text):
+            return text
+        _, parts = _read(store_package, "queries.sql")
+        return _spliced(text, parts, match["file"])
 
     return [
         (name.removesuffix(".sql"), _INCLUDE.sub(include, folder.joinpath(name).read_text("utf-8")))

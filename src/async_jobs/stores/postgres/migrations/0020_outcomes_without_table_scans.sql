@@ -1,0 +1,5 @@
+-- A worker's outcome and lease writes never read the whole jobs table (issue 21), whatever the
+-- table looked like when the session planned them: they become functions that carry the
+-- claim's settings (outcomes.sql says why). Nothing is rewritten and no lock on the jobs table
+-- is taken; the store's statements call the functions from this version on.
+-- include: outcomes.sql
