@@ -17,7 +17,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from async_jobs.stores.postgres.store import QUERIES
+from async_jobs.domain.jobs import JobFilter
+from async_jobs.stores.postgres.store import QUERIES, PostgresStore
 
 FINISHED, PENDING, TENANTS = 100_000, 10_000, 50
 RUNS = 7  # asyncpg prepares once; PostgreSQL may plan generically from the sixth run on
@@ -461,3 +462,31 @@ async def test_a_session_that_wrote_outcomes_on_a_small_table_never_scans_it_lat
     scans = _scans(writes)
     assert not [s for s in scans if "Seq Scan" in s], scans
     assert all("Index Scan using async_jobs_pkey on async_jobs j" in p for p in writes), writes
+
+
+async def test_a_listing_first_run_on_a_small_table_walks_its_index_later(
+    pg_database: str,
+) -> None:
+    """A long-lived session (an API server's, a dashboard's) lists jobs over and over. Made
+    generic on a table of twenty jobs, the newest-first listing was a sequential scan and a
+    sort of the whole table, kept once the table had grown (82 ms against 1.1 ms for a new
+    session beside 220,000 jobs). Each listing is planned for its own parameters."""
+    store = PostgresStore(pg_database)
+    await store.open()
+    conn = await asyncpg.connect(pg_database)
+    plans: list[str] = []
+    try:
+        for _ in range(20):
+            await conn.execute(DUE_JOB)
+        for _ in range(RUNS + 1):
+            await store.list_jobs(JobFilter(), 50)
+        await conn.execute(FILL)  # and no ANALYZE since
+        async with store._connection() as kept:  # the connection the listings ran on
+            await _log_plans(kept, plans, analyze=False)
+        page = await store.list_jobs(JobFilter(), 50)
+    finally:
+        await conn.close()
+        await store.close()
+    assert len(page.items) == 50
+    scans = _scans(plans)
+    assert scans and not [s for s in scans if "Seq Scan" in s], plans

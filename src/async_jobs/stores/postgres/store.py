@@ -269,7 +269,11 @@ class PostgresStore:
     async def list_jobs(
         self, where: JobFilter, limit: int, after: PageCursor | None = None
     ) -> JobPage:
-        async with self._connection() as conn:
+        # Planned for its own parameters (custom_plans): a session that lists jobs over and
+        # over (an API server's) had made it generic on a small table, a sequential scan and
+        # a sort of the whole table it kept once the table had grown (docs/scale.md).
+        async with self._connection() as conn, conn.transaction(readonly=True):
+            await conn.execute(QUERIES["custom_plans"])
             rows = await conn.fetch(
                 QUERIES["list_jobs"],
                 *_filter_params(where),
