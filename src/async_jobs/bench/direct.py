@@ -180,9 +180,9 @@ async def latency(
             )
         wall = time.perf_counter() - started
     if cpu is not None:
-        per_job = 1e6 * wall / o.latency_jobs
-        cpu["worker"] = shares()["worker"] * per_job
-        cpu["postgresql"] = shares()["postgresql_db"] * per_job
+        per_job, spent = 1e6 * wall / o.latency_jobs, shares()
+        cpu["worker"] = spent["worker"] * per_job
+        cpu["postgresql"] = spent["postgresql_db"] * per_job
     latencies = await latencies_ms(conn)
     if len(latencies) != o.latency_jobs:
         raise BenchError(f"{len(latencies)} of {o.latency_jobs} latency jobs succeeded")
