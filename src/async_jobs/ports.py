@@ -309,7 +309,8 @@ class JobStore(Protocol):
         out of the jobs that ended in them: each (minute, use case, tenant) row, and the
         ``ALL_TENANTS`` ones, is replaced, and a row whose jobs are gone is deleted. Reads the
         index of ended jobs over that range only. Safe to run twice or from two processes at
-        once (both write the same rows). Returns how many rows were written."""
+        once (both write the same rows). Returns how many rows were written (PostgreSQL
+        does not write again a row that would not change)."""
 
     async def delete_rollup(self, older_than_seconds: float) -> int:
         """Delete the rollup rows of minutes that began more than ``older_than_seconds``

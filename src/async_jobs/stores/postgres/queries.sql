@@ -837,16 +837,23 @@ SELECT n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd, n_tup_del,
        autovacuum_count, autoanalyze_count
 FROM pg_stat_user_tables WHERE relid = 'async_jobs'::regclass;
 
--- name: jit_off
--- For the rest of the transaction: a statement over many rows would otherwise start JIT
--- compilation, which costs more than the work (as for the claim, 0003).
-SET LOCAL jit = off;
+-- name: roll_up_plan
+-- For the rest of the transaction (roll_up_finished's): no JIT compilation, which a
+-- statement over many rows would otherwise start and which costs more than the work (as for
+-- the claim, 0003); and no merge joins. The every-tenant rows' tenant is an expression
+-- (coalesce over GROUPING SETS), so a merge join of the counts and the histograms matched
+-- on the minute and the use case only and filtered the rest: beside 10,000 tenants, 779,090
+-- pairs for 7,913 rows. Hash joins match on all three columns: 0.31 -> 0.21 s for the 15
+-- minutes a new leader rolls up first there, the same (within 3%) beside 20 tenants.
+SET LOCAL jit = off; SET LOCAL enable_mergejoin = off;
 
 -- name: roll_up_finished
 -- The rollup (migration 0013) of the minutes from the one $1 seconds ago to the one $2
 -- seconds ago, recomputed from the jobs that ended in them (async_jobs_finished, one range
 -- per terminal state): per (minute, use case, tenant) and per (minute, use case) for every
--- tenant (''). Rows of the range whose jobs are gone are deleted, the others replaced.
+-- tenant (''). Rows of the range whose jobs are gone are deleted, the others replaced
+-- where they changed (a leader re-rolls minutes that are mostly done). Run after
+-- roll_up_plan, in the same transaction.
 -- Histogram buckets as domain/rollup.py's bucket_of: 0 under 1 ms, then ten a decade.
 WITH bounds AS (
     SELECT date_trunc('minute', now() - make_interval(secs => $1)) AS lo,
@@ -914,7 +921,10 @@ FROM fresh
 ON CONFLICT (tenant_id, minute, use_case) DO UPDATE
 SET succeeded = EXCLUDED.succeeded, failed = EXCLUDED.failed, cancelled = EXCLUDED.cancelled,
     deadline_misses = EXCLUDED.deadline_misses, run_hist = EXCLUDED.run_hist,
-    wait_hist = EXCLUDED.wait_hist;
+    wait_hist = EXCLUDED.wait_hist
+WHERE (o.succeeded, o.failed, o.cancelled, o.deadline_misses, o.run_hist, o.wait_hist)
+      IS DISTINCT FROM (EXCLUDED.succeeded, EXCLUDED.failed, EXCLUDED.cancelled,
+                        EXCLUDED.deadline_misses, EXCLUDED.run_hist, EXCLUDED.wait_hist);
 
 -- name: delete_rollup
 DELETE FROM async_jobs_rollup WHERE minute < now() - make_interval(secs => $1);

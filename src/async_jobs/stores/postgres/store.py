@@ -629,7 +629,7 @@ class PostgresStore:
 
     async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
         async with self._connection() as conn, conn.transaction():
-            await conn.execute(QUERIES["jit_off"])
+            await conn.execute(QUERIES["roll_up_plan"])
             status: str = await conn.execute(
                 QUERIES["roll_up_finished"], float(from_seconds), float(to_seconds)
             )
