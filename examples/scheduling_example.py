@@ -83,6 +83,9 @@ async def main() -> None:
             c.count for c in stats.counts if (c.use_case, c.status) == ("thumbnails", "succeeded")
         )
         print(f"thumbnails succeeded: {succeeded}")
+        # What a monitor polls: everything but the counts, which read every job.
+        light = await app.stats(with_counts=False)
+        print(f"finished in the last hour: {sum(light.finished_last_hour.values())}")
         print(f"heartbeat ticks enqueued: {scheduler.periodic_enqueued}")
         worker.stop()
         scheduler.stop()

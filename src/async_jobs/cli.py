@@ -287,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = _command(commands, "stats")
     stats.add_argument("--tenant", dest="tenant_id")
+    stats.add_argument(
+        "--no-counts",
+        dest="counts",
+        action="store_false",
+        help="leave out the counts by use case, tenant and state, which read every job",
+    )
 
     cleanup = _command(commands, "cleanup")
     cleanup.add_argument(
@@ -702,7 +708,7 @@ async def _health(jobs: JobApp, args: argparse.Namespace) -> int:
 
 async def _stats(jobs: JobApp, args: argparse.Namespace) -> int:
     async with jobs:
-        stats = await jobs.stats(args.tenant_id)
+        stats = await jobs.stats(args.tenant_id, with_counts=args.counts)
     _print_result(stats.to_json())
     return 0
 

@@ -304,8 +304,10 @@ class _ClientBase(Generic[_Http, _Transport]):
             return job
         return (yield from self._wait_flow(job.id, deadline - time.monotonic()))
 
-    def _stats_flow(self, tenant_id: str | None) -> _Flow[Stats]:
+    def _stats_flow(self, tenant_id: str | None, counts: bool) -> _Flow[Stats]:
         params = {} if tenant_id is None else {"tenant_id": tenant_id}
+        if not counts:
+            params["counts"] = "false"
         response = yield from self._call("GET", "/stats", params=params)
         return Stats.from_json(_body(response))
 
@@ -408,8 +410,9 @@ class AsyncJobsClient(_ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
         """Enqueue, then wait for the job; ``timeout`` covers both."""
         return await self._drive(self._run_flow(type, payload, options, timeout))
 
-    async def stats(self, tenant_id: str | None = None) -> Stats:
-        return await self._drive(self._stats_flow(tenant_id))
+    async def stats(self, tenant_id: str | None = None, *, counts: bool = True) -> Stats:
+        """``GET /stats``; ``counts=False`` leaves out the counts of every job."""
+        return await self._drive(self._stats_flow(tenant_id, counts))
 
     async def pause(self, use_case: str) -> UseCaseState:
         return await self._drive(self._use_case_flow(use_case, "pause"))
@@ -514,8 +517,9 @@ class JobsClient(_ClientBase[httpx.Client, httpx.BaseTransport]):
         """Enqueue, then wait for the job; ``timeout`` covers both."""
         return self._drive(self._run_flow(type, payload, options, timeout))
 
-    def stats(self, tenant_id: str | None = None) -> Stats:
-        return self._drive(self._stats_flow(tenant_id))
+    def stats(self, tenant_id: str | None = None, *, counts: bool = True) -> Stats:
+        """``GET /stats``; ``counts=False`` leaves out the counts of every job."""
+        return self._drive(self._stats_flow(tenant_id, counts))
 
     def pause(self, use_case: str) -> UseCaseState:
         return self._drive(self._use_case_flow(use_case, "pause"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,8 @@ def test_scheduling_example_runs(tmp_path: Path) -> None:
     assert "at most 2 thumbnails ran at once" in output
     assert "small-customer's job started 2 of 16" in output
     assert "thumbnails succeeded: 16" in output
+    finished = re.search(r"finished in the last hour: (\d+)", output)
+    assert finished and int(finished.group(1)) >= 16
     assert "heartbeat ticks enqueued: " in output
 
 

@@ -83,6 +83,10 @@ def test_use_cases_stats_and_cleanup_commands(cli: Cli, pg_database: str) -> Non
     stats = json.loads(cli.run("stats", "--tenant", "t1", **env).stdout)
     assert stats["throughput"]["last_minute"]["succeeded"] == 1
     assert stats["run_seconds"]["p50"] is not None
+    assert stats["counts"]
+    uncounted = json.loads(cli.run("stats", "--tenant", "t1", "--no-counts", **env).stdout)
+    assert uncounted["counts"] == []
+    assert uncounted["throughput"] == stats["throughput"]
 
     kept = cli.run("cleanup", "--older-than", "1h", **env)
     assert (kept.returncode, json.loads(kept.stdout)["deleted"]) == (0, 0)

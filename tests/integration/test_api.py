@@ -477,6 +477,26 @@ async def test_stats_tenant_filter_with_a_nul_is_a_422(client: httpx.AsyncClient
     assert response.json()["error"]["code"] == "invalid_request"
 
 
+async def test_stats_without_counts_leave_out_the_counts_only(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.post("/jobs", json={"type": "echo", "payload": {}})).status_code == 201
+    counted = (await client.get("/stats")).json()
+    uncounted = await client.get("/stats", params={"counts": "false"})
+    assert uncounted.status_code == 200
+    assert [c["count"] for c in counted["counts"]] == [1]
+    assert uncounted.json()["counts"] == []
+    assert uncounted.json().keys() == counted.keys()
+    assert uncounted.json()["deadline_misses"] == counted["deadline_misses"]
+    assert (await client.get("/stats", params={"counts": "true"})).json()["counts"]
+
+
+async def test_stats_counts_that_is_not_a_boolean_is_a_422(client: httpx.AsyncClient) -> None:
+    response = await client.get("/stats", params={"counts": "maybe"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
 async def test_health(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
     assert response.status_code == 200

@@ -341,6 +341,8 @@ async def test_stats_use_cases_cleanup_and_health(client: AsyncJobsClient) -> No
     assert set(stats.run_seconds) == {"p50", "p95", "p99"}
     own = await client.stats(tenant_id="acme")
     assert {c.tenant_id for c in own.counts} == {"acme"}
+    uncounted = await client.stats(tenant_id="acme", counts=False)
+    assert uncounted.counts == [] and uncounted.finished_last_hour == own.finished_last_hour
 
     paused = await client.pause("reports")
     assert (paused.name, paused.paused) == ("reports", True)
@@ -479,6 +481,7 @@ def sync_scenario(client: JobsClient) -> None:
     assert client.pause("sync").paused and not client.resume("sync").paused
     assert {u.name: u.paused for u in client.use_cases()}["sync"] is False
     assert isinstance(client.stats(), Stats)
+    assert client.stats(counts=False).counts == []
     assert client.cleanup(older_than_hours=1) == {"succeeded": 0, "cancelled": 0, "failed": 0}
     assert client.wait(batch[1].id, timeout=0.2).status is JobState.PENDING
 

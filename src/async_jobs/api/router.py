@@ -57,6 +57,11 @@ Wait = Annotated[
     ),
 ]
 TextFilter = Annotated[str | None, Query(pattern=NO_NUL)]
+STATS_COUNTS = (
+    "false: leave out the counts by use case, tenant and state (an empty list), the one part "
+    "whose cost grows with every job the store holds (a scan of all of them); "
+    "the rest reads the jobs of the last hour and the waiting ones only."
+)
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -382,13 +387,18 @@ def _add_admin_routes(router: APIRouter, jobs: JobApp, auth: TokenAuth | None) -
             {200: (StatsResponse, "Statistics, of one tenant or of all.")},
             {
                 403: "tenant_id names a tenant the token does not act for.",
-                422: "tenant_id holds a NUL character.",
+                422: "tenant_id holds a NUL character, or counts is not a boolean.",
                 503: None,
             },
         ),
     )
-    async def stats(caller: Caller, tenant_id: TextFilter = None) -> JSONResponse:
-        return JSONResponse((await jobs.stats(caller.tenant_for(tenant_id))).to_json())
+    async def stats(
+        caller: Caller,
+        tenant_id: TextFilter = None,
+        counts: Annotated[bool, Query(description=STATS_COUNTS)] = True,
+    ) -> JSONResponse:
+        stats = await jobs.stats(caller.tenant_for(tenant_id), with_counts=counts)
+        return JSONResponse(stats.to_json())
 
     @router.post(
         "/maintenance/cleanup",
