@@ -844,7 +844,7 @@ FROM pg_stat_user_tables WHERE relid = 'async_jobs'::regclass;
 -- (coalesce over GROUPING SETS), so a merge join of the counts and the histograms matched
 -- on the minute and the use case only and filtered the rest: beside 10,000 tenants, 779,090
 -- pairs for 7,913 rows. Hash joins match on all three columns: 0.31 -> 0.21 s for the 15
--- minutes a new leader rolls up first there, the same (within 3%) beside 20 tenants.
+-- minutes a new leader rolls up first there, the same (within 4%) beside 20 tenants.
 SET LOCAL jit = off; SET LOCAL enable_mergejoin = off;
 
 -- name: roll_up_finished
