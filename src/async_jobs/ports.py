@@ -310,7 +310,15 @@ class JobStore(Protocol):
         ``ALL_TENANTS`` ones, is replaced, and a row whose jobs are gone is deleted. Reads the
         index of ended jobs over that range only. Safe to run twice or from two processes at
         once (both write the same rows). Returns how many rows were written (PostgreSQL
-        does not write again a row that would not change)."""
+        does not write again a row that would not change). The span it covered joins the
+        one ``rolled_up`` answers (``domain.rollup.extend_rolled``), in the same
+        transaction as the rows."""
+
+    async def rolled_up(self) -> tuple[float, float] | None:
+        """How long ago (seconds, by the store's clock) the span of time whose ended jobs the
+        rollup holds begins and ends, as ``roll_up_finished`` left it; None before the first
+        run. A process that starts leading goes on from there (``core.maintenance.Rollup``)
+        instead of rolling up again what an earlier leader did."""
 
     async def delete_rollup(self, older_than_seconds: float) -> int:
         """Delete the rollup rows of minutes that began more than ``older_than_seconds``

@@ -16,11 +16,13 @@ import pytest
 from async_jobs import JobApp, WorkerConfig
 from async_jobs.api import create_api
 from async_jobs.core.context import JobContext
+from async_jobs.core.maintenance import Rollup
 from async_jobs.core.scheduler import Scheduler, SchedulerConfig
 from async_jobs.core.settings import Settings
 from async_jobs.domain.errors import InvalidJobError, QuotaExceededError
 from async_jobs.domain.jobs import ClaimRequest, JobFilter, JobState
 from async_jobs.domain.scheduling import TenantQuota
+from async_jobs.ports import JobStore
 from async_jobs.stores import store_from_dsn
 from tests.helpers import wait_until
 
@@ -331,3 +333,27 @@ async def test_a_waiter_is_woken_by_another_process_finishing_the_job(pg_databas
         await writing_side.cancel(job.id)
         ended = await asyncio.wait_for(waiter, 3)  # well inside the 5 s re-read
     assert ended.status is JobState.CANCELLED
+
+
+async def test_a_new_leader_rolls_up_from_where_the_last_one_stopped(store: JobStore) -> None:
+    """A restart or a deploy: the next leader rolls up the time since the last leader's run
+    (and the minute before), not the latest 15 minutes again, and its catch-up goes on from
+    where the last one's span begins."""
+    calls: list[tuple[float, float]] = []
+    real = store.roll_up_finished
+
+    async def recording(from_seconds: float, to_seconds: float = 0.0) -> int:
+        calls.append((from_seconds, to_seconds))
+        return await real(from_seconds, to_seconds)
+
+    store.roll_up_finished = recording  # type: ignore[method-assign]
+    await Rollup(store).run_once()
+    assert calls == [(900.0, 0.0)]
+    second = Rollup(store)  # another process leads now
+    await second.run_once()
+    await second.run_once()
+    (back, to), latest, (older_from, older_to) = calls[1:]
+    assert to == 0.0 and 60.0 <= back < 70.0
+    assert latest[1] == 0.0 and latest[0] < 70.0
+    # The first span began at the start of the minute 15 minutes before the first run.
+    assert 900.0 <= older_to < 975.0 and older_from == pytest.approx(older_to + 900.0, abs=1.0)

@@ -74,6 +74,7 @@ async def test_migrate_twice_is_a_no_op(store: SqliteStore, db_path: str) -> Non
         ("0012_due_claim",),
         ("0013_rollup",),
         ("0015_delayed_mark",),
+        ("0021_rollup_span",),
     ]
 
 
@@ -93,6 +94,7 @@ async def test_first_migrate_names_the_migrations_it_applied(db_path: str) -> No
             "0012_due_claim",
             "0013_rollup",
             "0015_delayed_mark",
+            "0021_rollup_span",
         ]
     finally:
         await store.close()

@@ -577,6 +577,23 @@ async def test_the_rollup_counts_ended_jobs_per_minute_tenant_and_all_tenants(
     assert (await store.read_rollup(None, 3600)).rows == []
 
 
+async def test_the_rollup_keeps_the_span_it_covered_for_the_next_leader(store: JobStore) -> None:
+    assert await store.rolled_up() is None  # never rolled up
+    await store.roll_up_finished(900)
+    span = await store.rolled_up()
+    assert span is not None
+    begins, ends = span
+    # From the start of the minute 15 minutes ago to the run's own time.
+    assert 900 <= begins < 960 + 5 and 0 <= ends < 5
+    # An older chunk that meets the span extends it back; the end stays.
+    await store.roll_up_finished(1800, 900)
+    begins, ends = await store.rolled_up() or (0.0, 0.0)
+    assert 1800 <= begins < 1860 + 5 and 0 <= ends < 5
+    # A span that does not meet it and ends earlier leaves it as it was.
+    await store.roll_up_finished(7200, 5400)
+    assert 1800 <= (await store.rolled_up() or (0.0, 0.0))[0] < 1860 + 5
+
+
 async def test_the_rollup_window_gives_the_oldest_due_job_per_use_case(store: JobStore) -> None:
     past = datetime.now(UTC) - timedelta(seconds=30)
     await store.insert_job(new_job(use_case="mail", tenant_id="t1", run_at=past))

@@ -13,6 +13,7 @@ from async_jobs.domain.rollup import (
     EndedJob,
     bucket_bounds,
     bucket_of,
+    extend_rolled,
     percentile,
     roll_up,
 )
@@ -59,21 +60,42 @@ def test_the_rollup_of_ended_jobs_adds_an_every_tenant_row() -> None:
     assert sum(every.run_hist.values()) == 2 and sum(every.wait_hist.values()) == 2
 
 
+def test_the_rolled_span_grows_where_runs_meet_and_otherwise_follows_the_latest() -> None:
+    assert extend_rolled(None, 100.0, 200.0) == (100.0, 200.0)
+    assert extend_rolled((100.0, 200.0), 140.0, 260.0) == (100.0, 260.0)  # the next run
+    assert extend_rolled((100.0, 260.0), 40.0, 100.0) == (40.0, 260.0)  # an older chunk
+    assert extend_rolled((100.0, 260.0), 120.0, 180.0) == (100.0, 260.0)  # within it
+    assert extend_rolled((100.0, 260.0), 400.0, 500.0) == (400.0, 500.0)  # after a gap
+    assert extend_rolled((400.0, 500.0), 100.0, 200.0) == (400.0, 500.0)  # older, apart
+
+
 class _Recorder:
-    def __init__(self) -> None:
+    """A store that records the rollup's runs and holds their span by the chore's clock
+    (``now``), as a store does by its own."""
+
+    def __init__(self, now: list[float]) -> None:
         self.calls: list[tuple[float, float]] = []
+        self._now = now
+        self.span: tuple[float, float] | None = None
 
     async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
         self.calls.append((from_seconds, to_seconds))
+        now = self._now[0]
+        self.span = extend_rolled(self.span, now - from_seconds, now - to_seconds)
         return 0
+
+    async def rolled_up(self) -> tuple[float, float] | None:
+        if self.span is None:
+            return None
+        return self._now[0] - self.span[0], self._now[0] - self.span[1]
 
     async def delete_rollup(self, older_than_seconds: float) -> int:
         return 0
 
 
 async def test_the_chore_rolls_the_latest_chunk_first_then_one_older_chunk_a_run() -> None:
-    store = _Recorder()
     now = [1000.0]
+    store = _Recorder(now)
     chore = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
     for _ in range(6):
         await chore.run_once()
@@ -86,6 +108,40 @@ async def test_the_chore_rolls_the_latest_chunk_first_then_one_older_chunk_a_run
     assert store.calls[3:5] == [(70, 0), (1020 + 1700, 1020 + 800)]
     assert store.calls[5:7] == [(70, 0), (1030 + 2600, 1030 + 1700)]
     assert store.calls[7:] == [(70, 0), (70, 0)]
+    store.span = None  # another store: nothing rolled up there
     chore.forget()  # no longer leading: the next run catches up again
     await chore.run_once()
     assert store.calls[-1] == (900, 0)
+
+
+async def test_a_new_leader_goes_on_from_the_span_an_earlier_one_rolled_up() -> None:
+    now = [1000.0]
+    store = _Recorder(now)
+    first = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    for _ in range(2):
+        await first.run_once()
+        now[0] += 10
+    assert store.calls == [(900, 0), (70, 0), (1010 + 800, 1010 - 100)]
+    # The span: from 800 s before the clock's zero (the first older chunk) to 1,010. A
+    # restart: the next leader, at 1,040, rolls up the 30 s since the span ended and the
+    # minute before, then catches up from where the span begins, one chunk further back.
+    now[0] += 20
+    second = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    del store.calls[:]
+    await second.run_once()
+    now[0] += 10
+    await second.run_once()
+    assert store.calls == [(30 + 60, 0), (70, 0), (1050 + 1700, 1050 + 800)]
+    # A span that ended longer ago than a chunk: the latest chunk first, as with none.
+    now[0] += 1000
+    third = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    await third.run_once()
+    assert store.calls[-1] == (900, 0)
+    # One that already reaches back over the whole catch-up: no older chunk is rolled.
+    now[0] += 10
+    store.span = (now[0] - 5000, now[0] - 10)
+    fourth = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    for _ in range(3):
+        await fourth.run_once()
+        now[0] += 10
+    assert store.calls[-3:] == [(70, 0), (70, 0), (70, 0)]

@@ -18,6 +18,7 @@ from cronsim import CronSim, CronSimError
 
 from async_jobs.domain.errors import ConfigurationError
 from async_jobs.domain.jobs import Job
+from async_jobs.domain.rollup import MINUTE
 from async_jobs.domain.scheduling import RetentionPolicy
 from async_jobs.ports import JobStore
 
@@ -59,11 +60,14 @@ class Rollup:
     """Keeps the dashboard's per-minute rollup of ended jobs (``domain.rollup``) current:
     each run recomputes the minutes since the last run began (and the minute before it,
     which was still filling then) from the store's index of ended jobs, and deletes the rows
-    older than ``keep_seconds``. A process that starts leading rolls up the latest
-    ``chunk_seconds`` first (what the Overview shows first), then catches up on the rest of
-    the last ``catch_up_seconds``, one older chunk a run, so that no run holds up the other
-    chores for long. Safe from two processes at once: a run replaces rows with what the
-    jobs say."""
+    older than ``keep_seconds``. A process that starts leading goes on from the span an
+    earlier leader rolled up (``JobStore.rolled_up``) when that span ends within the latest
+    ``chunk_seconds``, as after a restart or a deploy: it rolls up the time since (and the
+    minute before), then catches up from where the span begins. Otherwise it rolls up the
+    latest ``chunk_seconds`` first (what the Overview shows first). Either way it then
+    catches up on the rest of the last ``catch_up_seconds``, one older chunk a run, so that
+    no run holds up the other chores for long. Safe from two processes at once: a run
+    replaces rows with what the jobs say."""
 
     def __init__(
         self,
@@ -93,17 +97,28 @@ class Rollup:
         returns the rows written."""
         now = self._clock()
         if self._done_until is None:
-            back = min(self._chunk, self._catch_up)
-            self._caught_up_to = now - back
+            back, done_back = await self._start()
+            self._caught_up_to = now - done_back
             self._catch_up_from = now - self._catch_up
             written = await self._store.roll_up_finished(back, 0.0)
         else:
-            back = min(now - self._done_until + 60.0, self._catch_up)
+            back = min(now - self._done_until + MINUTE, self._catch_up)
             written = await self._store.roll_up_finished(back, 0.0)
             written += await self._older_chunk(now)
         self._done_until = now
         await self._store.delete_rollup(self.keep_seconds)
         return written
+
+    async def _start(self) -> tuple[float, float]:
+        """A new leader's first run: how far back it rolls up, and how far back the rollup
+        is then done (where the catch-up goes on from), in seconds before now."""
+        latest = min(self._chunk, self._catch_up)
+        rolled = await self._store.rolled_up()
+        if rolled is None or rolled[1] + MINUTE > latest:
+            return latest, latest
+        begins_ago, ends_ago = rolled
+        back = max(ends_ago, 0.0) + MINUTE  # and the minute that was still filling then
+        return back, min(max(begins_ago, back), self._catch_up)
 
     async def _older_chunk(self, now: float) -> int:
         if self._caught_up_to <= self._catch_up_from:

@@ -146,3 +146,20 @@ def roll_up(ended: Iterable[EndedJob]) -> list[RollupRow]:
         )
         for (minute, use_case, tenant), of in counts.items()
     ]
+
+
+def extend_rolled(
+    rolled: tuple[float, float] | None, start: float, end: float
+) -> tuple[float, float]:
+    """The span of time whose ended jobs the rollup holds, ``(start, end)`` in epoch seconds
+    by the store's clock, after a run that rolled up ``[start, end)`` (``end``: the store's
+    time of the run, or the end of the last minute it rolled up if that was earlier). The
+    union when the two spans meet; otherwise the one that ends later, since a leader keeps
+    extending the span it wrote last. Each store keeps one such span, written with the rows
+    (``JobStore.rolled_up``), so that a process that starts leading can go on from it."""
+    if rolled is None:
+        return start, end
+    old_start, old_end = rolled
+    if start <= old_end and end >= old_start:
+        return min(start, old_start), max(end, old_end)
+    return (start, end) if end > old_end else rolled

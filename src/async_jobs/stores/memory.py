@@ -45,6 +45,7 @@ from async_jobs.domain.rollup import (
     EndedJob,
     RollupRow,
     RollupWindow,
+    extend_rolled,
     roll_up,
 )
 from async_jobs.domain.scheduling import (
@@ -116,6 +117,7 @@ class MemoryStore:
         self._deliveries: dict[DeliveryId, WebhookDelivery] = {}
         # The dashboard's rollup ("migration" 0013): (tenant, minute, use case) -> row.
         self._rollup: dict[tuple[str, datetime, str], RollupRow] = {}
+        self._rolled: tuple[float, float] | None = None  # extend_rolled's span
 
     async def open(self) -> None:
         self._open = True
@@ -840,7 +842,15 @@ class MemoryStore:
         rows = roll_up(ended)
         for row in rows:
             self._rollup[(row.tenant_id, row.minute, row.use_case)] = row
+        self._rolled = extend_rolled(self._rolled, lo.timestamp(), min(hi, now).timestamp())
         return len(rows)
+
+    async def rolled_up(self) -> tuple[float, float] | None:
+        self._check_open()
+        if self._rolled is None:
+            return None
+        now = self._clock().timestamp()
+        return now - self._rolled[0], now - self._rolled[1]
 
     async def delete_rollup(self, older_than_seconds: float) -> int:
         self._check_open()

@@ -853,7 +853,9 @@ SET LOCAL jit = off; SET LOCAL enable_mergejoin = off;
 -- per terminal state): per (minute, use case, tenant) and per (minute, use case) for every
 -- tenant (''). Rows of the range whose jobs are gone are deleted, the others replaced
 -- where they changed (a leader re-rolls minutes that are mostly done). Run after
--- roll_up_plan, in the same transaction.
+-- roll_up_plan and rollup_span_lock, in the same transaction. Answers the rows written and
+-- the span of time it covered: from the first minute to the end of the last one or now(),
+-- whichever is earlier (rollup_span_write).
 -- Histogram buckets as domain/rollup.py's bucket_of: 0 under 1 ms, then ten a decade.
 WITH bounds AS (
     SELECT date_trunc('minute', now() - make_interval(secs => $1)) AS lo,
@@ -912,19 +914,46 @@ WITH bounds AS (
       AND NOT EXISTS (SELECT 1 FROM fresh f
                       WHERE f.tenant_id = o.tenant_id AND f.minute = o.minute
                         AND f.use_case = o.use_case)
+), written AS (
+    INSERT INTO async_jobs_rollup AS o
+        (tenant_id, minute, use_case, succeeded, failed, cancelled, deadline_misses, run_hist,
+         wait_hist)
+    SELECT tenant_id, minute, use_case, succeeded, failed, cancelled, missed, run_hist,
+           wait_hist
+    FROM fresh
+    ON CONFLICT (tenant_id, minute, use_case) DO UPDATE
+    SET succeeded = EXCLUDED.succeeded, failed = EXCLUDED.failed,
+        cancelled = EXCLUDED.cancelled, deadline_misses = EXCLUDED.deadline_misses,
+        run_hist = EXCLUDED.run_hist, wait_hist = EXCLUDED.wait_hist
+    WHERE (o.succeeded, o.failed, o.cancelled, o.deadline_misses, o.run_hist, o.wait_hist)
+          IS DISTINCT FROM (EXCLUDED.succeeded, EXCLUDED.failed, EXCLUDED.cancelled,
+                            EXCLUDED.deadline_misses, EXCLUDED.run_hist, EXCLUDED.wait_hist)
+    RETURNING 1
 )
-INSERT INTO async_jobs_rollup AS o
-    (tenant_id, minute, use_case, succeeded, failed, cancelled, deadline_misses, run_hist,
-     wait_hist)
-SELECT tenant_id, minute, use_case, succeeded, failed, cancelled, missed, run_hist, wait_hist
-FROM fresh
-ON CONFLICT (tenant_id, minute, use_case) DO UPDATE
-SET succeeded = EXCLUDED.succeeded, failed = EXCLUDED.failed, cancelled = EXCLUDED.cancelled,
-    deadline_misses = EXCLUDED.deadline_misses, run_hist = EXCLUDED.run_hist,
-    wait_hist = EXCLUDED.wait_hist
-WHERE (o.succeeded, o.failed, o.cancelled, o.deadline_misses, o.run_hist, o.wait_hist)
-      IS DISTINCT FROM (EXCLUDED.succeeded, EXCLUDED.failed, EXCLUDED.cancelled,
-                        EXCLUDED.deadline_misses, EXCLUDED.run_hist, EXCLUDED.wait_hist);
+SELECT (SELECT count(*) FROM written)::int AS written,
+       extract(epoch FROM b.lo)::float8 AS rolled_from,
+       extract(epoch FROM least(b.hi, now()))::float8 AS rolled_until
+FROM bounds b;
+
+-- name: rollup_span_lock
+-- The span the rollup holds (migration 0021), locked for the rest of the run's transaction,
+-- so that two processes rolling up at once extend it one after the other.
+SELECT extract(epoch FROM rolled_from)::float8 AS rolled_from,
+       extract(epoch FROM rolled_until)::float8 AS rolled_until
+FROM async_jobs_rollup_span FOR UPDATE;
+
+-- name: rollup_span_write
+-- The span after a run (domain/rollup.py, extend_rolled), in the run's transaction.
+INSERT INTO async_jobs_rollup_span (id, rolled_from, rolled_until)
+VALUES (true, to_timestamp($1), to_timestamp($2))
+ON CONFLICT (id) DO UPDATE
+SET rolled_from = EXCLUDED.rolled_from, rolled_until = EXCLUDED.rolled_until;
+
+-- name: rolled_up
+-- How long ago the rollup's span begins and ends, by the database's clock.
+SELECT extract(epoch FROM now() - rolled_from)::float8 AS begins_ago,
+       extract(epoch FROM now() - rolled_until)::float8 AS ends_ago
+FROM async_jobs_rollup_span;
 
 -- name: delete_rollup
 DELETE FROM async_jobs_rollup WHERE minute < now() - make_interval(secs => $1);

@@ -42,7 +42,7 @@ from async_jobs.domain.jobs import (
     ScanRequest,
     listing_key,
 )
-from async_jobs.domain.rollup import RollupWindow
+from async_jobs.domain.rollup import RollupWindow, extend_rolled
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     JobGauges,
@@ -630,10 +630,23 @@ class PostgresStore:
     async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
         async with self._connection() as conn, conn.transaction():
             await conn.execute(QUERIES["roll_up_plan"])
-            status: str = await conn.execute(
+            span = await conn.fetchrow(QUERIES["rollup_span_lock"])
+            row = await conn.fetchrow(
                 QUERIES["roll_up_finished"], float(from_seconds), float(to_seconds)
             )
-        return int(status.rsplit(" ", 1)[-1])
+            assert row is not None  # one row, whatever was written
+            start, end = extend_rolled(
+                None if span is None else (span["rolled_from"], span["rolled_until"]),
+                row["rolled_from"],
+                row["rolled_until"],
+            )
+            await conn.execute(QUERIES["rollup_span_write"], start, end)
+        return int(row["written"])
+
+    async def rolled_up(self) -> tuple[float, float] | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES["rolled_up"])
+        return None if row is None else (row["begins_ago"], row["ends_ago"])
 
     async def delete_rollup(self, older_than_seconds: float) -> int:
         async with self._connection() as conn:

@@ -939,6 +939,16 @@ FROM async_jobs
 WHERE status IN ('succeeded', 'failed', 'cancelled')
   AND finished_at >= :lo AND finished_at < :hi;
 
+-- name: rollup_span
+SELECT rolled_from, rolled_until FROM async_jobs_rollup_span;
+
+-- name: rollup_span_write
+-- The span after a run (domain/rollup.py, extend_rolled), in the run's transaction.
+INSERT INTO async_jobs_rollup_span (id, rolled_from, rolled_until)
+VALUES (1, :rolled_from, :rolled_until)
+ON CONFLICT (id) DO UPDATE
+SET rolled_from = excluded.rolled_from, rolled_until = excluded.rolled_until;
+
 -- name: rollup_clear
 DELETE FROM async_jobs_rollup WHERE minute >= :lo AND minute < :hi;
 

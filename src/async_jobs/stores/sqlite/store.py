@@ -62,7 +62,7 @@ from async_jobs.domain.jobs import (
     listing_key,
 )
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.rollup import MINUTE, EndedJob, RollupWindow, roll_up
+from async_jobs.domain.rollup import MINUTE, EndedJob, RollupWindow, extend_rolled, roll_up
 from async_jobs.domain.scheduling import (
     ActiveCounts,
     Candidate,
@@ -583,6 +583,16 @@ class SqliteStore:
 
     async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
         return await self._run(lambda c: _roll_up(c, from_seconds, to_seconds), write=True)
+
+    async def rolled_up(self) -> tuple[float, float] | None:
+        async def work(conn: aiosqlite.Connection) -> tuple[float, float] | None:
+            span = await _rolled_span(conn)
+            if span is None:
+                return None
+            now = await _now(conn)
+            return now - span[0], now - span[1]
+
+        return await self._run(work, write=False)
 
     async def delete_rollup(self, older_than_seconds: float) -> int:
         async def work(conn: aiosqlite.Connection) -> int:
@@ -1141,7 +1151,14 @@ async def _roll_up(conn: aiosqlite.Connection, from_seconds: float, to_seconds: 
                 "wait_hist": json_dumps(row.wait_hist),
             },
         )
+    start, end = extend_rolled(await _rolled_span(conn), lo, min(hi, now))
+    await _fetch(conn, "rollup_span_write", {"rolled_from": start, "rolled_until": end})
     return len(rows)
+
+
+async def _rolled_span(conn: aiosqlite.Connection) -> tuple[float, float] | None:
+    rows = await _fetch(conn, "rollup_span")
+    return (rows[0]["rolled_from"], rows[0]["rolled_until"]) if rows else None
 
 
 async def _read_rollup(
