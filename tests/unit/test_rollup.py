@@ -75,28 +75,33 @@ class _Recorder:
 
     def __init__(self, now: list[float]) -> None:
         self.calls: list[tuple[float, float]] = []
-        self._now = now
+        self.now = now
         self.span: tuple[float, float] | None = None
 
     async def roll_up_finished(self, from_seconds: float, to_seconds: float = 0.0) -> int:
         self.calls.append((from_seconds, to_seconds))
-        now = self._now[0]
+        now = self.now[0]
         self.span = extend_rolled(self.span, now - from_seconds, now - to_seconds)
         return 0
 
     async def rolled_up(self) -> tuple[float, float] | None:
         if self.span is None:
             return None
-        return self._now[0] - self.span[0], self._now[0] - self.span[1]
+        return self.now[0] - self.span[0], self.now[0] - self.span[1]
 
     async def delete_rollup(self, older_than_seconds: float) -> int:
         return 0
 
 
+def _chore(store: _Recorder) -> Rollup:
+    """A leader's chore by the recorder's clock: the hour, in chunks of 15 minutes."""
+    return Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: store.now[0])  # type: ignore[arg-type]
+
+
 async def test_the_chore_rolls_the_latest_chunk_first_then_one_older_chunk_a_run() -> None:
     now = [1000.0]
     store = _Recorder(now)
-    chore = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    chore = _chore(store)
     for _ in range(6):
         await chore.run_once()
         now[0] += 10
@@ -117,7 +122,7 @@ async def test_the_chore_rolls_the_latest_chunk_first_then_one_older_chunk_a_run
 async def test_a_new_leader_goes_on_from_the_span_an_earlier_one_rolled_up() -> None:
     now = [1000.0]
     store = _Recorder(now)
-    first = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    first = _chore(store)
     for _ in range(2):
         await first.run_once()
         now[0] += 10
@@ -126,7 +131,7 @@ async def test_a_new_leader_goes_on_from_the_span_an_earlier_one_rolled_up() -> 
     # restart: the next leader, at 1,040, rolls up the 30 s since the span ended and the
     # minute before, then catches up from where the span begins, one chunk further back.
     now[0] += 20
-    second = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    second = _chore(store)
     del store.calls[:]
     await second.run_once()
     now[0] += 10
@@ -134,13 +139,13 @@ async def test_a_new_leader_goes_on_from_the_span_an_earlier_one_rolled_up() -> 
     assert store.calls == [(30 + 60, 0), (70, 0), (1050 + 1700, 1050 + 800)]
     # A span that ended longer ago than a chunk: the latest chunk first, as with none.
     now[0] += 1000
-    third = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    third = _chore(store)
     await third.run_once()
     assert store.calls[-1] == (900, 0)
     # One that already reaches back over the whole catch-up: no older chunk is rolled.
     now[0] += 10
     store.span = (now[0] - 5000, now[0] - 10)
-    fourth = Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: now[0])  # type: ignore[arg-type]
+    fourth = _chore(store)
     for _ in range(3):
         await fourth.run_once()
         now[0] += 10
