@@ -98,13 +98,17 @@ def _chore(store: _Recorder) -> Rollup:
     return Rollup(store, catch_up_seconds=3600, chunk_seconds=900, clock=lambda: store.now[0])  # type: ignore[arg-type]
 
 
-async def test_the_chore_rolls_the_latest_chunk_first_then_one_older_chunk_a_run() -> None:
-    now = [1000.0]
-    store = _Recorder(now)
-    chore = _chore(store)
-    for _ in range(6):
+async def _runs(chore: Rollup, store: _Recorder, runs: int) -> None:
+    """``runs`` runs of the chore, 10 s apart."""
+    for _ in range(runs):
         await chore.run_once()
-        now[0] += 10
+        store.now[0] += 10
+
+
+async def test_the_chore_rolls_the_latest_chunk_first_then_one_older_chunk_a_run() -> None:
+    store = _Recorder([1000.0])
+    chore = _chore(store)
+    await _runs(chore, store, 6)
     # The latest 15 minutes first: a job that ended just now is listed after one run.
     assert store.calls[0] == (900, 0)
     # Then each run covers the time since the last one and the minute before, and the
@@ -122,10 +126,7 @@ async def test_the_chore_rolls_the_latest_chunk_first_then_one_older_chunk_a_run
 async def test_a_new_leader_goes_on_from_the_span_an_earlier_one_rolled_up() -> None:
     now = [1000.0]
     store = _Recorder(now)
-    first = _chore(store)
-    for _ in range(2):
-        await first.run_once()
-        now[0] += 10
+    await _runs(_chore(store), store, 2)
     assert store.calls == [(900, 0), (70, 0), (1010 + 800, 1010 - 100)]
     # The span: from 800 s before the clock's zero (the first older chunk) to 1,010. A
     # restart: the next leader, at 1,040, rolls up the 30 s since the span ended and the
@@ -133,9 +134,7 @@ async def test_a_new_leader_goes_on_from_the_span_an_earlier_one_rolled_up() -> 
     now[0] += 20
     second = _chore(store)
     del store.calls[:]
-    await second.run_once()
-    now[0] += 10
-    await second.run_once()
+    await _runs(second, store, 2)
     assert store.calls == [(30 + 60, 0), (70, 0), (1050 + 1700, 1050 + 800)]
     # A span that ended longer ago than a chunk: the latest chunk first, as with none.
     now[0] += 1000
@@ -145,8 +144,5 @@ async def test_a_new_leader_goes_on_from_the_span_an_earlier_one_rolled_up() -> 
     # One that already reaches back over the whole catch-up: no older chunk is rolled.
     now[0] += 10
     store.span = (now[0] - 5000, now[0] - 10)
-    fourth = _chore(store)
-    for _ in range(3):
-        await fourth.run_once()
-        now[0] += 10
+    await _runs(_chore(store), store, 3)
     assert store.calls[-3:] == [(70, 0), (70, 0), (70, 0)]
