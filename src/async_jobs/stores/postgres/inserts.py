@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+import struct
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -96,39 +99,57 @@ async def insert_chunks_on(
     chunk: list[NewJob],
     more: Iterator[list[NewJob]],
     text_json: bool = False,
+    copy: bool = False,
 ) -> list[tuple[Job, bool]]:
     """Write ``chunk`` and then each list of ``more``, one statement each. While PostgreSQL
     works on a statement, this process draws the next list (validating its jobs, when
     ``more`` does), makes that statement's parameters and makes the jobs of the previous
     statement: the two processors work at once instead of in turn. An error while drawing
     lets the statement in flight finish and is raised; the caller's transaction then stores
-    nothing."""
+    nothing.
+
+    ``copy``: the caller's transaction holds every statement, on a connection of ours.
+    Once a statement has told the transaction's ``now()``, a list with no idempotency key
+    goes by ``COPY``, its times computed here from that ``now()`` as the statements compute
+    them (``_copy_data``): PostgreSQL writes its rows several to a page and a WAL record."""
     batch: list[NewJob] = []
     made: list[Job | None] = []  # per job of the batch: as inserted, or None (key taken)
     unsure: list[tuple[int, list[NewJob]]] = []  # see _make_inserted
-    written: tuple[list[NewJob], bool, list[asyncpg.Record]] | None = None
-    params = _statement_params(chunk)
+    written: tuple[list[NewJob], _Form, Any] | None = None
+    now: datetime | None = None
+    form = _form(chunk, now)
     while chunk:
         await check_pending_quotas(conn, chunk)
         batch.extend(chunk)
-        alike, args = params
-        statement = asyncio.ensure_future(
-            conn.fetch(QUERIES["insert_jobs_alike" if alike else "insert_jobs"], *args)
-        )
+        if isinstance(form, _Copy):
+            statement = asyncio.ensure_future(
+                conn.copy_to_table(
+                    "async_jobs", source=_once(form.data), columns=COPY_COLUMNS, format="binary"
+                )
+            )
+        else:
+            query = QUERIES["insert_jobs_alike" if form.alike else "insert_jobs"]
+            statement = asyncio.ensure_future(conn.fetch(query, *form.args))
         try:
             await asyncio.sleep(0)  # the statement is sent
             if written is not None:
                 _make_inserted(*written, made, unsure)
             nxt = next(more, [])
             if nxt:
-                params = _statement_params(nxt)
+                next_form = _form(nxt, now)
         except BaseException:
             await asyncio.wait([statement])
             if not statement.cancelled():
                 statement.exception()  # retrieved: the drawing error is the one raised
             raise
-        written = (chunk, alike, await statement)
+        written = (chunk, form, await statement)
+        if copy and now is None and isinstance(form, _Statement) and written[2]:
+            now = written[2][0]["now"]
+            if nxt:  # drawn before now() was known: made again, as COPY if it can go so
+                next_form = _form(nxt, now)
         chunk = nxt
+        if nxt:
+            form = next_form
     if written is not None:
         _make_inserted(*written, made, unsure)
     for start, jobs in unsure:
@@ -140,10 +161,128 @@ async def insert_chunks_on(
     return await _with_holders(conn, batch, made, text_json)
 
 
+@dataclass(slots=True)
+class _Statement:
+    """An insert statement's parameters; ``alike``: it is ``insert_jobs_alike``."""
+
+    alike: bool
+    args: list[Any]
+
+
+@dataclass(slots=True)
+class _Copy:
+    """The data of a binary ``COPY`` and the jobs it makes."""
+
+    data: bytes
+    jobs: list[Job]
+
+
+_Form = _Statement | _Copy
+
+
+def _form(jobs: list[NewJob], now: datetime | None) -> _Form:
+    """How ``jobs`` go: by ``COPY`` when the transaction's ``now()`` is known and no job has
+    an idempotency key, else by a statement."""
+    if now is not None and all(job.idempotency_key is None for job in jobs):
+        return _copy_data(jobs, now)
+    return _Statement(*_statement_params(jobs))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+# The columns a COPY writes, in the order of _copy_data: the three that differ from job to
+# job first, then those a batch's jobs usually share. The others keep their defaults.
+COPY_COLUMNS = (
+    "id", "payload", "created_at", "updated_at", "tenant_id", "use_case", "type", "priority",
+    "max_attempts", "run_at", "delay_tolerance_seconds", "deadline_at", "timeout_seconds",
+    "webhook_url", "backoff", "expires_at", "trace_context", "delayed",
+)  # fmt: skip
+
+# PostgreSQL's binary COPY format: a signature, flags and a header extension length; each
+# row its number of fields, then each field's length (-1: NULL) and bytes; -1 at the end.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+_ROW_START = struct.pack("!hi", len(COPY_COLUMNS), 16)  # the field count, then the id's length
+_TIMES = struct.Struct("!iqiq")  # created_at and updated_at
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_NULL = struct.pack("!i", -1)
+
+
+def _copy_data(jobs: list[NewJob], now: datetime) -> _Copy:
+    """The binary ``COPY`` data of ``jobs`` and the jobs as stored. Their times are those
+    ``insert_rows`` computes: run_at is absolute when given, else ``now`` + delay; the
+    deadline is run_at + tolerance; a job is marked delayed when run_at > ``now``. The
+    fields after the first four are encoded once for each run of jobs that share them."""
+    parts: list[bytes] = [_COPY_HEADER]
+    stored: list[Job] = []
+    shared: tuple[Any, ...] | None = None
+    rest = b""
+    run_at = deadline_at = now
+    for j in jobs:
+        key = (
+            j.tenant_id, j.use_case, j.type, j.priority, j.max_attempts, j.run_at,
+            j.delay_seconds, j.delay_tolerance_seconds, j.timeout_seconds, j.webhook_url,
+            j.backoff, j.expires_at, j.trace_context,
+        )  # fmt: skip
+        if key != shared:
+            shared = key
+            run_at = j.run_at if j.run_at is not None else now + _interval(j.delay_seconds)
+            deadline_at = run_at + _interval(j.delay_tolerance_seconds)
+            backoff = None if j.backoff is None else json_dumps(j.backoff.to_json())
+            rest = b"".join((
+                _text(j.tenant_id), _text(j.use_case), _text(j.type), _text(j.priority),
+                struct.pack("!ii", 4, j.max_attempts), _timestamp(run_at),
+                struct.pack("!id", 8, j.delay_tolerance_seconds), _timestamp(deadline_at),
+                _NULL if j.timeout_seconds is None else struct.pack("!id", 8, j.timeout_seconds),
+                _text(j.webhook_url), _jsonb(backoff), _timestamp(j.expires_at),
+                _text(j.trace_context), struct.pack("!i?", 1, run_at > now),
+            ))  # fmt: skip
+        payload = j.payload_json.encode()
+        micros = (j.created_at - _PG_EPOCH) // _MICROSECOND
+        parts.append(b"".join((
+            _ROW_START, j.id.bytes, struct.pack("!ib", len(payload) + 1, 1), payload,
+            _TIMES.pack(8, micros, 8, micros), rest,
+        )))  # fmt: skip
+        stored.append(j.stored(run_at, deadline_at, j.created_at))
+    parts.append(_COPY_TRAILER)
+    return _Copy(b"".join(parts), stored)
+
+
+def _text(value: str | None) -> bytes:
+    if value is None:
+        return _NULL
+    data = value.encode()
+    return struct.pack("!i", len(data)) + data
+
+
+def _jsonb(text: str | None) -> bytes:
+    """jsonb's binary form: its version (1), then the text."""
+    if text is None:
+        return _NULL
+    data = text.encode()
+    return struct.pack("!ib", len(data) + 1, 1) + data
+
+
+def _timestamp(value: datetime | None) -> bytes:
+    """timestamptz's binary form: microseconds since 2000-01-01 UTC."""
+    if value is None:
+        return _NULL
+    return struct.pack("!iq", 8, (value - _PG_EPOCH) // _MICROSECOND)
+
+
+def _interval(seconds: float) -> timedelta:
+    """``make_interval(secs => seconds)`` as PostgreSQL makes it: the seconds times a million,
+    rounded half to even, as microseconds."""
+    return timedelta(microseconds=round(seconds * 1e6))
+
+
 def _make_inserted(
     chunk: list[NewJob],
-    alike: bool,
-    rows: list[asyncpg.Record],
+    form: _Form,
+    rows: Any,
     made: list[Job | None],
     unsure: list[tuple[int, list[NewJob]]],
 ) -> None:
@@ -152,8 +291,12 @@ def _make_inserted(
     they are matched by id. A statement of ``insert_jobs_alike`` returned one row, the
     times all its jobs share. Should they differ after all, its jobs are appended as None
     and the statement goes to ``unsure``, with where its jobs start in ``made``, for each
-    job's times to be read once the connection is free."""
-    if alike:
+    job's times to be read once the connection is free. A ``COPY`` wrote every job with
+    the times it was given."""
+    if isinstance(form, _Copy):
+        made.extend(form.jobs)
+        return
+    if form.alike:
         [row] = rows
         if row["n"] != len(chunk):  # no key: every job is inserted, or the statement fails
             raise StoreError(f"a statement of {len(chunk)} jobs inserted {row['n']}")

@@ -84,7 +84,7 @@ ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NO
 -- name: insert_jobs
 -- insert_rows, each inserted job's row returned, in the order of the jobs.
 -- use: insert_rows
-RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
+RETURNING j.id, j.run_at, j.deadline_at, j.created_at, now() AS now;
 
 -- name: insert_jobs_alike
 -- insert_rows for jobs that have no idempotency key and share their delay, run_at and
@@ -97,7 +97,7 @@ WITH inserted AS (
     RETURNING j.run_at, j.deadline_at
 )
 SELECT count(*)::int AS n, min(run_at) AS run_at, max(run_at) AS last_run_at,
-       min(deadline_at) AS deadline_at, max(deadline_at) AS last_deadline_at
+       min(deadline_at) AS deadline_at, max(deadline_at) AS last_deadline_at, now() AS now
 FROM inserted;
 
 -- name: get_inserted_times
