@@ -297,7 +297,7 @@ class JobApp:
     async def enqueue_many(
         self, requests: Sequence[EnqueueRequest], *, connection: object | None = None
     ) -> list[Job]:
-        """Store many jobs in one statement and transaction: all of them or, on any error,
+        """Store many jobs in one transaction: all of them or, on any error,
         none. ``connection`` as for ``enqueue``."""
         return [job for job, _ in await self.enqueue_many_checked(requests, connection=connection)]
 

@@ -128,17 +128,22 @@ async def test_a_batch_whose_first_statement_inserts_nothing_goes_by_statements(
     assert [created for _, created in results].count(True) == STATEMENT_JOBS[1]
 
 
-async def test_a_caller_connections_batch_goes_by_statements(
+async def test_a_batch_on_a_callers_connection_goes_by_copy_too(
     store: PostgresStore, pg_database: str, copies: list[int]
 ) -> None:
-    """On a caller's own connection, whose codecs are not ours, no COPY."""
+    """Inside the caller's transaction (a savepoint), on a connection with the driver's own
+    codecs: the rows and the times are the same."""
+    news = [_mixed(n) for n in range(LONG_BATCH)]
     conn = await asyncpg.connect(pg_database)
     try:
         async with conn.transaction():
-            results = await store.insert_jobs_in(conn, [new_job() for _ in range(LONG_BATCH)])
+            results = await store.insert_jobs_in(conn, news)
     finally:
         await conn.close()
-    assert copies == [] and len(results) == LONG_BATCH
+    assert copies == [STATEMENT_JOBS[1], STATEMENT_JOBS[1], 100]
+    assert [job.id for job, _ in results] == [job.id for job in news]
+    for job, created in results:
+        assert created and await store.get_job(job.id) == job
 
 
 @pytest.mark.parametrize(

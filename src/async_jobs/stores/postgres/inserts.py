@@ -99,7 +99,6 @@ async def insert_chunks_on(
     chunk: list[NewJob],
     more: Iterator[list[NewJob]],
     text_json: bool = False,
-    copy: bool = False,
 ) -> list[tuple[Job, bool]]:
     """Write ``chunk`` and then each list of ``more``, one statement each. While PostgreSQL
     works on a statement, this process draws the next list (validating its jobs, when
@@ -108,10 +107,10 @@ async def insert_chunks_on(
     lets the statement in flight finish and is raised; the caller's transaction then stores
     nothing.
 
-    ``copy``: the caller's transaction holds every statement, on a connection of ours.
-    Once a statement has told the transaction's ``now()``, a list with no idempotency key
-    goes by ``COPY``, its times computed here from that ``now()`` as the statements compute
-    them (``_copy_data``): PostgreSQL writes its rows several to a page and a WAL record."""
+    Once a statement has told the transaction's ``now()``, each later list with no
+    idempotency key goes by ``COPY`` instead, its times computed here from that ``now()``
+    as the statements compute them (``_copy_data``): PostgreSQL writes its rows several to
+    a heap page and a WAL record, and this process encodes the fields that jobs share once."""
     batch: list[NewJob] = []
     made: list[Job | None] = []  # per job of the batch: as inserted, or None (key taken)
     unsure: list[tuple[int, list[NewJob]]] = []  # see _make_inserted
@@ -143,7 +142,7 @@ async def insert_chunks_on(
                 statement.exception()  # retrieved: the drawing error is the one raised
             raise
         written = (chunk, form, await statement)
-        if copy and now is None and isinstance(form, _Statement) and written[2]:
+        if now is None and isinstance(form, _Statement) and written[2]:
             now = written[2][0]["now"]
             if nxt:  # drawn before now() was known: made again, as COPY if it can go so
                 next_form = _form(nxt, now)

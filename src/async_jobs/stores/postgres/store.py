@@ -242,7 +242,7 @@ class PostgresStore:
         if first is None:
             return []
         async with self._connection() as conn, conn.transaction():
-            return await insert_chunks_on(conn, first, chunks, copy=True)
+            return await insert_chunks_on(conn, first, chunks)
 
     async def insert_jobs_in(
         self, connection: object, jobs: Sequence[NewJob]
