@@ -12,8 +12,9 @@ Batches of 1,000:
 - ``enqueue_many``: the whole call's time, this process's CPU and PostgreSQL's per job;
 - ``statement``: our insert statement alone (as ``enqueue_many`` sends a batch of like
   jobs: ``insert_jobs_alike``), its parameters encoded beforehand;
-- ``copy``: ``COPY`` of the same rows, for comparison: it cannot take ``ON CONFLICT`` or
-  ``RETURNING``.
+- ``copy``: ``COPY`` of the same rows through the driver, which encodes every field of every
+  row, for comparison (``enqueue_many`` writes the lists after its first statement by a
+  ``COPY`` it encodes itself: README, Design notes, "Batch enqueue").
 
 PostgreSQL's CPU is read from ``/proc`` for the backends of the benchmark's database, so
 the server must run on this machine. Figures are medians over the rounds, per job.

@@ -1,5 +1,6 @@
 """Inserting jobs: one at a time, in groups, and in batches of statements written while the
-next is drawn; idempotency keys and the max_pending quota locks."""
+next is drawn (after the first, by ``COPY``); idempotency keys and the max_pending quota
+locks."""
 
 from __future__ import annotations
 
