@@ -16,10 +16,12 @@ statement-level ``NOTIFY`` trigger):
   ones on the id.
 
 Batches: 10 statements of ``insert_jobs_alike`` of 1,000 like jobs, each in its own
-transaction, parameters made beforehand (as ``enqueue_many`` sends a batch, less its client
-work). Single: 2,000 ``insert_job`` statements, one per call, each its own commit. PostgreSQL's
-CPU is read from ``/proc`` for the backends of the benchmark's database, so the server must run
-on this machine. Figures are medians over the rounds.
+transaction, parameters made beforehand (as ``enqueue_many`` sent a batch before it wrote
+its later lists by ``COPY``, less its client work). ``COPY``: the same, each batch one binary
+``COPY`` of the rows ``enqueue_many`` encodes (``_copy_data``), made beforehand. Single:
+2,000 ``insert_job`` statements, one per call, each its own commit. PostgreSQL's CPU is read
+from ``/proc`` for the backends of the benchmark's database, so the server must run on this
+machine. Figures are medians over the rounds.
 """
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ from enqueue_floor import measure, opened  # beside this file: run as bench/inde
 
 from async_jobs import EnqueueRequest
 from async_jobs.domain.jobs import NewJob, new_job_id, time_of_id
-from async_jobs.stores.postgres.inserts import _insert_values, _statement_params
+from async_jobs.stores.postgres.inserts import (
+    COPY_COLUMNS,
+    _copy_data,
+    _insert_values,
+    _once,
+    _statement_params,
+)
 from async_jobs.stores.postgres.queries import QUERIES
 
 DSN = "postgresql://postgres@127.0.0.1:5432/index_costs_bench"
@@ -103,14 +111,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for name, definition in chosen.items():
             await conn.execute(definition.format(name=f"{table}_{name}", table=table))
     found: dict[str, dict[str, list[dict[str, float]]]] = {
-        v: {"batch": [], "single": []} for v in tables
+        v: {"batch": [], "copy": [], "single": []} for v in tables
     }
+    now = await conn.fetchval("SELECT now()")
     for round_ in range(args.rounds):
         for variant, table in tables.items():
             into = f"INTO {table} AS j"
             batch_sql = QUERIES["insert_jobs_alike"].replace("INTO async_jobs AS j", into)
             single_sql = QUERIES["insert_job"].replace("INTO async_jobs AS j", into)
             params = [_statement_params([fresh(j) for j in like])[1] for _ in range(BATCHES)]
+            copies = [_copy_data([fresh(j) for j in like], now).data for _ in range(BATCHES)]
             singles = [
                 (*_insert_values(job := fresh(like[0])), None, job.created_at)
                 for _ in range(SINGLES)
@@ -121,12 +131,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     async with conn.transaction():
                         await conn.fetch(sql, *args_)
 
+            async def copy(datas: list[bytes] = copies, table: str = table) -> None:
+                for data in datas:
+                    async with conn.transaction():
+                        await conn.copy_to_table(
+                            table, source=_once(data), columns=COPY_COLUMNS, format="binary"
+                        )
+
             async def single(rows: list[tuple[Any, ...]] = singles, sql: str = single_sql) -> None:
                 for args_ in rows:
                     await conn.fetch(sql, *args_)
 
             await conn.execute(f"TRUNCATE {table}")
             found[variant]["batch"].append(await measure(BATCH * BATCHES, batches, args.dsn))
+            await conn.execute(f"TRUNCATE {table}")
+            found[variant]["copy"].append(await measure(BATCH * BATCHES, copy, args.dsn))
             await conn.execute(f"TRUNCATE {table}")
             found[variant]["single"].append(await measure(SINGLES, single, args.dsn))
         print(f"round {round_ + 1} of {args.rounds} done", flush=True)
@@ -147,16 +166,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> None:
     summary = result["summary"]
     base = summary["as migrated"]
-    print(f"\n{'variant':58s} {'batch jobs/s':>12s} {'vs':>5s} {'µs/row':>7s}"
+    print(f"\n{'variant':46s} {'batch jobs/s':>12s} {'vs':>5s} {'µs/row':>7s}"
+          f" {'copy jobs/s':>11s} {'vs':>5s} {'µs/row':>7s}"
           f" {'single/s':>9s} {'vs':>5s} {'µs/call':>8s}")  # fmt: skip
     for variant, kinds in summary.items():
-        b, s = kinds["batch"], kinds["single"]
-        batch_ratio = b["jobs_per_s"] / base["batch"]["jobs_per_s"]
-        single_ratio = s["jobs_per_s"] / base["single"]["jobs_per_s"]
-        print(
-            f"{variant:58s} {b['jobs_per_s']:12,.0f} {batch_ratio:5.2f} {b['server_us']:7.1f}"
-            f" {s['jobs_per_s']:9,.0f} {single_ratio:5.2f} {s['server_us']:8.1f}"
-        )
+        columns = []
+        for kind in ("batch", "copy", "single"):
+            figures = kinds[kind]
+            ratio = figures["jobs_per_s"] / base[kind]["jobs_per_s"]
+            columns.append(
+                f"{figures['jobs_per_s']:11,.0f} {ratio:5.2f} {figures['server_us']:7.1f}"
+            )
+        print(f"{variant:46s} " + "  ".join(columns))
 
 
 if __name__ == "__main__":
