@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from async_jobs.domain.jobs import NewJob
+from async_jobs.domain.jobs import NewJob, seconds
 from async_jobs.stores.postgres import PostgresStore
 from async_jobs.stores.postgres.inserts import _ROW_START as COPY_ROW_START
-from async_jobs.stores.postgres.inserts import STATEMENT_JOBS, _interval
+from async_jobs.stores.postgres.inserts import STATEMENT_JOBS
 from tests.helpers import new_job
 
 # Four lists: the first by a statement, the next three by COPY.
@@ -98,9 +98,9 @@ async def test_the_lists_after_the_first_go_by_copy_and_are_stored_as_returned(
     [now] = {by_id[n.id]["run_at"] for n in news if n.run_at is None and n.delay_seconds == 0}
     for new in news:
         row = by_id[new.id]
-        run_at = now + _interval(new.delay_seconds) if new.run_at is None else new.run_at
+        run_at = now + seconds(new.delay_seconds) if new.run_at is None else new.run_at
         assert row["run_at"] == run_at
-        assert row["deadline_at"] == run_at + _interval(new.delay_tolerance_seconds)
+        assert row["deadline_at"] == run_at + seconds(new.delay_tolerance_seconds)
         assert row["delayed"] is (run_at > now)
 
 
@@ -147,14 +147,14 @@ async def test_a_batch_on_a_callers_connection_goes_by_copy_too(
 
 
 @pytest.mark.parametrize(
-    "seconds", [0.0, 0.1, 0.1234565, 2.5e-7, 1.5e-6, 0.0000005, 86_399.9999995, 1e9 + 0.5]
+    "value", [0.0, 0.1, 0.1234565, 2.5e-7, 1.5e-6, 0.0000005, 86_399.9999995, 1e9 + 0.5]
 )
-async def test_intervals_are_made_as_postgresql_makes_them(
-    store: PostgresStore, seconds: float
+async def test_seconds_are_made_as_postgresql_makes_them(
+    store: PostgresStore, value: float
 ) -> None:
+    """``domain.jobs.seconds``, which every store's times come from, against
+    ``make_interval``, which PostgreSQL's statements use."""
     at = datetime(2000, 1, 1, tzinfo=UTC)
     async with store._connection() as conn:
-        made = await conn.fetchval(
-            "SELECT $1::timestamptz + make_interval(secs => $2)", at, seconds
-        )
-    assert at + _interval(seconds) == made
+        made = await conn.fetchval("SELECT $1::timestamptz + make_interval(secs => $2)", at, value)
+    assert at + seconds(value) == made

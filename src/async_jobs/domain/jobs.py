@@ -322,6 +322,12 @@ class NewJob:
     max_pending: int | None = None
     trace_context: str | None = None  # see Job; set by the enqueuing app when tracing
 
+    def times(self, now: datetime) -> tuple[datetime, datetime]:
+        """The run_at and deadline of this job written at ``now``: run_at as given, else
+        ``now`` plus the delay; the deadline, run_at plus the tolerance (``seconds``)."""
+        run_at = self.run_at if self.run_at is not None else now + seconds(self.delay_seconds)
+        return run_at, run_at + seconds(self.delay_tolerance_seconds)
+
     def stored(self, run_at: datetime, deadline_at: datetime, created_at: datetime) -> Job:
         """The job as a store has just written it, with the times its clock chose and
         ``created_at`` as it keeps it (``self.created_at``, or that time to the precision
@@ -548,6 +554,13 @@ def new_job_id() -> JobId:
     _set_attribute(job_id, "int", (clock >> 12) << 80 | (clock & 0xFFF) << 64 | rest)
     _set_attribute(job_id, "is_safe", _SAFE_UNKNOWN)
     return JobId(job_id)
+
+
+def seconds(value: float) -> timedelta:
+    """A number of seconds as PostgreSQL's ``make_interval(secs => value)`` makes it: times a
+    million, rounded half to even, as microseconds. Every store computes a job's times with
+    it, as PostgreSQL's statements do, so that they agree to the microsecond."""
+    return timedelta(microseconds=round(value * 1e6))
 
 
 def time_of_id(job_id: uuid.UUID) -> datetime:

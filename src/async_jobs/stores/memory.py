@@ -196,10 +196,7 @@ class MemoryStore:
         return self._jobs.get(found) if found is not None else None
 
     def _build(self, new: NewJob) -> Job:
-        now = self._clock()
-        run_at = new.run_at or now + timedelta(seconds=new.delay_seconds)
-        deadline_at = run_at + timedelta(seconds=new.delay_tolerance_seconds)
-        return new.stored(run_at, deadline_at, new.created_at)
+        return new.stored(*new.times(self._clock()), new.created_at)
 
     async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
         self._check_open()

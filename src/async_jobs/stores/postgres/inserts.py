@@ -213,9 +213,9 @@ _NULL = struct.pack("!i", -1)
 
 def _copy_data(jobs: list[NewJob], now: datetime) -> _Copy:
     """The binary ``COPY`` data of ``jobs`` and the jobs as stored. Their times are those
-    ``insert_rows`` computes: run_at is absolute when given, else ``now`` + delay; the
-    deadline is run_at + tolerance; a job is marked delayed when run_at > ``now``. The
-    fields after the first four are encoded once for each run of jobs that share them."""
+    ``insert_rows`` computes (``NewJob.times``); a job is marked delayed when run_at >
+    ``now``. The fields after the first four are encoded once for each run of jobs that
+    share them."""
     parts: list[bytes] = [_COPY_HEADER]
     stored: list[Job] = []
     shared: tuple[Any, ...] | None = None
@@ -229,8 +229,7 @@ def _copy_data(jobs: list[NewJob], now: datetime) -> _Copy:
         )  # fmt: skip
         if key != shared:
             shared = key
-            run_at = j.run_at if j.run_at is not None else now + _interval(j.delay_seconds)
-            deadline_at = run_at + _interval(j.delay_tolerance_seconds)
+            run_at, deadline_at = j.times(now)
             backoff = None if j.backoff is None else json_dumps(j.backoff.to_json())
             rest = b"".join((
                 _text(j.tenant_id), _text(j.use_case), _text(j.type), _text(j.priority),
@@ -271,12 +270,6 @@ def _timestamp(value: datetime | None) -> bytes:
     if value is None:
         return _NULL
     return struct.pack("!iq", 8, (value - _PG_EPOCH) // _MICROSECOND)
-
-
-def _interval(seconds: float) -> timedelta:
-    """``make_interval(secs => seconds)`` as PostgreSQL makes it: the seconds times a million,
-    rounded half to even, as microseconds."""
-    return timedelta(microseconds=round(seconds * 1e6))
 
 
 def _make_inserted(
