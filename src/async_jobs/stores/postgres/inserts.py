@@ -142,9 +142,10 @@ async def insert_chunks_on(
             if not statement.cancelled():
                 statement.exception()  # retrieved: the drawing error is the one raised
             raise
-        written = (chunk, form, await statement)
-        if now is None and isinstance(form, _Statement) and written[2]:
-            now = written[2][0]["now"]
+        result = await statement
+        written = (chunk, form, result)
+        if now is None and isinstance(form, _Statement) and result:
+            now = result[0]["now"]
             if nxt:  # drawn before now() was known: made again, as COPY if it can go so
                 next_form = _form(nxt, now)
         chunk = nxt
@@ -239,11 +240,10 @@ def _copy_data(jobs: list[NewJob], now: datetime) -> _Copy:
                 _text(j.webhook_url), _jsonb(backoff), _timestamp(j.expires_at),
                 _text(j.trace_context), struct.pack("!i?", 1, run_at > now),
             ))  # fmt: skip
-        payload = j.payload_json.encode()
         micros = (j.created_at - _PG_EPOCH) // _MICROSECOND
         parts.append(b"".join((
-            _ROW_START, j.id.bytes, struct.pack("!ib", len(payload) + 1, 1), payload,
-            _TIMES.pack(8, micros, 8, micros), rest,
+            _ROW_START, j.id.bytes, _jsonb(j.payload_json), _TIMES.pack(8, micros, 8, micros),
+            rest,
         )))  # fmt: skip
         stored.append(j.stored(run_at, deadline_at, j.created_at))
     parts.append(_COPY_TRAILER)
