@@ -49,7 +49,7 @@ def test_the_benchmark_runs_on_a_table_of_the_given_shape(
     assert (result["settings"]["history"], result["settings"]["tenants"]) == (3000, 7)
     after = result["details"]["sizes_after"]
     assert after["relations_mb"]["async_jobs"] > 0 and "n_tup_hot_upd" in after
-    assert "async_jobs_claimable" in done.stdout
+    assert "async_jobs_ready" in done.stdout
     # The seeded rows stay; the measured jobs are cleared after each scenario.
     counts = _counts(pg_database)
     assert counts == {("bench_history", "succeeded"): 3000, ("bench_backlog", "pending"): 500}

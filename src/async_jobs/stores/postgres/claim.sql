@@ -19,8 +19,10 @@
 -- due jobs when there are at most p_limit of them (one claim could take them all), else one
 -- index probe per tenant with pending jobs. A tenant whose jobs are all in the future is
 -- never read. Before it chooses, the claim unmarks the due rows of its use cases that were
--- written for the future (delayed, 0015): the walk reads the unmarked rows only, so a
--- tenant whose jobs are all in the future costs it nothing, even in a drain.
+-- written for the future (delayed, 0015): the walk and the choice read the unmarked rows
+-- only (one index, async_jobs_ready, 0022), so a tenant whose jobs are all in the future
+-- costs them nothing, even in a drain. A due row still marked (held by another claim that is
+-- unmarking it, or past this claim's 1,000) is chosen once it is unmarked.
 --
 -- The choice: within a use case, each tenant offers its first jobs in its own order
 -- (priority, deadline, run_at), as many as its slots, max_running and rate bucket allow;
@@ -166,7 +168,7 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT j.id, j.priority, j.deadline_at, j.run_at
             FROM async_jobs j
-            WHERE j.status = 'pending'
+            WHERE j.status = 'pending' AND NOT j.delayed  -- async_jobs_ready (0022)
               AND j.use_case = g.use_case
               AND j.tenant_id = g.tenant_id
               AND j.run_at <= now()

@@ -492,7 +492,7 @@ WHERE status = 'pending' AND ($1::text IS NULL OR tenant_id = $1);
 
 -- name: job_gauges
 -- The store gauges, never a count of the table: use cases found by skip scans, then per
--- (state, use case) a walk of at most $1 index entries (pending: async_jobs_claimable, which
+-- (state, use case) a walk of at most $1 index entries (pending: async_jobs_pending_due, which
 -- holds run_at, so an index-only scan; queued and running: async_jobs_active).
 WITH RECURSIVE active_use_cases(use_case) AS (
     (SELECT use_case FROM async_jobs WHERE status IN ('queued', 'running')
@@ -639,7 +639,7 @@ SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;
 -- name: count_jobs
 -- How many jobs match list_jobs' filters, counting no further than $7: the dashboard shows
 -- "10,000+" rather than walk every row. The filters use list_jobs' indexes (and, with a use
--- case and an active state, async_jobs_claimable / async_jobs_active). Run after
+-- case and an active state, async_jobs_pending_due / async_jobs_active). Run after
 -- custom_plans, in the same transaction.
 SELECT count(*) AS n FROM (
     SELECT 1 FROM async_jobs
@@ -759,7 +759,7 @@ FROM generate_series($1::bigint, $2::bigint) AS i,
 
 -- name: bench_seed_backlog
 -- Pending jobs due in one to two days, marked delayed as an enqueue with a delay marks them:
--- claimable rows the claim must not walk (rows $1 to $2 of $4, over $3 tenants).
+-- pending rows the claim must not walk (rows $1 to $2 of $4, over $3 tenants).
 INSERT INTO async_jobs (
     id, tenant_id, use_case, type, payload, priority, status, attempts, max_attempts,
     run_at, delay_tolerance_seconds, deadline_at, created_at, updated_at, delayed)
@@ -778,12 +778,14 @@ FROM generate_series($1::bigint, $2::bigint) AS i,
 -- name: bench_unfinished
 -- The measured jobs not ended yet: polled during a drain, so it must cost the database
 -- little beside the worker it measures. Each count names the predicate of one of the
--- claim's partial indexes (async_jobs_claimable, async_jobs_active) and is read there; one
+-- claim's partial indexes (async_jobs_ready, async_jobs_active) and is read there; one
 -- count of the three states matched neither, and on a table of ten million rows the
 -- planner read every row of the tenant through async_jobs_tenant_created (14-60 ms a poll,
--- about a third of a core during a drain, against 3-4 ms on an empty table).
+-- about a third of a core during a drain, against 3-4 ms on an empty table). The measured
+-- jobs are due when written and never retried (no-ops), so never marked delayed.
 SELECT (SELECT count(*) FROM async_jobs
-        WHERE status = 'pending' AND use_case = 'default' AND tenant_id = 'default')
+        WHERE status = 'pending' AND NOT delayed AND use_case = 'default'
+          AND tenant_id = 'default')
      + (SELECT count(*) FROM async_jobs
         WHERE status IN ('queued', 'running') AND use_case = 'default' AND tenant_id = 'default');
 
