@@ -256,7 +256,7 @@ FROM generate_series(1, $1::int + $3::int) AS i,
 @pytest.mark.parametrize(
     ("due", "groups_from"),
     [
-        (30, "async_jobs_pending_due"),  # no more than a claim takes: their tenants
+        (30, "async_jobs_due"),  # no more than a claim takes: their tenants
         (50 * (RUNS + 1), "async_jobs_ready"),  # more: a walk of the groups
     ],
 )
@@ -264,7 +264,7 @@ async def test_the_claim_reads_no_job_that_is_not_due(
     pg_database: str, due: int, groups_from: str
 ) -> None:
     """The jobs of tenants whose jobs are all in the future are never read: with few due
-    jobs, the groups are the tenants of the due jobs (a range of async_jobs_pending_due) and
+    jobs, the groups are the tenants of the due jobs (a range of async_jobs_due) and
     the other tenants are never visited; with many, a walk of async_jobs_ready, which holds no
     delayed row, visits the due tenant only."""
     conn = await asyncpg.connect(pg_database)
@@ -278,7 +278,7 @@ async def test_the_claim_reads_no_job_that_is_not_due(
         await conn.close()
     executed = _executed_without_backlog(scans)
     walk = _walk(executed)
-    if groups_from == "async_jobs_pending_due":  # the tenants with no due job: never visited
+    if groups_from == "async_jobs_due":  # the tenants with no due job: never visited
         assert any(groups_from in s for s in executed), scans
         assert not walk, scans
     else:
@@ -309,6 +309,53 @@ def _executed_without_backlog(scans: list[str]) -> list[str]:
         assert found, scan
         assert int(found.group(2)) == 1, scan
     return executed
+
+
+async def test_a_tenants_pending_jobs_are_counted_on_its_own_ranges(pg_database: str) -> None:
+    """A tenant's pending jobs in a use case (the enqueue's max_pending check, the
+    dashboard's Tenants page) are two ranges of its own: the unmarked rows on
+    async_jobs_ready, the marked ones on async_jobs_marked, never another tenant's entries;
+    the oldest due job is one probe of each part of async_jobs_due (0022)."""
+    conn = await asyncpg.connect(pg_database)
+    plans: list[str] = []
+    try:
+        await conn.execute(BACKLOG_FILL, 5_000, BACKLOG_TENANTS, BACKLOG, True)
+        await conn.execute("ANALYZE async_jobs")
+        await _log_plans(conn, plans)
+        per_tenant = BACKLOG // BACKLOG_TENANTS
+        assert await conn.fetchval(QUERIES["count_waiting"], "b7", "default", []) == per_tenant
+        waiting = await _explain(conn, plans, QUERIES["count_waiting"], "b7", "default", [])
+        args = ("b7", "pending", "default", None, None, None, 10_001, None)
+        counted = await _explain(
+            conn, plans, QUERIES["count_jobs"], *args, setup=QUERIES["custom_plans"]
+        )
+        failed = await _explain(
+            conn, plans, QUERIES["count_jobs"], "b7", "failed", *args[2:],
+            setup=QUERIES["custom_plans"],
+        )  # fmt: skip
+        oldest = await _explain(conn, plans, QUERIES["oldest_due"], None)
+    finally:
+        await conn.close()
+    for scans in (waiting, counted):
+        assert not [s for s in scans if "Seq Scan" in s], scans
+        ran = [s for s in scans if "never executed" not in s]
+        pending = [s for s in ran if re.search(r"async_jobs_(ready|marked|due) ", s)]
+        # Each range holds the tenant's rows only: 100 marked, none unmarked.
+        assert {_rows(s) for s in pending if "async_jobs_marked" in s} == {per_tenant}, scans
+        assert {_rows(s) for s in pending if "async_jobs_ready" in s} == {0}, scans
+        assert not [s for s in pending if "async_jobs_due " in s], scans
+    # Another state: the marked rows' part is planned away.
+    assert not [s for s in failed if "async_jobs_marked" in s and "never executed" not in s]
+    # The oldest due job: the use cases' skip scan and one probe per part, a row each at most.
+    assert oldest and all("async_jobs_due " in s for s in oldest), oldest
+    assert all(_rows(s) <= 1 for s in oldest), oldest
+
+
+def _rows(scan: str) -> int:
+    """The rows a scan node returned per loop, from its "actual rows=N loops=M"."""
+    found = re.search(r"actual rows=(\d+) loops=(\d+)", scan)
+    assert found, scan
+    return int(found.group(1))
 
 
 async def test_a_backlog_written_before_0015_is_marked_in_batches_then_never_walked(
@@ -370,9 +417,9 @@ async def test_the_claim_updates_its_rows_by_primary_key_on_stale_statistics(
 ) -> None:
     """The claim's two updates (the unmarking of due delayed rows, and the claim itself) name
     rows it has already locked, by id. Statistics taken before a backfill marked the backlog
-    say that async_jobs_delayed is empty: an update whose guard matched that index's
-    predicate was planned as a walk of the whole index, filtering by id (100-200 ms per
-    claim while a million rows were being marked). Each must find its rows through the
+    said that async_jobs_delayed (0015) was empty: an update whose guard matched that
+    index's predicate was planned as a walk of the whole index, filtering by id (100-200 ms
+    per claim while a million rows were being marked). Each must find its rows through the
     primary key, whatever the statistics say."""
     conn = await asyncpg.connect(pg_database)
     plans: list[str] = []

@@ -93,7 +93,7 @@ BEGIN
     END IF;
 
     -- Due marked rows become unmarked, at most 1,000 per use case and claim (a range of
-    -- async_jobs_delayed, usually empty; the LIMIT keeps a generic plan on that index). Rows
+    -- async_jobs_due, usually empty; the LIMIT keeps a generic plan on that index). Rows
     -- left marked, or held by another claim, are still seen by async_jobs_due_tenants.
     -- The rows are locked by the inner SELECT, which checks its guard again on the row it
     -- locks, so the update names them by id alone (0016): a guard here matched the partial

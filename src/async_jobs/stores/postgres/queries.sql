@@ -223,8 +223,10 @@ SELECT pg_advisory_xact_lock(hashtextextended('async_jobs.pending:' || $1 || '/'
 -- name: count_waiting
 -- A tenant's jobs waiting to start in a use case, and which of the given idempotency keys
 -- it holds already (those are repeats, not new jobs).
-SELECT (SELECT count(*) FROM async_jobs
-        WHERE status = 'pending' AND use_case = $2 AND tenant_id = $1)
+SELECT (SELECT count(*) FROM async_jobs  -- async_jobs_ready
+        WHERE status = 'pending' AND NOT delayed AND use_case = $2 AND tenant_id = $1)
+     + (SELECT count(*) FROM async_jobs  -- async_jobs_marked
+        WHERE status = 'pending' AND delayed AND use_case = $2 AND tenant_id = $1)
      + (SELECT count(*) FROM async_jobs
         WHERE status = 'queued' AND use_case = $2 AND tenant_id = $1) AS waiting,
        ARRAY(SELECT idempotency_key FROM async_jobs
@@ -492,8 +494,8 @@ WHERE status = 'pending' AND ($1::text IS NULL OR tenant_id = $1);
 
 -- name: job_gauges
 -- The store gauges, never a count of the table: use cases found by skip scans, then per
--- (state, use case) a walk of at most $1 index entries (pending: async_jobs_pending_due, which
--- holds run_at, so an index-only scan; queued and running: async_jobs_active).
+-- (state, use case) a walk of at most $1 index entries (pending: async_jobs_due, which holds
+-- run_at, so an index-only scan; queued and running: async_jobs_active).
 WITH RECURSIVE active_use_cases(use_case) AS (
     (SELECT use_case FROM async_jobs WHERE status IN ('queued', 'running')
      ORDER BY use_case LIMIT 1)
@@ -639,12 +641,22 @@ SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;
 -- name: count_jobs
 -- How many jobs match list_jobs' filters, counting no further than $7: the dashboard shows
 -- "10,000+" rather than walk every row. The filters use list_jobs' indexes (and, with a use
--- case and an active state, async_jobs_pending_due / async_jobs_active). Run after
--- custom_plans, in the same transaction.
+-- case and an active state, the claim's: async_jobs_active, or for pending jobs
+-- async_jobs_ready and async_jobs_marked, the unmarked and the marked rows, counted apart so
+-- that each is one range of a tenant's; for another state the second part is planned away).
+-- Run after custom_plans, in the same transaction: each $n is then a constant.
 SELECT count(*) AS n FROM (
-    SELECT 1 FROM async_jobs
-    -- use: job_filters
-      AND ($8::async_jobs_priority IS NULL OR priority = $8)
+    (SELECT 1 FROM async_jobs
+     -- use: job_filters
+       AND ($8::async_jobs_priority IS NULL OR priority = $8)
+       AND ($2::async_jobs_state IS DISTINCT FROM 'pending' OR NOT delayed)
+     LIMIT $7)
+    UNION ALL
+    (SELECT 1 FROM async_jobs
+     -- use: job_filters
+       AND ($8::async_jobs_priority IS NULL OR priority = $8)
+       AND $2::async_jobs_state = 'pending' AND delayed
+     LIMIT $7)
     LIMIT $7
 ) AS capped;
 
@@ -972,16 +984,23 @@ ORDER BY minute, use_case;
 
 -- name: oldest_due
 -- Per use case with pending jobs (skip scan), its oldest due one's wait (of tenant $1, or of
--- any): one probe of async_jobs_pending_due or async_jobs_pending_run_at each.
+-- any): the first due entry of each part of async_jobs_due, the unmarked and the marked rows.
 SELECT u AS use_case, extract(epoch FROM now() - o.run_at)::float8 AS seconds
 FROM async_jobs_pending_use_cases() AS u
 CROSS JOIN LATERAL (
-    SELECT j.run_at FROM async_jobs j
-    WHERE j.status = 'pending' AND j.use_case = u AND j.run_at <= now()
-      AND ($1::text IS NULL OR j.tenant_id = $1)
-    ORDER BY j.run_at
-    LIMIT 1
-) AS o;
+    SELECT least(
+        (SELECT j.run_at FROM async_jobs j
+         WHERE j.status = 'pending' AND j.use_case = u AND NOT j.delayed AND j.run_at <= now()
+           AND ($1::text IS NULL OR j.tenant_id = $1)
+         ORDER BY j.run_at
+         LIMIT 1),
+        (SELECT j.run_at FROM async_jobs j
+         WHERE j.status = 'pending' AND j.use_case = u AND j.delayed AND j.run_at <= now()
+           AND ($1::text IS NULL OR j.tenant_id = $1)
+         ORDER BY j.run_at
+         LIMIT 1)) AS run_at
+) AS o
+WHERE o.run_at IS NOT NULL;
 
 -- name: now
 SELECT now();

@@ -1,44 +1,65 @@
--- One index for the claim's choice and the drain's walk of tenants (issue 21): every new job
--- writes one index entry fewer.
+-- Four index entries for a new pending job instead of five (issue 21), and every read of
+-- the pending rows still one range or one probe per group.
 --
--- The claim read two indexes of the pending rows led by (use_case, tenant_id):
--- async_jobs_claimable, in the claim's order (priority, deadline_at, run_at), which held the
--- marked rows too (0015), and async_jobs_pending_ready, by run_at, which did not and gave the
--- walk its tenants. A new job wrote an entry in both (a delayed one in claimable and
--- async_jobs_delayed). They become one, async_jobs_ready: the claim's order, unmarked rows
--- only.
--- - The claim's choice reads it as it read claimable. A marked row that is due is chosen
---   once it is unmarked, which each claim does first for its use cases (up to 1,000 rows per
---   use case and claim); the walk sees the due marked rows meanwhile (woken, below).
--- - The walk probes it once per tenant, for the tenant's next unmarked row that is due. An
---   unmarked row is due unless it was written before 0015 and the backfill has not marked it
---   yet: a tenant whose unmarked rows are all in the future costs the walk those rows, as it
---   cost the choice before.
--- - The backfill (async_jobs_mark_delayed) walks it instead of pending_ready.
--- Measured (README "Speed", index costs): a COPY of new jobs into the table without
--- pending_ready ran 1.15x as fast; the claim's reads are the same number of probes.
+-- Before, a new pending job wrote the primary key, async_jobs_tenant_id and three indexes of
+-- the pending rows: async_jobs_claimable (use_case, tenant_id, priority, deadline_at, run_at),
+-- for the claim's choice and a tenant's counts; async_jobs_pending_due (use_case, run_at,
+-- tenant_id), for the due jobs of a use case in run_at order; and, due at once,
+-- async_jobs_pending_ready (use_case, tenant_id, run_at) for the drain's walk of tenants, or,
+-- marked delayed (0015), async_jobs_delayed (use_case, run_at, tenant_id). Now:
 --
--- On a table that already holds millions of pending rows, build the new index first without
--- blocking writes (CREATE INDEX CONCURRENTLY with this name and definition; docs/scale.md):
--- the migration then finds it and only drops the two old ones (each drop takes the table's
--- lock for an instant).
+-- async_jobs_ready: the unmarked pending rows in the claim's order. The choice reads it as it
+-- read claimable (a due row still marked is chosen once a claim has unmarked it, which each
+-- claim does first for its use cases); the walk probes it once per tenant, for the tenant's
+-- next unmarked row that is due; the backfill of 0015 walks it.
 CREATE INDEX IF NOT EXISTS async_jobs_ready
     ON async_jobs (use_case, tenant_id, priority, deadline_at, run_at)
     WHERE status = 'pending' AND NOT delayed;
+
+-- async_jobs_due: every pending row, unmarked then marked, each part in run_at order. The due
+-- unmarked rows of a use case are one range, the due marked rows (those to unmark) another;
+-- the oldest due job is the first of either; the use cases with pending jobs are its skip
+-- scan.
+CREATE INDEX IF NOT EXISTS async_jobs_due
+    ON async_jobs (use_case, delayed, run_at, tenant_id) WHERE status = 'pending';
+
+-- async_jobs_marked: the marked rows by group, so that a tenant's pending jobs in a use case
+-- are still counted on two ranges (this one and async_jobs_ready), never among another
+-- tenant's.
+CREATE INDEX IF NOT EXISTS async_jobs_marked
+    ON async_jobs (use_case, tenant_id, run_at) WHERE status = 'pending' AND delayed;
+
 DROP INDEX IF EXISTS async_jobs_claimable;
 DROP INDEX IF EXISTS async_jobs_pending_ready;
+DROP INDEX IF EXISTS async_jobs_pending_due;
+DROP INDEX IF EXISTS async_jobs_delayed;
+
+-- A job due at once writes async_jobs_ready and async_jobs_due, one written for the future
+-- async_jobs_due and async_jobs_marked. Measured (README "Speed", index costs): a COPY of new
+-- jobs into the table without async_jobs_pending_ready ran 1.15x as fast.
+--
+-- On a table that already holds millions of pending rows, build the three new indexes first
+-- without blocking writes (CREATE INDEX CONCURRENTLY with these names and definitions;
+-- docs/scale.md): the migration then finds them and only drops the four old ones (each drop
+-- takes the table's lock for an instant).
 
 -- The tenants that have a due pending job in a use case, as in 0015: the tenants of the due
--- jobs if there are at most p_few of them, else a walk of async_jobs_ready (one probe per
--- tenant with unmarked pending jobs, for its first due one) and the tenants of the due marked
--- rows (those a claim has not unmarked yet: few).
+-- jobs if there are at most p_few of them (unmarked and marked: two ranges of
+-- async_jobs_due), else a walk of async_jobs_ready (one probe per tenant with unmarked
+-- pending jobs, for its first due one) and the tenants of the due marked rows (those a claim
+-- has not unmarked yet: few).
 CREATE OR REPLACE FUNCTION async_jobs_due_tenants(p_use_case text, p_few integer)
 RETURNS SETOF text
 LANGUAGE sql STABLE AS $$
-    WITH RECURSIVE due AS MATERIALIZED (
-        SELECT tenant_id FROM async_jobs
-        WHERE status = 'pending' AND use_case = p_use_case AND run_at <= now()
-        ORDER BY run_at LIMIT p_few + 1
+    WITH RECURSIVE due AS MATERIALIZED (  -- two ranges of async_jobs_due
+        (SELECT tenant_id FROM async_jobs
+         WHERE status = 'pending' AND use_case = p_use_case AND NOT delayed
+           AND run_at <= now()
+         LIMIT p_few + 1)
+        UNION ALL
+        (SELECT tenant_id FROM async_jobs
+         WHERE status = 'pending' AND use_case = p_use_case AND delayed AND run_at <= now()
+         LIMIT p_few + 1)
     ),
     walk(tenant_id) AS (
         (SELECT tenant_id FROM async_jobs
