@@ -94,7 +94,7 @@ BEGIN
 
     -- Due marked rows become unmarked, at most 1,000 per use case and claim (a range of
     -- async_jobs_due, usually empty; the LIMIT keeps a generic plan on that index). Rows
-    -- left marked, or held by another claim, are still seen by async_jobs_due_tenants.
+    -- left marked, or held by another claim, are chosen by a later claim, once unmarked.
     -- The rows are locked by the inner SELECT, which checks its guard again on the row it
     -- locks, so the update names them by id alone (0016): a guard here matched the partial
     -- index's predicate, and with statistics taken while the index was empty the planner

@@ -23,11 +23,14 @@ CREATE INDEX IF NOT EXISTS async_jobs_ready
 CREATE INDEX IF NOT EXISTS async_jobs_due
     ON async_jobs (use_case, delayed, run_at, tenant_id) WHERE status = 'pending';
 
--- async_jobs_marked: the marked rows by group, so that a tenant's pending jobs in a use case
+-- async_jobs_marked: the marked rows by tenant, so that a tenant's pending jobs in a use case
 -- are still counted on two ranges (this one and async_jobs_ready), never among another
--- tenant's.
+-- tenant's. Led by tenant_id, so that no read of a whole use case's marked rows can take it
+-- for async_jobs_due: with statistics that expected due rows among them, the claim's first
+-- version of this migration walked the 200,000 marked rows of a use case, every claim, on
+-- (use_case, tenant_id, run_at) (docs/scale.md, 0022).
 CREATE INDEX IF NOT EXISTS async_jobs_marked
-    ON async_jobs (use_case, tenant_id, run_at) WHERE status = 'pending' AND delayed;
+    ON async_jobs (tenant_id, use_case, run_at) WHERE status = 'pending' AND delayed;
 
 DROP INDEX IF EXISTS async_jobs_claimable;
 DROP INDEX IF EXISTS async_jobs_pending_ready;
@@ -43,23 +46,22 @@ DROP INDEX IF EXISTS async_jobs_delayed;
 -- docs/scale.md): the migration then finds them and only drops the four old ones (each drop
 -- takes the table's lock for an instant).
 
--- The tenants that have a due pending job in a use case, as in 0015: the tenants of the due
--- jobs if there are at most p_few of them (unmarked and marked: two ranges of
--- async_jobs_due), else a walk of async_jobs_ready (one probe per tenant with unmarked
--- pending jobs, for its first due one) and the tenants of the due marked rows (those a claim
--- has not unmarked yet: few).
+-- The tenants that have a due pending job in a use case that the claim can choose: since the
+-- choice reads async_jobs_ready, the unmarked ones (the claim has just unmarked the due
+-- marked rows it could; those left marked, held by another claim or past its 1,000, are
+-- chosen by a later claim). The tenants of the due unmarked jobs if there are at most p_few
+-- of them (a range of async_jobs_due, in run_at order), else a walk of async_jobs_ready, one
+-- probe per tenant with unmarked pending jobs, for its first due one. 0015's tenants of the
+-- due marked rows are gone with the marked rows' place in the choice.
 CREATE OR REPLACE FUNCTION async_jobs_due_tenants(p_use_case text, p_few integer)
 RETURNS SETOF text
 LANGUAGE sql STABLE AS $$
-    WITH RECURSIVE due AS MATERIALIZED (  -- two ranges of async_jobs_due
-        (SELECT tenant_id FROM async_jobs
-         WHERE status = 'pending' AND use_case = p_use_case AND NOT delayed
-           AND run_at <= now()
-         LIMIT p_few + 1)
-        UNION ALL
-        (SELECT tenant_id FROM async_jobs
-         WHERE status = 'pending' AND use_case = p_use_case AND delayed AND run_at <= now()
-         LIMIT p_few + 1)
+    WITH RECURSIVE due AS MATERIALIZED (
+        SELECT tenant_id FROM async_jobs
+        WHERE status = 'pending' AND use_case = p_use_case AND NOT delayed
+          AND run_at <= now()
+        ORDER BY run_at  -- async_jobs_due's order: no other index can give it
+        LIMIT p_few + 1
     ),
     walk(tenant_id) AS (
         (SELECT tenant_id FROM async_jobs
@@ -75,19 +77,10 @@ LANGUAGE sql STABLE AS $$
               AND a.tenant_id > w.tenant_id AND a.run_at <= now()
             ORDER BY a.tenant_id LIMIT 1
         ) AS n
-    ),
-    woken AS (
-        SELECT tenant_id FROM async_jobs
-        WHERE status = 'pending' AND delayed AND use_case = p_use_case AND run_at <= now()
     )
     SELECT DISTINCT tenant_id FROM due WHERE (SELECT count(*) FROM due) <= p_few
     UNION ALL
-    SELECT tenant_id FROM (
-        SELECT tenant_id FROM walk
-        UNION
-        SELECT tenant_id FROM woken
-    ) AS many
-    WHERE (SELECT count(*) FROM due) > p_few;
+    SELECT tenant_id FROM walk WHERE (SELECT count(*) FROM due) > p_few;
 $$;
 
 -- include: claim.sql
