@@ -38,8 +38,9 @@ DROP INDEX IF EXISTS async_jobs_pending_due;
 DROP INDEX IF EXISTS async_jobs_delayed;
 
 -- A job due at once writes async_jobs_ready and async_jobs_due, one written for the future
--- async_jobs_due and async_jobs_marked. Measured (README "Speed", index costs): a COPY of new
--- jobs into the table without async_jobs_pending_ready ran 1.15x as fast.
+-- async_jobs_due and async_jobs_marked. Measured (README "Speed"): the WAL of a batch of
+-- 1,000 like jobs fell from 599 to 523 bytes a job, and batches ran at 1.19-1.21x PgQueuer
+-- on a machine where they ran at 1.13x before.
 --
 -- On a table that already holds millions of pending rows, build the three new indexes first
 -- without blocking writes (CREATE INDEX CONCURRENTLY with these names and definitions;
