@@ -286,9 +286,8 @@ async def test_the_claim_reads_no_job_that_is_not_due(
     # The walk: the first probe and one more per tenant it finds, the due one only (two rows
     # per claim: its start and its step), never one of the 200 tenants of the backlog.
     for scan in walk:
-        found = re.search(r"actual rows=(\d+) loops=(\d+)", scan)
-        assert found, scan
-        assert int(found.group(1)) * int(found.group(2)) <= 1, scan
+        rows, loops = _rows(scan)
+        assert rows * loops <= 1, scan
 
 
 def _walk(scans: list[str]) -> list[str]:
@@ -308,9 +307,7 @@ def _executed_without_backlog(scans: list[str]) -> list[str]:
     chosen = [s for s in executed if "async_jobs_ready" in s and "on async_jobs j " in s]
     assert chosen, scans
     for scan in chosen:
-        found = re.search(r"actual rows=(\d+) loops=(\d+)", scan)
-        assert found, scan
-        assert int(found.group(2)) == 1, scan
+        assert _rows(scan)[1] == 1, scan
     return executed
 
 
@@ -344,14 +341,14 @@ async def test_a_tenants_pending_jobs_are_counted_on_its_own_ranges(pg_database:
         ran = [s for s in reads if "never executed" not in s]
         # Each range holds the tenant's rows only: 100 marked, none unmarked; nothing read
         # on the use case's index of every pending row.
-        assert {_rows(s) for s in ran if "async_jobs_marked " in s} == {per_tenant}, reads
-        assert {_rows(s) for s in ran if "async_jobs_ready " in s} == {0}, reads
+        assert {_rows(s)[0] for s in ran if "async_jobs_marked " in s} == {per_tenant}, reads
+        assert {_rows(s)[0] for s in ran if "async_jobs_ready " in s} == {0}, reads
         assert not [s for s in ran if "async_jobs_due " in s], reads
     # Another state: the marked rows' part is planned away.
     assert not [s for s in failed if "async_jobs_marked " in s and "never executed" not in s]
     # The oldest due job: the use cases' skip scan and one probe per part, a row each at most.
     assert oldest and all("async_jobs_due " in s for s in oldest), oldest
-    assert all(_rows(s) <= 1 for s in oldest), oldest
+    assert all(_rows(s)[0] <= 1 for s in oldest), oldest
 
 
 def _index_reads(plans: list[str]) -> list[str]:
@@ -365,11 +362,11 @@ def _index_reads(plans: list[str]) -> list[str]:
     ]
 
 
-def _rows(scan: str) -> int:
-    """The rows a scan node returned per loop, from its "actual rows=N loops=M"."""
+def _rows(scan: str) -> tuple[int, int]:
+    """The rows a scan node returned per loop and its loops ("actual rows=N loops=M")."""
     found = re.search(r"actual rows=(\d+) loops=(\d+)", scan)
     assert found, scan
-    return int(found.group(1))
+    return int(found.group(1)), int(found.group(2))
 
 
 async def test_a_backlog_written_before_0015_is_marked_in_batches_then_never_walked(
