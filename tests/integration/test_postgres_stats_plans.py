@@ -61,4 +61,4 @@ async def test_a_listing_by_a_state_that_ended_badly_skips_the_succeeded_rows(
         QUERIES["list_jobs"],
         None, state, None, None, None, None, None, None, 50, None,
     )  # fmt: skip
-    assert "async_jobs_failed_id" in plan, plan
+    assert "async_jobs_failed_ids" in plan, plan

@@ -673,11 +673,11 @@ SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL jit
 -- A walk newest first of at most $9 jobs after the cursor ($7, $8) that returns the keys of
 -- the first $10 matching list_jobs' filters (hit true), or, when fewer match, the key of the
 -- $9-th job read (hit false: the walk spent its budget there), if it read that many.
--- walked reads one index: a tenant's jobs on async_jobs_tenant_id (its BETWEEN and the ORDER
--- BY led by tenant_id leave no other index that gives the order), the failed and cancelled
--- jobs ($12) on async_jobs_failed_id, else the primary key; the other filters are checked on
--- the rows it read, never in its WHERE, where they would make the LIMIT count matches
--- instead of rows read. Its rows are read in the order they were made (the ids', 0018).
+-- walked reads one index, backward: a tenant's jobs on async_jobs_tenant_ids (its BETWEEN and
+-- the ORDER BY led by tenant_id leave no other index that gives the order), the failed and
+-- cancelled jobs ($12) on async_jobs_failed_ids, else the primary key; the other filters are
+-- checked on the rows it read, never in its WHERE, where they would make the LIMIT count
+-- matches instead of rows read. Its rows are read newest first (the ids' order, 0018).
 -- The created_at bounds are those of job_filters. Run after scan_walk_only, in the same
 -- transaction.
 WITH walked AS (
@@ -689,7 +689,7 @@ WITH walked AS (
       AND ($6::timestamptz IS NULL
            OR (created_at < $6 AND id < async_jobs_id_floor($6 + interval '1 minute')))
       AND ($7::timestamptz IS NULL OR id < $8::uuid)
-    ORDER BY CASE WHEN $1::text IS NULL THEN NULL ELSE tenant_id END, id DESC
+    ORDER BY CASE WHEN $1::text IS NULL THEN NULL ELSE tenant_id END DESC, id DESC
     LIMIT $9
 )
 (SELECT created_at, id, true AS hit FROM walked
