@@ -36,6 +36,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from enqueue_floor import measure, opened  # beside this file: run as bench/index_costs.py
 
 from async_jobs import EnqueueRequest
@@ -51,7 +52,7 @@ from async_jobs.stores.postgres.queries import QUERIES
 
 DSN = "postgresql://postgres@127.0.0.1:5432/index_costs_bench"
 BATCH, BATCHES, SINGLES = 1000, 10, 2000
-BY_ID = ("async_jobs_tenant_id", "async_jobs_failed_id")  # 0018's listing indexes
+BY_ID = ("async_jobs_tenant_ids", "async_jobs_failed_ids")  # the listing indexes since 0018
 BY_CREATED_AT = {  # the listing indexes before 0018
     "async_jobs_created": "CREATE INDEX {name} ON {table} (created_at DESC, id DESC)",
     "async_jobs_tenant_created": (
@@ -84,12 +85,13 @@ def variants(indexes: dict[str, str]) -> dict[str, dict[str, str]]:
     return found
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    app, conn = await opened(args.dsn)
+async def index_templates(conn: asyncpg.Connection) -> dict[str, str]:
+    """The indexes of ``async_jobs`` as migrated: name -> definition, a template with
+    ``{name}`` and ``{table}`` in place of the index's and the table's names."""
     rows = await conn.fetch(
         "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'async_jobs'"
     )
-    indexes = {
+    return {
         r["indexname"]: re.sub(
             r"^(CREATE (?:UNIQUE )?INDEX) \S+ ON public\.async_jobs ",
             r"\1 {name} ON {table} ",
@@ -97,19 +99,44 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         for r in rows
     }
+
+
+async def make_table(
+    conn: asyncpg.Connection,
+    table: str,
+    indexes: dict[str, str],
+    checks: list[str] | None = None,
+    trigger: bool = True,
+) -> None:
+    """``table``, made anew ``LIKE async_jobs`` with its defaults, ``indexes`` (templates of
+    ``index_templates``), the CHECK constraints of ``async_jobs`` (or those of ``checks``,
+    definitions as ``pg_get_constraintdef`` gives them) and, with ``trigger``, its
+    statement-level ``NOTIFY`` trigger."""
+    constraints = " INCLUDING CONSTRAINTS" if checks is None else ""
+    await conn.execute(
+        f"DROP TABLE IF EXISTS {table}; "
+        f"CREATE TABLE {table} (LIKE async_jobs INCLUDING DEFAULTS{constraints})"
+    )
+    for check in checks or []:
+        await conn.execute(f"ALTER TABLE {table} ADD {check}")
+    if trigger:
+        await conn.execute(
+            f"CREATE TRIGGER {table}_inserted AFTER INSERT ON {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION async_jobs_notify_inserted()"
+        )
+    for name, definition in indexes.items():
+        await conn.execute(definition.format(name=f"{table}_{name}", table=table))
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    app, conn = await opened(args.dsn)
+    indexes = await index_templates(conn)
     like = list(app._builder.built([EnqueueRequest("noop") for _ in range(BATCH)], []))
     tables: dict[str, str] = {}
     for number, (variant, chosen) in enumerate(variants(indexes).items()):
         table = f"index_costs_{number}"
         tables[variant] = table
-        await conn.execute(
-            f"DROP TABLE IF EXISTS {table}; "
-            f"CREATE TABLE {table} (LIKE async_jobs INCLUDING DEFAULTS INCLUDING CONSTRAINTS); "
-            f"CREATE TRIGGER {table}_inserted AFTER INSERT ON {table} "
-            "FOR EACH STATEMENT EXECUTE FUNCTION async_jobs_notify_inserted()"
-        )
-        for name, definition in chosen.items():
-            await conn.execute(definition.format(name=f"{table}_{name}", table=table))
+        await make_table(conn, table, chosen)
     found: dict[str, dict[str, list[dict[str, float]]]] = {
         v: {"batch": [], "copy": [], "single": []} for v in tables
     }
