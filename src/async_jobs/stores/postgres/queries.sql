@@ -46,8 +46,8 @@ VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::async_jobs_priority, $7,
 RETURNING j.id, j.run_at, j.deadline_at, j.created_at;
 
 -- part: insert_rows
--- The rows of one statement, one job or a batch. run_at is absolute when given, else now() +
--- delay.
+-- The rows of one statement, one job or a batch; run_at is absolute when given, else
+-- now() + delay.
 -- Ids and payloads come as arrays ($1, $2). Every other column comes either as an array of
 -- one value per job ($3-$15) or, when all jobs of the batch share one value (the usual
 -- case: one type, one tenant, no key), as that single value ($16-$28) with its array NULL,

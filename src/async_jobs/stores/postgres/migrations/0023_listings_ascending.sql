@@ -5,13 +5,13 @@
 -- every new entry went. PostgreSQL splits a full page that is not the rightmost of its range
 -- in half, and a half on the older side got no entry again: the index stayed about half
 -- full, and each split wrote about 3.8 kB of WAL. In the same order ascending, a new entry
--- goes at the right edge, where a split leaves the left page full (and, for the rightmost
--- page of the index, writes its new page alone).
+-- goes at the right edge, where a split keeps the older page nearly full and writes little
+-- to the new one.
 --
--- Measured (README "Speed", docs/scale.md "0023"): a batch of 1,000 like jobs of one tenant
--- wrote 523 bytes of WAL a job, now 494; one by one 611, now 581; the index of 51,000 such
--- jobs took 3.6 MB, now 2.0. Jobs spread over 200 tenants write as much as before: there the
--- new entries fall inside the index either way.
+-- Measured (README "Speed"; docs/scale.md, "The listing indexes ascending"): a batch of
+-- 1,000 like jobs of one tenant wrote 523 bytes of WAL a job, now 494; one by one 611, now
+-- 581; the index of 51,000 such jobs took 3.6 MB, now 2.0. Jobs spread over 200 tenants
+-- write as much as before: there the new entries fall inside the index either way.
 --
 -- The listings read the same entries in the same order, backward, as they already read the
 -- primary key (the plan tests name the index and the direction).
