@@ -190,6 +190,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {"rounds": args.rounds, "summary": summary, "runs": found}
 
 
+def write_figures(path: Path, figures: dict[str, Any]) -> None:
+    """``figures`` as JSON at ``path``, with this machine's processors."""
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+    ]
+    figures["machine"] = {"cpus": os.cpu_count(), "cpu_model": models[0] if models else None}
+    path.write_text(json.dumps(figures, indent=1), encoding="utf-8")
+
+
 def report(result: dict[str, Any]) -> None:
     summary = result["summary"]
     base = summary["as migrated"]
@@ -216,10 +227,4 @@ if __name__ == "__main__":
     figures = asyncio.run(main(options))
     report(figures)
     if options.json is not None:
-        models = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        figures["machine"] = {"cpus": os.cpu_count(), "cpu_model": models[0] if models else None}
-        options.json.write_text(json.dumps(figures, indent=1), encoding="utf-8")
+        write_figures(options.json, figures)

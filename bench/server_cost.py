@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import dataclasses
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -48,7 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from index_costs import index_templates, make_table  # beside this file: run as a script
+
+# beside this file: run as a script
+from index_costs import index_templates, make_table, write_figures
 
 from async_jobs import EnqueueRequest, JobApp
 from async_jobs.domain.jobs import NewJob, new_job_id, time_of_id
@@ -287,10 +288,4 @@ if __name__ == "__main__":
         raise SystemExit(f"server_cost: {error}") from None
     report(figures)
     if options.json is not None:
-        models = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        figures["machine"] = {"cpus": os.cpu_count(), "cpu_model": models[0] if models else None}
-        options.json.write_text(json.dumps(figures, indent=1), encoding="utf-8")
+        write_figures(options.json, figures)
