@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import glob
 import os
 import shutil
@@ -49,10 +48,10 @@ from typing import Any
 import asyncpg
 
 # beside this file: run as a script
-from index_costs import index_templates, make_table, write_figures
+from index_costs import fresh, index_templates, make_table, write_figures
 
 from async_jobs import EnqueueRequest, JobApp
-from async_jobs.domain.jobs import NewJob, new_job_id, time_of_id
+from async_jobs.domain.jobs import NewJob
 from async_jobs.stores.postgres.inserts import COPY_COLUMNS, _copy_data, _insert_values
 from async_jobs.stores.postgres.queries import QUERIES
 
@@ -97,12 +96,6 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     if done.returncode != 0:
         raise CostError(f"{' '.join(argv[:2])} failed ({done.returncode}): {done.stderr[-800:]}")
     return done
-
-
-def fresh(job: NewJob) -> NewJob:
-    """The job again, with an id of its own (and that id's time)."""
-    job_id = new_job_id()
-    return dataclasses.replace(job, id=job_id, created_at=time_of_id(job_id))
 
 
 def literal(value: Any) -> str:

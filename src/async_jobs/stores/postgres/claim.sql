@@ -18,11 +18,11 @@
 -- Which tenants: those with a due job (async_jobs_due_tenants, 0012, 0022): the tenants of
 -- the due jobs when there are at most p_limit of them (one claim could take them all), else
 -- one index probe per tenant with unmarked pending jobs. A tenant whose jobs are all in the
--- future is never read. Before it chooses, the claim unmarks the due rows of its use cases that were
--- written for the future (delayed, 0015): the walk and the choice read the unmarked rows
--- only (one index, async_jobs_ready, 0022), so a tenant whose jobs are all in the future
--- costs them nothing, even in a drain. A due row still marked (held by another claim that is
--- unmarking it, or past this claim's 1,000) is chosen once it is unmarked.
+-- future is never read. Before it chooses, the claim unmarks the due rows of its use cases
+-- that were written for the future (delayed, 0015): the walk and the choice read the
+-- unmarked rows only (one index, async_jobs_ready, 0022), so a tenant whose jobs are all in
+-- the future costs them nothing, even in a drain. A due row still marked (held by another
+-- claim that is unmarking it, or past this claim's 1,000) is chosen once it is unmarked.
 --
 -- The choice: within a use case, each tenant offers its first jobs in its own order
 -- (priority, deadline, run_at), as many as its slots, max_running and rate bucket allow;
