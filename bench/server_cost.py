@@ -1,5 +1,6 @@
-"""PostgreSQL's own work for an enqueue, counted in instructions: the same count on every run,
-so a change of a few percent shows where timed runs on a noisy machine cannot tell it apart.
+"""PostgreSQL's own work for an enqueue, counted in instructions: within 0.05% from one run to
+the next (the jobs' ids are new each time), so a change of a few percent shows where timed
+runs on a noisy machine cannot tell it apart.
 
     .venv/bin/python bench/server_cost.py [--json F]        # ~2 minutes; needs valgrind
 
