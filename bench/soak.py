@@ -47,8 +47,10 @@ SCHEDULER_READY = "async-jobs scheduler ready"
 TICK_SECONDS = 0.1
 BASELINE_SECONDS = 300
 
-# Jobs that finished, and the enqueue-to-start p99 of jobs that started, since $1; the
-# created_at bound keeps it on async_jobs_created (a job waits far less than 10 minutes).
+# Jobs that finished, and the enqueue-to-start p99 of jobs that started, since $1, among
+# those created in the 10 minutes before (a job waits far less). A job's id tells its
+# created_at (0018), so the id bound keeps the read on the primary key's newest range
+# instead of every row: beside ten million finished jobs, a scan of them all every sample.
 WINDOW_SQL = """
 SELECT count(*) FILTER (WHERE finished_at >= $1) AS finished,
        count(*) FILTER (WHERE started_at >= $1) AS started,
@@ -57,6 +59,7 @@ SELECT count(*) FILTER (WHERE finished_at >= $1) AS finished,
        now() AS at
 FROM async_jobs
 WHERE created_at > $1 - interval '10 minutes'
+  AND id >= async_jobs_id_floor($1 - interval '10 minutes')
 """
 PENDING_SQL = "SELECT count(*) FROM async_jobs WHERE status = 'pending'"
 
