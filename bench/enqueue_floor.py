@@ -6,7 +6,11 @@ database, no worker running.
 One job per call:
 - ``floor``: a prepared ``INSERT`` of a two-column row (uuid, jsonb) with its own commit,
   on asyncpg, one round trip: what any queue that commits each enqueue pays at least;
-- ``ours``: ``JobApp.enqueue``.
+- ``ours``: ``JobApp.enqueue``;
+- ``insert_job``: our single insert statement alone, as ``JobApp.enqueue`` sends it, its
+  parameters made beforehand: the difference from ``ours`` is this library's own work per
+  call (validating, the returned ``Job``, metrics), the difference from ``floor`` the
+  statement's.
 
 Batches of 1,000:
 - ``enqueue_many``: the whole call's time, this process's CPU and PostgreSQL's per job;
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -38,7 +43,8 @@ import asyncpg
 from async_jobs import EnqueueRequest, JobApp
 from async_jobs.bench.broker import cpu_meter, database_of
 from async_jobs.bench.harness import prepare_database
-from async_jobs.stores.postgres.inserts import _statement_params
+from async_jobs.domain.jobs import NewJob, new_job_id, time_of_id
+from async_jobs.stores.postgres.inserts import _insert_values, _statement_params
 from async_jobs.stores.postgres.queries import QUERIES
 
 DSN = "postgresql://postgres@127.0.0.1:5432/enqueue_floor_bench"
@@ -47,6 +53,12 @@ COPY_COLUMNS = [
     "id", "tenant_id", "use_case", "type", "payload", "priority", "max_attempts", "run_at",
     "delay_tolerance_seconds", "deadline_at",
 ]  # fmt: skip
+
+
+def fresh(job: NewJob) -> NewJob:
+    """The job again, with an id of its own (and that id's time)."""
+    job_id = new_job_id()
+    return dataclasses.replace(job, id=job_id, created_at=time_of_id(job_id))
 
 
 async def measure(jobs: int, run: Callable[[], Awaitable[None]], dsn: str) -> dict[str, float]:
@@ -74,8 +86,10 @@ async def opened(dsn: str) -> tuple[JobApp, asyncpg.Connection]:
     return app, await asyncpg.connect(dsn)
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
-    app, conn = await opened(args.dsn)
+async def loops(
+    args: argparse.Namespace, app: JobApp, conn: asyncpg.Connection
+) -> dict[str, Callable[[], Awaitable[None]]]:
+    """The loops to time, by name (see the module docstring)."""
     await conn.execute("CREATE TABLE IF NOT EXISTS enqueue_floor (id uuid PRIMARY KEY, p jsonb)")
     insert_floor = await conn.prepare("INSERT INTO enqueue_floor VALUES ($1, '{}')")
     await app.enqueue("noop", None)  # opens the app's connections
@@ -89,6 +103,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     async def ours() -> None:
         for _ in range(args.jobs):
             await app.enqueue("noop", None)
+
+    single_rows = [
+        [(*_insert_values(job := fresh(news[0])), None, job.created_at) for _ in range(args.jobs)]
+        for _ in range(args.rounds)
+    ]
+
+    async def insert_job() -> None:
+        for row in single_rows.pop():
+            await conn.fetchrow(QUERIES["insert_job"], *row)
 
     async def enqueue_many() -> None:
         for _ in range(args.jobs // BATCH):
@@ -112,10 +135,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 ]
                 await conn.copy_records_to_table("async_jobs", records=rows, columns=COPY_COLUMNS)
 
-    scenarios = {
-        "floor": floor, "ours": ours, "enqueue_many": enqueue_many, "statement": statement,
-        "copy": copy,
+    return {
+        "floor": floor, "ours": ours, "insert_job": insert_job, "enqueue_many": enqueue_many,
+        "statement": statement, "copy": copy,
     }  # fmt: skip
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    app, conn = await opened(args.dsn)
+    scenarios = await loops(args, app, conn)
     found: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
     for round_ in range(args.rounds):
         for name, run in scenarios.items():

@@ -13,7 +13,13 @@ statement-level ``NOTIFY`` trigger):
 - ``listings by created_at (before 0018)``: the three listing indexes as they were before
   migration 0018 (``(created_at DESC, id DESC)``, ``(tenant_id, created_at DESC, id DESC)``
   and ``(created_at DESC, id DESC) WHERE status IN ('failed', 'cancelled')``) instead of the
-  ones on the id.
+  ones on the id;
+- ``only the indexes a new job writes``: the four entries of a job due at once, none of the
+  indexes a statement opens but does not write;
+- ``lease check only``: without the four CHECK constraints on ranges, keeping the lease's.
+
+``--only VARIANT`` (repeatable) runs those variants beside ``as migrated``, for more rounds
+of one comparison in the same time.
 
 Batches: 10 statements of ``insert_jobs_alike`` of 1,000 like jobs, each in its own
 transaction, parameters made beforehand (as ``enqueue_many`` sent a batch before it wrote
@@ -28,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import re
@@ -37,10 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from enqueue_floor import measure, opened  # beside this file: run as bench/index_costs.py
+from enqueue_floor import fresh, measure, opened  # beside this file: run as bench/index_costs.py
 
 from async_jobs import EnqueueRequest
-from async_jobs.domain.jobs import NewJob, new_job_id, time_of_id
 from async_jobs.stores.postgres.inserts import (
     COPY_COLUMNS,
     _copy_data,
@@ -53,6 +57,12 @@ from async_jobs.stores.postgres.queries import QUERIES
 DSN = "postgresql://postgres@127.0.0.1:5432/index_costs_bench"
 BATCH, BATCHES, SINGLES = 1000, 10, 2000
 BY_ID = ("async_jobs_tenant_ids", "async_jobs_failed_ids")  # the listing indexes since 0018
+# The index entries a new job due at once writes (README, Design notes); a statement also
+# opens every other index and readies its predicate, though it writes none of them.
+WRITTEN = ("async_jobs_pkey", "async_jobs_tenant_ids", "async_jobs_ready", "async_jobs_due")
+# The CHECK that keeps a lease on running jobs only; the others check ranges that the
+# domain also validates (attempts, max_attempts, delay tolerance, timeout).
+LEASE_CHECK = "async_jobs_lease_only_when_running"
 BY_CREATED_AT = {  # the listing indexes before 0018
     "async_jobs_created": "CREATE INDEX {name} ON {table} (created_at DESC, id DESC)",
     "async_jobs_tenant_created": (
@@ -65,24 +75,33 @@ BY_CREATED_AT = {  # the listing indexes before 0018
 }
 
 
-def fresh(job: NewJob) -> NewJob:
-    """The job again, with an id of its own (and that id's time)."""
-    job_id = new_job_id()
-    return dataclasses.replace(job, id=job_id, created_at=time_of_id(job_id))
-
-
-def variants(indexes: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Each variant's indexes: name -> definition (a ``{name}``/``{table}`` template)."""
-    found: dict[str, dict[str, str]] = {"as migrated": dict(indexes)}
+def variants(indexes: dict[str, str], checks: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each variant's table, as the arguments of ``make_table``: its indexes (name ->
+    definition, a ``{name}``/``{table}`` template) and, where it differs, its CHECK
+    constraints."""
+    found: dict[str, dict[str, Any]] = {"as migrated": {"indexes": dict(indexes)}}
     for name in indexes:
         if name == "async_jobs_idempotency_key":  # the inserts' ON CONFLICT needs it
             continue
-        found[f"without {name}"] = {n: d for n, d in indexes.items() if n != name}
+        found[f"without {name}"] = {"indexes": {n: d for n, d in indexes.items() if n != name}}
     found["listings by created_at (before 0018)"] = {
-        **{n: d for n, d in indexes.items() if n not in BY_ID},
-        **BY_CREATED_AT,
+        "indexes": {**{n: d for n, d in indexes.items() if n not in BY_ID}, **BY_CREATED_AT}
     }
+    found["only the indexes a new job writes"] = {
+        "indexes": {n: d for n, d in indexes.items() if n in WRITTEN}
+    }
+    found["lease check only"] = {"indexes": dict(indexes), "checks": [checks[LEASE_CHECK]]}
     return found
+
+
+async def check_templates(conn: asyncpg.Connection) -> dict[str, str]:
+    """The CHECK constraints of ``async_jobs`` as migrated: name -> definition, as
+    ``pg_get_constraintdef`` gives it."""
+    rows = await conn.fetch(
+        "SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint"
+        " WHERE conrelid = 'async_jobs'::regclass AND contype = 'c'"
+    )
+    return {r["conname"]: r["definition"] for r in rows}
 
 
 async def index_templates(conn: asyncpg.Connection) -> dict[str, str]:
@@ -128,15 +147,29 @@ async def make_table(
         await conn.execute(definition.format(name=f"{table}_{name}", table=table))
 
 
+async def chosen(conn: asyncpg.Connection, only: list[str] | None) -> dict[str, dict[str, Any]]:
+    """The variants to run: every one, or ``as migrated`` and those named in ``only``."""
+    indexes = await index_templates(conn)
+    checks = await check_templates(conn)
+    if LEASE_CHECK not in checks or not set(WRITTEN) <= set(indexes):
+        raise SystemExit("index_costs: async_jobs is not as this script knows it")
+    found = variants(indexes, checks)
+    if not only:
+        return found
+    unknown = sorted(set(only) - set(found))
+    if unknown:
+        raise SystemExit(f"index_costs: no variant named {unknown}; see the docstring")
+    return {v: change for v, change in found.items() if v == "as migrated" or v in only}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     app, conn = await opened(args.dsn)
-    indexes = await index_templates(conn)
     like = list(app._builder.built([EnqueueRequest("noop") for _ in range(BATCH)], []))
     tables: dict[str, str] = {}
-    for number, (variant, chosen) in enumerate(variants(indexes).items()):
+    for number, (variant, change) in enumerate((await chosen(conn, args.only)).items()):
         table = f"index_costs_{number}"
         tables[variant] = table
-        await make_table(conn, table, chosen)
+        await make_table(conn, table, **change)
     found: dict[str, dict[str, list[dict[str, float]]]] = {
         v: {"batch": [], "copy": [], "single": []} for v in tables
     }
@@ -223,6 +256,12 @@ if __name__ == "__main__":
     parser.add_argument("--dsn", default=DSN)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="VARIANT",
+        help="run this variant (repeat for more) beside 'as migrated', not every one",
+    )
     options = parser.parse_args()
     figures = asyncio.run(main(options))
     report(figures)

@@ -2,7 +2,7 @@
 the next (the jobs' ids are new each time), so a change of a few percent shows where timed
 runs on a noisy machine cannot tell it apart.
 
-    .venv/bin/python bench/server_cost.py [--json F]        # ~2 minutes; needs valgrind
+    .venv/bin/python bench/server_cost.py [--json F]        # ~4 minutes; needs valgrind
 
 A throwaway cluster (``initdb`` in a temporary directory, the PostgreSQL of ``pg_config`` or
 ``/usr/lib/postgresql/*/bin``) is migrated. Beside ``async_jobs`` it gets a table ``LIKE
@@ -27,6 +27,8 @@ Variants:
 - ``listings descending (0018-0022)``: ``(tenant_id, id DESC)`` and ``(id DESC) WHERE status
   IN ('failed', 'cancelled')`` instead of the ascending listing indexes of 0023;
 - ``without async_jobs_tenant_ids``: what the tenant's listing index costs;
+- ``only the indexes a new job writes``: without the others (nine at 0023), which every
+  statement opens, and whose predicates it readies, though it writes none of them;
 - ``lease check only``: without the four CHECK constraints on the ranges of attempts,
   max_attempts, delay tolerance and timeout, keeping the lease's;
 - ``without CHECK constraints``;
@@ -49,7 +51,16 @@ from typing import Any
 import asyncpg
 
 # beside this file: run as a script
-from index_costs import fresh, index_templates, make_table, write_figures
+from index_costs import (
+    LEASE_CHECK,
+    WRITTEN,
+    check_templates,
+    fresh,
+    index_templates,
+    make_table,
+    write_figures,
+)
+from index_costs import variants as shared_variants
 
 from async_jobs import EnqueueRequest, JobApp
 from async_jobs.domain.jobs import NewJob
@@ -58,7 +69,6 @@ from async_jobs.stores.postgres.queries import QUERIES
 
 CHUNK, CHUNKS = 250, 20  # batch: N = 20 lists of 250 rows, then 5N
 SINGLES = 200  # single: N = 200 statements, then 5N
-LEASE_CHECK = "async_jobs_lease_only_when_running"
 DESCENDING = {
     "async_jobs_tenant_ids": "CREATE INDEX {name} ON {table} (tenant_id, id DESC)",
     "async_jobs_failed_ids": (
@@ -211,22 +221,16 @@ async def prepare(bin_dir: Path, work: Path) -> tuple[Path, dict[str, str], list
 async def variant_tables(conn: asyncpg.Connection) -> dict[str, str]:
     """Makes each variant's table; returns variant -> table."""
     indexes = await index_templates(conn)
-    checks = {
-        r["conname"]: r["definition"]
-        for r in await conn.fetch(
-            "SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint"
-            " WHERE conrelid = 'async_jobs'::regclass AND contype = 'c'"
-        )
-    }
-    if LEASE_CHECK not in checks or not set(DESCENDING) <= set(indexes):
+    checks = await check_templates(conn)
+    if LEASE_CHECK not in checks or not set(DESCENDING) | set(WRITTEN) <= set(indexes):
         raise CostError("async_jobs is not as this script knows it: update its variants")
+    shared = shared_variants(indexes, checks)  # the variants both scripts run
     variants: dict[str, dict[str, Any]] = {
-        "as migrated": {"indexes": indexes},
+        "as migrated": shared["as migrated"],
         "listings descending (0018-0022)": {"indexes": {**indexes, **DESCENDING}},
-        "without async_jobs_tenant_ids": {
-            "indexes": {n: d for n, d in indexes.items() if n != "async_jobs_tenant_ids"}
-        },
-        "lease check only": {"indexes": indexes, "checks": [checks[LEASE_CHECK]]},
+        "without async_jobs_tenant_ids": shared["without async_jobs_tenant_ids"],
+        "only the indexes a new job writes": shared["only the indexes a new job writes"],
+        "lease check only": shared["lease check only"],
         "without CHECK constraints": {"indexes": indexes, "checks": []},
         "without the NOTIFY trigger": {"indexes": indexes, "trigger": False},
     }
