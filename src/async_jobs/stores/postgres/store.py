@@ -212,7 +212,15 @@ class PostgresStore:
             try:
                 for _ in range(min(WARM_CONNECTIONS, self._max)):
                     held.append(await pool.acquire())
-                await asyncio.gather(*(run_worker_statements(conn) for conn in held))
+                # Every connection's statements end before any goes back to the pool: a
+                # failure on one must not release the others while a statement of theirs is
+                # still in flight (the next task to take one found it busy).
+                done = await asyncio.gather(
+                    *(run_worker_statements(conn) for conn in held), return_exceptions=True
+                )
+                failed = next((r for r in done if isinstance(r, BaseException)), None)
+                if failed is not None:
+                    raise failed
             finally:
                 for conn in held:
                     await pool.release(conn)
