@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.acceptance.conftest import Cli
@@ -19,18 +22,33 @@ DEMO = "async_jobs.demo"
 
 
 def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> str:
-    """Read the process's stdout until a line contains ``needle``."""
+    """Read the process's stdout until a line contains ``needle``. A process that prints
+    nothing more within ``timeout`` would block the read for good: it is killed then, with
+    the processes it started (they share its pipes), and the test fails with its stderr."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if needle in line:
-            return line
-        if not line and proc.poll() is not None:
-            break
+    watchdog = threading.Timer(timeout, _kill_tree, (proc.pid,))
+    watchdog.start()
+    try:
+        while True:
+            line = proc.stdout.readline()
+            if needle in line:
+                return line
+            if not line and proc.poll() is not None:
+                break
+    finally:
+        watchdog.cancel()
+    timed_out = " (killed: nothing more within the timeout)" if watchdog.finished.is_set() else ""
     raise AssertionError(
-        f"no line with {needle!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+        f"no line with {needle!r}{timed_out}; stderr: {proc.stderr.read() if proc.stderr else ''}"
     )
+
+
+def _kill_tree(pid: int) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        parent = psutil.Process(pid)
+        for proc in [*parent.children(recursive=True), parent]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
 
 
 def poll(check: object, timeout: float = 20, interval: float = 0.05) -> object:
