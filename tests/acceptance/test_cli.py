@@ -22,9 +22,10 @@ DEMO = "async_jobs.demo"
 
 
 def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> str:
-    """Read the process's stdout until a line contains ``needle``. A process that prints
-    nothing more within ``timeout`` would block the read for good: it is killed then, with
-    the processes it started (they share its pipes), and the test fails with its stderr."""
+    """Read the process's stdout until a line contains ``needle``. When none has come within
+    ``timeout`` the process is killed, with the processes it started (they share its pipes),
+    and the test fails with its stderr: a process that prints nothing more would otherwise
+    block the read until pytest's own timeout, with nothing to show."""
     assert proc.stdout is not None
     watchdog = threading.Timer(timeout, _kill_tree, (proc.pid,))
     watchdog.start()
@@ -37,7 +38,7 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20)
                 break
     finally:
         watchdog.cancel()
-    timed_out = " (killed: nothing more within the timeout)" if watchdog.finished.is_set() else ""
+    timed_out = f" (killed after {timeout} s)" if watchdog.finished.is_set() else ""
     raise AssertionError(
         f"no line with {needle!r}{timed_out}; stderr: {proc.stderr.read() if proc.stderr else ''}"
     )
