@@ -78,7 +78,9 @@ BY_CREATED_AT = {  # the listing indexes before 0018
 def variants(indexes: dict[str, str], checks: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Each variant's table, as the arguments of ``make_table``: its indexes (name ->
     definition, a ``{name}``/``{table}`` template) and, where it differs, its CHECK
-    constraints."""
+    constraints. Exits when ``async_jobs`` lacks what a variant names."""
+    if LEASE_CHECK not in checks or not set(WRITTEN) <= set(indexes):
+        raise SystemExit("async_jobs is not as bench/index_costs.py knows it: update variants()")
     found: dict[str, dict[str, Any]] = {"as migrated": {"indexes": dict(indexes)}}
     for name in indexes:
         if name == "async_jobs_idempotency_key":  # the inserts' ON CONFLICT needs it
@@ -149,11 +151,7 @@ async def make_table(
 
 async def chosen(conn: asyncpg.Connection, only: list[str] | None) -> dict[str, dict[str, Any]]:
     """The variants to run: every one, or ``as migrated`` and those named in ``only``."""
-    indexes = await index_templates(conn)
-    checks = await check_templates(conn)
-    if LEASE_CHECK not in checks or not set(WRITTEN) <= set(indexes):
-        raise SystemExit("index_costs: async_jobs is not as this script knows it")
-    found = variants(indexes, checks)
+    found = variants(await index_templates(conn), await check_templates(conn))
     if not only:
         return found
     unknown = sorted(set(only) - set(found))
