@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 import subprocess
+import sys
 
 import psutil
 import pytest
@@ -18,8 +21,10 @@ pytestmark = pytest.mark.cpu_heavy
 
 
 def _ready_ids(proc: subprocess.Popen[str], count: int) -> set[str]:
-    lines = [wait_for_line(proc, "worker ready") for _ in range(count)]
-    return {line.split("id=")[1].split()[0] for line in lines}
+    ids: list[str] = []
+    while len(ids) < count:  # each id of a line: two merged lines would show, not hang
+        ids += re.findall(r"worker ready: .*?id=(\S+)", wait_for_line(proc, "worker ready"))
+    return set(ids)
 
 
 def _running_workers(dsn: str) -> dict[str, str | None]:
@@ -122,3 +127,36 @@ def test_bad_process_counts_stop_at_start(cli: Cli, pg_database: str) -> None:
     assert words.returncode == 2
     assert "ASYNC_JOBS_WORKER_PROCESSES must be a positive integer" in words.stderr
     assert "Traceback" not in words.stderr
+
+
+ANNOUNCE_MANY = """
+import os, sys
+from async_jobs.core.logs import announce, configure_logging
+configure_logging(sys.argv[1], "WARNING")
+for i in range(3000):
+    announce(f"async-jobs worker ready: pid={os.getpid()} id={i}")
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_ready_lines_of_processes_sharing_one_stdout_never_merge(log_format: str) -> None:
+    """The processes of ``--processes N`` share the command's stdout. Unbuffered (the
+    tests' ``PYTHONUNBUFFERED``, as in many containers), ``print`` wrote a line's text and
+    its newline in two writes, and two processes' ready lines merged into one (1,080 of
+    6,000 here): a reader waiting for the second one waited for ever."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    read, write = os.pipe()
+    try:
+        writers = [
+            subprocess.Popen(
+                [sys.executable, "-c", ANNOUNCE_MANY, log_format], stdout=write, env=env
+            )
+            for _ in range(2)
+        ]
+    finally:
+        os.close(write)
+    with os.fdopen(read, encoding="utf-8") as out:
+        lines = out.read().splitlines()
+    assert [w.wait(30) for w in writers] == [0, 0]
+    assert len(lines) == 6000
+    assert [line for line in lines if line.count("worker ready") != 1] == []

@@ -88,9 +88,12 @@ def announce(text: str) -> None:
     or one JSON object when the logs are JSON."""
     if _json_lines:
         record = logging.LogRecord("async_jobs", logging.INFO, "", 0, text, None, None)
-        print(JsonFormatter().format(record), flush=True)
-    else:
-        print(text, flush=True)
+        text = JsonFormatter().format(record)
+    # One write per line: the processes of ``worker --processes N`` share one stdout, and
+    # ``print`` writes the text and its newline apart when unbuffered (PYTHONUNBUFFERED), so
+    # two processes' lines could merge into one. A pipe takes a write of up to 4 KiB whole.
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def configure_logging(log_format: str, level: str) -> None:
