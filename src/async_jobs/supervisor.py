@@ -150,7 +150,13 @@ def _how(code: int) -> str:
     return f"with exit code {code}"
 
 
+# Looked up here, in the parent: the child runs ``_die_with_parent`` between fork and exec,
+# where a process that had threads (asyncio's child watcher starts one per child) must not
+# take a lock another thread may have held at the fork, such as the dynamic loader's.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> None:
     """In the child before it runs: SIGTERM when the parent dies (Linux only)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -107,6 +107,19 @@ def test_a_worker_process_that_dies_is_reported_and_started_again(
     assert f"(pid {victim.pid}) died of signal SIGKILL; starting it again" in stderr
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_workers_stop_when_their_parent_is_killed(cli: Cli, pg_database: str) -> None:
+    parent = cli.start(
+        "worker", "--handlers", DEMO, "--processes", "2", ASYNC_JOBS_DB_DSN=pg_database
+    )
+    _ready_ids(parent, 2)
+    children = psutil.Process(parent.pid).children()
+    parent.kill()  # nothing passes a stop on, and the children are in a session of their own
+    parent.wait(10)
+    gone, alive = psutil.wait_procs(children, timeout=30)  # stopped by their death signal
+    assert (len(gone), alive) == (2, [])
+
+
 def test_worker_processes_from_the_environment_with_burst(cli: Cli, pg_database: str) -> None:
     env = {"ASYNC_JOBS_DB_DSN": pg_database}
     _enqueue_sleeps(pg_database, 6, 0.05)
