@@ -140,6 +140,18 @@ async def test_a_read_only_token_sees_no_buttons_and_its_posts_are_403(
     assert not any(u.paused for u in await jobs.use_cases())
 
 
+async def test_the_search_finds_a_job_by_its_idempotency_key_in_the_tenant_only(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    mine = await jobs.enqueue("echo", {}, tenant_id="tenant-a", idempotency_key="order-42")
+    theirs = await jobs.enqueue("echo", {}, tenant_id="tenant-b", idempotency_key="order-43")
+    await sign_in(browser, "tok-a")
+    found = (await browser.get("/dashboard/jobs?q=order-42")).text
+    assert f'data-job-id="{mine.id}"' in found
+    other = (await browser.get("/dashboard/jobs?q=order-43")).text
+    assert f'data-job-id="{theirs.id}"' not in other and "No job matches" in other
+
+
 async def test_a_tenant_sees_only_its_own_jobs_counts_and_use_cases(
     browser: httpx.AsyncClient, jobs: JobApp
 ) -> None:

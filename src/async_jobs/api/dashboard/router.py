@@ -362,7 +362,7 @@ class _Dashboard:
         """A job by id, or by idempotency key (in ``tenant_id``, or the default tenant)."""
         try:
             job_id = parse_job_id(q)
-        except InvalidJobError:
+        except JobNotFoundError:  # not a job id: a key
             return await self.jobs.find_by_idempotency_key(q, tenant_id)
         try:
             return [await self.jobs.get_job(job_id, tenant_id)]
