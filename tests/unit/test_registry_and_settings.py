@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import types
 from datetime import UTC, datetime
 from typing import Any
@@ -180,7 +181,8 @@ def test_cursors_round_trip_and_refuse_forgeries() -> None:
 
     cursor = PageCursor(datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC), JobId(uuid.uuid4()))
     assert decode_cursor(encode_cursor(cursor)) == cursor
-    for bad in ("zzz", "e30", "bm90IGpzb24"):
+    deep = base64.urlsafe_b64encode(b"[" * 1000).decode()  # deeper than json.loads goes
+    for bad in ("zzz", "e30", "bm90IGpzb24", deep, encode_cursor(cursor) + "e30" * 40):
         with pytest.raises(InvalidCursorError):
             decode_cursor(bad)
 

@@ -86,12 +86,19 @@ def encode_cursor(cursor: PageCursor | None) -> str | None:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+MAX_CURSOR_CHARS = 200  # a cursor this API gives out is about 120
+
+
 def decode_cursor(text: str | None) -> PageCursor | None:
     if not text:
         return None
     try:
+        if len(text) > MAX_CURSOR_CHARS:
+            raise ValueError("too long")
         padded = text + "=" * (-len(text) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("t", "id")):
+            raise ValueError("not a cursor's fields")
         created = datetime.fromisoformat(data["t"])
         if created.tzinfo is None:
             raise ValueError("naive time")
