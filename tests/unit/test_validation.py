@@ -8,7 +8,7 @@ import math
 import os
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -244,6 +244,32 @@ def test_a_stored_job_has_every_field_of_its_request() -> None:
         backoff=backoff,
         expires_at=datetime(2100, 1, 1, tzinfo=UTC),
     )
+
+
+@pytest.mark.parametrize(
+    ("due", "expires_in"),
+    [
+        ({"delay": 600}, 60),  # due in 10 minutes, expiring in one
+        ({"run_at": 600}, 60),
+        ({"run_at": -23 * 3600}, -22 * 3600),  # due yesterday, expired an hour later
+    ],
+)
+def test_a_job_must_not_expire_before_it_is_due_or_before_now(
+    due: dict[str, float], expires_in: float
+) -> None:
+    now = datetime.now(UTC)
+    when = {
+        key: now + timedelta(seconds=value) if key == "run_at" else value
+        for key, value in due.items()
+    }
+    with pytest.raises(InvalidJobError, match="later than now and than when the job is due") as no:
+        build_new_job("echo", expires_at=now + timedelta(seconds=expires_in), **when)  # type: ignore[arg-type]
+    assert no.value.details == {"field": "expires_at"}
+
+
+def test_a_job_may_expire_any_time_after_it_is_due() -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=60)
+    assert build_new_job("echo", delay=30, expires_at=soon).expires_at == soon
 
 
 # -- a batch validates each request that differs from the one before in more than its payload

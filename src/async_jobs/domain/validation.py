@@ -26,6 +26,7 @@ from async_jobs.domain.jobs import (
     NewJob,
     Priority,
     new_job_id,
+    seconds,
     time_of_id,
 )
 from async_jobs.domain.retry import Backoff
@@ -96,7 +97,7 @@ def build_new_job(
         webhook_url=None if webhook_url is None else _check_url(webhook_url),
         created_at=time_of_id(job_id),
         backoff=_check_backoff(backoff),
-        expires_at=_check_expires_at(expires_at, run_at),
+        expires_at=_check_expires_at(expires_at, run_at, delay or 0.0),
     )
 
 
@@ -342,14 +343,22 @@ def _check_run_at(value: datetime | None) -> datetime | None:
     return checked
 
 
-def _check_expires_at(expires_at: datetime | None, run_at: datetime | None) -> datetime | None:
-    """Later than run_at (or now), and before ``LATEST_EXPIRY``: PostgreSQL's driver writes
-    the largest time as infinity, which reads back without its time zone."""
+def _check_expires_at(
+    expires_at: datetime | None, run_at: datetime | None, delay: float
+) -> datetime | None:
+    """Later than now and than when the job is due (run_at, or now plus the delay), and before
+    ``LATEST_EXPIRY``: PostgreSQL's driver writes the largest time as infinity, which reads
+    back without its time zone."""
     checked = _check_time(expires_at, "expires_at")
     if checked is None:
         return None
-    if checked <= (_check_time(run_at, "run_at") or datetime.now(UTC)):
-        raise InvalidJobError("expires_at must be later than run_at and now", field="expires_at")
+    now = datetime.now(UTC)
+    if checked <= max(_check_time(run_at, "run_at") or now + seconds(delay), now):
+        raise InvalidJobError(
+            "expires_at must be later than now and than when the job is due (run_at, or now"
+            " plus its delay)",
+            field="expires_at",
+        )
     if checked >= LATEST_EXPIRY:
         raise InvalidJobError(
             "expires_at must be before 9999-12-31 (leave it out for a job that never expires)",
