@@ -20,7 +20,7 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any, TypeVar, Unpack
 
-from async_jobs.core.builder import JobBuilder, check_same_request
+from async_jobs.core.builder import JobBuilder
 from async_jobs.core.executor import AttemptLimits
 from async_jobs.core.health import Readiness
 from async_jobs.core.maintenance import PeriodicJob, PeriodicRunner, Retention
@@ -283,7 +283,6 @@ class JobApp:
                 job, created = await self._insert_one(new, connection)
         else:
             job, created = await self._insert_one(new, connection)
-        check_same_request(new, job, created)
         if created:
             self.metrics.jobs_enqueued((job,))
         return job, created
@@ -325,9 +324,6 @@ class JobApp:
             # Built as the store draws them: it writes the first jobs while it validates the
             # next. A request that does not validate still leaves nothing stored.
             stored = await self.store.insert_jobs(self._builder.built(requests, news))
-        if not all(created for _, created in stored):
-            for new, (job, created) in zip(news, stored, strict=True):
-                check_same_request(new, job, created)
         self.metrics.jobs_enqueued(job for job, created in stored if created)
         return stored
 

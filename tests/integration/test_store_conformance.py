@@ -6,10 +6,12 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from async_jobs.domain.errors import InvalidJobError, StoreError
+from async_jobs import EnqueueRequest, JobApp
+from async_jobs.domain.errors import IdempotencyConflictError, InvalidJobError, StoreError
 from async_jobs.domain.jobs import (
     AttemptOutcome,
     ClaimRequest,
@@ -194,6 +196,49 @@ async def test_batch_insert_is_all_or_nothing(store: JobStore) -> None:
     results = await store.insert_jobs([new_job(idempotency_key="a"), new_job(idempotency_key="a")])
     assert [created for _, created in results] == [True, False]
     assert results[0][0].id == results[1][0].id
+
+
+async def test_a_key_used_for_another_request_fails_the_whole_batch(store: JobStore) -> None:
+    """All or nothing (DESIGN: ``POST /jobs/batch``): a batch whose key its tenant used for
+    another payload, before or earlier in the same batch, stores none of its jobs."""
+    held, _ = await store.insert_job(new_job(payload={"v": 1}, idempotency_key="K"))
+    for batch in (
+        [new_job(payload={"n": 1}), new_job(payload={"v": 2}, idempotency_key="K")],
+        [
+            new_job(payload={"n": 2}, idempotency_key="L"),
+            new_job(payload={"n": 3}),
+            new_job(payload={"other": True}, idempotency_key="L"),
+        ],
+    ):
+        with pytest.raises(IdempotencyConflictError):
+            await store.insert_jobs(batch)
+    assert [job.id for job in (await store.list_jobs(JobFilter(), 10)).items] == [held.id]
+    with pytest.raises(IdempotencyConflictError):
+        await store.insert_job(new_job(payload={"v": 2}, idempotency_key="K"))
+    with pytest.raises(IdempotencyConflictError):
+        await store.insert_job(new_job("other_type", payload={"v": 1}, idempotency_key="K"))
+
+
+@pytest.mark.parametrize("payload", [{"big": 1e23}, {"max": 1.79e308}, {"zero": -0.0}])
+async def test_a_repeated_request_gets_its_job_whatever_the_store_made_of_its_numbers(
+    app: JobApp, payload: dict[str, Any]
+) -> None:
+    """PostgreSQL's jsonb gives 1e23 back as an integer and -0.0 as 0: still the same
+    request, so the same job, one by one and in a batch (it was a 409 on PostgreSQL)."""
+    first = await app.enqueue("echo", payload, idempotency_key="n")
+    again, created = await app.enqueue_checked(EnqueueRequest("echo", payload, idempotency_key="n"))
+    [batched] = await app.enqueue_many([EnqueueRequest("echo", payload, idempotency_key="n")])
+    assert not created and again.id == batched.id == first.id
+
+
+async def test_a_stored_payload_is_the_stores_own_copy_as_json_gives_it_back(
+    store: JobStore,
+) -> None:
+    items = [1]
+    job, _ = await store.insert_job(new_job(payload={"items": items, "pair": (1, 2)}))
+    items.append(2)  # the caller's object changes after the enqueue; the stored job does not
+    stored = await store.get_job(job.id)
+    assert stored is not None and stored.payload == {"items": [1], "pair": [1, 2]}
 
 
 # Batches longer than one statement of the PostgreSQL store (STATEMENT_JOBS) are written in

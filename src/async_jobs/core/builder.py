@@ -11,8 +11,8 @@ from typing import TypeVar
 
 from async_jobs.core.registry import HandlerOptions, Registry
 from async_jobs.core.settings import Settings
-from async_jobs.domain.errors import IdempotencyConflictError, UnknownJobTypeError
-from async_jobs.domain.jobs import Job, NewJob
+from async_jobs.domain.errors import UnknownJobTypeError
+from async_jobs.domain.jobs import NewJob
 from async_jobs.domain.requests import EnqueueRequest
 from async_jobs.domain.scheduling import Limits
 from async_jobs.domain.validation import build_like, build_new_job
@@ -122,13 +122,3 @@ def _same_options(mine: tuple[object, ...], theirs: tuple[object, ...]) -> bool:
 def _first(own: T | None, default: T | None) -> T | None:
     """A request's own value when it gave one, else its handler's default."""
     return own if own is not None else default
-
-
-def check_same_request(new: NewJob, job: Job, created: bool) -> None:
-    if created:
-        return
-    if (new.type, new.payload, new.use_case) != (job.type, job.payload, job.use_case):
-        raise IdempotencyConflictError(
-            f"idempotency key {new.idempotency_key!r} was already used for another request",
-            job_id=str(job.id),
-        )

@@ -6,6 +6,7 @@ the same way everywhere and never reaches a store.
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 from collections.abc import Mapping
@@ -14,13 +15,18 @@ from typing import Any
 
 import orjson
 
-from async_jobs.domain.errors import InvalidJobError, PayloadTooLargeError
+from async_jobs.domain.errors import (
+    IdempotencyConflictError,
+    InvalidJobError,
+    PayloadTooLargeError,
+)
 from async_jobs.domain.jobs import (
     DEFAULT_DELAY_TOLERANCE_SECONDS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TENANT,
     DEFAULT_USE_CASE,
     AttemptOutcome,
+    Job,
     JobId,
     JsonObject,
     NewJob,
@@ -253,6 +259,29 @@ def checked_json(value: object, field: str) -> str:
         return orjson.dumps(value).decode()
     except TypeError:  # orjson.JSONEncodeError is one
         return json_dumps(value)
+
+
+def check_same_request(new: NewJob, held: Job | NewJob) -> None:
+    """Raise ``IdempotencyConflictError`` unless ``new``, whose idempotency key its tenant
+    already used, asks for what ``held`` (the job holding the key, stored or earlier in the
+    same batch) asked for: the same type, use case and payload. Every store calls it before
+    its transaction commits, so a batch with a conflict stores nothing.
+
+    Payloads compare as JSON values, numbers by value: PostgreSQL's jsonb gives back 1e23
+    as the integer 100000000000000000000000 and -0.0 as 0, which Python compares unequal
+    to the floats that were sent."""
+    if (new.type, new.use_case) == (held.type, held.use_case) and (
+        new.payload == held.payload or _by_value(new.payload) == _by_value(held.payload)
+    ):
+        return
+    raise IdempotencyConflictError(
+        f"idempotency key {new.idempotency_key!r} was already used for another request",
+        job_id=str(held.id),
+    )
+
+
+def _by_value(payload: JsonObject) -> Any:
+    return json.loads(json_dumps(payload), parse_float=decimal.Decimal, parse_int=decimal.Decimal)
 
 
 def json_dumps(value: Any) -> str:

@@ -68,7 +68,7 @@ from async_jobs.domain.transitions import (
     decide,
     lost_error,
 )
-from async_jobs.domain.validation import result_json
+from async_jobs.domain.validation import check_same_request, result_json
 from async_jobs.domain.webhooks import (
     MAX_DELIVERY_LOG,
     AttemptResult,
@@ -152,16 +152,23 @@ class MemoryStore:
             raise StoreError("a job with this id already exists; nothing was stored")
         self._check_pending(jobs)
         results: list[tuple[Job, bool]] = []
+        keyed: dict[tuple[str, str], Job] = {}  # the batch's own keys, before they are stored
         for new in jobs:
-            existing = self._existing(new)
-            if existing is not None:
-                results.append((existing, False))
+            key = None if new.idempotency_key is None else (new.tenant_id, new.idempotency_key)
+            held = self._existing(new) or (keyed.get(key) if key is not None else None)
+            if held is not None:
+                check_same_request(new, held)  # before anything is stored
+                results.append((held, False))
                 continue
             job = self._build(new)
-            self._jobs[job.id] = job
-            if new.idempotency_key is not None:
-                self._keys[(new.tenant_id, new.idempotency_key)] = job.id
+            if key is not None:
+                keyed[key] = job
             results.append((job, True))
+        for job, created in results:
+            if created:
+                self._jobs[job.id] = job
+                if job.idempotency_key is not None:
+                    self._keys[(job.tenant_id, job.idempotency_key)] = job.id
         if jobs:
             self._wakeup.set()
         return results
@@ -196,7 +203,9 @@ class MemoryStore:
         return self._jobs.get(found) if found is not None else None
 
     def _build(self, new: NewJob) -> Job:
-        return new.stored(*new.times(self._clock()), new.created_at)
+        job = new.stored(*new.times(self._clock()), new.created_at)
+        job.payload = json.loads(new.payload_json)  # as a database gives it back: a copy
+        return job
 
     async def get_job(self, job_id: JobId, tenant_id: str | None = None) -> Job | None:
         self._check_open()

@@ -22,7 +22,7 @@ from async_jobs.domain.jobs import (
     Job,
     NewJob,
 )
-from async_jobs.domain.validation import json_dumps
+from async_jobs.domain.validation import check_same_request, json_dumps
 from async_jobs.stores.postgres.queries import QUERIES
 from async_jobs.stores.postgres.rows import job_from_record
 
@@ -61,7 +61,9 @@ async def _insert_one(conn: asyncpg.Connection, job: NewJob) -> tuple[Job, bool]
             QUERIES["get_jobs_by_idempotency_key"], job.tenant_id, [job.idempotency_key]
         )
         if existing:
-            return job_from_record(existing[0]), False
+            held = job_from_record(existing[0])
+            check_same_request(job, held)
+            return held, False
     raise StoreError(f"idempotency key {job.idempotency_key!r} is contended; try again")
 
 
@@ -332,6 +334,7 @@ async def _with_holders(
         holder = existing.get((job.tenant_id, job.idempotency_key))
         if holder is None:  # deleted between the two statements (retention)
             raise StoreError(f"idempotency key {job.idempotency_key!r} is contended; try again")
+        check_same_request(job, holder)  # before the caller's commit: a conflict stores nothing
         results.append((holder, False))
     return results
 

@@ -73,7 +73,7 @@ from async_jobs.domain.scheduling import (
     UseCaseState,
     plan_claim,
 )
-from async_jobs.domain.validation import json_dumps, result_json
+from async_jobs.domain.validation import check_same_request, json_dumps, result_json
 from async_jobs.domain.webhooks import (
     DeliveryAttempt,
     DeliveryId,
@@ -727,7 +727,9 @@ async def _insert_jobs(
         if row is not None:
             results.append((_job_from_insert(job, row), True))
         else:
-            results.append((existing[(job.tenant_id, job.idempotency_key)], False))
+            held = existing[(job.tenant_id, job.idempotency_key)]
+            check_same_request(job, held)  # in the write transaction: a conflict stores nothing
+            results.append((held, False))
     return results
 
 
