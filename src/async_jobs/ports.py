@@ -62,7 +62,8 @@ class JobStore(Protocol):
 
     async def insert_job(self, job: NewJob) -> tuple[Job, bool]:
         """Store one job. Returns the job and True, or, when the tenant already has a job
-        with the same idempotency key, that job and False.
+        with the same idempotency key, that job and False; ``IdempotencyConflictError`` if
+        that job was another request (``domain.validation.check_same_request``).
 
         Every insert honours ``NewJob.max_pending``: the tenant's pending and queued jobs in
         that use case, with the new ones, may not exceed it. The count and the insert are
@@ -72,7 +73,9 @@ class JobStore(Protocol):
     async def insert_jobs(self, jobs: Iterable[NewJob]) -> list[tuple[Job, bool]]:
         """Store many jobs in one transaction: all or none. ``jobs`` may be made as they are
         drawn (a generator that validates requests): a store may write the first jobs while
-        it draws the next, and an error raised while drawing them leaves nothing stored."""
+        it draws the next, and an error raised while drawing them leaves nothing stored. A
+        key held by another request (before, or earlier in the batch) is an
+        ``IdempotencyConflictError`` that stores nothing, as any other error."""
 
     async def insert_jobs_in(
         self, connection: object, jobs: Sequence[NewJob]
