@@ -6,6 +6,7 @@ run (bench/README.md gives the commands that run it)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -295,3 +296,38 @@ def test_the_progress_line_leaves_out_what_a_run_did_not_measure() -> None:
     assert line == "  pgqueuer_uvloop c=50  drain     2,400/s  (7 s)"
     result["worker_peak_rss_mb"] = 45.1
     assert "rss  45.1 MB" in compare.progress_line("asyncjobs", 50, result, 6.6)
+
+
+def load_compare_runs() -> ModuleType:
+    path = ROOT / "bench" / "compare_runs.py"
+    spec = importlib.util.spec_from_file_location("bench_compare_runs", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_table_of_kept_runs_reads_each_target_compare_checks(tmp_path: Path) -> None:
+    compare_runs = load_compare_runs()
+    runs = [
+        run("asyncjobs", 10, drain_jobs_per_s=3000.0, worker_peak_rss_mb=45.0),
+        run("asyncjobs", 50, drain_jobs_per_s=8000.0, worker_peak_rss_mb=45.5),
+        run("pgqueuer", 10, drain_jobs_per_s=2500.0),
+        run("pgqueuer", 50, drain_jobs_per_s=3500.0),
+    ]
+    lineup = compare.Lineup("asyncjobs", ("pgqueuer",), ("pgqueuer",))
+    kept = {
+        "machine": {"cpu_model": "AMD EPYC", "git_commit": "abc1234"},
+        "targets": compare.check_targets(compare.medians(runs, [10, 50], lineup), lineup),
+        "harness_runs": [{"raw": {"finished_at": 1796688982.0}}, {"raw": None}],
+    }
+    path = tmp_path / "compare-amd9-abc1234.json"
+    path.write_text(json.dumps(kept))
+    (tmp_path / "compare-old.json").write_text(json.dumps({**kept, "harness_runs": []}))
+
+    lines = compare_runs.table(sorted(tmp_path.glob("*.json"))).splitlines()
+    assert len(lines) == 3  # the head, its rule and one run: a run without the harness is left out
+    assert lines[2] == (
+        "| 12-08 00:16 | AMD (amd9) | abc1234 | **1.00x** | **1.00x** | **1.20x** | 2.29x | 1.00x"
+        " | 45.5 |"
+    )
