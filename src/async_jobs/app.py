@@ -54,6 +54,7 @@ from async_jobs.domain.jobs import (
     JobId,
     JobPage,
     JobScan,
+    JobState,
     NewJob,
     PageCursor,
     Priority,
@@ -411,18 +412,25 @@ class JobApp:
 
     async def retry(self, job_id: JobId | uuid.UUID | str, tenant_id: str | None = None) -> Job:
         """Send a failed or cancelled job back to pending, due now, with at least one more
-        attempt; its history stays. Other states are an ``InvalidTransitionError``."""
+        attempt; its history stays. Other states, and a job past its ``expires_at``, are an
+        ``InvalidTransitionError``."""
         parsed = parse_job_id(job_id)
         answer = await self.store.retry_job(parsed, tenant_id)
         if answer is None:
             raise JobNotFoundError(f"no job {parsed}")
         job, changed = answer
-        if not changed:
+        if changed:
+            return job
+        if job.status in (JobState.FAILED, JobState.CANCELLED) and job.expires_at is not None:
             raise InvalidTransitionError(
-                f"job {parsed} is {job.status.value}; only failed or cancelled jobs can be retried",
+                f"job {parsed} expired at {job.expires_at.isoformat()}: retried, it would only"
+                " expire again; enqueue it anew with a later expires_at",
                 status=job.status.value,
             )
-        return job
+        raise InvalidTransitionError(
+            f"job {parsed} is {job.status.value}; only failed or cancelled jobs can be retried",
+            status=job.status.value,
+        )
 
     def reaper(self) -> Reaper:
         """The reaper of this app's store (``await app.reaper().run_once()``)."""

@@ -193,7 +193,7 @@ class JobStore(Protocol):
     ) -> tuple[Job, bool] | None:
         """Send a failed or cancelled job back to pending, due now, with at least one
         attempt left. Returns the job and whether it changed (False: it was in another
-        state and was left alone), or None if not found."""
+        state, or past its ``expires_at``, and was left alone), or None if not found."""
 
     async def expire_jobs(self, limit: int) -> list[Job]:
         """Up to ``limit`` pending or queued jobs whose ``expires_at`` has passed end

@@ -131,7 +131,8 @@ def decide(facts: Facts, event: Event) -> Transition | None:
     if event is Chore.CANCEL:
         return _cancel(facts)
     if event is Chore.RETRY:
-        if facts.status not in (JobState.FAILED, JobState.CANCELLED):
+        # A job past its expires_at would only be expired again: it is enqueued anew instead.
+        if facts.status not in (JobState.FAILED, JobState.CANCELLED) or facts.past_expiry:
             return None
         return Transition(
             JobState.PENDING,

@@ -341,8 +341,8 @@ WHERE j.id = $1
 RETURNING j.*;
 
 -- name: retry_job
--- A failed or cancelled job goes back to pending, due now, with at least one attempt left;
--- its history and last error stay.
+-- A failed or cancelled job not past its expires_at goes back to pending, due now, with at
+-- least one attempt left; its history and last error stay.
 UPDATE async_jobs AS j
 SET status = 'pending',
     run_at = now(),
@@ -360,6 +360,7 @@ SET status = 'pending',
 WHERE j.id = $1
   AND ($2::text IS NULL OR j.tenant_id = $2)
   AND j.status IN ('failed', 'cancelled')
+  AND (j.expires_at IS NULL OR j.expires_at >= now())  -- else it would expire again
 RETURNING j.*;
 
 -- name: expire_jobs

@@ -548,8 +548,8 @@ WHERE j.id = :id
 RETURNING *;
 
 -- name: retry_job
--- A failed or cancelled job goes back to pending, due now, with at least one attempt left;
--- its history and last error stay.
+-- A failed or cancelled job not past its expires_at goes back to pending, due now, with at
+-- least one attempt left; its history and last error stay.
 UPDATE async_jobs AS j
 SET status = 'pending',
     run_at = c.now,
@@ -568,6 +568,7 @@ FROM (SELECT round((julianday('now') - 2440587.5) * 86400000.0) / 1000.0 AS now)
 WHERE j.id = :id
   AND (:tenant_id IS NULL OR j.tenant_id = :tenant_id)
   AND j.status IN ('failed', 'cancelled')
+  AND (j.expires_at IS NULL OR j.expires_at >= c.now)  -- else it would expire again
 RETURNING *;
 
 -- name: existing_idempotency_keys
