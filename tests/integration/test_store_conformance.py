@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 
 from async_jobs import EnqueueRequest, JobApp
-from async_jobs.domain.errors import IdempotencyConflictError, InvalidJobError, StoreError
+from async_jobs.domain.errors import (
+    IdempotencyConflictError,
+    InvalidJobError,
+    InvalidTransitionError,
+    StoreError,
+)
 from async_jobs.domain.jobs import (
     AttemptOutcome,
     ClaimRequest,
@@ -239,6 +244,15 @@ async def test_a_stored_payload_is_the_stores_own_copy_as_json_gives_it_back(
     items.append(2)  # the caller's object changes after the enqueue; the stored job does not
     stored = await store.get_job(job.id)
     assert stored is not None and stored.payload == {"items": [1], "pair": [1, 2]}
+
+
+async def test_a_job_past_its_expiry_is_not_retried_and_the_error_says_why(app: JobApp) -> None:
+    job = await app.enqueue("echo", {}, delay=60, expires_at=datetime.now(UTC) + timedelta(days=1))
+    await age_leases(app.store, [job.id], seconds=2 * 86400, column="expires_at")
+    assert [expired.id for expired in await app.store.expire_jobs(100)] == [job.id]
+    with pytest.raises(InvalidTransitionError, match="would only expire again"):
+        await app.retry(job.id)
+    assert (await app.get_job(job.id)).status is JobState.CANCELLED
 
 
 # Batches longer than one statement of the PostgreSQL store (STATEMENT_JOBS) are written in
