@@ -108,6 +108,25 @@ BAD_BODIES = [
     (b'{"type": "echo", "delay_seconds": -5}', 422, "invalid_job"),
     (b'{"type": "echo", "max_attempts": 0}', 422, "invalid_job"),
     (b'{"type": "echo", "max_attempts": "many"}', 422, "invalid_request"),
+    # Numbers are JSON numbers: no boolean as 1, no string as its number, no float as an int.
+    pytest.param(
+        b'{"type": "echo", "max_attempts": true}', 422, "invalid_request", id="attempts-true"
+    ),
+    pytest.param(
+        b'{"type": "echo", "max_attempts": 2.0}', 422, "invalid_request", id="attempts-2.0"
+    ),
+    pytest.param(
+        b'{"type": "echo", "timeout_seconds": true}', 422, "invalid_request", id="timeout-true"
+    ),
+    pytest.param(
+        b'{"type": "echo", "delay_seconds": "600"}', 422, "invalid_request", id="delay-string"
+    ),
+    pytest.param(
+        b'{"type": "echo", "delay_tolerance_seconds": false}',
+        422,
+        "invalid_request",
+        id="tolerance-false",
+    ),
     (b'{"type": "echo", "payload": {"s": "a\\u0000b"}}', 422, "invalid_job"),
     (b'{"type": "echo", "surprise": 1}', 422, "invalid_request"),
     (b'{"type": "echo", "run_at": "2030-01-01T00:00:00"}', 422, "invalid_job"),
@@ -308,6 +327,12 @@ async def test_a_body_not_sent_as_json_is_a_415_and_stores_nothing(
             "invalid_job",
             id="one-bad-run-at",
         ),
+        pytest.param(
+            [{"type": "echo"}, {"type": "echo", "max_attempts": True}],
+            422,
+            "invalid_request",
+            id="one-boolean-max-attempts",
+        ),
     ],
 )
 async def test_a_bad_batch_is_refused_whole(
@@ -316,6 +341,19 @@ async def test_a_bad_batch_is_refused_whole(
     body = json.dumps({"jobs": jobs}).encode()  # ASCII: a lone surrogate goes as an escape
     response = await client.post("/jobs/batch", content=body, headers=JSON)
     await assert_refused(client, response, status, code)
+
+
+@pytest.mark.parametrize("hours", [True, "0"], ids=["true", "string"])
+async def test_cleanup_takes_its_age_as_a_json_number_only(
+    client: httpx.AsyncClient, hours: Any
+) -> None:
+    """Lax parsing read true as 1 hour and "0" as 0 (every ended job deleted)."""
+    job = (await client.post("/jobs", json={"type": "echo", "delay_seconds": 3600})).json()
+    assert (await client.post(f"/jobs/{job['id']}/cancel")).status_code == 200
+    refused = await client.post("/maintenance/cleanup", json={"older_than_hours": hours})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["code"] == "invalid_request"
+    assert (await client.get(f"/jobs/{job['id']}")).status_code == 200
 
 
 async def test_run_at_may_lie_a_little_in_the_past_and_up_to_a_year_ahead(

@@ -22,6 +22,11 @@ from async_jobs.domain.requests import MAX_BATCH_SIZE, EnqueueRequest
 from async_jobs.domain.retry import BackoffKind
 from async_jobs.domain.webhooks import DeliveryStatus
 
+# The numbers of a body are JSON numbers: pydantic's lax mode would take true as 1 and "600"
+# as 600. Strict, an integer field takes integers only, a float field integers and floats.
+StrictNumber = Annotated[float, Field(strict=True)]
+StrictInteger = Annotated[int, Field(strict=True)]
+
 
 class JobCreate(BaseModel):
     """Body of ``POST /jobs``. Ranges are checked by the domain, the same for every entry."""
@@ -34,10 +39,10 @@ class JobCreate(BaseModel):
     tenant_id: str | None = None
     priority: Priority | None = None
     run_at: datetime | None = Field(default=None, description="When to run (with timezone).")
-    delay_seconds: float | None = Field(default=None, description="Or: run this much later.")
-    delay_tolerance_seconds: float | None = None
-    max_attempts: int | None = None
-    timeout_seconds: float | None = None
+    delay_seconds: StrictNumber | None = Field(default=None, description="Or: run this much later.")
+    delay_tolerance_seconds: StrictNumber | None = None
+    max_attempts: StrictInteger | None = None
+    timeout_seconds: StrictNumber | None = None
     idempotency_key: str | None = None
     webhook_url: str | None = None
     backoff: dict[str, Any] | None = Field(
@@ -128,7 +133,7 @@ class CleanupRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    older_than_hours: float | None = Field(default=None, ge=0, le=1_000_000)
+    older_than_hours: StrictNumber | None = Field(default=None, ge=0, le=1_000_000)
 
 
 # -- answers --------------------------------------------------------------------------------
