@@ -65,7 +65,7 @@ from async_jobs.domain.requests import MAX_PAGE_SIZE as MAX_PAGE_SIZE
 from async_jobs.domain.requests import EnqueueRequest as EnqueueRequest
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.scheduling import Leader, RetentionPolicy, Stats, UseCaseState
-from async_jobs.domain.validation import check_name
+from async_jobs.domain.validation import check_filter, check_lookup, check_name
 from async_jobs.domain.webhooks import WebhookState
 from async_jobs.domain.workers import LiveProcess
 from async_jobs.ports import JobStore, Transport
@@ -346,7 +346,7 @@ class JobApp:
         """The job, or ``JobNotFoundError`` (also for another tenant's job). A job with a
         ``webhook_url`` comes with its deliveries (``job.webhook``), read by a second query."""
         parsed = parse_job_id(job_id)
-        job = await self.store.get_job(parsed, tenant_id)
+        job = await self.store.get_job(parsed, check_lookup(tenant_id, "tenant_id"))
         if job is None:
             raise JobNotFoundError(f"no job {parsed}")
         if job.webhook_url is not None:
@@ -357,7 +357,8 @@ class JobApp:
     async def find_by_idempotency_key(self, key: str, tenant_id: str | None) -> list[Job]:
         """The job holding ``key`` in ``tenant_id`` (the default tenant when None); keys are
         unique per tenant."""
-        job = await self.store.get_job_by_key(tenant_id or DEFAULT_TENANT, key)
+        tenant = check_lookup(tenant_id, "tenant_id") or DEFAULT_TENANT
+        job = await self.store.get_job_by_key(tenant, check_lookup(key, "idempotency_key"))
         return [job] if job is not None else []
 
     async def list_jobs(
@@ -365,7 +366,7 @@ class JobApp:
     ) -> JobPage:
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidJobError(f"limit must be between 1 and {MAX_PAGE_SIZE}", field="limit")
-        return await self.store.list_jobs(where or JobFilter(), limit, after)
+        return await self.store.list_jobs(check_filter(where or JobFilter()), limit, after)
 
     async def scan_jobs(
         self,
@@ -384,7 +385,11 @@ class JobApp:
         if budget < 1 or count_to < 0:
             raise InvalidJobError("budget must be at least 1, count_to at least 0")
         request = ScanRequest(
-            where=where or JobFilter(), limit=limit, budget=budget, after=after, count_to=count_to
+            where=check_filter(where or JobFilter()),
+            limit=limit,
+            budget=budget,
+            after=after,
+            count_to=count_to,
         )
         return await self.store.scan_jobs(request)
 
@@ -396,7 +401,7 @@ class JobApp:
         has already succeeded); asking again while it runs changes nothing. A job that has
         already ended (succeeded, failed or cancelled) is an ``InvalidTransitionError``."""
         parsed = parse_job_id(job_id)
-        answer = await self.store.cancel_job(parsed, tenant_id)
+        answer = await self.store.cancel_job(parsed, check_lookup(tenant_id, "tenant_id"))
         if answer is None:
             raise JobNotFoundError(f"no job {parsed}")
         job, changed = answer
@@ -415,7 +420,7 @@ class JobApp:
         attempt; its history stays. Other states, and a job past its ``expires_at``, are an
         ``InvalidTransitionError``."""
         parsed = parse_job_id(job_id)
-        answer = await self.store.retry_job(parsed, tenant_id)
+        answer = await self.store.retry_job(parsed, check_lookup(tenant_id, "tenant_id"))
         if answer is None:
             raise JobNotFoundError(f"no job {parsed}")
         job, changed = answer
@@ -453,11 +458,11 @@ class JobApp:
 
     async def stats(self, tenant_id: str | None = None, with_counts: bool = True) -> Stats:
         """See ``JobStore.stats``; ``with_counts=False`` skips the count of every job."""
-        return await self.store.stats(tenant_id, with_counts)
+        return await self.store.stats(check_lookup(tenant_id, "tenant_id"), with_counts)
 
     async def count_jobs(self, where: JobFilter, cap: int) -> int:
         """Jobs matching ``where``, counted no further than ``cap``."""
-        return await self.store.count_jobs(where, cap)
+        return await self.store.count_jobs(check_filter(where), cap)
 
     async def cleanup(self, older_than_seconds: float | None = None) -> dict[str, int]:
         """Delete terminal jobs now: older than ``older_than_seconds`` whatever their state,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -588,6 +588,48 @@ async def test_list_and_count_filter_by_priority(store: JobStore) -> None:
     assert await store.count_jobs(JobFilter(priority=Priority.LOW), 10) == 1
     assert await store.count_jobs(JobFilter(priority=Priority.CRITICAL), 10) == 0
     assert await store.count_jobs(JobFilter(), 10) == 3
+
+
+NAIVE = datetime(2026, 1, 1)  # without its time zone
+BEFORE_YEAR_1 = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))  # in UTC
+BAD_READS: list[tuple[str, Callable[[JobApp, Job], Awaitable[object]]]] = [
+    ("created_after", lambda app, job: app.list_jobs(JobFilter(created_after=NAIVE))),
+    ("created_before", lambda app, job: app.count_jobs(JobFilter(created_before=NAIVE), 9)),
+    ("created_after", lambda app, job: app.scan_jobs(JobFilter(created_after=NAIVE), budget=9)),
+    ("created_after", lambda app, job: app.list_jobs(JobFilter(created_after=BEFORE_YEAR_1))),
+    ("type", lambda app, job: app.list_jobs(JobFilter(type="a\x00b"))),
+    ("use_case", lambda app, job: app.count_jobs(JobFilter(use_case="\x00"), 9)),
+    ("tenant_id", lambda app, job: app.scan_jobs(JobFilter(tenant_id="t\x00"), budget=9)),
+    ("tenant_id", lambda app, job: app.list_jobs(JobFilter(tenant_id="\ud800"))),
+    ("idempotency_key", lambda app, job: app.find_by_idempotency_key("k\x00", None)),
+    ("tenant_id", lambda app, job: app.find_by_idempotency_key("k", "t\x00")),
+    ("tenant_id", lambda app, job: app.get_job(job.id, "t\x00")),
+    ("tenant_id", lambda app, job: app.wait_for(job.id, 0.01, "t\x00")),
+    ("tenant_id", lambda app, job: app.cancel(job.id, "t\x00")),
+    ("tenant_id", lambda app, job: app.retry(job.id, "t\x00")),
+    ("tenant_id", lambda app, job: app.stats("t\x00")),
+]
+
+
+async def test_bad_read_input_is_an_invalid_job_error_naming_the_field_on_every_store(
+    app: JobApp,
+) -> None:
+    """Checked by ``JobApp`` for every store: PostgreSQL failed on a NUL (StoreError) where
+    SQLite and memory found nothing, and a naive time was local time to PostgreSQL, UTC to
+    SQLite and a TypeError in memory."""
+    job = await app.enqueue("echo", {}, delay=3600)
+    refused = []
+    for _, read in BAD_READS:
+        with pytest.raises(InvalidJobError) as caught:
+            await read(app, job)
+        refused.append(caught.value.details.get("field"))
+    assert refused == [field for field, _ in BAD_READS]
+    assert (await app.get_job(job.id)).status is JobState.PENDING
+    # A time in another zone is the same instant in UTC, in every store.
+    ahead = timezone(timedelta(hours=5))
+    since = (job.created_at - timedelta(seconds=1)).astimezone(ahead)
+    assert [j.id for j in (await app.list_jobs(JobFilter(created_after=since))).items] == [job.id]
+    assert await app.count_jobs(JobFilter(created_before=since), 9) == 0
 
 
 async def test_wait_for_jobs_wakes_on_insert(store: JobStore) -> None:

@@ -6,12 +6,14 @@ the same way everywhere and never reaches a store.
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import json
 import math
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
@@ -27,6 +29,7 @@ from async_jobs.domain.jobs import (
     DEFAULT_USE_CASE,
     AttemptOutcome,
     Job,
+    JobFilter,
     JobId,
     JsonObject,
     NewJob,
@@ -194,6 +197,31 @@ def check_text(value: object, field: str, min_length: int, max_length: int) -> s
         )
     _check_storable(value, field)
     return value
+
+
+@overload
+def check_lookup(value: str, field: str) -> str: ...
+@overload
+def check_lookup(value: str | None, field: str) -> str | None: ...
+def check_lookup(value: str | None, field: str) -> str | None:
+    """Text a read looks for (a filter, a tenant, an idempotency key): None, or text every
+    store can compare. PostgreSQL fails on a NUL or a lone surrogate where SQLite and memory
+    find nothing. Any length: longer than a store holds, it finds nothing."""
+    return None if value is None else check_text(value, field, 0, sys.maxsize)
+
+
+def check_filter(where: JobFilter) -> JobFilter:
+    """A listing's filter as every store takes it, or ``InvalidJobError`` naming the field:
+    text per ``check_lookup``, times with a time zone, in UTC. A naive time was read as local
+    time by PostgreSQL and as UTC by SQLite, and the memory store failed on it."""
+    return dataclasses.replace(
+        where,
+        tenant_id=check_lookup(where.tenant_id, "tenant_id"),
+        use_case=check_lookup(where.use_case, "use_case"),
+        type=check_lookup(where.type, "type"),
+        created_after=_check_time(where.created_after, "created_after"),
+        created_before=_check_time(where.created_before, "created_before"),
+    )
 
 
 def check_payload(
