@@ -29,6 +29,7 @@ from async_jobs.domain.jobs import (
     NewJob,
     OutcomeKind,
     Priority,
+    ScanRequest,
     time_of_id,
 )
 from async_jobs.domain.retry import Backoff
@@ -588,6 +589,47 @@ async def test_list_and_count_filter_by_priority(store: JobStore) -> None:
     assert await store.count_jobs(JobFilter(priority=Priority.LOW), 10) == 1
     assert await store.count_jobs(JobFilter(priority=Priority.CRITICAL), 10) == 0
     assert await store.count_jobs(JobFilter(), 10) == 3
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST = datetime.min.replace(tzinfo=UTC)  # asyncpg sends it as -infinity
+LATEST = datetime.max.replace(tzinfo=UTC)  # and this as infinity
+
+
+@pytest.mark.parametrize(
+    ("where", "matching"),
+    [
+        (JobFilter(created_after=EARLIEST), 1),
+        (JobFilter(created_after=EPOCH - timedelta(days=1)), 1),
+        (JobFilter(created_after=EPOCH + timedelta(seconds=30)), 1),
+        (JobFilter(created_before=LATEST), 1),
+        (JobFilter(created_after=EARLIEST, created_before=LATEST), 1),
+        (JobFilter(created_after=LATEST), 0),
+        (JobFilter(created_before=EARLIEST), 0),
+        (JobFilter(created_before=EPOCH - timedelta(days=1)), 0),
+    ],
+    ids=[
+        "after-year-1",
+        "after-1969",
+        "after-the-epochs-first-minute",
+        "before-9999",
+        "between-the-limits",
+        "after-9999",
+        "before-year-1",
+        "before-1969",
+    ],
+)
+async def test_created_bounds_before_the_epoch_or_at_the_limits_of_time_list_alike(
+    store: JobStore, where: JobFilter, matching: int
+) -> None:
+    """PostgreSQL bounds the ids by these times as well: a time before the Unix epoch (or
+    less than a minute after it) listed nothing, and the least and largest times failed
+    ("cannot convert infinity to bigint")."""
+    await store.insert_job(new_job())
+    assert len((await store.list_jobs(where, 10)).items) == matching
+    assert await store.count_jobs(where, 10) == matching
+    scan = await store.scan_jobs(ScanRequest(where=where, limit=10, budget=10))
+    assert len(scan.items) == matching
 
 
 NAIVE = datetime(2026, 1, 1)  # without its time zone

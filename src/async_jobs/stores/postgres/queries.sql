@@ -135,15 +135,20 @@ SELECT * FROM async_jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2);
 -- The filters of list_jobs, count_jobs and scan_jobs ($1 tenant, $2 state, $3 use case, $4
 -- type, $5 and $6 created after and before): each one NULL leaves out. A job's created_at
 -- is its id's time (0018), so the two times also bound the id, with a minute to spare for
--- rows written before 0018, whose created_at came from the database's clock.
+-- rows written before 0018, whose created_at came from the database's clock. The id's bound
+-- is taken from the time held within the ids' range (from the Unix epoch, which
+-- async_jobs_id_floor needs, to year 10000; asyncpg sends the least and the largest datetime
+-- as -infinity and infinity); created_at is compared with the time itself.
 WHERE ($1::text IS NULL OR tenant_id = $1)
   AND ($2::async_jobs_state IS NULL OR status = $2)
   AND ($3::text IS NULL OR use_case = $3)
   AND ($4::text IS NULL OR type = $4)
   AND ($5::timestamptz IS NULL
-       OR (created_at > $5 AND id >= async_jobs_id_floor($5 - interval '1 minute')))
+       OR (created_at > $5 AND id >= async_jobs_id_floor(
+               least(greatest($5 - interval '1 minute', 'epoch'), '10000-01-01Z'))))
   AND ($6::timestamptz IS NULL
-       OR (created_at < $6 AND id < async_jobs_id_floor($6 + interval '1 minute')))
+       OR (created_at < $6 AND id < async_jobs_id_floor(
+               least(greatest($6 + interval '1 minute', 'epoch'), '10000-01-01Z'))))
 
 -- name: list_jobs
 -- Newest first: in the order of the ids, which is that of created_at (0018). The cursor is
@@ -690,9 +695,11 @@ WITH walked AS (
     WHERE ($1::text IS NULL OR tenant_id BETWEEN $1 AND $1)
       AND (NOT $12::boolean OR status IN ('failed', 'cancelled'))
       AND ($5::timestamptz IS NULL
-           OR (created_at > $5 AND id >= async_jobs_id_floor($5 - interval '1 minute')))
+           OR (created_at > $5 AND id >= async_jobs_id_floor(
+                   least(greatest($5 - interval '1 minute', 'epoch'), '10000-01-01Z'))))
       AND ($6::timestamptz IS NULL
-           OR (created_at < $6 AND id < async_jobs_id_floor($6 + interval '1 minute')))
+           OR (created_at < $6 AND id < async_jobs_id_floor(
+                   least(greatest($6 + interval '1 minute', 'epoch'), '10000-01-01Z'))))
       AND ($7::timestamptz IS NULL OR id < $8::uuid)
     ORDER BY CASE WHEN $1::text IS NULL THEN NULL ELSE tenant_id END DESC, id DESC
     LIMIT $9
