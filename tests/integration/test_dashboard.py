@@ -231,6 +231,42 @@ async def posted(client: httpx.AsyncClient, path: str, **fields: str) -> httpx.R
     return await client.post(path, data={"csrf": csrf, **fields})
 
 
+BAD_FILTERS = [
+    ("use_case=%00", "use_case contains a NUL character"),
+    ("type=a%00b", "type contains a NUL character"),
+    ("tenant=%00", "tenant_id contains a NUL character"),
+    ("q=k%00", "idempotency_key contains a NUL character"),
+    ("created_after=0001-01-01T00:00:00%2B14:00", "created_after is out of range"),
+    ("created_before=9999-12-31T23:59:59-14:00", "created_before is out of range"),
+]
+
+
+async def test_a_filter_no_store_can_take_is_refused_before_the_store(
+    browser: httpx.AsyncClient, jobs: JobApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As an unknown state is: said on the Jobs page, and a 400 for a bulk action. A NUL
+    showed PostgreSQL's own error text, a time before year 1 in UTC "date value out of
+    range", and a bulk action answered 503 store_error."""
+    await sign_in(browser, "tok-admin")
+    csrf = csrf_of((await browser.get("/dashboard/jobs")).text)
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a bad filter reached the store: {args}")
+
+    for read in ("list_jobs", "count_jobs", "scan_jobs", "get_job", "get_job_by_key"):
+        monkeypatch.setattr(jobs.store, read, reached)
+    for query, message in BAD_FILTERS:
+        page = await browser.get(f"/dashboard/jobs?{query}")
+        assert page.status_code == 200 and message in page.text, (query, page.text[-2000:])
+        assert "PostgreSQL" not in page.text
+        field, _, value = query.partition("=")
+        if field == "q":  # a bulk action's filter leaves the search out
+            continue
+        form = {"csrf": csrf, "action": "retry-all", f"filter_{field}": urllib.parse.unquote(value)}
+        bulk = await browser.post("/dashboard/jobs/bulk", data=form)
+        assert bulk.status_code == 400 and message in bulk.text, (query, bulk.text[-2000:])
+
+
 async def test_cancel_all_is_bounded_says_so_and_stays_in_the_tenant(
     browser: httpx.AsyncClient, jobs: JobApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,6 +28,7 @@ from async_jobs.domain.errors import (
     JobNotFoundError,
 )
 from async_jobs.domain.jobs import Job, JobFilter, JobId, JobState, Priority
+from async_jobs.domain.validation import check_filter
 from async_jobs.domain.workers import ProcessKind
 
 STATIC = {
@@ -112,23 +113,27 @@ class JobQuery:
         return urllib.parse.urlencode(self.query_items)
 
     def where(self, who: Principal) -> JobFilter:
-        """``InvalidJobError`` for a value that cannot be a filter."""
+        """``InvalidJobError`` for a value that cannot be a filter: an unknown state or
+        priority, or what no store takes (``check_filter``: a NUL, a time out of range)."""
         if self.state and self.state not in views.STATES:
             raise InvalidJobError(f"unknown state {self.state!r}", field="state")
         if self.priority and self.priority not in views.PRIORITIES:
             raise InvalidJobError(f"unknown priority {self.priority!r}", field="priority")
-        return JobFilter(
-            tenant_id=who.tenant_id if who.tenant_id is not None else (self.tenant or None),
-            status=JobState(self.state) if self.state else None,
-            use_case=self.use_case or None,
-            type=self.type or None,
-            created_after=_time(self.created_after, "created_after"),
-            created_before=_time(self.created_before, "created_before"),
-            priority=Priority(self.priority) if self.priority else None,
+        return check_filter(
+            JobFilter(
+                tenant_id=who.tenant_id if who.tenant_id is not None else (self.tenant or None),
+                status=JobState(self.state) if self.state else None,
+                use_case=self.use_case or None,
+                type=self.type or None,
+                created_after=_time(self.created_after, "created_after"),
+                created_before=_time(self.created_before, "created_before"),
+                priority=Priority(self.priority) if self.priority else None,
+            )
         )
 
 
 def _time(text: str, field: str) -> datetime | None:
+    """A time the browser sent: without a time zone (a datetime-local field), in UTC."""
     if not text:
         return None
     try:
