@@ -249,8 +249,18 @@ BAD_BODIES = [
     pytest.param(
         b'{"type": "echo", "payload": {"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
         400,
-        "http_error",
+        "malformed_json",
         id="nested-100000",
+    ),
+    # Bodies the JSON reader gives up on other than for their syntax.
+    pytest.param(
+        b'{"type": "echo", "payload": {"s": "\xff"}}', 400, "malformed_json", id="latin-1"
+    ),
+    pytest.param(
+        b'{"type": "echo", "payload": {"n": ' + b"9" * 5000 + b"}}",
+        400,
+        "malformed_json",
+        id="integer-of-5000-digits",
     ),
     # Over the payload limit (256 KiB), under the body limit (1 MiB).
     pytest.param(

@@ -60,6 +60,15 @@ async def on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+        # FastAPI's answer to a body its JSON reader gave up on, other than for its syntax:
+        # not UTF-8, an integer of more than 4,300 digits, nesting deeper than it goes.
+        return error_response(
+            400,
+            "malformed_json",
+            "the request body cannot be read as JSON (not UTF-8, an integer of more than 4300 "
+            "digits, or nested too deep)",
+        )
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     headers = dict(exc.headers) if exc.headers else None
     return error_response(exc.status_code, code, str(exc.detail), headers)
