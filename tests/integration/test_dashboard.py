@@ -225,6 +225,23 @@ async def test_bulk_retry_of_every_failed_job_matching_the_filter(
     assert (await jobs.get_job(other.id)).status is JobState.FAILED
 
 
+async def test_cancel_all_on_a_search_cancels_what_the_search_found_only(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    found = await jobs.enqueue("echo", {}, tenant_id="tenant-a", idempotency_key="k-1", delay=60)
+    other = await jobs.enqueue("echo", {}, tenant_id="tenant-a", delay=60)
+    await sign_in(browser, "tok-a")
+    page = await browser.get("/dashboard/jobs?q=k-1")
+    assert '<span id="matching-count">1</span>' in page.text
+    form = {"csrf": csrf_of(page.text), "action": "cancel-all", "filter_q": "k-1"}
+    plan = await browser.post("/dashboard/jobs/bulk", data=form)
+    assert plan.status_code == 200 and "Cancel 1 job?" in plan.text
+    answer = await browser.post("/dashboard/jobs/bulk", data={**form, "confirmed": "yes"})
+    assert "done=bulk&n=1&skipped=0" in answer.headers["location"]
+    assert (await jobs.get_job(found.id)).status is JobState.CANCELLED
+    assert (await jobs.get_job(other.id)).status is JobState.PENDING
+
+
 async def posted(client: httpx.AsyncClient, path: str, **fields: str) -> httpx.Response:
     """A form POST to ``path`` with the CSRF token of the Jobs page."""
     csrf = csrf_of((await client.get("/dashboard/jobs")).text)

@@ -411,7 +411,11 @@ class _Dashboard:
         if not action.endswith("-all"):
             targets = [parse_job_id(i) for i in form.get("ids", [])[: views.BULK_MAX]]
             return await self._change(who, verb, targets, page)
-        plan = await views.bulk_plan(self.jobs, query.where(who), verb, decode_cursor(cursor))
+        where = query.where(who)
+        if query.q:  # the page lists what the search found: "all" is those, not the filter's
+            plan = views.found_plan(await self._find(query.q, where.tenant_id), verb)
+        else:
+            plan = await views.bulk_plan(self.jobs, where, verb, decode_cursor(cursor))
         if not plan.jobs:
             return self.back(page, done=f"nothing-{verb}")
         if fields.get("confirmed") != "yes":

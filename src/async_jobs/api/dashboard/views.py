@@ -332,6 +332,13 @@ class BulkPlan:
         return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else ""
 
 
+def found_plan(found: list[Job], verb: str) -> BulkPlan:
+    """The plan of a bulk action on a page that shows a search's jobs (a job id or an
+    idempotency key): those jobs, of the ones the verb applies to."""
+    allowed = RETRYABLE if verb == "retry" else CANCELLABLE
+    return BulkPlan(verb, list(allowed), [job for job in found if job.status in allowed])
+
+
 async def bulk_plan(
     jobs: JobApp, where: JobFilter, verb: str, after: PageCursor | None
 ) -> BulkPlan:
