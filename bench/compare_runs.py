@@ -6,7 +6,8 @@ better for us), bold where the target is missed. The README's "Speed" section sh
     python bench/compare_runs.py FILE.json ...
 
 A run's time is when its first harness row finished; its machine, the processor the run
-recorded and the tag in its file name (``compare-amd5-5cecb4c.json``: ``amd5``).
+recorded and the machine's tag in its file name (``compare-amd5-5cecb4c.json``: ``amd5``;
+the first runs have none).
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ def row(path: Path) -> tuple[float, str] | None:
         return None
     when = min(h["raw"]["finished_at"] for h in harness if h.get("raw"))
     machine = run["machine"]
-    cpu = "Intel" if "Intel" in machine["cpu_model"] else "AMD"
+    cpu = "Intel Xeon" if "Intel" in machine["cpu_model"] else machine["cpu_model"]
     parts = path.stem.removeprefix("compare-").split("-")
     tag = parts[0] if len(parts) > 1 and parts[0] != machine["git_commit"] else ""
     cells = [
         datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%m-%d %H:%M"),
-        f"{cpu} ({tag})" if tag else cpu,
+        f"{cpu}, {tag}" if tag else cpu,
         machine["git_commit"],
     ]
     for prefix, _ in COLUMNS:
