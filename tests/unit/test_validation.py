@@ -19,7 +19,7 @@ from async_jobs.domain import jobs as jobs_module
 from async_jobs.domain.errors import InvalidJobError, PayloadTooLargeError
 from async_jobs.domain.jobs import Job, JobState, Priority, new_job_id
 from async_jobs.domain.retry import Backoff
-from async_jobs.domain.validation import build_new_job
+from async_jobs.domain.validation import build_new_job, storable_text
 
 
 def test_defaults_are_filled_in() -> None:
@@ -97,6 +97,21 @@ def test_the_payload_limit_counts_bytes_of_utf8() -> None:
         build_new_job("echo", four_bytes_each, max_payload_bytes=100)
     two_bytes_each = {"a": "\u00e9" * 40}  # 48 characters, 88 bytes
     assert build_new_job("echo", two_bytes_each, max_payload_bytes=100).payload == two_bytes_each
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("plain", "plain"),
+        ("café ☕", "café ☕"),
+        ("a\x00b", "ab"),
+        (b"caf\xff.txt".decode("utf-8", "surrogateescape"), "caf\\udcff.txt"),
+        ("\ud800\x00é", "\\ud800é"),
+    ],
+)
+def test_handler_text_is_made_storable_keeping_what_it_can(text: str, stored: str) -> None:
+    assert storable_text(text) == stored
+    stored.encode("utf-8")  # would raise for a lone surrogate
 
 
 def test_job_type_must_be_printable() -> None:

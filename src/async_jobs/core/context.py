@@ -12,6 +12,7 @@ from typing import Any
 
 from async_jobs.domain.errors import InvalidJobError
 from async_jobs.domain.jobs import Job, Progress
+from async_jobs.domain.validation import storable_text
 
 MAX_PROGRESS_MESSAGE = 500
 
@@ -73,7 +74,8 @@ class JobContext:
         if not math.isfinite(percent):
             raise InvalidJobError("progress percent must be finite", field="progress")
         if message is not None:
-            message = str(message)[:MAX_PROGRESS_MESSAGE].replace("\x00", "")
+            # Cut before escaping (the work stays bounded) and after (an escape is 6 characters).
+            message = storable_text(str(message)[:MAX_PROGRESS_MESSAGE])[:MAX_PROGRESS_MESSAGE]
         self._progress = Progress(min(max(float(percent), 0.0), 100.0), message)
 
     def take_progress(self) -> Progress | None:

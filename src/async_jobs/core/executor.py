@@ -15,7 +15,7 @@ from async_jobs.core.context import JobContext
 from async_jobs.core.registry import Handler
 from async_jobs.domain.errors import InvalidJobError
 from async_jobs.domain.jobs import AttemptOutcome, Job, JobError, LeaseToken, OutcomeKind
-from async_jobs.domain.validation import checked_json
+from async_jobs.domain.validation import checked_json, storable_text
 
 DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
 DEFAULT_MAX_ERROR_CHARS = 4000
@@ -145,11 +145,14 @@ def cancelled(job: Job) -> AttemptOutcome:
 
 
 def error_of(exc: BaseException, limits: AttemptLimits = AttemptLimits()) -> JobError:
+    """The exception as the job's error, in text every store can keep (``storable_text``)."""
+    limit = limits.max_error_chars
     trace = "".join(traceback.format_exception(exc))
+    # Cut before escaping (the work stays bounded) and after (an escape is 6 characters).
     return JobError(
-        type=type(exc).__qualname__,
-        message=str(exc)[: limits.max_error_chars].replace("\x00", ""),
-        traceback=trace[-limits.max_error_chars :].replace("\x00", ""),
+        type=storable_text(type(exc).__qualname__),
+        message=storable_text(str(exc)[:limit])[:limit],
+        traceback=storable_text(trace[-limit:])[-limit:],
     )
 
 

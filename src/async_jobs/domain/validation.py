@@ -337,6 +337,25 @@ _ENCODER = json.JSONEncoder(
 )
 
 
+def storable_text(text: str) -> str:
+    """Text from handler code (an error, a progress message) as the stores can keep it.
+
+    NUL characters are dropped: PostgreSQL's text and jsonb refuse them. A lone surrogate,
+    which is what ``surrogateescape`` makes of a byte that is not UTF-8 (a file name read
+    with ``os.listdir``, say), cannot be encoded as UTF-8 at all; it is written as its
+    escape, ``\\udcff``: unlike "replace" (a "?" for each), that keeps which byte it was.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _check_storable(text: str, field: str) -> None:
     if "\x00" in text:
         raise InvalidJobError(f"{field} contains a NUL character", field=field)
