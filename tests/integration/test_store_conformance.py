@@ -29,6 +29,7 @@ from async_jobs.domain.jobs import (
     NewJob,
     OutcomeKind,
     Priority,
+    ProgressUpdate,
     ScanRequest,
     time_of_id,
 )
@@ -433,6 +434,28 @@ async def test_outcomes_are_fenced_by_attempt_and_lease_token(store: JobStore) -
     assert done.result == {"ok": 1}
     assert done.error is None
     assert done.finished_at is not None and done.lease_token is None
+
+
+@pytest.mark.stores("sqlite", "postgres")
+async def test_text_a_sql_store_cannot_encode_is_its_store_error_and_writes_nothing(
+    store: JobStore,
+) -> None:
+    """A lone surrogate (what surrogateescape makes of a byte that is not UTF-8) reaches a
+    store only when a caller skips the worker's checks: the store says so with its own error
+    (the worker's outcome writer tells that from an outage), not a raw driver error."""
+    await store.insert_jobs([new_job(), new_job()])
+    first, second = await store.claim_jobs(claim())
+    name = b"caf\xff.txt".decode("utf-8", "surrogateescape")
+    unencodable = outcome(first, OutcomeKind.FAILED, error=JobError("OSError", name))
+    with pytest.raises(StoreError):
+        await store.record_outcomes([unencodable, outcome(second, OutcomeKind.SUCCEEDED)])
+    assert first.lease_token is not None
+    report = ProgressUpdate(first.id, first.attempts, LeaseToken(first.lease_token), 5.0, name)
+    with pytest.raises(StoreError):
+        await store.record_progress([report])
+    for job in (first, second):
+        stored = await store.get_job(job.id)
+        assert stored is not None and (stored.status, stored.progress) == (JobState.RUNNING, None)
 
 
 async def test_retry_returns_the_job_to_pending_later_and_keeps_the_error(

@@ -641,6 +641,8 @@ async def _fetch(
 def _translated_errors() -> Iterator[None]:
     try:
         yield
+    except UnicodeError as exc:  # a str the driver cannot encode: a lone surrogate
+        raise StoreError(f"SQLite cannot store this text: {exc}") from exc
     except sqlite3.Error as exc:
         if "no such table" in str(exc):
             raise SchemaMissingError(
