@@ -119,6 +119,29 @@ async def test_a_failed_statement_is_our_error_and_the_next_one_runs(pg_database
         await store.close()
 
 
+async def test_a_statement_the_server_cannot_run_now_is_an_outage_not_a_refusal(
+    pg_database: str,
+) -> None:
+    """A cancelled statement (here by a timeout) says nothing against what it wrote: the
+    store answers StoreUnavailableError, so a worker keeps its outcomes and writes them
+    again later instead of taking them for outcomes the store refuses."""
+    store = PostgresStore(pg_database)
+    await store.open()
+
+    async def past_a_timeout() -> None:
+        async with store._connection() as conn, conn.transaction():
+            await conn.execute("SET LOCAL statement_timeout = 10")  # milliseconds
+            await conn.fetchval("SELECT pg_sleep(5)")
+
+    try:
+        with pytest.raises(StoreUnavailableError, match="cannot do this now") as caught:
+            await past_a_timeout()
+        assert isinstance(caught.value.__cause__, asyncpg.QueryCanceledError)
+        await store.ping()
+    finally:
+        await store.close()
+
+
 async def test_a_block_that_leaves_a_transaction_open_does_not_pass_it_on(
     pg_database: str,
 ) -> None:

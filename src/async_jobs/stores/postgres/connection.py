@@ -36,6 +36,16 @@ UNAVAILABLE = (
 )
 # A connection in any of these states is not trusted again.
 BROKEN = (*UNAVAILABLE, asyncpg.InternalClientError)
+# A server that cannot run the statement now but may soon (SQLSTATE classes 53, 57, 40, 58):
+# out of connections, memory or disk; a cancel (a timeout, an operator) or a shutdown; a
+# deadlock or a serialization failure; an I/O error. Nothing in the statement was refused,
+# so callers wait and try it again, as for a lost connection.
+NOT_NOW = (
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.PostgresSystemError,
+)
 
 
 @contextlib.contextmanager
@@ -57,6 +67,8 @@ def raise_ours(exc: BaseException) -> None:
         raise SchemaMissingError("the jobs table does not exist; run `async-jobs migrate`") from exc
     if isinstance(exc, BROKEN):
         raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
+    if isinstance(exc, NOT_NOW):
+        raise StoreUnavailableError(f"PostgreSQL cannot do this now: {exc}") from exc
     if isinstance(exc, asyncpg.PostgresError):
         raise StoreError(f"PostgreSQL error: {exc}") from exc
 
