@@ -3,7 +3,8 @@
 Small loops share one set of held jobs:
 
 - the fetcher asks the transport for as many jobs as there are free slots;
-- the completer writes outcomes in batches (each write fenced by attempt and lease token);
+- the completer (``core.completer``) writes outcomes in batches (each write fenced by
+  attempt and lease token);
 - the heartbeat renews the leases of every held job in one statement per beat, stops the
   handlers of jobs the store says this worker no longer holds (or of every job, once renewals
   have failed for a whole lease), and cancels those whose cancellation was asked;
@@ -30,6 +31,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from async_jobs.core.completer import RECONNECT_BACKOFF, Completer
 from async_jobs.core.context import JobContext
 from async_jobs.core.executor import (
     AttemptLimits,
@@ -54,7 +56,6 @@ from async_jobs.domain.jobs import (
     OutcomeKind,
     ProgressUpdate,
 )
-from async_jobs.domain.retry import Backoff
 from async_jobs.domain.workers import ProcessKind
 from async_jobs.ports import JobStore, Transport
 
@@ -73,7 +74,6 @@ UNWRITTEN_FACTOR = 4
 SHORT_JOB_SECONDS = 0.01
 SHORT_JOBS_PREFETCH = 4
 RUN_WEIGHT = 0.1
-RECONNECT_BACKOFF = Backoff.exponential(0.2, cap_seconds=15.0, jitter=0.5)
 # Outcomes that put the job back to pending: once written, it may be due at once.
 _REQUEUED = frozenset((OutcomeKind.RETRY, OutcomeKind.RELEASED))
 
@@ -127,73 +127,6 @@ class WorkerConfig:
         if self.reap_interval_seconds is None:
             return self.lease_seconds / 2
         return self.reap_interval_seconds
-
-
-class Completer:
-    """Collects outcomes and writes them in batches, one batch in flight at a time; a batch
-    that could not be written is kept and written again (the fence makes that safe)."""
-
-    def __init__(
-        self,
-        transport: Transport,
-        on_written: Callable[[Sequence[AttemptOutcome]], None],
-        max_batch: int,
-        linger_seconds: float,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self._metrics = metrics or Metrics.off()
-        self._transport = transport
-        self._on_written = on_written
-        self._max_batch = max_batch
-        self._linger = linger_seconds
-        self._pending: list[AttemptOutcome] = []
-        self._wake = asyncio.Event()
-        self._retry_now = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def add(self, outcome: AttemptOutcome) -> None:
-        self._pending.append(outcome)
-        self._idle.clear()
-        self._wake.set()
-
-    @property
-    def idle(self) -> bool:
-        return self._idle.is_set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
-
-    def nudge(self) -> None:
-        """The store answered someone else: cut short the wait before the next write."""
-        self._retry_now.set()
-
-    async def run(self) -> None:
-        failures = 0
-        while True:
-            await self._wake.wait()
-            if len(self._pending) < self._max_batch // 4 and self._linger > 0:
-                await asyncio.sleep(self._linger)  # one statement for many outcomes
-            self._wake.clear()
-            while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                try:
-                    await self._transport.settle(batch)
-                except StoreError as exc:
-                    self._pending[:0] = batch
-                    failures += 1
-                    self._metrics.store_error("record_outcomes")
-                    log.warning("cannot record %d outcomes yet: %s", len(batch), exc)
-                    self._retry_now.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._retry_now.wait(), RECONNECT_BACKOFF.delay(failures)
-                        )
-                    continue
-                failures = 0
-                self._on_written(batch)
-            self._idle.set()
 
 
 class Worker:
