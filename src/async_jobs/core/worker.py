@@ -163,6 +163,7 @@ class Worker:
             config.max_outcome_batch,
             config.outcome_linger_seconds,
             self.metrics,
+            on_given_up=self._give_up,
         )
         self.metrics.watch_slots(self._slots)
         self.processed = 0
@@ -382,6 +383,14 @@ class Worker:
         self._slot_freed.set()
         # Their use cases' slots are free in the store now; a retry may be due already.
         self._transport.nudge(requeued=any(o.kind in _REQUEUED for o in outcomes))
+
+    def _give_up(self, outcome: AttemptOutcome) -> None:
+        """The store took neither the outcome nor a failure in its place: hold the job no
+        longer, so that its lease runs out and the reaper counts the attempt (a job whose
+        every attempt ends so fails once its attempts are spent)."""
+        self._held.pop(outcome.job_id, None)
+        self._transport.forget(outcome.job_id)
+        self._slot_freed.set()
 
     # -- leases -----------------------------------------------------------------------------
 
