@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -97,6 +98,45 @@ async def test_a_progress_message_with_undecodable_text_is_stored_escaped(app: J
         await asyncio.wait_for(running, BURST_DEADLINE)
     done = [await app.get_job(job.id) for job in (odd, plain)]
     assert [(j.status, j.result) for j in done] == [(JobState.SUCCEEDED, "scanned")] * 2
+
+
+class Source(str, enum.Enum):  # noqa: UP042 - a StrEnum's str() is its value
+    """A str enum: str() gives a member's name, the JSON encoders write its value."""
+
+    LISTING = NAME
+    NUL = "a\x00b"
+
+
+# Results no store can keep, and why the job fails.
+ODD_RESULTS = {
+    "plain": ({"name": NAME}, "result is not valid Unicode text"),
+    "enum": ({"source": Source.LISTING}, "result is not valid Unicode text"),
+    "nul": ({"source": Source.NUL}, "result contains a NUL character"),
+}
+
+
+async def test_a_result_no_store_can_keep_fails_its_job_and_holds_back_no_other(
+    app: JobApp,
+) -> None:
+    @app.job("list", max_attempts=1)
+    async def list_files(ctx: JobContext, payload: dict[str, Any]) -> Any:
+        return ODD_RESULTS[payload["kind"]][0]
+
+    register_echo(app)
+    odd = {kind: await app.enqueue("list", {"kind": kind}) for kind in ODD_RESULTS}
+    good = await enqueue_echoes(app)
+    await asyncio.wait_for(app.run_worker(burst()), BURST_DEADLINE)
+
+    for kind, job in odd.items():
+        failed = await app.get_job(job.id)
+        assert (failed.status, failed.result) == (JobState.FAILED, None)
+        assert failed.error is not None
+        why = ODD_RESULTS[kind][1]
+        assert (failed.error.type, failed.error.message) == (
+            "ResultNotJson",
+            f"the handler returned what JSON cannot hold: {why}",
+        )
+    await assert_echoed(app, good)
 
 
 # -- an outcome the store refuses: the worker's outcome writer ------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 import json
 import math
@@ -198,6 +199,26 @@ def test_payload_text_decodes_to_the_payload(payload: dict[str, Any]) -> None:
     job = build_new_job("echo", payload)
     assert json.loads(job.payload_json) == json.loads(json.dumps(payload))
     assert " " not in job.payload_json.replace('" "', "")  # compact
+
+
+class Source(str, enum.Enum):  # noqa: UP042 - a StrEnum's str() is its value
+    """A str enum: str() gives a member's name, the JSON encoders write its value."""
+
+    LISTING = b"caf\xff.txt".decode("utf-8", "surrogateescape")
+    NUL = "a\x00b"
+    ESCAPED_NUL = "\\\x00"
+
+
+@pytest.mark.parametrize("member", list(Source), ids=[m.name for m in Source])
+def test_a_value_the_check_sees_only_by_name_is_refused_as_written(member: Source) -> None:
+    with pytest.raises(InvalidJobError, match=r"not valid Unicode|NUL") as refused:
+        build_new_job("echo", {"source": member})
+    assert refused.value.details == {"field": "payload"}
+
+
+def test_a_backslash_before_u0000_in_text_is_no_nul() -> None:
+    payload = {"a": "\\u0000", "b": "\\\\u0000"}
+    assert json.loads(build_new_job("echo", payload).payload_json) == payload
 
 
 def test_a_mapping_that_is_not_a_dict_is_encoded_too() -> None:

@@ -109,7 +109,10 @@ def _encode_result(result: Any, limits: AttemptLimits) -> str | None:
         text = checked_json(result, "result")
     except (InvalidJobError, ValueError, TypeError) as exc:
         raise _ResultRefused(
-            JobError("ResultNotJson", f"the handler returned what JSON cannot hold: {exc}")
+            JobError(
+                "ResultNotJson",
+                storable_text(f"the handler returned what JSON cannot hold: {exc}"),
+            )
         ) from None
     if len(text) > limits.max_result_bytes or len(text.encode()) > limits.max_result_bytes:
         raise _ResultRefused(
