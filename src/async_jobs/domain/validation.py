@@ -10,8 +10,8 @@ import dataclasses
 import decimal
 import json
 import math
-import sys
 import re
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
