@@ -109,9 +109,14 @@ MIN_SQLITE_VERSION = (3, 38, 0)
 _SQLITE_IOERR = 10
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
+_SQLITE_FULL = 13
 _SQLITE_CANTOPEN = 14
 _LOCKED_CODES = frozenset({_SQLITE_BUSY, _SQLITE_LOCKED})
-_UNAVAILABLE_CODES = frozenset({_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR, _SQLITE_CANTOPEN})
+# Busy or locked by another process, an I/O error, a full disk, a file that cannot be opened:
+# nothing in the statement was refused, so callers wait and try it again.
+_UNAVAILABLE_CODES = frozenset(
+    {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN}
+)
 
 T = TypeVar("T")
 Work = Callable[[aiosqlite.Connection], Awaitable[T]]
