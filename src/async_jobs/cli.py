@@ -20,7 +20,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 
@@ -35,7 +35,13 @@ from async_jobs.core.logs import (
     logging_options,
     uvicorn_log_config,
 )
-from async_jobs.core.settings import Settings, split_modules
+from async_jobs.core.settings import (
+    Settings,
+    duration_flag,
+    metrics_port_flag,
+    port_flag,
+    split_modules,
+)
 from async_jobs.core.worker import WorkerConfig
 from async_jobs.domain.errors import (
     AsyncJobsError,
@@ -197,8 +203,17 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return argparse.HelpFormatter._fill_text(self, text, width, indent)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag says so as every other error does, ``async-jobs: error: ...`` (after the
+    usage line), and exits 2. Sub-commands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"async-jobs: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="async-jobs",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -234,13 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--grace",
-        type=float,
+        type=duration_flag,
         help="seconds running jobs get to finish after SIGTERM "
         "(default: ASYNC_JOBS_WORKER_GRACE_SECONDS, else 30)",
     )
     worker.add_argument(
         "--reap-interval",
-        type=float,
+        type=duration_flag,
         metavar="S",
         help="run the reaper about every S seconds (default: half a lease; 0: never)",
     )
@@ -251,11 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--use-case")
     enqueue.add_argument("--tenant", dest="tenant_id")
     enqueue.add_argument("--priority", choices=[p.value for p in Priority])
-    enqueue.add_argument("--delay", type=float, help="seconds from now")
+    enqueue.add_argument("--delay", type=duration_flag, help="seconds from now")
     enqueue.add_argument("--max-attempts", type=int)
     enqueue.add_argument("--idempotency-key")
     enqueue.add_argument(
-        "--wait", type=float, metavar="S", help="wait up to S seconds and print the final job"
+        "--wait",
+        type=duration_flag,
+        metavar="S",
+        help="wait up to S seconds and print the final job",
     )
 
     manage = _command(commands, "jobs")
@@ -359,7 +377,7 @@ def _add_logging(parser: argparse.ArgumentParser, default: Any) -> None:
 def _add_metrics_port(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=metrics_port_flag,
         metavar="PORT",
         help="serve /metrics, /health and /health/ready on this port (default: "
         "ASYNC_JOBS_METRICS_PORT; off when neither is set)",
@@ -371,7 +389,7 @@ def _add_http(parser: argparse.ArgumentParser) -> None:
         "--host", help="address to listen on (default: ASYNC_JOBS_API_HOST, else 127.0.0.1)"
     )
     parser.add_argument(
-        "--port", type=int, help="port to listen on (default: ASYNC_JOBS_API_PORT, else 8000)"
+        "--port", type=port_flag, help="port to listen on (default: ASYNC_JOBS_API_PORT, else 8000)"
     )
 
 

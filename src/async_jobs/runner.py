@@ -20,7 +20,7 @@ from async_jobs.app import JobApp
 from async_jobs.core import logs
 from async_jobs.core.presence import package_version
 from async_jobs.core.scheduler import Scheduler
-from async_jobs.core.settings import PREFIX, Settings, mask_url
+from async_jobs.core.settings import MAX_SECONDS, PREFIX, Settings, mask_url
 from async_jobs.core.worker import Worker, WorkerConfig
 from async_jobs.domain.errors import (
     AsyncJobsError,
@@ -210,11 +210,11 @@ def worker_config(
     concurrency = s.worker_concurrency if concurrency is None else concurrency
     if concurrency < 1:
         raise ConfigurationError("--concurrency must be at least 1")
-    if reap_interval_seconds is not None and reap_interval_seconds < 0:
-        raise ConfigurationError("--reap-interval must not be negative")
+    if reap_interval_seconds is not None and not 0 <= reap_interval_seconds <= MAX_SECONDS:
+        raise ConfigurationError(f"--reap-interval must be a number from 0 to {MAX_SECONDS:.10g}")
     grace = s.worker_grace_seconds if grace_seconds is None else grace_seconds
-    if grace < 0:
-        raise ConfigurationError("--grace must not be negative")
+    if not 0 <= grace <= MAX_SECONDS:
+        raise ConfigurationError(f"--grace must be a number from 0 to {MAX_SECONDS:.10g}")
     return WorkerConfig(
         concurrency=concurrency,
         use_cases=tuple(use_cases) if use_cases else s.worker_use_cases,

@@ -185,7 +185,8 @@ def _get(url: str) -> int:
         ({}, ["worker", "--handlers", "no_such_module"], 2, "cannot import"),
         ({}, ["enqueue", "echo", "--payload", "[1]"], 2, "payload must be a JSON object"),
         ({}, ["enqueue", "echo", "--payload", "{bad"], 2, "not valid JSON"),
-        ({}, ["enqueue", "echo", "--delay", "-3"], 2, "delay_seconds"),
+        ({}, ["enqueue", "echo", "--delay", "-3"], 2, "argument --delay: must be"),
+        ({}, ["enqueue", "echo", "--delay", "1e8"], 2, "delay_seconds"),  # the domain's limit
         ({"ASYNC_JOBS_TRANSPORT": "carrier-pigeon"}, ["migrate"], 2, "TRANSPORT"),
     ],
 )
@@ -216,3 +217,45 @@ def test_with_json_logs_every_result_is_one_json_line(cli: Cli, tmp_path: Path) 
     assert job["id"] == json.loads(enqueued.stdout.splitlines()[-1])["id"]
     assert len(indented.stdout.splitlines()) > 1  # text logs: indented for people
     assert json.loads(indented.stdout).keys() == json.loads(stats.stdout.splitlines()[-1]).keys()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["enqueue", "echo", "--wait", "nan"],
+        ["enqueue", "echo", "--wait", "-1"],
+        ["enqueue", "echo", "--delay", "inf"],
+        ["worker", "--handlers", DEMO, "--grace", "nan"],
+        ["worker", "--handlers", DEMO, "--processes", "2", "--grace", "nan"],
+        ["worker", "--handlers", DEMO, "--reap-interval", "inf"],
+    ],
+    ids=["wait-nan", "wait-negative", "delay-inf", "grace-nan", "processes-grace-nan", "reap-inf"],
+)
+def test_a_number_that_is_not_finite_and_non_negative_stops_the_command_before_it_acts(
+    cli: Cli, tmp_path: Path, args: list[str]
+) -> None:
+    """``nan`` passed every check and broke later: a worker's shutdown (the job left running,
+    or both processes killed), an enqueue that stored its job and then died."""
+    env = {"ASYNC_JOBS_DB_DSN": f"sqlite:///{tmp_path / 'jobs.db'}"}
+    assert cli.run("migrate", **env).returncode == 0
+    result = cli.run(*args, timeout=30, **env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    error = result.stderr.splitlines()[-1]
+    assert error == (
+        f"async-jobs: error: argument {args[-2]}: must be a non-negative number up to "
+        f"1000000000, not {args[-1]!r}"
+    )
+    assert "Traceback" not in result.stderr and "ready" not in result.stdout
+    listed = cli.run("jobs", "list", **env)
+    assert json.loads(listed.stdout) == []  # nothing was stored
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0"])
+def test_a_port_out_of_range_stops_the_api_at_start(cli: Cli, tmp_path: Path, port: str) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": f"sqlite:///{tmp_path / 'jobs.db'}"}
+    result = cli.run("api", "--port", port, timeout=30, **env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.splitlines()[-1] == (
+        f"async-jobs: error: argument --port: must be a whole number from 1 to 65535, not {port!r}"
+    )
+    assert "async-jobs api:" not in result.stdout

@@ -114,8 +114,55 @@ def test_the_sqs_transport_without_aiobotocore_stops_at_start(
         ("api", {"ASYNC_JOBS_API_TOKENS": "[1, 2"}, "ASYNC_JOBS_API_TOKENS is not valid JSON"),
         ("scheduler", {"ASYNC_JOBS_PERIODIC_JOBS": "nope"}, "ASYNC_JOBS_PERIODIC_JOBS"),
         ("worker", {"ASYNC_JOBS_WORKER_CONCURRENCY": "many"}, "ASYNC_JOBS_WORKER_CONCURRENCY"),
+        (
+            "scheduler",
+            {"ASYNC_JOBS_SCHEDULER_INTERVAL_SECONDS": "0"},
+            "ASYNC_JOBS_SCHEDULER_INTERVAL_SECONDS must be more than 0",
+        ),
+        *(
+            (
+                command,
+                {"ASYNC_JOBS_LEADER_LEASE_SECONDS": "1"},
+                "ASYNC_JOBS_LEADER_LEASE_SECONDS (1) must be longer than "
+                "ASYNC_JOBS_SCHEDULER_INTERVAL_SECONDS (1)",
+            )
+            for command in ("scheduler", "worker", "serve")
+        ),
+        (
+            "worker",
+            {"ASYNC_JOBS_WORKER_GRACE_SECONDS": "nan"},
+            "ASYNC_JOBS_WORKER_GRACE_SECONDS must be a non-negative number up to 1000000000, "
+            "not 'nan'",
+        ),
+        ("worker", {"ASYNC_JOBS_LEASE_SECONDS": "inf"}, "ASYNC_JOBS_LEASE_SECONDS must be"),
+        (
+            "worker",
+            {"ASYNC_JOBS_LEASE_SECONDS": "1e-9"},
+            "ASYNC_JOBS_LEASE_SECONDS must be a number from 1 to",
+        ),
+        (
+            "api",
+            {"ASYNC_JOBS_DEFAULT_DEFAULT_DELAY_TOLERANCE_SECONDS": "1e15"},
+            "ASYNC_JOBS_DEFAULT_DEFAULT_DELAY_TOLERANCE_SECONDS must be a non-negative number "
+            "up to 31622400",
+        ),
     ],
-    ids=["sqs-no-queue", "sqs-no-queue-for-a-use-case", "quotas", "tokens", "periodic", "number"],
+    ids=[
+        "sqs-no-queue",
+        "sqs-no-queue-for-a-use-case",
+        "quotas",
+        "tokens",
+        "periodic",
+        "number",
+        "no-scheduler-round",
+        "leader-lease-scheduler",
+        "leader-lease-worker",
+        "leader-lease-serve",
+        "nan-grace",
+        "infinite-lease",
+        "tiny-lease",
+        "huge-tolerance",
+    ],
 )
 def test_a_configuration_that_cannot_work_stops_the_process_at_start(
     cli: Cli, pg_database: str, command: str, env: dict[str, str], message: str

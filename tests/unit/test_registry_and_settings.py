@@ -12,10 +12,12 @@ import pytest
 import async_jobs
 from async_jobs import ConfigurationError, JobApp, JobContext, Settings, job
 from async_jobs.api.schemas import decode_cursor, encode_cursor
+from async_jobs.cli import build_parser
 from async_jobs.core.registry import Registry, default_type_name
 from async_jobs.domain.errors import HandlerRegistrationError, InvalidCursorError, InvalidJobError
 from async_jobs.domain.jobs import JobId, PageCursor, Priority
 from async_jobs.domain.retry import Backoff, BackoffKind
+from async_jobs.domain.validation import MAX_DELAY_SECONDS
 from async_jobs.stores import sqlite_path, store_from_dsn
 
 
@@ -127,6 +129,119 @@ def test_settings_from_the_environment() -> None:
 def test_bad_settings_are_configuration_errors(env: dict[str, str]) -> None:
     with pytest.raises(ConfigurationError):
         Settings.from_env(env)
+
+
+# Every variable read as a number of seconds (or hours), by the one function that reads them.
+DURATION_VARIABLES = [
+    "ASYNC_JOBS_SQS_DISPATCH_TIMEOUT_SECONDS",
+    "ASYNC_JOBS_REDIS_DISPATCH_TIMEOUT_SECONDS",
+    "ASYNC_JOBS_MAIL_DEFAULT_DELAY_TOLERANCE_SECONDS",
+    "ASYNC_JOBS_RETAIN_SUCCEEDED_HOURS",
+    "ASYNC_JOBS_RETAIN_CANCELLED_HOURS",
+    "ASYNC_JOBS_RETAIN_FAILED_HOURS",
+    "ASYNC_JOBS_SCHEDULER_INTERVAL_SECONDS",
+    "ASYNC_JOBS_LEADER_LEASE_SECONDS",
+    "ASYNC_JOBS_LEASE_SECONDS",
+    "ASYNC_JOBS_WEBHOOK_TIMEOUT_SECONDS",
+    "ASYNC_JOBS_POLL_INTERVAL_SECONDS",
+    "ASYNC_JOBS_WORKER_GRACE_SECONDS",
+    "ASYNC_JOBS_STORE_WAIT_SECONDS",
+]
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "infinity", "1e300", "-1"])
+@pytest.mark.parametrize("variable", DURATION_VARIABLES)
+def test_a_duration_must_be_a_finite_non_negative_number(variable: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match="non-negative number up to") as raised:
+        Settings.from_env({variable: value})
+    assert variable in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "field", ["lease_seconds", "worker_grace_seconds", "store_wait_seconds", "leader_lease_seconds"]
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_settings_made_in_code_refuse_what_the_environment_would(field: str, value: float) -> None:
+    with pytest.raises(ConfigurationError, match=f"ASYNC_JOBS_{field.upper()} must be"):
+        Settings(**{field: value})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="ASYNC_JOBS_MAIL_DEFAULT_DELAY_TOLERANCE"):
+        Settings(delay_tolerance={"mail": value})
+
+
+def test_a_lease_is_at_least_a_second_and_a_tolerance_at_most_the_longest_delay() -> None:
+    for lease in ("1e-9", "0", "0.5"):
+        with pytest.raises(ConfigurationError, match="ASYNC_JOBS_LEASE_SECONDS must be a number"):
+            Settings.from_env({"ASYNC_JOBS_LEASE_SECONDS": lease})
+    assert Settings.from_env({"ASYNC_JOBS_LEASE_SECONDS": "1"}).lease_seconds == 1.0
+    key = "ASYNC_JOBS_MAIL_DEFAULT_DELAY_TOLERANCE_SECONDS"
+    with pytest.raises(ConfigurationError, match=f"{key} must be .* up to 31622400"):
+        Settings.from_env({key: "1e15"})  # every enqueue of the use case would be a 422
+    longest = Settings.from_env({key: str(MAX_DELAY_SECONDS)})
+    assert longest.delay_tolerance_for("mail") == MAX_DELAY_SECONDS
+    assert Settings.from_env({key: "0"}).delay_tolerance_for("mail") == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ASYNC_JOBS_SCHEDULER_INTERVAL_SECONDS": "0"}, ["SCHEDULER_INTERVAL_SECONDS"]),
+        (
+            {"ASYNC_JOBS_LEADER_LEASE_SECONDS": "1"},
+            ["LEADER_LEASE_SECONDS", "SCHEDULER_INTERVAL_SECONDS"],
+        ),
+        (
+            {"ASYNC_JOBS_SCHEDULER_INTERVAL_SECONDS": "6"},
+            ["LEADER_LEASE_SECONDS", "SCHEDULER_INTERVAL_SECONDS"],
+        ),
+        ({"ASYNC_JOBS_POLL_INTERVAL_SECONDS": "0"}, ["POLL_INTERVAL_SECONDS"]),
+    ],
+)
+def test_the_leader_lease_must_outlast_a_scheduler_round(
+    env: dict[str, str], named: list[str]
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env(env)
+    assert all(f"ASYNC_JOBS_{name}" in raised.value.message for name in named)
+    with pytest.raises(ConfigurationError, match="LEADER_LEASE_SECONDS"):
+        Settings(scheduler_interval_seconds=2.0, leader_lease_seconds=2.0)
+    Settings(scheduler_interval_seconds=0.2, leader_lease_seconds=1.5)  # as the tests run
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["worker", "--grace", "nan"],
+        ["worker", "--grace", "inf"],
+        ["worker", "--grace", "-1"],
+        ["worker", "--reap-interval", "nan"],
+        ["enqueue", "echo", "--wait", "nan"],
+        ["enqueue", "echo", "--wait", "-1"],
+        ["enqueue", "echo", "--wait", "1e300"],
+        ["enqueue", "echo", "--delay", "inf"],
+        ["api", "--port", "99999"],
+        ["api", "--port", "-1"],
+        ["serve", "--port", "0"],
+        ["worker", "--metrics-port", "-1"],
+        ["scheduler", "--metrics-port", "65536"],
+        ["bench", "--latency-interval-ms", "nan"],
+    ],
+)
+def test_a_bad_number_in_a_flag_stops_the_command_as_it_is_parsed(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(args)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"async-jobs: error: argument {args[-2]}: must be a "), error
+    assert f"not {args[-1]!r}" in error
+
+
+def test_numbers_in_flags_within_their_bounds_are_taken() -> None:
+    parse = build_parser().parse_args
+    assert parse(["worker", "--grace", "0", "--metrics-port", "0"]).grace == 0
+    assert parse(["enqueue", "echo", "--wait", "2.5", "--delay", "1e3"]).wait == 2.5
+    assert parse(["api", "--port", "65535"]).port == 65535
 
 
 @pytest.mark.parametrize(

@@ -140,6 +140,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, default_dsn: str) -> None:
+    from async_jobs.core.settings import duration_flag
+
     parser.add_argument(
         "--dsn",
         default=default_dsn,
@@ -158,7 +160,7 @@ def add_common_options(parser: argparse.ArgumentParser, *, default_dsn: str) -> 
     )
     parser.add_argument(
         "--latency-interval-ms",
-        type=float,
+        type=duration_flag,
         default=LATENCY_INTERVAL_MS,
         help="pause between the enqueues of the latency scenario",
     )

@@ -1,12 +1,15 @@
-"""The one settings object, read from ``ASYNC_JOBS_*`` environment variables.
+"""The one settings object, read from ``ASYNC_JOBS_*`` environment variables, and the
+readers of the numbers that variables and flags give.
 
 Command-line flags override it by building a changed copy (``dataclasses.replace``).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import urllib.parse
@@ -22,12 +25,19 @@ from async_jobs.domain.scheduling import (
     TenantQuota,
     parse_quotas,
 )
+from async_jobs.domain.validation import MAX_DELAY_SECONDS
 from async_jobs.domain.webhooks import DEFAULT_WEBHOOK_MAX_ATTEMPTS, AllowList
 
 PREFIX = "ASYNC_JOBS_"
 DEFAULT_DSN = "sqlite:///async_jobs.db"
 DEFAULT_DISPATCH_WINDOW = 1000  # see Settings.dispatch_window
 TRANSPORTS = ("direct", "sqs", "redis")
+# Every duration a variable or a flag gives is at most this (about 31 years): past it a value
+# is a typo, and timestamps computed from it would overflow in the stores.
+MAX_SECONDS = 1e9
+# A claim's lease is renewed every third of it; under a second, a database round trip late
+# by a few hundred milliseconds would let the reaper fail jobs that are running fine.
+MIN_LEASE_SECONDS = 1.0
 
 _PER_USE_CASE = re.compile(
     rf"^{PREFIX}(?P<use_case>[A-Z0-9_]+?)_(?P<kind>MAX_CONCURRENT|DEFAULT_DELAY_TOLERANCE_SECONDS)$"
@@ -169,8 +179,7 @@ class Settings:
             raise ConfigurationError(
                 f"{PREFIX}TRANSPORT must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}"
             )
-        if self.lease_seconds <= 0 or self.poll_interval_seconds <= 0:
-            raise ConfigurationError("lease and poll interval must be positive numbers")
+        self._check_durations()
         try:
             AllowList.parse(self.webhook_allowed_hosts)
         except ValueError as exc:
@@ -189,6 +198,33 @@ class Settings:
             raise ConfigurationError(
                 f"{PREFIX}API_PREFIX must start with / and not end with one (e.g. /api/v1), "
                 f"not {self.api_prefix!r}"
+            )
+
+    def _check_durations(self) -> None:
+        """Every duration finite and within its bounds, and those that depend on each other
+        in order, each named by its variable (also for settings made in code)."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith("_seconds") and value is not None:
+                _check_number(f"{PREFIX}{field.name.upper()}", value, 0.0, MAX_SECONDS)
+        for use_case, tolerance in self.delay_tolerance.items():
+            _check_number(
+                f"{PREFIX}{use_case.upper()}_DEFAULT_DELAY_TOLERANCE_SECONDS",
+                tolerance,
+                0.0,
+                MAX_DELAY_SECONDS,
+            )
+        _check_number(f"{PREFIX}LEASE_SECONDS", self.lease_seconds, MIN_LEASE_SECONDS, MAX_SECONDS)
+        for name in ("POLL_INTERVAL_SECONDS", "SCHEDULER_INTERVAL_SECONDS"):
+            if not getattr(self, name.lower()) > 0:
+                raise ConfigurationError(f"{PREFIX}{name} must be more than 0")
+        if not self.leader_lease_seconds > self.scheduler_interval_seconds:
+            # A leader renews its lease once a round: a lease no longer than a round runs
+            # out between two renewals, and the chores would change hands every round.
+            raise ConfigurationError(
+                f"{PREFIX}LEADER_LEASE_SECONDS ({self.leader_lease_seconds:g}) must be longer "
+                f"than {PREFIX}SCHEDULER_INTERVAL_SECONDS ({self.scheduler_interval_seconds:g}), "
+                "the round in which a leader renews it"
             )
 
     def webhook_allow_list(self) -> AllowList:
@@ -219,7 +255,7 @@ class Settings:
                 if match["kind"] == "MAX_CONCURRENT":
                     max_concurrent[use_case] = _positive_int(key, value)
                 else:
-                    tolerance[use_case] = _non_negative_float(key, value)
+                    tolerance[use_case] = _non_negative_float(key, value, MAX_DELAY_SECONDS)
         log_format, log_level = logging_options(None, None, env)
         return cls(
             db_dsn=env.get(f"{PREFIX}DB_DSN") or DEFAULT_DSN,
@@ -393,23 +429,73 @@ def _positive_int(key: str, value: str) -> int:
 
 def _int_within(key: str, value: str, low: int, high: int) -> int:
     try:
-        number = int(value)
+        return _whole_number(value, low, high)
+    except ValueError as exc:
+        raise ConfigurationError(f"{key} {exc}") from None
+
+
+def parse_number(text: str, high: float = MAX_SECONDS) -> float:
+    """``text`` as a finite number from 0 to ``high`` (seconds, mostly), else ``ValueError``
+    saying what it must be. Every float variable and flag is read by it: ``float()`` takes
+    ``nan`` and ``inf``, which pass or fail every comparison alike and stopped a worker in
+    the middle of its shutdown."""
+    try:
+        number = float(text)
     except ValueError:
-        number = low - 1
-    if not low <= number <= high:
-        raise ConfigurationError(
-            f"{key} must be a whole number from {low} to {high}, not {value!r}"
-        )
+        number = math.nan
+    if not (math.isfinite(number) and 0 <= number <= high):
+        raise ValueError(f"must be a non-negative number up to {high:.10g}, not {text!r}")
     return number
 
 
-def _non_negative_float(key: str, value: str) -> float:
+def _check_number(key: str, value: float, low: float, high: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
+        raise ConfigurationError(
+            f"{key} must be a number from {low:.10g} to {high:.10g}, not {value!r}"
+        )
+
+
+def _non_negative_float(key: str, value: str, high: float = MAX_SECONDS) -> float:
     try:
-        number = float(value)
+        return parse_number(value, high)
+    except ValueError as exc:
+        raise ConfigurationError(f"{key} {exc}") from None
+
+
+def duration_flag(text: str) -> float:
+    """An argparse ``type`` for a duration (in seconds, or the unit its flag names): as
+    ``parse_number`` reads it, so that a bad value stops the command before it does
+    anything, naming the flag."""
+    try:
+        return parse_number(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def port_flag(text: str) -> int:
+    """An argparse ``type`` for a port to listen on: 1 to 65535."""
+    return _whole_number_flag(text, 1, 65535)
+
+
+def metrics_port_flag(text: str) -> int:
+    """An argparse ``type`` for ``--metrics-port``: 0 (any free port) to 65535."""
+    return _whole_number_flag(text, 0, 65535)
+
+
+def _whole_number_flag(text: str, low: int, high: int) -> int:
+    try:
+        return _whole_number(text, low, high)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _whole_number(text: str, low: int, high: int) -> int:
+    try:
+        number = int(text)
     except ValueError:
-        number = -1.0
-    if not number >= 0:
-        raise ConfigurationError(f"{key} must be a non-negative number, not {value!r}")
+        number = low - 1
+    if not low <= number <= high:
+        raise ValueError(f"must be a whole number from {low} to {high}, not {text!r}")
     return number
 
 
@@ -418,7 +504,7 @@ def _retention_seconds(env: Mapping[str, str], key: str, default_hours: float) -
     raw = env.get(key, "").strip().lower()
     if raw == "off":
         return None
-    return _non_negative_float(key, raw or str(default_hours)) * 3600.0
+    return _non_negative_float(key, raw or str(default_hours), MAX_SECONDS // 3600) * 3600.0
 
 
 def _periodic_jobs(env: Mapping[str, str], key: str) -> tuple[Mapping[str, Any], ...]:
