@@ -69,6 +69,26 @@ def test_config_prints_the_effective_configuration_with_secrets_masked(cli: Cli)
     assert any(line.split() == ["worker_concurrency", "25"] for line in table.stdout.splitlines())
 
 
+def test_a_password_in_the_query_string_of_the_dsn_is_never_shown(
+    cli: Cli, tmp_path: Path, pg_database: str
+) -> None:
+    # The test server trusts local connections: the password is taken and not needed.
+    dsn = f"{pg_database}?password=pw-s3cret&application_name=w"
+    shown = cli.run("config", ASYNC_JOBS_DB_DSN=dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["db_dsn"] == f"{pg_database}?password=****&application_name=w"
+    worker = cli.run("worker", "--burst", ASYNC_JOBS_DB_DSN=dsn, **DEMO)
+    assert worker.returncode == 0, worker.stderr
+    [ready] = [line for line in worker.stdout.splitlines() if "worker ready" in line]
+    assert f"store={pg_database}?password=****&application_name=w " in ready
+    unreachable = f"postgresql://app@127.0.0.1:{free_port()}/jobs?sslpassword=pw-s3cret"
+    failed = cli.run(
+        "worker", ASYNC_JOBS_DB_DSN=unreachable, ASYNC_JOBS_STORE_WAIT_SECONDS="0", **DEMO
+    )
+    _fails_at_start(failed, 1, "?sslpassword=**** did not answer")
+    assert "s3cret" not in shown.stdout + worker.stdout + worker.stderr + failed.stderr
+
+
 def _fails_at_start(result: subprocess.CompletedProcess[str], status: int, message: str) -> None:
     assert result.returncode == status, (result.stdout, result.stderr)
     assert message in result.stderr

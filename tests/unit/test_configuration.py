@@ -14,6 +14,7 @@ from fastapi import FastAPI
 import async_jobs
 from async_jobs import AsyncJobsClient, AsyncJobsHttpClient, JobApp, JobsClient, Leader, Settings
 from async_jobs.api import TokenAuth, create_api, create_jobs_router
+from async_jobs.bench import redact_dsn
 from async_jobs.core.settings import ENVIRONMENT_VARIABLES, mask_url
 from async_jobs.domain.errors import ConfigurationError
 from async_jobs.runner import (
@@ -193,6 +194,35 @@ def test_the_public_view_masks_every_secret() -> None:
 def test_a_url_without_a_password_is_shown_as_is() -> None:
     assert mask_url("sqlite:///async_jobs.db") == "sqlite:///async_jobs.db"
     assert mask_url("postgresql://postgres@127.0.0.1/x") == "postgresql://postgres@127.0.0.1/x"
+    kept = "postgresql://app@db/jobs?sslmode=require&application_name=w%201#x"
+    assert mask_url(kept) == kept
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://app@127.0.0.1:5432/db?password=s3cret",
+            "postgresql://app@127.0.0.1:5432/db?password=****",
+        ),
+        (
+            "postgresql://app:s3cret@db/jobs?sslmode=verify-full&sslpassword=s3cret&connect_timeout=5",
+            "postgresql://app:****@db/jobs?sslmode=verify-full&sslpassword=****&connect_timeout=5",
+        ),
+        (
+            "postgresql:///jobs?host=/run/pg&PASSWORD=s3cret",
+            "postgresql:///jobs?host=/run/pg&PASSWORD=****",
+        ),
+        ("redis://cache:6379/0?password=s3cret", "redis://cache:6379/0?password=****"),
+        ("amqp://app@mq/vhost?auth_token=s3cret", "amqp://app@mq/vhost?auth_token=****"),
+        ("sqlite:///jobs.db?passphrase=s3cret", "sqlite:///jobs.db?passphrase=****"),
+    ],
+)
+def test_a_password_in_the_query_string_is_masked(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+    assert "s3cret" not in redact_dsn(url)
+    public = Settings.from_env({"ASYNC_JOBS_DB_DSN": url, "ASYNC_JOBS_REDIS_URL": url})
+    assert "s3cret" not in repr(public.to_public_json())
 
 
 def _demo_app(**env: str) -> JobApp:

@@ -416,7 +416,10 @@ def progress(message: str) -> None:
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN without its password."""
+    """The DSN without its password (a password in the query string is masked)."""
+    from async_jobs.core.settings import mask_url_query
+
+    dsn = mask_url_query(dsn)
     try:
         parts = urlsplit(dsn)
         if parts.password is None:

@@ -387,15 +387,39 @@ class Settings:
 MASK = "****"
 
 
+# Query parameters that carry a secret: libpq's password and sslpassword, and what redis,
+# AMQP and other clients' URLs name so (a name containing one of these, in any case).
+_SECRET_PARAMETERS = ("pass", "pwd", "secret", "token")
+
+
 def mask_url(url: str) -> str:
-    """A URL with its password (if any) replaced by ``****``:
-    ``postgresql://app:s3cret@db/jobs`` -> ``postgresql://app:****@db/jobs``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    """A URL with its password (if any) replaced by ``****``, in the user part and in the
+    query string: ``postgresql://app:s3cret@db/jobs`` -> ``postgresql://app:****@db/jobs``,
+    ``postgresql://app@db/jobs?password=s3cret`` -> ``...?password=****``."""
+    url = mask_url_query(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can read: show none of it
+        return MASK
+    if password is None:
         return url
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+def mask_url_query(url: str) -> str:
+    """The URL with the value of each password-like parameter of its query string replaced
+    by ``****``; everything else as it was written."""
+    head, hash_mark, fragment = url.partition("#")
+    base, question_mark, query = head.partition("?")
+    shown = []
+    for pair in query.split("&") if query else ():
+        name, equals, _ = pair.partition("=")
+        secret = any(word in urllib.parse.unquote_plus(name).lower() for word in _SECRET_PARAMETERS)
+        shown.append(f"{name}={MASK}" if equals and secret else pair)
+    return f"{base}{question_mark}{'&'.join(shown)}{hash_mark}{fragment}"
 
 
 def _masked(secret: str | None) -> str | None:
