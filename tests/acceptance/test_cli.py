@@ -259,3 +259,18 @@ def test_a_port_out_of_range_stops_the_api_at_start(cli: Cli, tmp_path: Path, po
         f"async-jobs: error: argument --port: must be a whole number from 1 to 65535, not {port!r}"
     )
     assert "async-jobs api:" not in result.stdout
+
+
+def test_enqueue_without_a_use_case_takes_the_default_use_case_tolerance(
+    cli: Cli, tmp_path: Path
+) -> None:
+    env = {
+        "ASYNC_JOBS_DB_DSN": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "ASYNC_JOBS_DEFAULT_DEFAULT_DELAY_TOLERANCE_SECONDS": "77",
+    }
+    assert cli.run("migrate", **env).returncode == 0
+    for args in ([], ["--use-case", "default"]):
+        enqueued = cli.run("enqueue", "echo", *args, **env)
+        assert enqueued.returncode == 0, enqueued.stderr
+        job = json.loads(enqueued.stdout)
+        assert (job["use_case"], job["delay_tolerance_seconds"]) == ("default", 77), args

@@ -232,6 +232,23 @@ def _demo_app(**env: str) -> JobApp:
     )
 
 
+async def test_a_use_case_tolerance_applies_to_jobs_that_name_no_use_case() -> None:
+    """A job without a use case is of the use case ``default``: its tolerance variable counts
+    for it as for a job that names ``default``, and a handler's or the request's own wins."""
+    jobs = _demo_app(
+        ASYNC_JOBS_DEFAULT_DEFAULT_DELAY_TOLERANCE_SECONDS="77",
+        ASYNC_JOBS_MAIL_DEFAULT_DELAY_TOLERANCE_SECONDS="5",
+    )
+    async with jobs:
+        unnamed = await jobs.enqueue("echo", {})
+        named = await jobs.enqueue("echo", {}, use_case="default")
+        mail = await jobs.enqueue("echo", {}, use_case="mail")
+        own = await jobs.enqueue("echo", {}, delay_tolerance_seconds=9)
+    assert (unnamed.use_case, unnamed.delay_tolerance_seconds) == ("default", 77)
+    assert named.delay_tolerance_seconds == 77
+    assert (mail.delay_tolerance_seconds, own.delay_tolerance_seconds) == (5, 9)
+
+
 def test_the_start_up_line_names_what_an_operator_checks_first() -> None:
     jobs = _demo_app(
         ASYNC_JOBS_DB_DSN="postgresql://app:pw@db/jobs", ASYNC_JOBS_MAIL_MAX_CONCURRENT="4"

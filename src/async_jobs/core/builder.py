@@ -12,7 +12,7 @@ from typing import TypeVar
 from async_jobs.core.registry import HandlerOptions, Registry
 from async_jobs.core.settings import Settings
 from async_jobs.domain.errors import UnknownJobTypeError
-from async_jobs.domain.jobs import NewJob
+from async_jobs.domain.jobs import DEFAULT_USE_CASE, NewJob
 from async_jobs.domain.requests import EnqueueRequest
 from async_jobs.domain.scheduling import Limits
 from async_jobs.domain.validation import build_like, build_new_job
@@ -60,8 +60,9 @@ class JobBuilder:
         default = handler or _NO_HANDLER
         use_case = _first(request.use_case, default.use_case)
         tolerance = _first(request.delay_tolerance_seconds, default.delay_tolerance_seconds)
-        if tolerance is None and use_case is not None:
-            tolerance = self.settings.delay_tolerance_for(use_case)
+        if tolerance is None:
+            named = DEFAULT_USE_CASE if use_case is None else use_case  # as build_new_job does
+            tolerance = self.settings.delay_tolerance_for(named)
         new = build_new_job(
             request.type,
             request.payload,
