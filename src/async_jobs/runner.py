@@ -88,6 +88,7 @@ def _check_sqs(jobs: JobApp, worker: WorkerConfig | None) -> None:
             f"the sqs transport has no queue for use case {', '.join(map(repr, missing))}: "
             f"set {names}"
         )
+    jobs.sqs_config()  # the endpoint's and the queues' URLs, the numbers
 
 
 def served_use_cases(jobs: JobApp, worker: WorkerConfig | None = None) -> list[str]:

@@ -166,6 +166,20 @@ def test_the_sqs_transport_without_aiobotocore_stops_at_start(
             "ASYNC_JOBS_DEFAULT_DEFAULT_DELAY_TOLERANCE_SECONDS must be a non-negative number "
             "up to 31622400",
         ),
+        (
+            "worker",
+            {
+                "ASYNC_JOBS_TRANSPORT": "sqs",
+                "ASYNC_JOBS_SQS_QUEUE_DEFAULT": "http://127.0.0.1:1/000000000000/default",
+                "ASYNC_JOBS_SQS_ENDPOINT_URL": "nonsense",
+            },
+            "ASYNC_JOBS_SQS_ENDPOINT_URL must be an http:// or https:// URL",
+        ),
+        (
+            "scheduler",
+            {"ASYNC_JOBS_TRANSPORT": "sqs", "ASYNC_JOBS_SQS_QUEUE_DEFAULT": ""},
+            "ASYNC_JOBS_SQS_QUEUE_DEFAULT must be the queue's URL",
+        ),
     ],
     ids=[
         "sqs-no-queue",
@@ -182,6 +196,8 @@ def test_the_sqs_transport_without_aiobotocore_stops_at_start(
         "infinite-lease",
         "tiny-lease",
         "huge-tolerance",
+        "sqs-endpoint",
+        "sqs-empty-queue",
     ],
 )
 def test_a_configuration_that_cannot_work_stops_the_process_at_start(

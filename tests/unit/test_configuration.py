@@ -295,6 +295,36 @@ def test_the_sqs_transport_needs_a_queue_for_each_use_case_it_serves() -> None:
     check_configuration(other, "api")  # the API sends nothing to SQS
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"ASYNC_JOBS_SQS_ENDPOINT_URL": "nonsense"},
+            "ASYNC_JOBS_SQS_ENDPOINT_URL must be an http:// or https:// URL with a host, "
+            "not 'nonsense'",
+        ),
+        ({"ASYNC_JOBS_SQS_ENDPOINT_URL": "http://"}, "ASYNC_JOBS_SQS_ENDPOINT_URL must be"),
+        ({"ASYNC_JOBS_SQS_ENDPOINT_URL": "http://h:port"}, "ASYNC_JOBS_SQS_ENDPOINT_URL must"),
+        ({"ASYNC_JOBS_SQS_QUEUE_DEFAULT": ""}, "ASYNC_JOBS_SQS_QUEUE_DEFAULT must be the queue's"),
+        ({"ASYNC_JOBS_SQS_QUEUE_DEFAULT": "jobs"}, "ASYNC_JOBS_SQS_QUEUE_DEFAULT must be"),
+        ({"ASYNC_JOBS_SQS_QUEUE_MAIL": "ftp://q/mail"}, "ASYNC_JOBS_SQS_QUEUE_MAIL must be"),
+    ],
+)
+def test_the_sqs_transport_needs_urls_for_its_endpoint_and_queues(
+    env: dict[str, str], message: str
+) -> None:
+    sqs = {
+        "ASYNC_JOBS_TRANSPORT": "sqs",
+        "ASYNC_JOBS_SQS_QUEUE_DEFAULT": "http://127.0.0.1:4566/000000000000/default",
+    }
+    jobs = _demo_app(**{**sqs, **env})
+    for role in ("worker", "scheduler"):
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            check_configuration(jobs, role, worker_config(jobs) if role == "worker" else None)
+    good = _demo_app(**sqs, ASYNC_JOBS_SQS_ENDPOINT_URL="https://sqs.eu-west-1.amazonaws.com")
+    check_configuration(good, "worker", worker_config(good))
+
+
 def test_the_redis_transport_needs_a_url_and_a_stream_for_each_use_case_it_serves() -> None:
     redis = {"ASYNC_JOBS_TRANSPORT": "redis"}
     with pytest.raises(ConfigurationError, match="needs ASYNC_JOBS_REDIS_URL"):

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,17 @@ class SqsConfig:
                 "the sqs transport needs a queue per use case: set "
                 "ASYNC_JOBS_SQS_QUEUE_<USE_CASE>=<queue url> (e.g. ASYNC_JOBS_SQS_QUEUE_DEFAULT)"
             )
+        if self.endpoint_url is not None and not _is_http_url(self.endpoint_url):
+            raise ConfigurationError(
+                "ASYNC_JOBS_SQS_ENDPOINT_URL must be an http:// or https:// URL with a host, "
+                f"not {self.endpoint_url!r}"
+            )
+        for use_case, url in sorted(self.queues.items()):
+            if not _is_http_url(url):
+                raise ConfigurationError(
+                    f"ASYNC_JOBS_SQS_QUEUE_{use_case.upper()} must be the queue's URL "
+                    f"(https://sqs.<region>.amazonaws.com/<account>/<name>), not {url!r}"
+                )
         if not 0 <= self.long_poll_seconds <= 20:
             raise ConfigurationError("the SQS long poll lasts 0 to 20 seconds")
         if self.dispatch_timeout_seconds <= 0 or self.max_connections < 2:
@@ -83,6 +95,15 @@ class SqsConfig:
                 f"no SQS queue is configured for use case {use_case!r}: set "
                 f"ASYNC_JOBS_SQS_QUEUE_{use_case.upper()}"
             ) from None
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 class SqsClient:
