@@ -497,10 +497,11 @@ def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
         worker = runner.worker_config(jobs, concurrency=args.concurrency)
         scheduler = jobs.scheduler_config("serve")
     runner.check_configuration(jobs, args.command, worker)
+    s = jobs.settings
+    sockets = _listen(s.api_host, s.api_port)
     runner.warn_at_start(jobs, args.command, worker)
     asyncio.run(_check_store(jobs))
     app = create_api(jobs, worker=worker, scheduler=scheduler, migrate=args.command == "serve")
-    s = jobs.settings
     config = uvicorn.Config(
         app,
         host=s.api_host,
@@ -517,8 +518,30 @@ def _serve(jobs: JobApp, args: argparse.Namespace) -> int:
         on_second_signal=lambda: _stop_worker_now(app),
         ready_line=f"async-jobs {args.command}: {url} {line}",
     )
-    server.run()
+    server.run(sockets)
     return 0
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """The API's listening sockets (one per address of ``host``, as uvicorn would bind), bound
+    before anything else starts: a port in use or an address this machine does not have is
+    a configuration error, not a server that starts, migrates and then cannot listen."""
+    where = f"{host}:{port} (--host/--port, ASYNC_JOBS_API_HOST/ASYNC_JOBS_API_PORT)"
+    sockets: list[socket.socket] = []
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # this socket for IPv6 only, as asyncio's
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ConfigurationError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return sockets
 
 
 def _stop_worker_now(app: Any) -> None:

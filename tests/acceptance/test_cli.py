@@ -261,6 +261,24 @@ def test_a_port_out_of_range_stops_the_api_at_start(cli: Cli, tmp_path: Path, po
     assert "async-jobs api:" not in result.stdout
 
 
+@pytest.mark.parametrize("command", ["serve", "api"])
+def test_a_port_in_use_is_a_configuration_error_before_anything_starts(
+    cli: Cli, tmp_path: Path, command: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli.run(command, "--port", str(port), timeout=30)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.splitlines()[-1].startswith(
+        f"async-jobs: error: cannot listen on 127.0.0.1:{port} (--host/--port, "
+        "ASYNC_JOBS_API_HOST/ASYNC_JOBS_API_PORT): "
+    )
+    assert "Traceback" not in result.stderr and "uvicorn" not in result.stderr
+    assert not (tmp_path / "async_jobs.db").exists()  # the store was not even opened
+
+
 def test_enqueue_without_a_use_case_takes_the_default_use_case_tolerance(
     cli: Cli, tmp_path: Path
 ) -> None:
