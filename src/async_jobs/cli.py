@@ -379,8 +379,9 @@ def _add_metrics_port(parser: argparse.ArgumentParser) -> None:
         "--metrics-port",
         type=metrics_port_flag,
         metavar="PORT",
-        help="serve /metrics, /health and /health/ready on this port (default: "
-        "ASYNC_JOBS_METRICS_PORT; off when neither is set)",
+        help="serve /metrics, /health and /health/ready on this port (0: any free one; "
+        "worker --processes N: process i on PORT+i; default: ASYNC_JOBS_METRICS_PORT; off "
+        "when neither is set)",
     )
 
 
@@ -618,8 +619,8 @@ def _worker_config(jobs: JobApp, args: argparse.Namespace) -> WorkerConfig:
 async def _worker(jobs: JobApp, args: argparse.Namespace) -> int:
     config = _worker_config(jobs, args)
     gc.freeze()  # start-up's objects live on: full collections need not walk them
-    async with _ops_server(jobs, args, store_gauges=False):
-        worker = await runner.serve_worker(jobs, config)
+    async with _ops_server(jobs, args, store_gauges=False) as metrics:
+        worker = await runner.serve_worker(jobs, config, metrics_url=metrics)
     log.info("worker stopped after %d jobs", worker.processed)
     if worker.abandoned_threads:
         # Threads cannot be stopped, and the interpreter would wait for them at exit.
@@ -649,9 +650,33 @@ def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> 
         command.append("--burst")
     if args.reap_interval is not None:
         command += ["--reap-interval", str(args.reap_interval)]
-    config = SupervisorConfig(processes, command, grace_seconds=worker.grace_seconds)
+    ports = _metrics_ports(settings, args, processes)
+    config = SupervisorConfig(
+        processes,
+        command,
+        slot_arguments=[["--metrics-port", str(port)] for port in ports],
+        grace_seconds=worker.grace_seconds,
+    )
     log.info("starting %d worker processes", processes)
     return asyncio.run(Supervisor(config).run())
+
+
+def _metrics_ports(settings: Settings, args: argparse.Namespace, processes: int) -> list[int]:
+    """The metrics port of each of ``worker --processes N``: P, P+1, ... P+N-1 for a port P
+    (``--metrics-port`` or ``ASYNC_JOBS_METRICS_PORT``), as one port serves one process; 0
+    for each with 0 (any free port); none without a port."""
+    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    if port is None:
+        return []
+    if port == 0:
+        return [0] * processes
+    if port + processes - 1 > 65535:
+        raise ConfigurationError(
+            f"--processes {processes} needs the metrics ports {port} to {port + processes - 1} "
+            "(one per process), past 65535: choose a lower --metrics-port "
+            "(or ASYNC_JOBS_METRICS_PORT)"
+        )
+    return [port + slot for slot in range(processes)]
 
 
 async def _jobs(jobs: JobApp, args: argparse.Namespace) -> int:
@@ -693,8 +718,8 @@ async def _reap(jobs: JobApp, args: argparse.Namespace) -> int:
 
 
 async def _scheduler(jobs: JobApp, args: argparse.Namespace) -> int:
-    async with _ops_server(jobs, args, store_gauges=True):
-        await runner.serve_scheduler(jobs)
+    async with _ops_server(jobs, args, store_gauges=True) as metrics:
+        await runner.serve_scheduler(jobs, metrics_url=metrics)
     return 0
 
 
@@ -714,12 +739,13 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
 @contextlib.asynccontextmanager
 async def _ops_server(
     jobs: JobApp, args: argparse.Namespace, *, store_gauges: bool
-) -> AsyncIterator[None]:
+) -> AsyncIterator[str | None]:
     """``/metrics`` and the health probes on ``--metrics-port`` (or
-    ``ASYNC_JOBS_METRICS_PORT``), while the block runs; nothing without either."""
+    ``ASYNC_JOBS_METRICS_PORT``), while the block runs; nothing without either. Yields the
+    metrics URL (None: none)."""
     port = jobs.settings.metrics_port if args.metrics_port is None else args.metrics_port
     if port is None:
-        yield
+        yield None
         return
     if not 0 <= port <= 65535:
         raise ConfigurationError("the metrics port must be a number from 0 to 65535")
@@ -733,9 +759,10 @@ async def _ops_server(
         await server.start()
     except OSError as exc:
         raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
-    announce(f"async-jobs {args.command} metrics: http://{host}:{server.port}/metrics")
+    url = f"http://{host}:{server.port}/metrics"
+    announce(f"async-jobs {args.command} metrics: {url}")
     try:
-        yield
+        yield url
     finally:
         await server.close()
 

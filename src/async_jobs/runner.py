@@ -228,15 +228,18 @@ def worker_config(
     )
 
 
-async def serve_worker(jobs: JobApp, config: WorkerConfig) -> Worker:
+async def serve_worker(
+    jobs: JobApp, config: WorkerConfig, *, metrics_url: str | None = None
+) -> Worker:
     """Run a worker until SIGTERM or SIGINT (burst mode: until nothing is left). Unless in
     burst mode it also stands for the chores' leadership, as a scheduler does: any mix of
-    worker and scheduler processes has one leader. Returns the stopped worker."""
+    worker and scheduler processes has one leader. ``metrics_url``: where the process
+    serves its metrics, for the ready line. Returns the stopped worker."""
     check_configuration(jobs, "worker", config)
 
     def ready() -> None:
         line = startup_line(jobs, "worker", config, id=config.worker_id)
-        logs.announce(f"async-jobs worker ready: {line}")
+        logs.announce(f"async-jobs worker ready: {line}{_metrics_field(metrics_url)}")
 
     worker = jobs.worker(config, on_ready=ready)
     warn_at_start(jobs, "worker", config)
@@ -252,8 +255,9 @@ async def serve_worker(jobs: JobApp, config: WorkerConfig) -> Worker:
     return worker
 
 
-async def serve_scheduler(jobs: JobApp) -> Scheduler:
-    """Run a scheduler until SIGTERM or SIGINT; returns it stopped."""
+async def serve_scheduler(jobs: JobApp, *, metrics_url: str | None = None) -> Scheduler:
+    """Run a scheduler until SIGTERM or SIGINT; returns it stopped. ``metrics_url`` as for
+    ``serve_worker``."""
     check_configuration(jobs, "scheduler")
     warn_at_start(jobs, "scheduler")
     await open_store(jobs)
@@ -261,11 +265,15 @@ async def serve_scheduler(jobs: JobApp) -> Scheduler:
         scheduler = jobs.scheduler()
         with _stopped_by_signals(scheduler.stop):
             line = startup_line(jobs, "scheduler", id=scheduler.config.holder.partition("/")[2])
-            logs.announce(f"async-jobs scheduler ready: {line}")
+            logs.announce(f"async-jobs scheduler ready: {line}{_metrics_field(metrics_url)}")
             await scheduler.run()
     finally:
         await jobs.close()
     return scheduler
+
+
+def _metrics_field(url: str | None) -> str:
+    return "" if url is None else f" metrics={url}"
 
 
 def _chores_of(jobs: JobApp, worker: WorkerConfig) -> Scheduler:

@@ -16,6 +16,9 @@ The parent only watches them:
   ``restart_window_seconds`` (a crash loop) stop everything too: exit 1.
 - A worker that exits 0 by itself (``--burst`` with nothing left) is not started again; the
   parent exits when the last one has.
+- With a metrics port (``--metrics-port P`` or ``ASYNC_JOBS_METRICS_PORT``), worker process
+  i serves ``/metrics`` and the probes on port P+i (each says its own in its ready line);
+  port 0 gives each a free port of its own.
 - The workers run in their own session (a Ctrl-C at the terminal reaches the parent only,
   which passes it on once) and, on Linux, get SIGTERM when the parent dies.
 """
@@ -41,12 +44,23 @@ _PR_SET_PDEATHSIG = 1
 class SupervisorConfig:
     processes: int
     command: Sequence[str]  # the argv of one worker process
+    # Arguments added to the command of one slot's process (slot i: slot_arguments[i]), for
+    # what each must have of its own, such as its metrics port; empty: none.
+    slot_arguments: Sequence[Sequence[str]] = ()
     grace_seconds: float = 30.0
     restart_delay_seconds: float = 1.0
     max_restarts: int = 5
     restart_window_seconds: float = 60.0
     # After the first stop, workers still alive this long after their grace are killed.
     kill_margin_seconds: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.slot_arguments and len(self.slot_arguments) != self.processes:
+            raise ValueError("slot_arguments needs one entry per process")
+
+    def command_of(self, slot: int) -> list[str]:
+        own = self.slot_arguments[slot] if self.slot_arguments else ()
+        return [*self.command, *own]
 
 
 class Supervisor:
@@ -94,7 +108,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             proc = await asyncio.create_subprocess_exec(
-                *self.config.command,
+                *self.config.command_of(slot),
                 env=self._env,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,

@@ -6,9 +6,11 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
+import httpx
 import psutil
 import pytest
 
@@ -16,6 +18,7 @@ from async_jobs import JobApp
 from async_jobs.domain.jobs import JobFilter, JobState
 from tests.acceptance.conftest import Cli
 from tests.acceptance.test_cli import DEMO, poll, wait_for_line
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.cpu_heavy
 
@@ -140,6 +143,80 @@ def test_bad_process_counts_stop_at_start(cli: Cli, pg_database: str) -> None:
     assert words.returncode == 2
     assert "ASYNC_JOBS_WORKER_PROCESSES must be a positive integer" in words.stderr
     assert "Traceback" not in words.stderr
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    for _ in range(50):
+        first = free_port()
+        if first + count - 1 <= 65535 and all(_free(first + i) for i in range(1, count)):
+            return first
+    raise AssertionError("no run of free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _metrics_of_ready_lines(proc: subprocess.Popen[str], count: int) -> dict[str, str]:
+    """Worker id -> the metrics URL its ready line names."""
+    found: dict[str, str] = {}
+    while len(found) < count:
+        line = wait_for_line(proc, "worker ready")
+        found.update(re.findall(r"worker ready: .*?id=(\S+) .*?metrics=(\S+)", line))
+    return found
+
+
+@pytest.mark.parametrize("where", ["variable", "flag"])
+def test_each_worker_process_serves_its_metrics_on_a_port_of_its_own(
+    cli: Cli, pg_database: str, where: str
+) -> None:
+    """Port P for process 0, P+1 for process 1: one port can be served by one process only
+    (with the variable every process failed to bind it; the flag was dropped)."""
+    port = _free_ports(2)
+    env = {"ASYNC_JOBS_DB_DSN": pg_database, "ASYNC_JOBS_METRICS_HOST": "127.0.0.1"}
+    if where == "variable":
+        env["ASYNC_JOBS_METRICS_PORT"] = str(port)
+        args = []
+    else:
+        args = ["--metrics-port", str(port)]
+    parent = cli.start("worker", "--handlers", DEMO, "--processes", "2", *args, **env)
+    urls = _metrics_of_ready_lines(parent, 2)
+    assert sorted(urls.values()) == [
+        f"http://127.0.0.1:{port}/metrics",
+        f"http://127.0.0.1:{port + 1}/metrics",
+    ]
+    for url in urls.values():
+        scraped = httpx.get(url, timeout=5)
+        assert scraped.status_code == 200 and "async_jobs_" in scraped.text
+    parent.send_signal(signal.SIGTERM)
+    _, stderr = parent.communicate(timeout=30)
+    assert parent.returncode == 0, stderr
+
+
+def test_metrics_ports_past_65535_stop_the_command_at_start(cli: Cli, pg_database: str) -> None:
+    result = cli.run(
+        "worker",
+        "--handlers",
+        DEMO,
+        "--processes",
+        "3",
+        "--metrics-port",
+        "65534",
+        timeout=30,
+        ASYNC_JOBS_DB_DSN=pg_database,
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.strip().endswith(
+        "async-jobs: error: --processes 3 needs the metrics ports 65534 to 65536 (one per "
+        "process), past 65535: choose a lower --metrics-port (or ASYNC_JOBS_METRICS_PORT)"
+    )
+    assert "ready" not in result.stdout
 
 
 ANNOUNCE_MANY = """
