@@ -440,18 +440,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from async_jobs import bench as bench_module
 
         return bench_module.run(args)
-    settings = Settings.from_env()
+    settings = Settings.from_env(_environment(args))
     handlers = getattr(args, "handlers", None)
     if handlers is not None:
         settings = dataclasses.replace(settings, handlers=split_modules(handlers))
     if args.command == "serve" and not settings.handlers:
         settings = dataclasses.replace(settings, handlers=DEMO_HANDLERS)
-    if hasattr(args, "host"):
-        settings = dataclasses.replace(
-            settings,
-            api_host=args.host or settings.api_host,
-            api_port=settings.api_port if args.port is None else args.port,
-        )
     if args.command == "config":
         return _config(settings, args)
     if args.command == "worker":
@@ -479,6 +473,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         "health": _health,
     }[args.command]
     return run_async(runner(jobs, args))
+
+
+# Flags that stand for a variable, checked as they are parsed: given, each replaces its
+# variable before the settings read the environment, so that a bad value of the variable
+# cannot stop a command whose flag overrides it.
+_FLAG_VARIABLES = {
+    "log_format": "ASYNC_JOBS_LOG_FORMAT",
+    "log_level": "ASYNC_JOBS_LOG_LEVEL",
+    "host": "ASYNC_JOBS_API_HOST",
+    "port": "ASYNC_JOBS_API_PORT",
+    "grace": "ASYNC_JOBS_WORKER_GRACE_SECONDS",
+    "metrics_port": "ASYNC_JOBS_METRICS_PORT",
+}
+
+
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    """The environment with the variables the flags given override replaced by them."""
+    env = dict(os.environ)
+    for flag, variable in _FLAG_VARIABLES.items():
+        value = getattr(args, flag, None)
+        if value not in (None, ""):
+            env[variable] = str(value)
+    return env
 
 
 def run_async(main: Coroutine[Any, Any, int]) -> int:

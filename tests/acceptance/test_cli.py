@@ -279,6 +279,19 @@ def test_a_port_in_use_is_a_configuration_error_before_anything_starts(
     assert not (tmp_path / "async_jobs.db").exists()  # the store was not even opened
 
 
+def test_a_flag_overrides_a_bad_value_of_its_variable(cli: Cli, tmp_path: Path) -> None:
+    env = {"ASYNC_JOBS_DB_DSN": f"sqlite:///{tmp_path / 'jobs.db'}"}
+    bad = {"ASYNC_JOBS_LOG_LEVEL": "verbose", "ASYNC_JOBS_API_PORT": "99999"}
+    assert cli.run("migrate", **env, **bad).returncode == 2  # the variable alone: refused
+    migrated = cli.run("--log-level", "debug", "migrate", **env, ASYNC_JOBS_LOG_LEVEL="verbose")
+    assert migrated.returncode == 0, migrated.stderr
+    port = free_port()
+    api = cli.start("api", "--log-level", "warning", "--port", str(port), **env, **bad)
+    assert f"http://127.0.0.1:{port} " in wait_for_line(api, "async-jobs api:")
+    api.send_signal(signal.SIGTERM)
+    assert api.wait(15) == 0
+
+
 def test_enqueue_without_a_use_case_takes_the_default_use_case_tolerance(
     cli: Cli, tmp_path: Path
 ) -> None:

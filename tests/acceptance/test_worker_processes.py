@@ -184,6 +184,7 @@ def test_each_worker_process_serves_its_metrics_on_a_port_of_its_own(
         env["ASYNC_JOBS_METRICS_PORT"] = str(port)
         args = []
     else:
+        env["ASYNC_JOBS_METRICS_PORT"] = "nonsense"  # the flag overrides it
         args = ["--metrics-port", str(port)]
     parent = cli.start("worker", "--handlers", DEMO, "--processes", "2", *args, **env)
     urls = _metrics_of_ready_lines(parent, 2)

@@ -1,7 +1,8 @@
 """The one settings object, read from ``ASYNC_JOBS_*`` environment variables, and the
 readers of the numbers that variables and flags give.
 
-Command-line flags override it by building a changed copy (``dataclasses.replace``).
+Command-line flags override it: a flag that stands for a variable replaces it in the
+environment the settings read; the others build a changed copy (``dataclasses.replace``).
 """
 
 from __future__ import annotations
