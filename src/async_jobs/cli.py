@@ -555,10 +555,11 @@ def _listen(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:  # this socket for IPv6 only, as asyncio's
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
         for sock in sockets:
             sock.close()
-        raise ConfigurationError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigurationError(f"cannot listen on {where}: {reason}") from None
     return sockets
 
 

@@ -279,6 +279,13 @@ def test_a_port_in_use_is_a_configuration_error_before_anything_starts(
     assert not (tmp_path / "async_jobs.db").exists()  # the store was not even opened
 
 
+def test_a_host_name_that_cannot_be_encoded_is_a_configuration_error(cli: Cli) -> None:
+    result = cli.run("api", "--host", "a" * 64 + ".example", timeout=30)  # a label over 63
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "async-jobs: error: cannot listen on " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_flag_overrides_a_bad_value_of_its_variable(cli: Cli, tmp_path: Path) -> None:
     env = {"ASYNC_JOBS_DB_DSN": f"sqlite:///{tmp_path / 'jobs.db'}"}
     bad = {"ASYNC_JOBS_LOG_LEVEL": "verbose", "ASYNC_JOBS_API_PORT": "99999"}

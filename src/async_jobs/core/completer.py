@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from async_jobs.core.metrics import Metrics
-from async_jobs.domain.errors import SchemaMissingError, StoreError, StoreUnavailableError
+from async_jobs.domain.errors import StoreError, StoreRefusedError
 from async_jobs.domain.jobs import ERROR_MESSAGE_LIMIT, AttemptOutcome, JobError, OutcomeKind
 from async_jobs.domain.retry import Backoff
 from async_jobs.domain.validation import storable_text
@@ -18,19 +18,24 @@ from async_jobs.ports import Transport
 log = logging.getLogger("async_jobs.worker")
 
 RECONNECT_BACKOFF = Backoff.exponential(0.2, cap_seconds=15.0, jitter=0.5)
-# The store cannot take anything now (503, "retry later"): outcomes wait for it. Any other
-# error of a write says the store refused what it was given.
-_OUTAGE = (StoreUnavailableError, SchemaMissingError)
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether writing the same outcomes again would fail again: the store refused a value
+    of them (``StoreRefusedError``), or they made code of ours fail. Any other store error
+    (an outage, a standby that takes no writes after a failover, one we cannot tell) keeps
+    the outcomes for a later write."""
+    return isinstance(exc, StoreRefusedError) or not isinstance(exc, StoreError)
 
 
 class Completer:
     """Collects outcomes and writes them in batches, one batch in flight at a time.
 
-    A batch the store cannot take now (an outage) is kept and written again after a backoff
-    (the fence makes that safe). A batch it refuses is written in halves, down to the
-    outcomes it refuses alone, so that one of them holds back no other; each of those is
-    replaced by a failure that says why, or given up (``on_given_up``) if even that is
-    refused.
+    A batch the store cannot take now (an outage, or any store error but a refusal) is kept
+    and written again after a backoff (the fence makes that safe). A batch it refuses
+    (``StoreRefusedError``) is written in halves, down to the outcomes it refuses alone, so
+    that one of them holds back no other; each of those is replaced by a failure that says
+    why, or given up (``on_given_up``) if even that is refused.
     """
 
     def __init__(
@@ -82,7 +87,7 @@ class Completer:
                 del self._pending[: self._max_batch]
                 try:
                     await self._write(batch)
-                except _OUTAGE as exc:
+                except StoreError as exc:  # not refused (_write handles those): try again later
                     failures += 1
                     self._metrics.store_error("record_outcomes")
                     log.warning("cannot record %d outcomes yet: %s", len(batch), exc)
@@ -104,9 +109,9 @@ class Completer:
                 part = parts[-1]
                 try:
                     await self._transport.settle(part)
-                except _OUTAGE:
-                    raise
-                except Exception as exc:  # refused (or a bug of ours): as it is, it fails again
+                except Exception as exc:
+                    if not _refused(exc):
+                        raise
                     self._metrics.store_error("record_outcomes")
                     if len(part) > 1:
                         half = len(part) // 2
@@ -117,7 +122,7 @@ class Completer:
                     continue
                 parts.pop()
                 self._on_written(part)
-        except _OUTAGE:
+        except StoreError:
             self._pending[:0] = [outcome for part in reversed(parts) for outcome in part]
             raise
 
@@ -136,9 +141,9 @@ class Completer:
         stand_in = _stand_in(outcome, why)
         try:
             await self._transport.settle([stand_in])
-        except _OUTAGE:
-            raise
-        except Exception:
+        except Exception as exc:
+            if not _refused(exc):
+                raise
             self._metrics.store_error("record_outcomes")
             log.exception(
                 "the store refused a failure in place of job %s's outcome too; the job is"

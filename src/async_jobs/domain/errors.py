@@ -15,7 +15,8 @@ the API and the CLI turn any of them into a clear answer without a table of thei
     ├── HandlerRegistrationError      a handler that cannot be registered
     └── StoreError                    the store failed
         ├── StoreUnavailableError     cannot reach the store (retry later)       (503)
-        └── SchemaMissingError        the store has not been migrated            (503)
+        ├── SchemaMissingError        the store has not been migrated            (503)
+        └── StoreRefusedError         a value or row the store will never take
 
 Driver errors are wrapped once, at the store adapter, with ``raise ... from exc``.
 """
@@ -121,6 +122,12 @@ class HandlerRegistrationError(AsyncJobsError):
 
 class StoreError(AsyncJobsError):
     code = "store_error"
+
+
+class StoreRefusedError(StoreError):
+    """The store refused what it was given (a value it cannot hold, a broken constraint):
+    written again as it is, it fails again. Any other ``StoreError`` may pass, so a write
+    that gets one is tried again later."""
 
 
 class StoreUnavailableError(StoreError):

@@ -19,11 +19,13 @@ of facts and event through each store and compares the row with ``decide``
                                         failed (no attempts left) or
                                         cancelled (asked); worker_lost
     cancel           cancelled          flagged (cancel_requested)      -
-    retry            -                  -                               pending (now)
+    retry            -                  -                               pending (now), unless
+                                                                        past its expires_at
     expire           cancelled/expired  -                               -
 
 A job ends in a terminal state once: no event leads out of ``succeeded``, and only a manual
-retry out of ``failed`` or ``cancelled``.
+retry out of ``failed`` or ``cancelled`` (not of a job past its ``expires_at``, which would
+only expire again).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from async_jobs.domain.errors import (
     ConfigurationError,
     SchemaMissingError,
     StoreError,
+    StoreRefusedError,
     StoreUnavailableError,
 )
 from async_jobs.domain.jobs import ERROR_MESSAGE_LIMIT, MAX_HISTORY
@@ -33,6 +34,14 @@ UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionFailureError,
+)
+# The server or the driver refused a value of the statement (SQLSTATE classes 22 and 23: bad
+# data, a broken constraint; an argument the driver cannot encode): sent again, it fails again.
+REFUSED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.exceptions._base.DataError,  # the driver's own: an argument it cannot encode
+    UnicodeError,
 )
 # A connection in any of these states is not trusted again.
 BROKEN = (*UNAVAILABLE, asyncpg.InternalClientError)
@@ -65,6 +74,8 @@ def raise_ours(exc: BaseException) -> None:
         return
     if isinstance(exc, asyncpg.UndefinedTableError):
         raise SchemaMissingError("the jobs table does not exist; run `async-jobs migrate`") from exc
+    if isinstance(exc, REFUSED):  # before BROKEN: the driver's refusal is an InterfaceError
+        raise StoreRefusedError(f"PostgreSQL refused a value: {exc}") from exc
     if isinstance(exc, BROKEN):
         raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
     if isinstance(exc, NOT_NOW):

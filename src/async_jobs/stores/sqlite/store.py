@@ -35,6 +35,7 @@ from async_jobs.domain.errors import (
     InvalidJobError,
     SchemaMissingError,
     StoreError,
+    StoreRefusedError,
     StoreUnavailableError,
 )
 from async_jobs.domain.jobs import (
@@ -647,8 +648,10 @@ def _translated_errors() -> Iterator[None]:
     try:
         yield
     except UnicodeError as exc:  # a str the driver cannot encode: a lone surrogate
-        raise StoreError(f"SQLite cannot store this text: {exc}") from exc
+        raise StoreRefusedError(f"SQLite cannot store this text: {exc}") from exc
     except sqlite3.Error as exc:
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+            raise StoreRefusedError(f"SQLite refused a value: {exc}") from exc
         if "no such table" in str(exc):
             raise SchemaMissingError(
                 "the jobs table does not exist; run `async-jobs migrate`"
