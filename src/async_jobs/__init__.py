@@ -24,6 +24,7 @@ from async_jobs.domain.errors import (
     RemoteHttpError,
     SchemaMissingError,
     StoreError,
+    StoreRefusedError,
     StoreUnavailableError,
     UnknownJobTypeError,
 )
@@ -107,6 +108,7 @@ __all__ = [
     "Settings",
     "Stats",
     "StoreError",
+    "StoreRefusedError",
     "StoreUnavailableError",
     "TenantQuota",
     "UnknownJobTypeError",
