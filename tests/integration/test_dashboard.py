@@ -19,7 +19,7 @@ from async_jobs import JobApp, JobState, Settings
 from async_jobs.api import create_api
 from async_jobs.domain.scheduling import parse_quotas
 from async_jobs.stores import store_from_dsn
-from tests.helpers import wait_until
+from tests.helpers import age_leases, wait_until
 
 TOKENS: dict[str, Any] = {
     "tok-admin": "*",
@@ -240,6 +240,24 @@ async def test_cancel_all_on_a_search_cancels_what_the_search_found_only(
     assert "done=bulk&n=1&skipped=0" in answer.headers["location"]
     assert (await jobs.get_job(found.id)).status is JobState.CANCELLED
     assert (await jobs.get_job(other.id)).status is JobState.PENDING
+
+
+# Not the memory store: its tests age a job by moving the store's clock, and the page reads
+# the machine's.
+@pytest.mark.stores("postgres", "sqlite")
+async def test_a_job_past_its_expiry_offers_no_retry_and_no_bulk_retry_counts_it(
+    browser: httpx.AsyncClient, jobs: JobApp
+) -> None:
+    later = datetime.now(UTC) + timedelta(days=1)
+    expired = await jobs.enqueue("echo", {}, tenant_id="tenant-a", delay=60, expires_at=later)
+    await age_leases(jobs.store, [expired.id], seconds=2 * 86400, column="expires_at")
+    assert [job.id for job in await jobs.store.expire_jobs(10)] == [expired.id]
+    await sign_in(browser, "tok-a")
+    page = (await browser.get(f"/dashboard/jobs/{expired.id}")).text
+    assert 'id="no-retry"' in page and f"/jobs/{expired.id}/retry" not in page
+    form = {"csrf": csrf_of(page), "action": "retry-all", "filter_state": "cancelled"}
+    plan = await browser.post("/dashboard/jobs/bulk", data=form)
+    assert "done=nothing-retry" in plan.headers["location"]
 
 
 async def posted(client: httpx.AsyncClient, path: str, **fields: str) -> httpx.Response:

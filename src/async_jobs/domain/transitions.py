@@ -124,6 +124,12 @@ class Transition:
 _CANCELLED = Reason.CANCELLED.value
 
 
+def retryable(job: Job, now: datetime) -> bool:
+    """Whether a manual retry of ``job`` at ``now`` would change it (as ``decide`` says):
+    failed or cancelled, and not past its ``expires_at``."""
+    return decide(Facts.of(job, now), Chore.RETRY) is not None
+
+
 def decide(facts: Facts, event: Event) -> Transition | None:
     """The transition ``event`` makes from ``facts``; None where it changes nothing."""
     if isinstance(event, OutcomeKind):

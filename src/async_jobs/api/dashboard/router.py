@@ -28,6 +28,7 @@ from async_jobs.domain.errors import (
     JobNotFoundError,
 )
 from async_jobs.domain.jobs import Job, JobFilter, JobId, JobState, Priority
+from async_jobs.domain.transitions import retryable
 from async_jobs.domain.validation import check_filter
 from async_jobs.domain.workers import ProcessKind
 
@@ -585,6 +586,7 @@ def _job_values(job: Job) -> dict[str, Any]:
         note = "missed"
     return {
         "job": job,
+        "retryable": retryable(job, datetime.now(UTC)),
         "payload_text": views.pretty_json(job.payload),
         "result_text": views.pretty_json(job.result) if job.result is not None else "-",
         "deadline_note": note,

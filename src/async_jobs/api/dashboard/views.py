@@ -19,6 +19,7 @@ from async_jobs.app import EnqueueRequest, JobApp
 from async_jobs.domain.jobs import Job, JobFilter, JobState, PageCursor, Priority, listing_key
 from async_jobs.domain.rollup import RollupRow, merge, percentile
 from async_jobs.domain.scheduling import ANY_USE_CASE, FinishedBucket, TenantQuota
+from async_jobs.domain.transitions import retryable
 
 COUNT_CAP = 10_000
 PAGE_SIZE = 50
@@ -336,7 +337,15 @@ def found_plan(found: list[Job], verb: str) -> BulkPlan:
     """The plan of a bulk action on a page that shows a search's jobs (a job id or an
     idempotency key): those jobs, of the ones the verb applies to."""
     allowed = RETRYABLE if verb == "retry" else CANCELLABLE
-    return BulkPlan(verb, list(allowed), [job for job in found if job.status in allowed])
+    return BulkPlan(verb, list(allowed), _changing([j for j in found if j.status in allowed], verb))
+
+
+def _changing(jobs: list[Job], verb: str) -> list[Job]:
+    """The jobs a retry would change: not those past their expires_at (``retryable``)."""
+    if verb != "retry":
+        return jobs
+    now = datetime.now(UTC)
+    return [job for job in jobs if retryable(job, now)]
 
 
 async def bulk_plan(
@@ -353,6 +362,7 @@ async def bulk_plan(
         )
     )
     found = sorted((j for scan in scans for j in scan.items), key=listing_key, reverse=True)
+    found = _changing(found, verb)
     ends = [scan.searched_to.created_at for scan in scans if scan.searched_to is not None]
     if len(found) > BULK_MAX or any(scan.matched > len(scan.items) for scan in scans):
         more = "cap"
