@@ -668,7 +668,7 @@ def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> 
         command.append("--burst")
     if args.reap_interval is not None:
         command += ["--reap-interval", str(args.reap_interval)]
-    ports = _metrics_ports(settings, args, processes)
+    ports = _metrics_ports(settings, processes)
     config = SupervisorConfig(
         processes,
         command,
@@ -679,11 +679,11 @@ def _supervise(settings: Settings, args: argparse.Namespace, processes: int) -> 
     return asyncio.run(Supervisor(config).run())
 
 
-def _metrics_ports(settings: Settings, args: argparse.Namespace, processes: int) -> list[int]:
+def _metrics_ports(settings: Settings, processes: int) -> list[int]:
     """The metrics port of each of ``worker --processes N``: P, P+1, ... P+N-1 for a port P
     (``--metrics-port`` or ``ASYNC_JOBS_METRICS_PORT``), as one port serves one process; 0
     for each with 0 (any free port); none without a port."""
-    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    port = settings.metrics_port  # the flag's value, when given (_environment)
     if port is None:
         return []
     if port == 0:
@@ -761,12 +761,10 @@ async def _ops_server(
     """``/metrics`` and the health probes on ``--metrics-port`` (or
     ``ASYNC_JOBS_METRICS_PORT``), while the block runs; nothing without either. Yields the
     metrics URL (None: none)."""
-    port = jobs.settings.metrics_port if args.metrics_port is None else args.metrics_port
+    port = jobs.settings.metrics_port  # the flag's value, when given (_environment)
     if port is None:
         yield None
         return
-    if not 0 <= port <= 65535:
-        raise ConfigurationError("the metrics port must be a number from 0 to 65535")
     from async_jobs.api.ops import OpsServer
 
     if store_gauges:
